@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""Build Taskmesh's example ONNX models and their reference outputs.
+
+Run from anywhere (normally via scripts/setup.sh):
+
+    PYTHONPATH=.deps/python python3 examples/build_examples.py
+
+Writes, for each example <name> in digits, iris, tensors:
+
+    examples/<name>/model.onnx       the model (git-ignored, rebuilt by setup)
+    examples/<name>/reference.json   inputs + outputs computed by onnxruntime's
+                                     CPUExecutionProvider (git-ignored)
+
+and the small, committed request samples:
+
+    examples/digits/sample.json        {"pixels": [64 numbers]}  (first test image)
+    examples/digits/sample_label.txt   label predicted for it
+    examples/iris/sample.json          {"features": [4 numbers]}
+
+Everything is seeded (random_state=0) and BLAS is kept single-threaded so
+that reruns give the same models and the same predictions.
+"""
+
+import os
+
+# Single-threaded BLAS, forced before numpy is imported: with more threads the
+# MLP's trained weights differ in the low bits (observed: a different
+# digits/model.onnx with OPENBLAS_NUM_THREADS=8), so the bytes would depend on
+# the machine's core count.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from onnx import TensorProto, helper  # noqa: E402
+from skl2onnx import to_onnx  # noqa: E402
+from skl2onnx.common.data_types import FloatTensorType  # noqa: E402
+from sklearn.datasets import load_digits, load_iris  # noqa: E402
+from sklearn.ensemble import RandomForestClassifier  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.model_selection import train_test_split  # noqa: E402
+from sklearn.neural_network import MLPClassifier  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parent
+
+# Opsets that onnxruntime 1.31.1 (and older runtimes) load without trouble.
+OPSET = 17
+ML_OPSET = 3
+IR_VERSION = 8  # matches opset 17
+
+
+def _pin_model_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Make the serialized bytes independent of the converter's defaults."""
+    model.ir_version = IR_VERSION
+    model.producer_name = "taskmesh-examples"
+    model.producer_version = "1"
+    model.doc_string = ""
+    return model
+
+
+def _to_json_value(x):
+    """Flatten a numpy array into a list of plain JSON values (full precision)."""
+    arr = np.asarray(x)
+    if arr.dtype == np.bool_:
+        return [bool(v) for v in arr.reshape(-1)]
+    if np.issubdtype(arr.dtype, np.integer):
+        return [int(v) for v in arr.reshape(-1)]
+    if np.issubdtype(arr.dtype, np.floating):
+        # float(np.float32) is exact; json writes the shortest round-trip repr
+        # of that double, so no precision is lost.
+        return [float(v) for v in arr.reshape(-1)]
+    raise TypeError(f"unsupported dtype {arr.dtype}")
+
+
+def _tensor_json(x):
+    arr = np.asarray(x)
+    return {"shape": [int(d) for d in arr.shape], "data": _to_json_value(arr)}
+
+
+def _write_json(path: Path, obj, compact: bool = False) -> None:
+    if compact:
+        text = json.dumps(obj, separators=(",", ":"))
+    else:
+        text = json.dumps(obj)
+    path.write_text(text + "\n")
+
+
+def _save_and_reference(name: str, model: onnx.ModelProto, cases):
+    """Check and save the model, run every case through onnxruntime (CPU),
+    write reference.json, and return (session, list of output dicts)."""
+    onnx.checker.check_model(model, full_check=True)
+    data = model.SerializeToString()
+    out_dir = EXAMPLES / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "model.onnx").write_bytes(data)
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    out_names = [o.name for o in sess.get_outputs()]
+
+    ref_cases = []
+    results = []
+    for feeds in cases:
+        outs = sess.run(out_names, feeds)
+        out_map = dict(zip(out_names, outs))
+        results.append(out_map)
+        ref_cases.append(
+            {
+                "input": {k: _tensor_json(v) for k, v in feeds.items()},
+                "outputs": {k: _tensor_json(v) for k, v in out_map.items()},
+            }
+        )
+    _write_json(
+        out_dir / "reference.json",
+        {"model_sha256": hashlib.sha256(data).hexdigest(), "cases": ref_cases},
+    )
+    print(
+        f"[{name}] model.onnx {len(data)} bytes sha256={hashlib.sha256(data).hexdigest()[:16]}…"
+        f" reference cases={len(ref_cases)}"
+    )
+    return sess, results
+
+
+def _describe(sess) -> None:
+    for kind, items in (("input", sess.get_inputs()), ("output", sess.get_outputs())):
+        for it in items:
+            print(f"    {kind:6} {it.name}: {it.type} {it.shape}")
+
+
+def build_digits() -> None:
+    X, y = load_digits(return_X_y=True)
+    X = X.astype(np.float32)
+    X_train, X_test, y_train, y_test = train_test_split(
+        X, y, test_size=0.25, random_state=0
+    )
+    clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=500, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=ConvergenceWarning)
+        clf.fit(X_train, y_train)
+
+    model = to_onnx(
+        clf,
+        initial_types=[("float_input", FloatTensorType([None, 64]))],
+        options={id(clf): {"zipmap": False}},
+        target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
+    )
+    model = _pin_model_metadata(model)
+
+    # ONNX accuracy on the whole test split (must agree with scikit-learn).
+    cases = [{"float_input": X_test[i : i + 1]} for i in range(5)]
+    sess, results = _save_and_reference("digits", model, cases)
+    onnx_labels = sess.run(["label"], {"float_input": X_test})[0]
+    skl_acc = float(clf.score(X_test, y_test))
+    onnx_acc = float(np.mean(onnx_labels == y_test))
+    agree = float(np.mean(onnx_labels == clf.predict(X_test)))
+    print(
+        f"[digits] test accuracy: sklearn={skl_acc:.4f} onnx={onnx_acc:.4f}"
+        f" (onnx/sklearn agreement {agree:.4f}, n_iter={clf.n_iter_})"
+    )
+    _describe(sess)
+
+    first = X_test[0]
+    label = int(results[0]["label"][0])
+    _write_json(
+        EXAMPLES / "digits" / "sample.json",
+        {"pixels": [float(v) for v in first]},
+        compact=True,
+    )
+    (EXAMPLES / "digits" / "sample_label.txt").write_text(f"{label}\n")
+    print(
+        f"[digits] sample.json = first test image; expected label {label}"
+        f" (true label {int(y_test[0])})"
+    )
+
+
+def build_iris() -> None:
+    X64, y = load_iris(return_X_y=True)
+    X = X64.astype(np.float32)
+    clf = RandomForestClassifier(n_estimators=10, max_depth=4, random_state=0)
+    clf.fit(X, y)
+
+    model = to_onnx(
+        clf,
+        initial_types=[("float_input", FloatTensorType([None, 4]))],
+        options={id(clf): {"zipmap": False}},
+        target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
+    )
+    model = _pin_model_metadata(model)
+
+    # One flower of each class: setosa (0), versicolor (50), virginica (100).
+    idx = [0, 50, 100]
+    cases = [{"float_input": X[i : i + 1]} for i in idx]
+    sess, results = _save_and_reference("iris", model, cases)
+    onnx_labels = sess.run(["label"], {"float_input": X})[0]
+    print(
+        f"[iris] train accuracy: sklearn={clf.score(X, y):.4f}"
+        f" onnx={float(np.mean(onnx_labels == y)):.4f}"
+    )
+    _describe(sess)
+
+    _write_json(
+        EXAMPLES / "iris" / "sample.json",
+        # The dataset's own decimals (5.1, not 5.099999904632568); they round
+        # to exactly the float32 values used in reference.json.
+        {"features": [float(v) for v in X64[idx[0]]]},
+        compact=True,
+    )
+    names = load_iris().target_names
+    label = int(results[0]["label"][0])
+    print(f"[iris] sample.json = iris row {idx[0]}; expected label {label} ({names[label]})")
+
+
+def build_tensors() -> None:
+    T = TensorProto
+    inputs = [
+        helper.make_tensor_value_info("a", T.DOUBLE, ["N", 3]),
+        helper.make_tensor_value_info("b", T.INT32, [2]),
+        helper.make_tensor_value_info("c", T.INT64, [1, 2]),
+        helper.make_tensor_value_info("d", T.BOOL, [3]),
+        helper.make_tensor_value_info("e", T.FLOAT, ["N"]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("a2", T.DOUBLE, ["N", 3]),
+        helper.make_tensor_value_info("b1", T.INT32, [2]),
+        helper.make_tensor_value_info("c3", T.INT64, [1, 2]),
+        helper.make_tensor_value_info("nd", T.BOOL, [3]),
+        helper.make_tensor_value_info("esum", T.FLOAT, []),
+    ]
+    initializers = [
+        helper.make_tensor("two_f64", T.DOUBLE, [], [2.0]),
+        helper.make_tensor("one_i32", T.INT32, [], [1]),
+        helper.make_tensor("three_i64", T.INT64, [], [3]),
+    ]
+    nodes = [
+        helper.make_node("Mul", ["a", "two_f64"], ["a2"], name="mul_a"),
+        helper.make_node("Add", ["b", "one_i32"], ["b1"], name="add_b"),
+        helper.make_node("Mul", ["c", "three_i64"], ["c3"], name="mul_c"),
+        helper.make_node("Not", ["d"], ["nd"], name="not_d"),
+        # Opset >= 13: no axes input => reduce over all axes; keepdims=0 => scalar.
+        helper.make_node("ReduceSum", ["e"], ["esum"], name="sum_e", keepdims=0),
+    ]
+    graph = helper.make_graph(nodes, "taskmesh_tensors", inputs, outputs, initializers)
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)]
+    )
+    model = _pin_model_metadata(model)
+
+    cases = [
+        {
+            "a": np.array([[1.5, -2.25, 1e-300]], dtype=np.float64),
+            "b": np.array([7, -2147483647], dtype=np.int32),
+            "c": np.array([[-5, 3000000000]], dtype=np.int64),
+            "d": np.array([True, False, True]),
+            "e": np.array([0.1], dtype=np.float32),
+        },
+        {
+            "a": np.array(
+                [[0.1, 0.2, 0.3], [-1.0, 0.0, 2.5], [1e10, -3.75, 0.125]],
+                dtype=np.float64,
+            ),
+            "b": np.array([0, 41], dtype=np.int32),
+            "c": np.array([[1, -1]], dtype=np.int64),
+            "d": np.array([False, False, True]),
+            "e": np.array([0.1, 0.2, 0.3], dtype=np.float32),
+        },
+    ]
+    sess, results = _save_and_reference("tensors", model, cases)
+    for feeds, out in zip(cases, results):
+        assert np.array_equal(out["a2"], feeds["a"] * 2)
+        assert np.array_equal(out["b1"], feeds["b"] + 1)
+        assert np.array_equal(out["c3"], feeds["c"] * 3)
+        assert np.array_equal(out["nd"], ~feeds["d"])
+        assert out["esum"].shape == () and out["esum"].dtype == np.float32
+    _describe(sess)
+
+
+def main() -> int:
+    print(
+        f"build_examples: onnxruntime {ort.__version__}, onnx {onnx.__version__},"
+        f" numpy {np.__version__}, opset {OPSET} (ai.onnx.ml {ML_OPSET}), ir {IR_VERSION}"
+    )
+    build_digits()
+    build_iris()
+    build_tensors()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

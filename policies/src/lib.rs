@@ -1,0 +1,12 @@
+//! Pure decision logic shared by the router, the registry and the runtime.
+//!
+//! Nothing in this crate performs I/O or knows about an HTTP framework: every
+//! function takes plain values and returns a decision, so it is tested with
+//! plain values. The other crates turn these decisions into responses.
+
+pub mod error;
+pub mod json;
+pub mod limits;
+pub mod tensor;
+
+pub use error::{ApiError, ErrorCode};
