@@ -62,6 +62,14 @@ def _pin_model_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
     model.producer_name = "taskmesh-examples"
     model.producer_version = "1"
     model.doc_string = ""
+    # skl2onnx (1.20.0) lists the default domain twice for the forest model;
+    # keep one entry per domain (the highest version).
+    versions = {}
+    for op in model.opset_import:
+        versions[op.domain] = max(op.version, versions.get(op.domain, 0))
+    del model.opset_import[:]
+    for domain in sorted(versions):
+        model.opset_import.append(helper.make_opsetid(domain, versions[domain]))
     return model
 
 

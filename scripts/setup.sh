@@ -58,11 +58,13 @@ if command -v dpkg-query >/dev/null 2>&1; then
   if ((${#missing[@]})); then
     log "apt: installing ${missing[*]}"
     SUDO=()
-    if [[ "$(id -u)" != 0 ]]; then SUDO=(sudo -n); fi
-    export DEBIAN_FRONTEND=noninteractive
-    "${SUDO[@]}" apt-get update -q </dev/null
+    if [[ "$(id -u)" != 0 ]]; then
+      # Prompt for a password only when there is a terminal to ask on.
+      if [[ -t 0 ]]; then SUDO=(sudo); else SUDO=(sudo -n); fi
+    fi
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
-      apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
+      apt-get install -y -q --no-install-recommends "${missing[@]}"
     log "apt: done ($(elapsed "$t0"))"
   else
     log "apt: all ${#DEB_PACKAGES[@]} packages present, skipped ($(elapsed "$t0"))"

@@ -1,1 +1,15 @@
+//! The registry: versioned task definitions, the content-addressed model store,
+//! storage backends and the admin HTTP API.
 
+pub mod api;
+pub mod definition;
+pub mod models;
+pub mod service;
+pub mod store;
+pub mod version;
+
+pub use definition::{TaskDefinition, Take};
+pub use models::ModelStore;
+pub use service::{Qualifier, Registry, DEFAULT_TENANT};
+pub use store::{EmbeddedStore, Store};
+pub use version::{FunctionVersion, InputBinding, ModelInspector, ModelSignature, ModelType, OutputBinding, TensorInfo};

@@ -1,0 +1,392 @@
+//! The task definition format (contract) and its strict parsing.
+//!
+//! Unknown fields are rejected everywhere (`deny_unknown_fields`), so a typo in
+//! a definition is a 422 at registration instead of a setting that silently
+//! does nothing. Every optional block has a documented default.
+
+use std::collections::BTreeMap;
+
+use policies::tensor::{DType, Violation};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Current definition format version; `format` may be omitted and means this.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskDefinition {
+    #[serde(default = "default_format")]
+    pub format: u32,
+    pub name: String,
+    /// `sha256:<hex>` of a model uploaded with `POST /v1/models`.
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<Value>,
+    /// JSON field of the input object → model input tensor.
+    pub inputs: BTreeMap<String, InputSpec>,
+    /// JSON field of the output object → model output tensor.
+    pub outputs: BTreeMap<String, OutputSpec>,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<usize>,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreakerPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaPolicy>,
+    #[serde(default)]
+    pub scaling: ScalingPolicy,
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    pub tensor: String,
+    /// Element type; defaults to the model's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<DType>,
+    /// Shape, `-1` for a dynamic dimension; defaults to the model's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<Vec<i64>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    pub tensor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<DType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub take: Option<Take>,
+}
+
+/// How an output tensor becomes a JSON value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Take {
+    /// Index 0 of the first (batch) dimension: `[1, 10]` → 10 numbers, `[1]` → a scalar.
+    First,
+    /// The whole tensor as nested arrays (the default).
+    All,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub multiplier: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            initial_backoff_ms: 20,
+            max_backoff_ms: 1000,
+            multiplier: 2.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreakerPolicy {
+    pub failure_rate: f64,
+    pub minimum_calls: u32,
+    pub window_s: u64,
+    pub open_s: u64,
+    pub half_open_calls: u32,
+}
+
+impl Default for CircuitBreakerPolicy {
+    fn default() -> Self {
+        CircuitBreakerPolicy {
+            failure_rate: 0.5,
+            minimum_calls: 20,
+            window_s: 10,
+            open_s: 5,
+            half_open_calls: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitPolicy {
+    pub per_second: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_month: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScalingPolicy {
+    pub min_instances: u32,
+    pub max_instances: u32,
+    pub concurrency: u32,
+    pub idle_timeout_s: u64,
+}
+
+impl Default for ScalingPolicy {
+    fn default() -> Self {
+        ScalingPolicy {
+            min_instances: 0,
+            max_instances: 4,
+            concurrency: 8,
+            idle_timeout_s: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Resources {
+    pub gpu: bool,
+}
+
+fn default_format() -> u32 {
+    FORMAT_VERSION
+}
+
+fn default_timeout_ms() -> u64 {
+    30_000
+}
+
+/// Why a definition document was refused; every variant becomes a 422 with details.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DefinitionError {
+    pub violations: Vec<Violation>,
+}
+
+impl DefinitionError {
+    pub fn one(pointer: impl Into<String>, message: impl Into<String>) -> Self {
+        DefinitionError {
+            violations: vec![Violation::new(pointer, message)],
+        }
+    }
+}
+
+/// Document syntax of a definition body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Syntax {
+    Json,
+    Yaml,
+}
+
+impl Syntax {
+    /// Picks the syntax from a `content-type` header (JSON unless it names YAML).
+    pub fn from_content_type(content_type: Option<&str>) -> Self {
+        match content_type {
+            Some(ct) if ct.contains("yaml") => Syntax::Yaml,
+            _ => Syntax::Json,
+        }
+    }
+}
+
+/// Parses a definition strictly; errors carry the JSON pointer of the offending field.
+pub fn parse(bytes: &[u8], syntax: Syntax) -> Result<TaskDefinition, DefinitionError> {
+    let result = match syntax {
+        Syntax::Json => {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                let pointer = path_to_pointer(e.path());
+                (pointer, e.into_inner().to_string())
+            })
+        }
+        Syntax::Yaml => {
+            let de = serde_yaml::Deserializer::from_slice(bytes);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let pointer = path_to_pointer(e.path());
+                (pointer, e.into_inner().to_string())
+            })
+        }
+    };
+    let definition: TaskDefinition =
+        result.map_err(|(pointer, message)| DefinitionError::one(pointer, message))?;
+    let violations = check_fields(&definition);
+    if violations.is_empty() {
+        Ok(definition)
+    } else {
+        Err(DefinitionError { violations })
+    }
+}
+
+fn path_to_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut pointer = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => pointer.push_str(&format!("/{index}")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                pointer.push('/');
+                pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+            }
+            Segment::Unknown => {}
+        }
+    }
+    pointer
+}
+
+/// Whether a function name is acceptable in a URL path segment and a store key.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && name.len() <= 64
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// Whether `digest` is `sha256:` followed by 64 lowercase hex digits.
+pub fn valid_digest(digest: &str) -> bool {
+    digest
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
+/// Field checks that need no model: names, ranges, shapes.
+fn check_fields(d: &TaskDefinition) -> Vec<Violation> {
+    let mut v = Vec::new();
+    if d.format != FORMAT_VERSION {
+        v.push(Violation::new("/format", format!("unsupported format {}; this registry reads format {FORMAT_VERSION}", d.format)));
+    }
+    if !valid_name(&d.name) {
+        v.push(Violation::new(
+            "/name",
+            format!("invalid name {:?}: 1-64 characters, a lowercase letter first, then lowercase letters, digits, '-' or '_'", d.name),
+        ));
+    }
+    if !valid_digest(&d.model) {
+        v.push(Violation::new("/model", format!("invalid model digest {:?}: expected sha256:<64 lowercase hex digits>", d.model)));
+    }
+    if d.inputs.is_empty() {
+        v.push(Violation::new("/inputs", "at least one input is required"));
+    }
+    if d.outputs.is_empty() {
+        v.push(Violation::new("/outputs", "at least one output is required"));
+    }
+    for (field, spec) in &d.inputs {
+        if let Some(shape) = &spec.shape {
+            if shape.iter().any(|x| *x < -1) {
+                v.push(Violation::new(format!("/inputs/{field}/shape"), format!("invalid shape {shape:?}: dimensions are -1 (dynamic) or >= 0")));
+            }
+        }
+    }
+    for (pointer, schema) in [("/input_schema", &d.input_schema), ("/output_schema", &d.output_schema)] {
+        if let Some(schema) = schema {
+            if !schema.is_object() && !schema.is_boolean() {
+                v.push(Violation::new(pointer, "a JSON Schema must be an object or a boolean"));
+            }
+        }
+    }
+    if d.timeout_ms == 0 || d.timeout_ms > 600_000 {
+        v.push(Violation::new("/timeout_ms", format!("{} is out of range 1..=600000", d.timeout_ms)));
+    }
+    if d.max_body_bytes == Some(0) || d.max_body_bytes.is_some_and(|b| b > policies::limits::MAX_MODEL_BYTES) {
+        v.push(Violation::new("/max_body_bytes", "out of range 1..=536870912"));
+    }
+    if d.retry.max_attempts == 0 || d.retry.multiplier < 1.0 || d.retry.initial_backoff_ms > d.retry.max_backoff_ms {
+        v.push(Violation::new("/retry", "max_attempts >= 1, multiplier >= 1 and initial_backoff_ms <= max_backoff_ms are required"));
+    }
+    let cb = &d.circuit_breaker;
+    if !(cb.failure_rate > 0.0 && cb.failure_rate <= 1.0) || cb.window_s == 0 || cb.half_open_calls == 0 {
+        v.push(Violation::new("/circuit_breaker", "failure_rate in (0, 1], window_s >= 1 and half_open_calls >= 1 are required"));
+    }
+    if let Some(rl) = &d.rate_limit {
+        if !(rl.per_second > 0.0 && rl.per_second.is_finite()) || rl.burst == Some(0) {
+            v.push(Violation::new("/rate_limit", "per_second > 0 and burst >= 1 are required"));
+        }
+    }
+    let s = &d.scaling;
+    if s.max_instances == 0 || s.min_instances > s.max_instances || s.concurrency == 0 {
+        v.push(Violation::new("/scaling", "max_instances >= 1, min_instances <= max_instances and concurrency >= 1 are required"));
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIGEST: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn minimal() -> String {
+        format!(
+            r#"{{"name": "digits", "model": "{DIGEST}",
+                "inputs": {{"pixels": {{"tensor": "float_input", "dtype": "float32", "shape": [1, 64]}}}},
+                "outputs": {{"label": {{"tensor": "label", "take": "first"}}}}}}"#
+        )
+    }
+
+    #[test]
+    fn minimal_definition_gets_documented_defaults() {
+        let d = parse(minimal().as_bytes(), Syntax::Json).unwrap();
+        assert_eq!(d.timeout_ms, 30_000);
+        assert_eq!(d.retry.max_attempts, 3);
+        assert_eq!(d.scaling.max_instances, 4);
+        assert_eq!(d.outputs["label"].take, Some(Take::First));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_pointer() {
+        let body = minimal().replace(r#""take": "first""#, r#""take": "first", "tak": 1"#);
+        let err = parse(body.as_bytes(), Syntax::Json).unwrap_err();
+        assert_eq!(err.violations[0].pointer, "/outputs/label/tak");
+        assert!(err.violations[0].message.contains("unknown field `tak`"), "{err:?}");
+        let body = minimal().replacen('{', r#"{"scaling": {"max_instance": 2}, "#, 1);
+        let err = parse(body.as_bytes(), Syntax::Json).unwrap_err();
+        assert_eq!(err.violations[0].pointer, "/scaling/max_instance");
+    }
+
+    #[test]
+    fn yaml_is_accepted() {
+        let yaml = format!(
+            "name: iris\nmodel: \"{DIGEST}\"\ninputs:\n  features: {{tensor: float_input, shape: [1, 4]}}\noutputs:\n  label: {{tensor: label}}\n"
+        );
+        let d = parse(yaml.as_bytes(), Syntax::Yaml).unwrap();
+        assert_eq!(d.name, "iris");
+        assert_eq!(d.inputs["features"].shape, Some(vec![1, 4]));
+    }
+
+    #[test]
+    fn field_checks_name_every_problem() {
+        let body = minimal()
+            .replace("\"digits\"", "\"Digits!\"")
+            .replace(DIGEST, "sha256:xyz")
+            .replacen('{', r#"{"timeout_ms": 0, "#, 1);
+        let err = parse(body.as_bytes(), Syntax::Json).unwrap_err();
+        let pointers: Vec<&str> = err.violations.iter().map(|v| v.pointer.as_str()).collect();
+        assert_eq!(pointers, vec!["/name", "/model", "/timeout_ms"]);
+    }
+
+    #[test]
+    fn names_and_digests() {
+        assert!(valid_name("digits"));
+        assert!(valid_name("a-b_c9"));
+        assert!(!valid_name("9a"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a/b"));
+        assert!(valid_digest(DIGEST));
+        assert!(!valid_digest("sha256:ABC"));
+    }
+}

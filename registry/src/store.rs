@@ -1,0 +1,164 @@
+//! The narrow storage interface of the registry, and its embedded backend.
+//!
+//! The embedded backend is [redb]: a pure-Rust, ACID, copy-on-write B-tree in
+//! one file, with no server and no C dependency. Every registration is one
+//! write transaction that reads the latest version and writes the next, so
+//! version numbers never repeat and a crash never leaves half a version.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::version::FunctionVersion;
+
+/// (tenant, function name, version) → JSON of a [`FunctionVersion`].
+const VERSIONS: TableDefinition<(&str, &str, u32), &[u8]> = TableDefinition::new("versions_v1");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A function's name and its versions, for listings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FunctionSummary {
+    pub name: String,
+    pub latest_version: u32,
+    pub versions: Vec<u32>,
+}
+
+/// What the registry needs from a storage backend; implemented by the embedded
+/// store here and by Redis in cluster mode.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores `record` as the next version of its function and returns it with
+    /// the version number set. Atomic: concurrent appends get distinct numbers.
+    async fn append_version(&self, record: FunctionVersion) -> Result<FunctionVersion, StoreError>;
+
+    async fn get_version(&self, tenant: &str, name: &str, version: u32) -> Result<Option<FunctionVersion>, StoreError>;
+
+    async fn latest_version(&self, tenant: &str, name: &str) -> Result<Option<u32>, StoreError>;
+
+    async fn list_functions(&self, tenant: &str) -> Result<Vec<FunctionSummary>, StoreError>;
+}
+
+/// The embedded store: one redb file in the data directory.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+impl EmbeddedStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(backend)?;
+        let txn = db.begin_write().map_err(backend)?;
+        txn.open_table(VERSIONS).map_err(backend)?;
+        txn.commit().map_err(backend)?;
+        Ok(EmbeddedStore { db: Arc::new(db) })
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn decode(bytes: &[u8]) -> Result<FunctionVersion, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn latest_in<T: ReadableTable<(&'static str, &'static str, u32), &'static [u8]>>(
+    table: &T,
+    tenant: &str,
+    name: &str,
+) -> Result<Option<u32>, StoreError> {
+    let mut range = table.range((tenant, name, 0)..=(tenant, name, u32::MAX)).map_err(backend)?;
+    match range.next_back() {
+        Some(entry) => Ok(Some(entry.map_err(backend)?.0.value().2)),
+        None => Ok(None),
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn append_version(&self, mut record: FunctionVersion) -> Result<FunctionVersion, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            {
+                let mut table = txn.open_table(VERSIONS).map_err(backend)?;
+                let next = latest_in(&table, &record.tenant, &record.name)?.unwrap_or(0) + 1;
+                record.version = next;
+                let bytes = serde_json::to_vec(&record).map_err(backend)?;
+                table
+                    .insert((record.tenant.as_str(), record.name.as_str(), next), bytes.as_slice())
+                    .map_err(backend)?;
+            }
+            txn.commit().map_err(backend)?;
+            Ok(record)
+        })
+        .await
+    }
+
+    async fn get_version(&self, tenant: &str, name: &str, version: u32) -> Result<Option<FunctionVersion>, StoreError> {
+        let (tenant, name) = (tenant.to_string(), name.to_string());
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(VERSIONS).map_err(backend)?;
+            match table.get((tenant.as_str(), name.as_str(), version)).map_err(backend)? {
+                Some(guard) => decode(guard.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn latest_version(&self, tenant: &str, name: &str) -> Result<Option<u32>, StoreError> {
+        let (tenant, name) = (tenant.to_string(), name.to_string());
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(VERSIONS).map_err(backend)?;
+            latest_in(&table, &tenant, &name)
+        })
+        .await
+    }
+
+    async fn list_functions(&self, tenant: &str) -> Result<Vec<FunctionSummary>, StoreError> {
+        let tenant = tenant.to_string();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(VERSIONS).map_err(backend)?;
+            let mut out: Vec<FunctionSummary> = Vec::new();
+            for entry in table.range((tenant.as_str(), "", 0)..).map_err(backend)? {
+                let (key, _) = entry.map_err(backend)?;
+                let (t, name, version) = key.value();
+                if t != tenant {
+                    break;
+                }
+                match out.last_mut() {
+                    Some(last) if last.name == name => {
+                        last.latest_version = version;
+                        last.versions.push(version);
+                    }
+                    _ => out.push(FunctionSummary { name: name.to_string(), latest_version: version, versions: vec![version] }),
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}

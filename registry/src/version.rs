@@ -1,0 +1,263 @@
+//! A registered, immutable function version: the definition resolved against its model.
+
+use policies::tensor::{DType, Violation};
+use serde::{Deserialize, Serialize};
+
+use crate::definition::{TaskDefinition, Take};
+
+/// Element type as the model declares it: a supported [`DType`] or the raw name of another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ModelType {
+    Supported(DType),
+    Other(String),
+}
+
+impl std::fmt::Display for ModelType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelType::Supported(d) => write!(f, "{d}"),
+            ModelType::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// One input or output of a model as ONNX Runtime reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: ModelType,
+    /// `-1` for a dynamic dimension; empty for a scalar; `None` when not a tensor.
+    pub shape: Option<Vec<i64>>,
+}
+
+/// The inputs and outputs of a model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelSignature {
+    pub inputs: Vec<TensorInfo>,
+    pub outputs: Vec<TensorInfo>,
+}
+
+/// Reads a model's signature; implemented by the runtime over ONNX Runtime.
+pub trait ModelInspector: Send + Sync + 'static {
+    /// Loads `bytes` as a model; `Err` says why it is not a usable model.
+    fn inspect(&self, bytes: &[u8]) -> Result<ModelSignature, String>;
+}
+
+/// A JSON input field bound to a model input tensor, with its resolved type and shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputBinding {
+    pub field: String,
+    pub tensor: String,
+    pub dtype: DType,
+    pub shape: Vec<i64>,
+}
+
+/// A model output tensor bound to a JSON output field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputBinding {
+    pub field: String,
+    pub tensor: String,
+    pub dtype: DType,
+    pub take: Take,
+}
+
+/// What the store keeps per version. Never changed once written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionVersion {
+    pub tenant: String,
+    pub name: String,
+    pub version: u32,
+    pub created_at_ms: u64,
+    pub definition: TaskDefinition,
+    pub signature: ModelSignature,
+    pub inputs: Vec<InputBinding>,
+    pub outputs: Vec<OutputBinding>,
+}
+
+impl FunctionVersion {
+    /// The model digest without its `sha256:` prefix.
+    pub fn model_hex(&self) -> &str {
+        self.definition.model.trim_start_matches("sha256:")
+    }
+
+    /// The binding of a model input tensor by name.
+    pub fn input_by_tensor(&self, tensor: &str) -> Option<&InputBinding> {
+        self.inputs.iter().find(|b| b.tensor == tensor)
+    }
+}
+
+/// Resolves the definition's declared tensors against the model's signature.
+///
+/// Every model input must be fed by exactly one declared input; every declared
+/// tensor must exist with the same element type and a compatible shape.
+pub fn bind(
+    definition: &TaskDefinition,
+    signature: &ModelSignature,
+) -> Result<(Vec<InputBinding>, Vec<OutputBinding>), Vec<Violation>> {
+    let mut violations = Vec::new();
+    let mut inputs = Vec::new();
+    for (field, spec) in &definition.inputs {
+        let pointer = format!("/inputs/{field}");
+        let Some(info) = signature.inputs.iter().find(|t| t.name == spec.tensor) else {
+            violations.push(Violation::new(
+                format!("{pointer}/tensor"),
+                format!("the model has no input tensor {:?} (it has {})", spec.tensor, names(&signature.inputs)),
+            ));
+            continue;
+        };
+        let Some(dtype) = resolve_dtype(info, spec.dtype, &pointer, &mut violations) else {
+            continue;
+        };
+        let model_shape = info.shape.clone().unwrap_or_default();
+        let shape = match &spec.shape {
+            None => model_shape,
+            Some(declared) => {
+                if !shapes_compatible(declared, &model_shape) {
+                    violations.push(Violation::new(
+                        format!("{pointer}/shape"),
+                        format!(
+                            "declared shape {} is incompatible with the model's {} for tensor {:?}",
+                            policies::tensor::shape_display(declared),
+                            policies::tensor::shape_display(&model_shape),
+                            spec.tensor
+                        ),
+                    ));
+                    continue;
+                }
+                declared.clone()
+            }
+        };
+        inputs.push(InputBinding { field: field.clone(), tensor: spec.tensor.clone(), dtype, shape });
+    }
+    for info in &signature.inputs {
+        let fed = definition.inputs.values().filter(|s| s.tensor == info.name).count();
+        if fed == 0 {
+            violations.push(Violation::new("/inputs", format!("model input tensor {:?} is not declared", info.name)));
+        } else if fed > 1 {
+            violations.push(Violation::new("/inputs", format!("model input tensor {:?} is declared {fed} times", info.name)));
+        }
+    }
+    let mut outputs = Vec::new();
+    for (field, spec) in &definition.outputs {
+        let pointer = format!("/outputs/{field}");
+        let Some(info) = signature.outputs.iter().find(|t| t.name == spec.tensor) else {
+            violations.push(Violation::new(
+                format!("{pointer}/tensor"),
+                format!("the model has no output tensor {:?} (it has {})", spec.tensor, names(&signature.outputs)),
+            ));
+            continue;
+        };
+        let Some(dtype) = resolve_dtype(info, spec.dtype, &pointer, &mut violations) else {
+            continue;
+        };
+        outputs.push(OutputBinding {
+            field: field.clone(),
+            tensor: spec.tensor.clone(),
+            dtype,
+            take: spec.take.unwrap_or(Take::All),
+        });
+    }
+    if violations.is_empty() {
+        Ok((inputs, outputs))
+    } else {
+        Err(violations)
+    }
+}
+
+fn resolve_dtype(
+    info: &TensorInfo,
+    declared: Option<DType>,
+    pointer: &str,
+    violations: &mut Vec<Violation>,
+) -> Option<DType> {
+    if info.shape.is_none() {
+        violations.push(Violation::new(
+            format!("{pointer}/tensor"),
+            format!("model value {:?} is a {}, not a tensor; only tensors are supported", info.name, info.dtype),
+        ));
+        return None;
+    }
+    match (&info.dtype, declared) {
+        (ModelType::Supported(model), Some(d)) if *model != d => {
+            violations.push(Violation::new(
+                format!("{pointer}/dtype"),
+                format!("declared {d} but the model's tensor {:?} is {model}", info.name),
+            ));
+            None
+        }
+        (ModelType::Supported(model), _) => Some(*model),
+        (ModelType::Other(other), _) => {
+            violations.push(Violation::new(
+                format!("{pointer}/tensor"),
+                format!("tensor {:?} has element type {other}, which is not supported (float32, float64, int32, int64, bool)", info.name),
+            ));
+            None
+        }
+    }
+}
+
+fn shapes_compatible(declared: &[i64], model: &[i64]) -> bool {
+    declared.len() == model.len()
+        && declared.iter().zip(model).all(|(d, m)| *m < 0 || d == m)
+}
+
+fn names(tensors: &[TensorInfo]) -> String {
+    let names: Vec<String> = tensors.iter().map(|t| format!("{:?}", t.name)).collect();
+    names.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::{parse, Syntax};
+
+    fn signature() -> ModelSignature {
+        ModelSignature {
+            inputs: vec![TensorInfo { name: "float_input".into(), dtype: ModelType::Supported(DType::Float32), shape: Some(vec![-1, 64]) }],
+            outputs: vec![
+                TensorInfo { name: "label".into(), dtype: ModelType::Supported(DType::Int64), shape: Some(vec![-1]) },
+                TensorInfo { name: "zipmap".into(), dtype: ModelType::Other("sequence".into()), shape: None },
+            ],
+        }
+    }
+
+    fn definition(inputs: &str, outputs: &str) -> TaskDefinition {
+        let body = format!(
+            r#"{{"name": "digits", "model": "sha256:{}", "inputs": {inputs}, "outputs": {outputs}}}"#,
+            "0".repeat(64)
+        );
+        parse(body.as_bytes(), Syntax::Json).unwrap()
+    }
+
+    #[test]
+    fn binds_and_fills_in_the_models_types() {
+        let d = definition(r#"{"pixels": {"tensor": "float_input", "shape": [1, 64]}}"#, r#"{"label": {"tensor": "label", "take": "first"}}"#);
+        let (inputs, outputs) = bind(&d, &signature()).unwrap();
+        assert_eq!(inputs[0].dtype, DType::Float32);
+        assert_eq!(inputs[0].shape, vec![1, 64]);
+        assert_eq!(outputs[0].dtype, DType::Int64);
+        assert_eq!(outputs[0].take, Take::First);
+    }
+
+    #[test]
+    fn names_each_mismatch() {
+        let d = definition(
+            r#"{"pixels": {"tensor": "float_input", "dtype": "int64", "shape": [1, 64]}, "other": {"tensor": "nope"}}"#,
+            r#"{"label": {"tensor": "labels"}, "map": {"tensor": "zipmap"}}"#,
+        );
+        let err = bind(&d, &signature()).unwrap_err();
+        let pointers: Vec<&str> = err.iter().map(|v| v.pointer.as_str()).collect();
+        assert_eq!(pointers, vec!["/inputs/other/tensor", "/inputs/pixels/dtype", "/outputs/label/tensor", "/outputs/map/tensor"]);
+        assert!(err[1].message.contains("declared int64 but the model's tensor \"float_input\" is float32"));
+    }
+
+    #[test]
+    fn incompatible_shapes_and_missing_inputs_are_refused() {
+        let d = definition(r#"{"pixels": {"tensor": "float_input", "shape": [1, 63]}}"#, r#"{"label": {"tensor": "label"}}"#);
+        let err = bind(&d, &signature()).unwrap_err();
+        assert_eq!(err[0].pointer, "/inputs/pixels/shape");
+        let d = definition(r#"{"pixels": {"tensor": "float_input", "shape": [64]}}"#, r#"{"label": {"tensor": "label"}}"#);
+        assert!(bind(&d, &signature()).is_err());
+    }
+}
