@@ -4,6 +4,7 @@
 pub mod api;
 pub mod definition;
 pub mod models;
+pub mod protocol;
 pub mod service;
 pub mod store;
 pub mod version;

@@ -1,1 +1,10 @@
+//! The runtime node: loads function versions into ONNX Runtime sessions and
+//! serves invocations over HTTP/2 for the router.
 
+pub mod engine;
+pub mod ortenv;
+pub mod server;
+pub mod session;
+
+pub use engine::Engine;
+pub use session::OrtInspector;

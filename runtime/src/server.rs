@@ -1,0 +1,255 @@
+//! The node's HTTP/2 (and HTTP/1.1) server: the same invoke paths as the router,
+//! for trusted traffic inside the cluster.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use policies::limits::{self, DEFAULT_MAX_BODY_BYTES, MAX_JSON_DEPTH};
+use policies::ApiError;
+use registry::api::{error_response, json_response, read_body};
+use registry::protocol;
+use registry::{FunctionVersion, Qualifier, DEFAULT_TENANT};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::engine::Engine;
+
+/// Headers of the invocation contract.
+pub mod headers {
+    pub const VERSION: &str = "x-taskmesh-version";
+    pub const COLD_START: &str = "x-taskmesh-cold-start";
+    pub const INVOCATION_ID: &str = "x-taskmesh-invocation-id";
+    pub const NODE: &str = "x-taskmesh-node";
+    /// Set by the router on internal traffic: the caller's tenant.
+    pub const TENANT: &str = "x-taskmesh-tenant";
+}
+
+/// Serves `app` on `listener` with explicit HTTP/2 limits until `shutdown` resolves.
+///
+/// Connections speak HTTP/1.1 or h2c with prior knowledge (detected from the preface).
+pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http2()
+                .max_concurrent_streams(limits::H2_MAX_CONCURRENT_STREAMS)
+                .max_header_list_size(limits::H2_MAX_HEADER_LIST_BYTES)
+                .initial_stream_window_size(limits::H2_INITIAL_STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(limits::H2_INITIAL_CONNECTION_WINDOW_BYTES);
+            builder.http1().max_buf_size(64 * 1024);
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+struct Node {
+    engine: Arc<Engine>,
+    node_id: String,
+}
+
+/// The node's routes.
+pub fn router(engine: Arc<Engine>, node_id: String) -> Router {
+    let node = Arc::new(Node { engine, node_id });
+    Router::new()
+        .route("/v1/functions/{name}/invoke", post(invoke))
+        .route("/v2/health/live", get(|| async { json_response(StatusCode::OK, &json!({"live": true})) }))
+        .route("/v2/health/ready", get(|| async { json_response(StatusCode::OK, &json!({"ready": true})) }))
+        .route("/v2/models/{name}", get(metadata))
+        .route("/v2/models/{name}/versions/{version}", get(metadata))
+        .route("/v2/models/{name}/ready", get(ready))
+        .route("/v2/models/{name}/versions/{version}/ready", get(ready))
+        .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer))
+        .route("/healthz", get(|| async { json_response(StatusCode::OK, &json!({"status": "ok"})) }))
+        .fallback(|method: Method, uri: Uri| async move {
+            error_response(&ApiError::not_found(format!("no route for {method} {}", uri.path())))
+        })
+        .with_state(node)
+}
+
+/// Reads the version qualifier from `?version=N` (aliases arrive with rollouts).
+pub fn qualifier_from_query(query: &HashMap<String, String>) -> Result<Qualifier, ApiError> {
+    if let Some(alias) = query.get("alias") {
+        return Err(ApiError::not_found(format!("alias {alias:?} not found")));
+    }
+    match query.get("version") {
+        None => Ok(Qualifier::Default),
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(Qualifier::Version)
+            .ok_or_else(|| ApiError::bad_request(format!("version must be a positive integer, got {v:?}"))),
+    }
+}
+
+fn tenant_of(headers: &HeaderMap) -> String {
+    headers
+        .get(headers::TENANT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(DEFAULT_TENANT)
+        .to_string()
+}
+
+fn invocation_id(headers: &HeaderMap) -> String {
+    headers
+        .get(headers::INVOCATION_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string)
+}
+
+async fn resolve(node: &Node, headers: &HeaderMap, name: &str, qualifier: &Qualifier) -> Result<Arc<FunctionVersion>, ApiError> {
+    node.engine.registry().resolve(&tenant_of(headers), name, qualifier).await
+}
+
+/// Reads and parses a JSON body within the version's cap.
+async fn json_body(version: &FunctionVersion, body: Body) -> Result<Value, ApiError> {
+    let cap = version.definition.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    let bytes = read_body(body, cap).await?;
+    policies::json::parse_body(&bytes, MAX_JSON_DEPTH)
+}
+
+fn with_headers(mut response: Response, node: &Node, version: &FunctionVersion, cold_start: Option<bool>, id: &str) -> Response {
+    let h = response.headers_mut();
+    h.insert(headers::VERSION, HeaderValue::from(version.version));
+    h.insert(headers::NODE, HeaderValue::from_str(&node.node_id).unwrap_or(HeaderValue::from_static("node")));
+    if let Ok(v) = HeaderValue::from_str(id) {
+        h.insert(headers::INVOCATION_ID, v);
+    }
+    if let Some(cold) = cold_start {
+        h.insert(headers::COLD_START, HeaderValue::from_static(if cold { "true" } else { "false" }));
+    }
+    response
+}
+
+async fn invoke(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let id = invocation_id(&headers);
+    let result: Result<Response, ApiError> = async {
+        let version = resolve(&node, &headers, &name, &qualifier_from_query(&query)?).await?;
+        let input = json_body(&version, body).await?;
+        let inputs = protocol::invoke_inputs(&version, &input)?;
+        let outcome = node.engine.run(&version, inputs).await?;
+        let output = protocol::invoke_outputs(&version, &outcome.outputs)?;
+        let response = json_response(StatusCode::OK, &output);
+        Ok(with_headers(response, &node, &version, Some(outcome.cold_start), &id))
+    }
+    .await;
+    finish(result, &name, &id)
+}
+
+async fn infer(
+    State(node): State<Arc<Node>>,
+    Path(params): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let id = invocation_id(&headers);
+    let name = params.get("name").cloned().unwrap_or_default();
+    let result: Result<Response, ApiError> = async {
+        let version = resolve(&node, &headers, &name, &path_qualifier(&params)?).await?;
+        let input = json_body(&version, body).await?;
+        let mut request = protocol::oip_inputs(&version, &input)?;
+        let inputs = std::mem::take(&mut request.inputs);
+        let outcome = node.engine.run(&version, inputs).await?;
+        let output = protocol::oip_response(&version, &request, &outcome.outputs);
+        Ok(with_headers(json_response(StatusCode::OK, &output), &node, &version, Some(outcome.cold_start), &id))
+    }
+    .await;
+    finish(result, &name, &id)
+}
+
+fn path_qualifier(params: &HashMap<String, String>) -> Result<Qualifier, ApiError> {
+    match params.get("version") {
+        None => Ok(Qualifier::Default),
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(Qualifier::Version)
+            .ok_or_else(|| ApiError::not_found(format!("model version {v:?} not found"))),
+    }
+}
+
+async fn metadata(State(node): State<Arc<Node>>, Path(params): Path<HashMap<String, String>>, headers: HeaderMap) -> Response {
+    let name = params.get("name").cloned().unwrap_or_default();
+    let result = async {
+        let version = resolve(&node, &headers, &name, &path_qualifier(&params)?).await?;
+        let versions = node
+            .engine
+            .registry()
+            .list(&tenant_of(&headers))
+            .await?
+            .into_iter()
+            .find(|f| f.name == name)
+            .map(|f| f.versions)
+            .unwrap_or_default();
+        Ok(json_response(StatusCode::OK, &protocol::oip_metadata(&version, &versions)))
+    }
+    .await;
+    result.unwrap_or_else(|e: ApiError| error_response(&e))
+}
+
+async fn ready(State(node): State<Arc<Node>>, Path(params): Path<HashMap<String, String>>, headers: HeaderMap) -> Response {
+    let name = params.get("name").cloned().unwrap_or_default();
+    let result = async {
+        let version = resolve(&node, &headers, &name, &path_qualifier(&params)?).await?;
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({"name": version.name, "version": version.version.to_string(), "ready": true, "warm": node.engine.is_warm(&version)}),
+        ))
+    }
+    .await;
+    result.unwrap_or_else(|e: ApiError| error_response(&e))
+}
+
+fn finish(result: Result<Response, ApiError>, name: &str, id: &str) -> Response {
+    match result {
+        Ok(response) => response,
+        Err(err) => {
+            if err.code.is_client_fault() {
+                tracing::debug!(function = name, invocation_id = id, code = err.code.as_str(), "invocation refused");
+            } else {
+                tracing::warn!(function = name, invocation_id = id, code = err.code.as_str(), message = %err.message, "invocation failed");
+            }
+            let mut response = error_response(&err);
+            if let Ok(v) = HeaderValue::from_str(id) {
+                response.headers_mut().insert(headers::INVOCATION_ID, v);
+            }
+            response
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Building ONNX Runtime sessions, reading signatures and running tensors through them.
+
+use std::collections::HashMap;
+
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
+use policies::tensor::{DType, Tensor, TensorData};
+use registry::{ModelInspector, ModelSignature, ModelType, TensorInfo};
+
+use crate::ortenv;
+
+/// How a session is built: threads per session keep instances sharing the node's cores.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionOptions {
+    pub intra_threads: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { intra_threads: 1 }
+    }
+}
+
+/// Builds a CPU session from model bytes.
+pub fn build_session(bytes: &[u8], options: SessionOptions) -> Result<Session, String> {
+    let env = ortenv::environment()?;
+    let err = |e: ort::Error<ort::session::builder::SessionBuilder>| e.to_string();
+    Session::builder(env)
+        .map_err(|e| e.to_string())?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(err)?
+        .with_intra_threads(options.intra_threads)
+        .map_err(err)?
+        .with_inter_threads(1)
+        .map_err(err)?
+        .commit_from_memory(bytes)
+        .map_err(|e| e.to_string())
+}
+
+fn dtype_of(ty: TensorElementType) -> ModelType {
+    match ty {
+        TensorElementType::Float32 => ModelType::Supported(DType::Float32),
+        TensorElementType::Float64 => ModelType::Supported(DType::Float64),
+        TensorElementType::Int32 => ModelType::Supported(DType::Int32),
+        TensorElementType::Int64 => ModelType::Supported(DType::Int64),
+        TensorElementType::Bool => ModelType::Supported(DType::Bool),
+        other => ModelType::Other(format!("{other:?}").to_lowercase()),
+    }
+}
+
+fn info_of(name: &str, ty: &ValueType) -> TensorInfo {
+    match ty {
+        ValueType::Tensor { ty, shape, .. } => TensorInfo {
+            name: name.to_string(),
+            dtype: dtype_of(*ty),
+            shape: Some(shape.iter().copied().collect()),
+        },
+        ValueType::Sequence(_) => TensorInfo { name: name.to_string(), dtype: ModelType::Other("sequence".into()), shape: None },
+        ValueType::Map { .. } => TensorInfo { name: name.to_string(), dtype: ModelType::Other("map".into()), shape: None },
+        ValueType::Optional(_) => TensorInfo { name: name.to_string(), dtype: ModelType::Other("optional".into()), shape: None },
+    }
+}
+
+/// The signature of a loaded session.
+pub fn signature(session: &Session) -> ModelSignature {
+    ModelSignature {
+        inputs: session.inputs().iter().map(|o| info_of(o.name(), o.dtype())).collect(),
+        outputs: session.outputs().iter().map(|o| info_of(o.name(), o.dtype())).collect(),
+    }
+}
+
+/// Inspects models by loading them in ONNX Runtime (used by the registry at upload and registration).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OrtInspector;
+
+impl ModelInspector for OrtInspector {
+    fn inspect(&self, bytes: &[u8]) -> Result<ModelSignature, String> {
+        let session = build_session(bytes, SessionOptions::default())?;
+        Ok(signature(&session))
+    }
+}
+
+fn to_ort(tensor: Tensor) -> Result<DynValue, String> {
+    let shape = tensor.shape;
+    let value = match tensor.data {
+        TensorData::Float32(v) => OrtTensor::from_array((shape, v)).map(|t| t.into_dyn()),
+        TensorData::Float64(v) => OrtTensor::from_array((shape, v)).map(|t| t.into_dyn()),
+        TensorData::Int32(v) => OrtTensor::from_array((shape, v)).map(|t| t.into_dyn()),
+        TensorData::Int64(v) => OrtTensor::from_array((shape, v)).map(|t| t.into_dyn()),
+        TensorData::Bool(v) => OrtTensor::from_array((shape, v)).map(|t| t.into_dyn()),
+    };
+    value.map_err(|e| e.to_string())
+}
+
+fn from_ort(value: &DynValue) -> Result<Option<Tensor>, String> {
+    let ValueType::Tensor { ty, .. } = value.dtype() else {
+        return Ok(None);
+    };
+    fn parts<T: ort::value::PrimitiveTensorElementType + Clone>(value: &DynValue) -> Result<(Vec<usize>, Vec<T>), String> {
+        let (shape, data) = value.try_extract_tensor::<T>().map_err(|e| e.to_string())?;
+        Ok((shape.iter().map(|d| (*d).max(0) as usize).collect(), data.to_vec()))
+    }
+    let tensor = match ty {
+        TensorElementType::Float32 => parts::<f32>(value).map(|(s, d)| Tensor { shape: s, data: TensorData::Float32(d) })?,
+        TensorElementType::Float64 => parts::<f64>(value).map(|(s, d)| Tensor { shape: s, data: TensorData::Float64(d) })?,
+        TensorElementType::Int32 => parts::<i32>(value).map(|(s, d)| Tensor { shape: s, data: TensorData::Int32(d) })?,
+        TensorElementType::Int64 => parts::<i64>(value).map(|(s, d)| Tensor { shape: s, data: TensorData::Int64(d) })?,
+        TensorElementType::Bool => parts::<bool>(value).map(|(s, d)| Tensor { shape: s, data: TensorData::Bool(d) })?,
+        _ => return Ok(None),
+    };
+    Ok(Some(tensor))
+}
+
+/// Runs `inputs` through `session`; returns every output that is a supported tensor.
+pub fn run(session: &mut Session, inputs: Vec<(String, Tensor)>) -> Result<HashMap<String, Tensor>, String> {
+    let mut values = Vec::with_capacity(inputs.len());
+    for (name, tensor) in inputs {
+        values.push((name, to_ort(tensor)?));
+    }
+    let outputs = session.run(values).map_err(|e| e.to_string())?;
+    let mut result = HashMap::new();
+    for (name, value) in outputs.iter() {
+        if let Some(tensor) = from_ort(&value)? {
+            result.insert(name.to_string(), tensor);
+        }
+    }
+    Ok(result)
+}
