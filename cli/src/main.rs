@@ -1,1 +1,194 @@
-fn main() {}
+//! `taskmesh`: run the platform and talk to it.
+
+mod client;
+mod config;
+mod up;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use figment::value::{Dict, Value as FigValue};
+use http::Method;
+
+use crate::client::H2Client;
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(name = "taskmesh", version, about = "Serverless platform for ONNX functions")]
+struct Cli {
+    /// Config file (default: ./taskmesh.toml when present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run router, registry and one runtime node in one process on the embedded store.
+    Up(UpArgs),
+    /// Register and list functions (talks to the registry admin API).
+    Fn {
+        #[command(subcommand)]
+        command: FnCommand,
+    },
+    /// Invoke a function through the router over HTTP/2.
+    Invoke(InvokeArgs),
+}
+
+#[derive(Args, Default)]
+struct UpArgs {
+    /// Router listener (default 127.0.0.1:8080).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Registry admin API listener (default 127.0.0.1:8081).
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// Runtime node listener (default 127.0.0.1:0, a free port).
+    #[arg(long)]
+    node_listen: Option<String>,
+    /// Data directory (default ./.taskmesh).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Folder of example functions to register (default ./examples when present).
+    #[arg(long)]
+    examples: Option<PathBuf>,
+    /// Register no example functions.
+    #[arg(long)]
+    no_examples: bool,
+}
+
+#[derive(Subcommand)]
+enum FnCommand {
+    /// Register a definition file (JSON or YAML). A `model` that is a path
+    /// (e.g. `./model.onnx`, relative to the file) is uploaded first.
+    Register {
+        file: PathBuf,
+        #[arg(long)]
+        admin_url: Option<String>,
+    },
+    /// List registered functions.
+    List {
+        #[arg(long)]
+        admin_url: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct InvokeArgs {
+    /// Function name.
+    name: String,
+    /// JSON input.
+    #[arg(long)]
+    data: String,
+    /// Version to call (default: latest).
+    #[arg(long)]
+    version: Option<u32>,
+    #[arg(long)]
+    router_url: Option<String>,
+}
+
+fn flag(dict: &mut Dict, key: &str, value: Option<impl Into<FigValue>>) {
+    if let Some(v) = value {
+        dict.insert(key.into(), v.into());
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TASKMESH_LOG").unwrap_or_else(|_| "info,ort=warn,pingora_core=warn,pingora_proxy=warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let env = config::process_env();
+    let mut flags = Dict::new();
+    match &cli.command {
+        Command::Up(a) => {
+            flag(&mut flags, "listen", a.listen.clone());
+            flag(&mut flags, "admin_listen", a.admin_listen.clone());
+            flag(&mut flags, "node_listen", a.node_listen.clone());
+            flag(&mut flags, "data_dir", a.data_dir.as_ref().map(|p| p.display().to_string()));
+            flag(&mut flags, "examples", a.examples.as_ref().map(|p| p.display().to_string()));
+        }
+        Command::Fn { command: FnCommand::Register { admin_url, .. } | FnCommand::List { admin_url } } => {
+            flag(&mut flags, "admin_url", admin_url.clone());
+        }
+        Command::Invoke(a) => flag(&mut flags, "router_url", a.router_url.clone()),
+    }
+    let mut config = Config::load(cli.config.as_deref(), &env, flags).context("invalid configuration")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Up(args) => {
+            if args.no_examples {
+                config.examples = None;
+            } else if config.examples.is_none() && Path::new("examples").is_dir() {
+                config.examples = Some(PathBuf::from("examples"));
+            }
+            runtime.block_on(up::run(config))
+        }
+        Command::Fn { command: FnCommand::Register { file, .. } } => runtime.block_on(register(&config, &file)),
+        Command::Fn { command: FnCommand::List { .. } } => runtime.block_on(list(&config)),
+        Command::Invoke(args) => runtime.block_on(invoke(&config, &args)),
+    }
+}
+
+/// Reads a definition file, uploading a model given as a path; returns the document to post.
+pub async fn prepare_definition(client: &H2Client, admin_url: &str, file: &Path) -> Result<(Vec<u8>, &'static str)> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let yaml = matches!(file.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+    let mut doc: serde_json::Value = if yaml {
+        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?
+    } else {
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?
+    };
+    if let Some(model) = doc.get("model").and_then(|m| m.as_str()).filter(|m| !m.starts_with("sha256:")) {
+        let path = file.parent().unwrap_or(Path::new(".")).join(model);
+        let bytes = std::fs::read(&path).with_context(|| format!("reading model {}", path.display()))?;
+        let reply = client.send(Method::POST, &format!("{admin_url}/v1/models"), Some("application/octet-stream"), bytes).await?;
+        if !reply.status.is_success() {
+            bail!("uploading {} failed: {} {}", path.display(), reply.status, String::from_utf8_lossy(&reply.body));
+        }
+        let uploaded: serde_json::Value = serde_json::from_slice(&reply.body)?;
+        doc["model"] = uploaded["digest"].clone();
+    }
+    Ok((serde_json::to_vec(&doc)?, "application/json"))
+}
+
+async fn register(config: &Config, file: &Path) -> Result<()> {
+    let client = H2Client::new();
+    let (body, content_type) = prepare_definition(&client, &config.admin_url, file).await?;
+    let reply = client.send(Method::POST, &format!("{}/v1/functions", config.admin_url), Some(content_type), body).await?;
+    println!("{}", String::from_utf8_lossy(&reply.body));
+    if !reply.status.is_success() {
+        bail!("registration failed: {}", reply.status);
+    }
+    Ok(())
+}
+
+async fn list(config: &Config) -> Result<()> {
+    let reply = H2Client::new().send(Method::GET, &format!("{}/v1/functions", config.admin_url), None, Vec::new()).await?;
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).context("registry answered with non-JSON")?;
+    if !reply.status.is_success() {
+        bail!("listing failed: {} {body}", reply.status);
+    }
+    for f in body["functions"].as_array().into_iter().flatten() {
+        println!("{}\tlatest {}\tversions {}", f["name"].as_str().unwrap_or("?"), f["latest_version"], f["versions"]);
+    }
+    Ok(())
+}
+
+async fn invoke(config: &Config, args: &InvokeArgs) -> Result<()> {
+    let mut url = format!("{}/v1/functions/{}/invoke", config.router_url, args.name);
+    if let Some(v) = args.version {
+        url.push_str(&format!("?version={v}"));
+    }
+    let reply = H2Client::new().send(Method::POST, &url, Some("application/json"), args.data.clone().into_bytes()).await?;
+    let version = reply.headers.get("x-taskmesh-version").and_then(|v| v.to_str().ok()).unwrap_or("-");
+    eprintln!("status {} version {version}", reply.status);
+    println!("{}", String::from_utf8_lossy(&reply.body));
+    if !reply.status.is_success() {
+        std::process::exit(1);
+    }
+    Ok(())
+}

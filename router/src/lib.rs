@@ -1,1 +1,107 @@
+//! The router: Pingora's HTTP proxy as the data-plane front door.
+//!
+//! One plain listener speaks HTTP/1.1 and h2c with prior knowledge. Requests are
+//! checked and refused in `request_filter`, then proxied over h2c to a runtime
+//! node. See `proxy.rs` for the phase hooks and ARCHITECTURE.md for the path.
 
+pub mod metrics;
+pub mod proxy;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::protocols::http::v2::server::default_h2_options;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use policies::limits;
+use registry::Registry;
+
+pub use proxy::{RouterState, TaskmeshProxy};
+
+/// What the router needs to start.
+#[derive(Debug, Clone)]
+pub struct RouterOptions {
+    pub listen: SocketAddr,
+    pub nodes: Vec<SocketAddr>,
+    pub threads: usize,
+}
+
+/// A running router; dropping it does not stop it, `shutdown` does.
+pub struct RouterHandle {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub state: Arc<RouterState>,
+}
+
+impl RouterHandle {
+    /// Stops accepting, closes connections and waits for the server thread.
+    pub fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct StopSignal(tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for StopSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        if let Some(rx) = self.0.lock().await.take() {
+            let _ = rx.await;
+        }
+        ShutdownSignal::FastShutdown
+    }
+}
+
+/// Starts the router on its own thread (Pingora runs its own runtimes) and
+/// returns once the listener accepts connections.
+pub fn start(options: RouterOptions, registry: Arc<Registry>) -> anyhow::Result<RouterHandle> {
+    let state = Arc::new(RouterState { registry, nodes: options.nodes.clone(), metrics: metrics::Metrics::new() });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let thread_state = state.clone();
+    let listen = options.listen;
+    let threads = options.threads;
+    let thread = std::thread::Builder::new().name("taskmesh-router".into()).spawn(move || {
+        let conf = ServerConf {
+            threads,
+            grace_period_seconds: Some(0),
+            graceful_shutdown_timeout_seconds: Some(1),
+            ..ServerConf::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(None, conf);
+        server.bootstrap();
+        let mut service = pingora_proxy::http_proxy_service(&server.configuration, TaskmeshProxy { state: thread_state });
+        let app = service.app_logic_mut().expect("proxy app");
+        let mut server_options = HttpServerOptions::default();
+        server_options.h2c = true;
+        server_options.keepalive_request_limit = None;
+        app.server_options = Some(server_options);
+        let mut h2 = default_h2_options();
+        h2.max_concurrent_streams(limits::H2_MAX_CONCURRENT_STREAMS)
+            .max_header_list_size(limits::H2_MAX_HEADER_LIST_BYTES)
+            .initial_window_size(limits::H2_INITIAL_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(limits::H2_INITIAL_CONNECTION_WINDOW_BYTES);
+        app.h2_options = Some(h2);
+        service.add_tcp(&listen.to_string());
+        server.add_service(service);
+        server.run(RunArgs { shutdown_signal: Box::new(StopSignal(tokio::sync::Mutex::new(Some(stop_rx)))) });
+    })?;
+    let handle = RouterHandle { stop: Some(stop_tx), thread: Some(thread), state };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_err() {
+        if Instant::now() > deadline {
+            handle.shutdown();
+            anyhow::bail!("router did not start listening on {listen}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(handle)
+}

@@ -1,0 +1,103 @@
+//! The CLI's configuration: defaults, then `taskmesh.toml`, then `TASKMESH_*`
+//! environment variables, then flags (figment merges them in that order).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Config {
+    /// Router (data plane) listener.
+    pub listen: SocketAddr,
+    /// Registry admin API listener.
+    pub admin_listen: SocketAddr,
+    /// Runtime node listener (internal traffic; port 0 picks a free port).
+    pub node_listen: SocketAddr,
+    /// Data directory of the embedded store and model store.
+    pub data_dir: PathBuf,
+    /// Folder of example functions registered by `taskmesh up` (empty: none).
+    pub examples: Option<PathBuf>,
+    /// Router URL the CLI's `invoke` talks to.
+    pub router_url: String,
+    /// Registry admin URL the CLI's `fn` commands talk to.
+    pub admin_url: String,
+    /// Router worker threads.
+    pub router_threads: usize,
+    /// ONNX Runtime intra-op threads per session.
+    pub session_threads: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("static address"),
+            admin_listen: "127.0.0.1:8081".parse().expect("static address"),
+            node_listen: "127.0.0.1:0".parse().expect("static address"),
+            data_dir: PathBuf::from(".taskmesh"),
+            examples: None,
+            router_url: "http://127.0.0.1:8080".into(),
+            admin_url: "http://127.0.0.1:8081".into(),
+            router_threads: 2,
+            session_threads: 1,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the layers below the flags; `overrides` are the flags that were given.
+    pub fn load(file: Option<&std::path::Path>, env: &[(String, String)], overrides: figment::value::Dict) -> Result<Self, figment::Error> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        let file = file.map(PathBuf::from).unwrap_or_else(|| PathBuf::from("taskmesh.toml"));
+        fig = fig.merge(Toml::file(file));
+        let env_dict: figment::value::Dict = env
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("TASKMESH_").map(|k| (k.to_lowercase(), v.parse::<figment::value::Value>().unwrap_or_else(|_| figment::value::Value::from(v.clone())))))
+            .collect();
+        fig = fig.merge(Serialized::defaults(env_dict));
+        fig = fig.merge(Serialized::defaults(overrides));
+        let config: Config = fig.extract()?;
+        config.validate().map_err(figment::Error::from)?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.router_threads == 0 || self.session_threads == 0 {
+            return Err("router_threads and session_threads must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The process environment as pairs (tests pass their own).
+pub fn process_env() -> Vec<(String, String)> {
+    std::env::vars().filter(|(k, _)| k.starts_with("TASKMESH_")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("taskmesh.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\nrouter_threads = 3\n").unwrap();
+        let env = vec![("TASKMESH_ROUTER_THREADS".to_string(), "4".to_string()), ("OTHER".into(), "x".into())];
+        let mut flags = figment::value::Dict::new();
+        flags.insert("data_dir".into(), "/tmp/x".into());
+        let c = Config::load(Some(&file), &env, flags).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.router_threads, 4);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.admin_listen.port(), 8081);
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        let env = vec![("TASKMESH_ROUTER_THREADS".to_string(), "0".to_string())];
+        assert!(Config::load(None, &env, figment::value::Dict::new()).is_err());
+    }
+}

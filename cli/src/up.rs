@@ -1,0 +1,102 @@
+//! `taskmesh up`: router, registry and one runtime node in one process.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use registry::definition::Syntax;
+use registry::{EmbeddedStore, ModelStore, Registry, DEFAULT_TENANT};
+use runtime::session::SessionOptions;
+use runtime::{Engine, OrtInspector};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+
+pub async fn run(config: Config) -> Result<()> {
+    runtime::ortenv::environment().map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let store = EmbeddedStore::open(&config.data_dir.join("registry.redb")).context("opening the embedded store")?;
+    let models = ModelStore::open(config.data_dir.join("models")).context("opening the model store")?;
+    let registry = Arc::new(Registry::new(Arc::new(store), models, Arc::new(OrtInspector)));
+
+    let engine = Arc::new(Engine::new(registry.clone(), SessionOptions { intra_threads: config.session_threads }));
+    let node_listener = TcpListener::bind(config.node_listen).await.with_context(|| format!("binding node listener {}", config.node_listen))?;
+    let node_addr = node_listener.local_addr()?;
+    let admin_listener = TcpListener::bind(config.admin_listen).await.with_context(|| format!("binding admin listener {}", config.admin_listen))?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let node_app = runtime::server::router(engine.clone(), format!("node-{}", node_addr.port()));
+    let node_task = tokio::spawn(runtime::server::serve(node_listener, node_app, stopped(stop_rx.clone())));
+    let admin_app = registry::api::router(registry.clone());
+    let admin_task = tokio::spawn(runtime::server::serve(admin_listener, admin_app, stopped(stop_rx.clone())));
+
+    if let Some(dir) = &config.examples {
+        register_examples(&registry, dir).await?;
+    }
+
+    let listen = config.listen;
+    let router_threads = config.router_threads;
+    let router = tokio::task::spawn_blocking(move || {
+        router::start(router::RouterOptions { listen, nodes: vec![node_addr], threads: router_threads }, registry)
+    })
+    .await??;
+
+    println!("taskmesh is up");
+    println!("  router   http://{listen}  (HTTP/1.1 and h2c)");
+    println!("  admin    http://{admin_addr}");
+    println!("  node     http://{node_addr}");
+    println!("  data     {}", config.data_dir.display());
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    tokio::task::spawn_blocking(move || router.shutdown()).await?;
+    let _ = stop_tx.send(true);
+    let _ = node_task.await;
+    let _ = admin_task.await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Registers each `examples/*/function.{json,yaml}` whose model is built,
+/// skipping those whose latest version already has the same definition.
+async fn register_examples(registry: &Registry, dir: &Path) -> Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for folder in entries.into_iter().filter(|p| p.is_dir()) {
+        let Some(file) = ["function.json", "function.yaml"].iter().map(|f| folder.join(f)).find(|p| p.is_file()) else {
+            continue;
+        };
+        let model = folder.join("model.onnx");
+        if !model.is_file() {
+            tracing::warn!(example = %folder.display(), "model.onnx missing (run scripts/setup.sh); example skipped");
+            continue;
+        }
+        let digest = registry.upload_model(&std::fs::read(&model)?).await.map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
+        let text = std::fs::read_to_string(&file)?;
+        let mut doc: serde_json::Value = if file.extension().is_some_and(|e| e == "yaml") { serde_yaml::from_str(&text)? } else { serde_json::from_str(&text)? };
+        doc["model"] = serde_json::Value::String(digest);
+        let bytes = serde_json::to_vec(&doc)?;
+        let definition = registry::definition::parse(&bytes, Syntax::Json)
+            .map_err(|e| anyhow::anyhow!("{}: {:?}", file.display(), e.violations))?;
+        let name = definition.name.clone();
+        let latest = registry.resolve(DEFAULT_TENANT, &name, &registry::Qualifier::Default).await.ok();
+        if latest.as_ref().is_some_and(|v| v.definition == definition) {
+            println!("example {name}: version {} (unchanged)", latest.map_or(0, |v| v.version));
+            continue;
+        }
+        let stored = registry.register(DEFAULT_TENANT, &bytes, Syntax::Json).await.map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        println!("example {name}: registered version {}", stored.version);
+    }
+    Ok(())
+}
