@@ -19,19 +19,41 @@ pub struct H2Client {
 
 impl H2Client {
     pub fn new() -> Self {
-        let inner = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+        let inner = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
         H2Client { inner }
     }
 
-    pub async fn send(&self, method: Method, url: &str, content_type: Option<&str>, body: Vec<u8>) -> Result<Reply> {
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<Reply> {
         let mut request = Request::builder().method(method).uri(url);
         if let Some(ct) = content_type {
             request = request.header(http::header::CONTENT_TYPE, ct);
         }
-        let request = request.body(Full::new(Bytes::from(body))).context("building request")?;
-        let response = self.inner.request(request).await.with_context(|| format!("request to {url} failed"))?;
+        let request = request
+            .body(Full::new(Bytes::from(body)))
+            .context("building request")?;
+        let response = self
+            .inner
+            .request(request)
+            .await
+            .with_context(|| format!("request to {url} failed"))?;
         let (parts, body) = response.into_parts();
-        let body = body.collect().await.context("reading response body")?.to_bytes();
-        Ok(Reply { status: parts.status, headers: parts.headers, body })
+        let body = body
+            .collect()
+            .await
+            .context("reading response body")?
+            .to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
     }
 }

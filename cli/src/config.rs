@@ -48,18 +48,32 @@ impl Default for Config {
 
 impl Config {
     /// Loads the layers below the flags; `overrides` are the flags that were given.
-    pub fn load(file: Option<&std::path::Path>, env: &[(String, String)], overrides: figment::value::Dict) -> Result<Self, figment::Error> {
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: &[(String, String)],
+        overrides: figment::value::Dict,
+    ) -> Result<Self, Box<figment::Error>> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
-        let file = file.map(PathBuf::from).unwrap_or_else(|| PathBuf::from("taskmesh.toml"));
+        let file = file
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("taskmesh.toml"));
         fig = fig.merge(Toml::file(file));
         let env_dict: figment::value::Dict = env
             .iter()
-            .filter_map(|(k, v)| k.strip_prefix("TASKMESH_").map(|k| (k.to_lowercase(), v.parse::<figment::value::Value>().unwrap_or_else(|_| figment::value::Value::from(v.clone())))))
+            .filter_map(|(k, v)| {
+                k.strip_prefix("TASKMESH_").map(|k| {
+                    (
+                        k.to_lowercase(),
+                        v.parse::<figment::value::Value>()
+                            .unwrap_or_else(|_| figment::value::Value::from(v.clone())),
+                    )
+                })
+            })
             .collect();
         fig = fig.merge(Serialized::defaults(env_dict));
         fig = fig.merge(Serialized::defaults(overrides));
-        let config: Config = fig.extract()?;
-        config.validate().map_err(figment::Error::from)?;
+        let config: Config = fig.extract().map_err(Box::new)?;
+        config.validate().map_err(|e| Box::new(figment::Error::from(e)))?;
         Ok(config)
     }
 
@@ -73,7 +87,9 @@ impl Config {
 
 /// The process environment as pairs (tests pass their own).
 pub fn process_env() -> Vec<(String, String)> {
-    std::env::vars().filter(|(k, _)| k.starts_with("TASKMESH_")).collect()
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("TASKMESH_"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -85,7 +101,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("taskmesh.toml");
         std::fs::write(&file, "listen = \"127.0.0.1:9000\"\nrouter_threads = 3\n").unwrap();
-        let env = vec![("TASKMESH_ROUTER_THREADS".to_string(), "4".to_string()), ("OTHER".into(), "x".into())];
+        let env = vec![
+            ("TASKMESH_ROUTER_THREADS".to_string(), "4".to_string()),
+            ("OTHER".into(), "x".into()),
+        ];
         let mut flags = figment::value::Dict::new();
         flags.insert("data_dir".into(), "/tmp/x".into());
         let c = Config::load(Some(&file), &env, flags).unwrap();

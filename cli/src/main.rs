@@ -15,7 +15,11 @@ use crate::client::H2Client;
 use crate::config::Config;
 
 #[derive(Parser)]
-#[command(name = "taskmesh", version, about = "Serverless platform for ONNX functions")]
+#[command(
+    name = "taskmesh",
+    version,
+    about = "Serverless platform for ONNX functions"
+)]
 struct Cli {
     /// Config file (default: ./taskmesh.toml when present).
     #[arg(long, global = true)]
@@ -98,7 +102,10 @@ fn flag(dict: &mut Dict, key: &str, value: Option<impl Into<FigValue>>) {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TASKMESH_LOG").unwrap_or_else(|_| "info,ort=warn,pingora_core=warn,pingora_proxy=warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TASKMESH_LOG")
+                .unwrap_or_else(|_| "info,ort=warn,pingora_core=warn,pingora_proxy=off".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let env = config::process_env();
@@ -108,16 +115,29 @@ fn main() -> Result<()> {
             flag(&mut flags, "listen", a.listen.clone());
             flag(&mut flags, "admin_listen", a.admin_listen.clone());
             flag(&mut flags, "node_listen", a.node_listen.clone());
-            flag(&mut flags, "data_dir", a.data_dir.as_ref().map(|p| p.display().to_string()));
-            flag(&mut flags, "examples", a.examples.as_ref().map(|p| p.display().to_string()));
+            flag(
+                &mut flags,
+                "data_dir",
+                a.data_dir.as_ref().map(|p| p.display().to_string()),
+            );
+            flag(
+                &mut flags,
+                "examples",
+                a.examples.as_ref().map(|p| p.display().to_string()),
+            );
         }
-        Command::Fn { command: FnCommand::Register { admin_url, .. } | FnCommand::List { admin_url } } => {
+        Command::Fn {
+            command: FnCommand::Register { admin_url, .. } | FnCommand::List { admin_url },
+        } => {
             flag(&mut flags, "admin_url", admin_url.clone());
         }
         Command::Invoke(a) => flag(&mut flags, "router_url", a.router_url.clone()),
     }
-    let mut config = Config::load(cli.config.as_deref(), &env, flags).context("invalid configuration")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut config =
+        Config::load(cli.config.as_deref(), &env, flags).context("invalid configuration")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Up(args) => {
             if args.no_examples {
@@ -127,27 +147,56 @@ fn main() -> Result<()> {
             }
             runtime.block_on(up::run(config))
         }
-        Command::Fn { command: FnCommand::Register { file, .. } } => runtime.block_on(register(&config, &file)),
-        Command::Fn { command: FnCommand::List { .. } } => runtime.block_on(list(&config)),
+        Command::Fn {
+            command: FnCommand::Register { file, .. },
+        } => runtime.block_on(register(&config, &file)),
+        Command::Fn {
+            command: FnCommand::List { .. },
+        } => runtime.block_on(list(&config)),
         Command::Invoke(args) => runtime.block_on(invoke(&config, &args)),
     }
 }
 
 /// Reads a definition file, uploading a model given as a path; returns the document to post.
-pub async fn prepare_definition(client: &H2Client, admin_url: &str, file: &Path) -> Result<(Vec<u8>, &'static str)> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let yaml = matches!(file.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+pub async fn prepare_definition(
+    client: &H2Client,
+    admin_url: &str,
+    file: &Path,
+) -> Result<(Vec<u8>, &'static str)> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let yaml = matches!(
+        file.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    );
     let mut doc: serde_json::Value = if yaml {
         serde_yaml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?
     } else {
         serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?
     };
-    if let Some(model) = doc.get("model").and_then(|m| m.as_str()).filter(|m| !m.starts_with("sha256:")) {
+    if let Some(model) = doc
+        .get("model")
+        .and_then(|m| m.as_str())
+        .filter(|m| !m.starts_with("sha256:"))
+    {
         let path = file.parent().unwrap_or(Path::new(".")).join(model);
-        let bytes = std::fs::read(&path).with_context(|| format!("reading model {}", path.display()))?;
-        let reply = client.send(Method::POST, &format!("{admin_url}/v1/models"), Some("application/octet-stream"), bytes).await?;
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("reading model {}", path.display()))?;
+        let reply = client
+            .send(
+                Method::POST,
+                &format!("{admin_url}/v1/models"),
+                Some("application/octet-stream"),
+                bytes,
+            )
+            .await?;
         if !reply.status.is_success() {
-            bail!("uploading {} failed: {} {}", path.display(), reply.status, String::from_utf8_lossy(&reply.body));
+            bail!(
+                "uploading {} failed: {} {}",
+                path.display(),
+                reply.status,
+                String::from_utf8_lossy(&reply.body)
+            );
         }
         let uploaded: serde_json::Value = serde_json::from_slice(&reply.body)?;
         doc["model"] = uploaded["digest"].clone();
@@ -158,7 +207,14 @@ pub async fn prepare_definition(client: &H2Client, admin_url: &str, file: &Path)
 async fn register(config: &Config, file: &Path) -> Result<()> {
     let client = H2Client::new();
     let (body, content_type) = prepare_definition(&client, &config.admin_url, file).await?;
-    let reply = client.send(Method::POST, &format!("{}/v1/functions", config.admin_url), Some(content_type), body).await?;
+    let reply = client
+        .send(
+            Method::POST,
+            &format!("{}/v1/functions", config.admin_url),
+            Some(content_type),
+            body,
+        )
+        .await?;
     println!("{}", String::from_utf8_lossy(&reply.body));
     if !reply.status.is_success() {
         bail!("registration failed: {}", reply.status);
@@ -167,13 +223,26 @@ async fn register(config: &Config, file: &Path) -> Result<()> {
 }
 
 async fn list(config: &Config) -> Result<()> {
-    let reply = H2Client::new().send(Method::GET, &format!("{}/v1/functions", config.admin_url), None, Vec::new()).await?;
-    let body: serde_json::Value = serde_json::from_slice(&reply.body).context("registry answered with non-JSON")?;
+    let reply = H2Client::new()
+        .send(
+            Method::GET,
+            &format!("{}/v1/functions", config.admin_url),
+            None,
+            Vec::new(),
+        )
+        .await?;
+    let body: serde_json::Value =
+        serde_json::from_slice(&reply.body).context("registry answered with non-JSON")?;
     if !reply.status.is_success() {
         bail!("listing failed: {} {body}", reply.status);
     }
     for f in body["functions"].as_array().into_iter().flatten() {
-        println!("{}\tlatest {}\tversions {}", f["name"].as_str().unwrap_or("?"), f["latest_version"], f["versions"]);
+        println!(
+            "{}\tlatest {}\tversions {}",
+            f["name"].as_str().unwrap_or("?"),
+            f["latest_version"],
+            f["versions"]
+        );
     }
     Ok(())
 }
@@ -183,8 +252,19 @@ async fn invoke(config: &Config, args: &InvokeArgs) -> Result<()> {
     if let Some(v) = args.version {
         url.push_str(&format!("?version={v}"));
     }
-    let reply = H2Client::new().send(Method::POST, &url, Some("application/json"), args.data.clone().into_bytes()).await?;
-    let version = reply.headers.get("x-taskmesh-version").and_then(|v| v.to_str().ok()).unwrap_or("-");
+    let reply = H2Client::new()
+        .send(
+            Method::POST,
+            &url,
+            Some("application/json"),
+            args.data.clone().into_bytes(),
+        )
+        .await?;
+    let version = reply
+        .headers
+        .get("x-taskmesh-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
     eprintln!("status {} version {version}", reply.status);
     println!("{}", String::from_utf8_lossy(&reply.body));
     if !reply.status.is_success() {

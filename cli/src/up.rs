@@ -14,15 +14,31 @@ use crate::config::Config;
 
 pub async fn run(config: Config) -> Result<()> {
     runtime::ortenv::environment().map_err(anyhow::Error::msg)?;
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let store = EmbeddedStore::open(&config.data_dir.join("registry.redb")).context("opening the embedded store")?;
-    let models = ModelStore::open(config.data_dir.join("models")).context("opening the model store")?;
-    let registry = Arc::new(Registry::new(Arc::new(store), models, Arc::new(OrtInspector)));
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let store = EmbeddedStore::open(&config.data_dir.join("registry.redb"))
+        .context("opening the embedded store")?;
+    let models =
+        ModelStore::open(config.data_dir.join("models")).context("opening the model store")?;
+    let registry = Arc::new(Registry::new(
+        Arc::new(store),
+        models,
+        Arc::new(OrtInspector),
+    ));
 
-    let engine = Arc::new(Engine::new(registry.clone(), SessionOptions { intra_threads: config.session_threads }));
-    let node_listener = TcpListener::bind(config.node_listen).await.with_context(|| format!("binding node listener {}", config.node_listen))?;
+    let engine = Arc::new(Engine::new(
+        registry.clone(),
+        SessionOptions {
+            intra_threads: config.session_threads,
+        },
+    ));
+    let node_listener = TcpListener::bind(config.node_listen)
+        .await
+        .with_context(|| format!("binding node listener {}", config.node_listen))?;
     let node_addr = node_listener.local_addr()?;
-    let admin_listener = TcpListener::bind(config.admin_listen).await.with_context(|| format!("binding admin listener {}", config.admin_listen))?;
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("binding admin listener {}", config.admin_listen))?;
     let admin_addr = admin_listener.local_addr()?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -30,9 +46,17 @@ pub async fn run(config: Config) -> Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let node_app = runtime::server::router(engine.clone(), format!("node-{}", node_addr.port()));
-    let node_task = tokio::spawn(runtime::server::serve(node_listener, node_app, stopped(stop_rx.clone())));
+    let node_task = tokio::spawn(runtime::server::serve(
+        node_listener,
+        node_app,
+        stopped(stop_rx.clone()),
+    ));
     let admin_app = registry::api::router(registry.clone());
-    let admin_task = tokio::spawn(runtime::server::serve(admin_listener, admin_app, stopped(stop_rx.clone())));
+    let admin_task = tokio::spawn(runtime::server::serve(
+        admin_listener,
+        admin_app,
+        stopped(stop_rx.clone()),
+    ));
 
     if let Some(dir) = &config.examples {
         register_examples(&registry, dir).await?;
@@ -41,7 +65,14 @@ pub async fn run(config: Config) -> Result<()> {
     let listen = config.listen;
     let router_threads = config.router_threads;
     let router = tokio::task::spawn_blocking(move || {
-        router::start(router::RouterOptions { listen, nodes: vec![node_addr], threads: router_threads }, registry)
+        router::start(
+            router::RouterOptions {
+                listen,
+                nodes: vec![node_addr],
+                threads: router_threads,
+            },
+            registry,
+        )
     })
     .await??;
 
@@ -71,10 +102,18 @@ async fn wait_for_signal() {
 /// Registers each `examples/*/function.{json,yaml}` whose model is built,
 /// skipping those whose latest version already has the same definition.
 async fn register_examples(registry: &Registry, dir: &Path) -> Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.flatten().map(|e| e.path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     entries.sort();
     for folder in entries.into_iter().filter(|p| p.is_dir()) {
-        let Some(file) = ["function.json", "function.yaml"].iter().map(|f| folder.join(f)).find(|p| p.is_file()) else {
+        let Some(file) = ["function.json", "function.yaml"]
+            .iter()
+            .map(|f| folder.join(f))
+            .find(|p| p.is_file())
+        else {
             continue;
         };
         let model = folder.join("model.onnx");
@@ -82,20 +121,36 @@ async fn register_examples(registry: &Registry, dir: &Path) -> Result<()> {
             tracing::warn!(example = %folder.display(), "model.onnx missing (run scripts/setup.sh); example skipped");
             continue;
         }
-        let digest = registry.upload_model(&std::fs::read(&model)?).await.map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
+        let digest = registry
+            .upload_model(&std::fs::read(&model)?)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
         let text = std::fs::read_to_string(&file)?;
-        let mut doc: serde_json::Value = if file.extension().is_some_and(|e| e == "yaml") { serde_yaml::from_str(&text)? } else { serde_json::from_str(&text)? };
+        let mut doc: serde_json::Value = if file.extension().is_some_and(|e| e == "yaml") {
+            serde_yaml::from_str(&text)?
+        } else {
+            serde_json::from_str(&text)?
+        };
         doc["model"] = serde_json::Value::String(digest);
         let bytes = serde_json::to_vec(&doc)?;
         let definition = registry::definition::parse(&bytes, Syntax::Json)
             .map_err(|e| anyhow::anyhow!("{}: {:?}", file.display(), e.violations))?;
         let name = definition.name.clone();
-        let latest = registry.resolve(DEFAULT_TENANT, &name, &registry::Qualifier::Default).await.ok();
+        let latest = registry
+            .resolve(DEFAULT_TENANT, &name, &registry::Qualifier::Default)
+            .await
+            .ok();
         if latest.as_ref().is_some_and(|v| v.definition == definition) {
-            println!("example {name}: version {} (unchanged)", latest.map_or(0, |v| v.version));
+            println!(
+                "example {name}: version {} (unchanged)",
+                latest.map_or(0, |v| v.version)
+            );
             continue;
         }
-        let stored = registry.register(DEFAULT_TENANT, &bytes, Syntax::Json).await.map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let stored = registry
+            .register(DEFAULT_TENANT, &bytes, Syntax::Json)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         println!("example {name}: registered version {}", stored.version);
     }
     Ok(())

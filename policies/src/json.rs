@@ -49,9 +49,8 @@ pub fn parse_body(bytes: &[u8], max_depth: usize) -> Result<Value, ApiError> {
             format!("json nesting deeper than {max_depth} levels"),
         ));
     }
-    serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::new(ErrorCode::MalformedJson, format!("malformed json: {e}"))
-    })
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::new(ErrorCode::MalformedJson, format!("malformed json: {e}")))
 }
 
 #[cfg(test)]
@@ -78,8 +77,17 @@ mod tests {
 
     #[test]
     fn malformed_and_huge_numbers_are_malformed_json() {
-        assert_eq!(parse_body(b"{\"a\":", 32).unwrap_err().code, ErrorCode::MalformedJson);
-        assert_eq!(parse_body(b"[1e999999]", 32).unwrap_err().code, ErrorCode::MalformedJson);
-        assert_eq!(parse_body(b"[1, 2]", 32).unwrap(), serde_json::json!([1, 2]));
+        assert_eq!(
+            parse_body(b"{\"a\":", 32).unwrap_err().code,
+            ErrorCode::MalformedJson
+        );
+        assert_eq!(
+            parse_body(b"[1e999999]", 32).unwrap_err().code,
+            ErrorCode::MalformedJson
+        );
+        assert_eq!(
+            parse_body(b"[1, 2]", 32).unwrap(),
+            serde_json::json!([1, 2])
+        );
     }
 }

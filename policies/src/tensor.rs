@@ -232,7 +232,13 @@ const MAX_VIOLATIONS: usize = 16;
 pub fn shape_display(declared: &[i64]) -> String {
     let dims: Vec<String> = declared
         .iter()
-        .map(|d| if *d < 0 { "N".to_string() } else { d.to_string() })
+        .map(|d| {
+            if *d < 0 {
+                "N".to_string()
+            } else {
+                d.to_string()
+            }
+        })
         .collect();
     format!("[{}]", dims.join(", "))
 }
@@ -322,18 +328,26 @@ pub fn tensor_from_parts(
         let expected = expected.map_or_else(|| "too many".to_string(), |e| e.to_string());
         return Err(vec![Violation::new(
             format!("{pointer}/data"),
-            format!("shape {:?} needs {expected} elements, got {}", shape, data.len()),
+            format!(
+                "shape {:?} needs {expected} elements, got {}",
+                shape,
+                data.len()
+            ),
         )]);
     }
     Ok(Tensor { shape, data })
 }
 
 fn fill_shape(declared: &[i64], n: usize) -> Result<Vec<usize>, String> {
-    let fixed: usize = declared.iter().filter(|d| **d >= 0).map(|d| *d as usize).product();
+    let fixed: usize = declared
+        .iter()
+        .filter(|d| **d >= 0)
+        .map(|d| *d as usize)
+        .product();
     let dynamic = declared.iter().filter(|d| **d < 0).count();
     let fits = match dynamic {
         0 => n == fixed,
-        1 => fixed > 0 && n % fixed == 0 && n > 0,
+        1 => fixed > 0 && n.is_multiple_of(fixed) && n > 0,
         _ => {
             return Err(format!(
                 "a flat array cannot fill shape {} with more than one dynamic dimension; send nested arrays",
@@ -354,7 +368,13 @@ fn fill_shape(declared: &[i64], n: usize) -> Result<Vec<usize>, String> {
     }
     Ok(declared
         .iter()
-        .map(|d| if *d < 0 { n / fixed.max(1) } else { *d as usize })
+        .map(|d| {
+            if *d < 0 {
+                n / fixed.max(1)
+            } else {
+                *d as usize
+            }
+        })
         .collect())
 }
 
@@ -461,20 +481,25 @@ mod tests {
 
     #[test]
     fn nested_arrays_must_fit_the_declared_shape() {
-        let t = tensor_from_json(&json!([[1.5, 2], [3, 4]]), DType::Float64, &[-1, 2], "/x").unwrap();
+        let t =
+            tensor_from_json(&json!([[1.5, 2], [3, 4]]), DType::Float64, &[-1, 2], "/x").unwrap();
         assert_eq!(t.shape, vec![2, 2]);
-        let err = tensor_from_json(&json!([[1, 2, 3]]), DType::Float64, &[-1, 2], "/x").unwrap_err();
+        let err =
+            tensor_from_json(&json!([[1, 2, 3]]), DType::Float64, &[-1, 2], "/x").unwrap_err();
         assert!(err[0].message.contains("does not fit"));
-        let err = tensor_from_json(&json!([[1, 2], [3]]), DType::Float64, &[-1, 2], "/x").unwrap_err();
+        let err =
+            tensor_from_json(&json!([[1, 2], [3]]), DType::Float64, &[-1, 2], "/x").unwrap_err();
         assert_eq!(err[0].pointer, "/x/1");
     }
 
     #[test]
     fn wrong_length_and_wrong_type_are_located() {
-        let err = tensor_from_json(&json!([1, 2, 3]), DType::Float32, &[1, 4], "/pixels").unwrap_err();
+        let err =
+            tensor_from_json(&json!([1, 2, 3]), DType::Float32, &[1, 4], "/pixels").unwrap_err();
         assert_eq!(err[0].pointer, "/pixels");
         assert!(err[0].message.contains("exactly 4"));
-        let err = tensor_from_json(&json!([1, "x", 3, 4]), DType::Float32, &[1, 4], "/pixels").unwrap_err();
+        let err = tensor_from_json(&json!([1, "x", 3, 4]), DType::Float32, &[1, 4], "/pixels")
+            .unwrap_err();
         assert_eq!(err[0].pointer, "/pixels/1");
         assert!(err[0].message.contains("a string"));
     }
@@ -500,27 +525,58 @@ mod tests {
 
     #[test]
     fn first_takes_index_zero_of_the_first_dimension() {
-        let t = Tensor { shape: vec![1, 3], data: TensorData::Float32(vec![0.5, 0.25, 0.25]) };
+        let t = Tensor {
+            shape: vec![1, 3],
+            data: TensorData::Float32(vec![0.5, 0.25, 0.25]),
+        };
         assert_eq!(t.first_json().unwrap(), json!([0.5, 0.25, 0.25]));
-        let t = Tensor { shape: vec![2], data: TensorData::Int64(vec![4, 9]) };
+        let t = Tensor {
+            shape: vec![2],
+            data: TensorData::Int64(vec![4, 9]),
+        };
         assert_eq!(t.first_json().unwrap(), json!(4));
-        let t = Tensor { shape: vec![0], data: TensorData::Int64(vec![]) };
+        let t = Tensor {
+            shape: vec![0],
+            data: TensorData::Int64(vec![]),
+        };
         assert_eq!(t.first_json(), None);
     }
 
     #[test]
     fn parts_must_agree_with_the_declared_shape_and_length() {
-        let t = tensor_from_parts(&[1, 2], &json!([1, 2]), DType::Float32, &[-1, 2], "/inputs/0").unwrap();
+        let t = tensor_from_parts(
+            &[1, 2],
+            &json!([1, 2]),
+            DType::Float32,
+            &[-1, 2],
+            "/inputs/0",
+        )
+        .unwrap();
         assert_eq!(t.shape, vec![1, 2]);
-        let err = tensor_from_parts(&[1, 3], &json!([1, 2, 3]), DType::Float32, &[-1, 2], "/inputs/0").unwrap_err();
+        let err = tensor_from_parts(
+            &[1, 3],
+            &json!([1, 2, 3]),
+            DType::Float32,
+            &[-1, 2],
+            "/inputs/0",
+        )
+        .unwrap_err();
         assert_eq!(err[0].pointer, "/inputs/0/shape");
-        let err = tensor_from_parts(&[1, 2], &json!([1]), DType::Float32, &[-1, 2], "/inputs/0").unwrap_err();
+        let err = tensor_from_parts(&[1, 2], &json!([1]), DType::Float32, &[-1, 2], "/inputs/0")
+            .unwrap_err();
         assert_eq!(err[0].pointer, "/inputs/0/data");
     }
 
     #[test]
     fn oversized_tensors_are_refused_before_allocation() {
-        let err = tensor_from_parts(&[1 << 20, 1 << 20], &json!([]), DType::Float32, &[-1, -1], "/t").unwrap_err();
+        let err = tensor_from_parts(
+            &[1 << 20, 1 << 20],
+            &json!([]),
+            DType::Float32,
+            &[-1, -1],
+            "/t",
+        )
+        .unwrap_err();
         assert!(err[0].message.contains("elements") || err[0].message.contains("needs"));
     }
 }

@@ -20,7 +20,10 @@ pub fn error_response(err: &ApiError) -> Response {
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (status, err.body_bytes()).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Some(seconds) = err.retry_after_s {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
@@ -30,14 +33,20 @@ pub fn error_response(err: &ApiError) -> Response {
 /// A JSON response with a status.
 pub fn json_response(status: StatusCode, body: &Value) -> Response {
     let mut response = (status, serde_json::to_vec(body).unwrap_or_default()).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
 /// Reads a whole body up to `limit` bytes; beyond it, 413.
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(ErrorCode::PayloadTooLarge, format!("body is larger than {limit} bytes"))
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("body is larger than {limit} bytes"),
+        )
     })
 }
 
@@ -59,79 +68,127 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/v1/functions", post(register_function).get(list_functions))
         .route("/v1/functions/{name}", get(get_function))
         .route("/v1/functions/{name}/versions/{version}", get(get_version))
-        .route("/healthz", get(|| async { json_response(StatusCode::OK, &json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { json_response(StatusCode::OK, &json!({"status": "ok"})) }),
+        )
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(registry)
 }
 
 async fn fallback(method: Method, uri: axum::http::Uri) -> Response {
-    error_response(&ApiError::not_found(format!("no route for {method} {}", uri.path())))
+    error_response(&ApiError::not_found(format!(
+        "no route for {method} {}",
+        uri.path()
+    )))
 }
 
 async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
-    error_response(&ApiError::new(ErrorCode::MethodNotAllowed, format!("{method} is not allowed on {}", uri.path())))
+    error_response(&ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{method} is not allowed on {}", uri.path()),
+    ))
 }
 
 async fn upload_model(State(registry): State<Arc<Registry>>, body: Body) -> ApiResult {
-    ApiResult(async {
-        let bytes = read_body(body, MAX_MODEL_BYTES).await?;
-        let digest = registry.upload_model(&bytes).await?;
-        Ok(json_response(StatusCode::CREATED, &json!({"digest": digest, "size": bytes.len()})))
-    }
-    .await)
+    ApiResult(
+        async {
+            let bytes = read_body(body, MAX_MODEL_BYTES).await?;
+            let digest = registry.upload_model(&bytes).await?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &json!({"digest": digest, "size": bytes.len()}),
+            ))
+        }
+        .await,
+    )
 }
 
-async fn register_function(State(registry): State<Arc<Registry>>, headers: HeaderMap, body: Body) -> ApiResult {
-    ApiResult(async {
-        let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-        let syntax = Syntax::from_content_type(content_type);
-        let bytes = read_body(body, MAX_DEFINITION_BYTES).await?;
-        let version = registry.register(DEFAULT_TENANT, &bytes, syntax).await?;
-        Ok(json_response(StatusCode::CREATED, &json!({"name": version.name, "version": version.version})))
-    }
-    .await)
+async fn register_function(
+    State(registry): State<Arc<Registry>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    ApiResult(
+        async {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            let syntax = Syntax::from_content_type(content_type);
+            let bytes = read_body(body, MAX_DEFINITION_BYTES).await?;
+            let version = registry.register(DEFAULT_TENANT, &bytes, syntax).await?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &json!({"name": version.name, "version": version.version}),
+            ))
+        }
+        .await,
+    )
 }
 
 async fn list_functions(State(registry): State<Arc<Registry>>) -> ApiResult {
-    ApiResult(async {
-        let functions = registry.list(DEFAULT_TENANT).await?;
-        Ok(json_response(StatusCode::OK, &json!({"functions": functions})))
-    }
-    .await)
+    ApiResult(
+        async {
+            let functions = registry.list(DEFAULT_TENANT).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"functions": functions}),
+            ))
+        }
+        .await,
+    )
 }
 
-async fn get_function(State(registry): State<Arc<Registry>>, Path(name): Path<String>) -> ApiResult {
-    ApiResult(async {
-        let summary = registry
-            .list(DEFAULT_TENANT)
-            .await?
-            .into_iter()
-            .find(|f| f.name == name)
-            .ok_or_else(|| ApiError::not_found(format!("function {name:?} not found")))?;
-        let latest = registry.resolve(DEFAULT_TENANT, &name, &crate::Qualifier::Version(summary.latest_version)).await?;
-        Ok(json_response(
-            StatusCode::OK,
-            &json!({
-                "name": summary.name,
-                "latest_version": summary.latest_version,
-                "versions": summary.versions,
-                "latest": version_json(&latest),
-            }),
-        ))
-    }
-    .await)
+async fn get_function(
+    State(registry): State<Arc<Registry>>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    ApiResult(
+        async {
+            let summary = registry
+                .list(DEFAULT_TENANT)
+                .await?
+                .into_iter()
+                .find(|f| f.name == name)
+                .ok_or_else(|| ApiError::not_found(format!("function {name:?} not found")))?;
+            let latest = registry
+                .resolve(
+                    DEFAULT_TENANT,
+                    &name,
+                    &crate::Qualifier::Version(summary.latest_version),
+                )
+                .await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({
+                    "name": summary.name,
+                    "latest_version": summary.latest_version,
+                    "versions": summary.versions,
+                    "latest": version_json(&latest),
+                }),
+            ))
+        }
+        .await,
+    )
 }
 
-async fn get_version(State(registry): State<Arc<Registry>>, Path((name, version)): Path<(String, String)>) -> ApiResult {
-    ApiResult(async {
-        let number: u32 = version
-            .parse()
-            .map_err(|_| ApiError::not_found(format!("function {name:?} has no version {version:?}")))?;
-        let found = registry.resolve(DEFAULT_TENANT, &name, &crate::Qualifier::Version(number)).await?;
-        Ok(json_response(StatusCode::OK, &version_json(&found)))
-    }
-    .await)
+async fn get_version(
+    State(registry): State<Arc<Registry>>,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult {
+    ApiResult(
+        async {
+            let number: u32 = version.parse().map_err(|_| {
+                ApiError::not_found(format!("function {name:?} has no version {version:?}"))
+            })?;
+            let found = registry
+                .resolve(DEFAULT_TENANT, &name, &crate::Qualifier::Version(number))
+                .await?;
+            Ok(json_response(StatusCode::OK, &version_json(&found)))
+        }
+        .await,
+    )
 }
 
 /// A version as the API shows it (the tenant is implied by the caller's key).

@@ -259,16 +259,25 @@ pub fn valid_name(name: &str) -> bool {
 
 /// Whether `digest` is `sha256:` followed by 64 lowercase hex digits.
 pub fn valid_digest(digest: &str) -> bool {
-    digest
-        .strip_prefix("sha256:")
-        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 /// Field checks that need no model: names, ranges, shapes.
 fn check_fields(d: &TaskDefinition) -> Vec<Violation> {
     let mut v = Vec::new();
     if d.format != FORMAT_VERSION {
-        v.push(Violation::new("/format", format!("unsupported format {}; this registry reads format {FORMAT_VERSION}", d.format)));
+        v.push(Violation::new(
+            "/format",
+            format!(
+                "unsupported format {}; this registry reads format {FORMAT_VERSION}",
+                d.format
+            ),
+        ));
     }
     if !valid_name(&d.name) {
         v.push(Violation::new(
@@ -277,49 +286,91 @@ fn check_fields(d: &TaskDefinition) -> Vec<Violation> {
         ));
     }
     if !valid_digest(&d.model) {
-        v.push(Violation::new("/model", format!("invalid model digest {:?}: expected sha256:<64 lowercase hex digits>", d.model)));
+        v.push(Violation::new(
+            "/model",
+            format!(
+                "invalid model digest {:?}: expected sha256:<64 lowercase hex digits>",
+                d.model
+            ),
+        ));
     }
     if d.inputs.is_empty() {
         v.push(Violation::new("/inputs", "at least one input is required"));
     }
     if d.outputs.is_empty() {
-        v.push(Violation::new("/outputs", "at least one output is required"));
+        v.push(Violation::new(
+            "/outputs",
+            "at least one output is required",
+        ));
     }
     for (field, spec) in &d.inputs {
         if let Some(shape) = &spec.shape {
             if shape.iter().any(|x| *x < -1) {
-                v.push(Violation::new(format!("/inputs/{field}/shape"), format!("invalid shape {shape:?}: dimensions are -1 (dynamic) or >= 0")));
+                v.push(Violation::new(
+                    format!("/inputs/{field}/shape"),
+                    format!("invalid shape {shape:?}: dimensions are -1 (dynamic) or >= 0"),
+                ));
             }
         }
     }
-    for (pointer, schema) in [("/input_schema", &d.input_schema), ("/output_schema", &d.output_schema)] {
+    for (pointer, schema) in [
+        ("/input_schema", &d.input_schema),
+        ("/output_schema", &d.output_schema),
+    ] {
         if let Some(schema) = schema {
             if !schema.is_object() && !schema.is_boolean() {
-                v.push(Violation::new(pointer, "a JSON Schema must be an object or a boolean"));
+                v.push(Violation::new(
+                    pointer,
+                    "a JSON Schema must be an object or a boolean",
+                ));
             }
         }
     }
     if d.timeout_ms == 0 || d.timeout_ms > 600_000 {
-        v.push(Violation::new("/timeout_ms", format!("{} is out of range 1..=600000", d.timeout_ms)));
+        v.push(Violation::new(
+            "/timeout_ms",
+            format!("{} is out of range 1..=600000", d.timeout_ms),
+        ));
     }
-    if d.max_body_bytes == Some(0) || d.max_body_bytes.is_some_and(|b| b > policies::limits::MAX_MODEL_BYTES) {
-        v.push(Violation::new("/max_body_bytes", "out of range 1..=536870912"));
+    if d.max_body_bytes == Some(0)
+        || d.max_body_bytes
+            .is_some_and(|b| b > policies::limits::MAX_MODEL_BYTES)
+    {
+        v.push(Violation::new(
+            "/max_body_bytes",
+            "out of range 1..=536870912",
+        ));
     }
-    if d.retry.max_attempts == 0 || d.retry.multiplier < 1.0 || d.retry.initial_backoff_ms > d.retry.max_backoff_ms {
+    if d.retry.max_attempts == 0
+        || d.retry.multiplier < 1.0
+        || d.retry.initial_backoff_ms > d.retry.max_backoff_ms
+    {
         v.push(Violation::new("/retry", "max_attempts >= 1, multiplier >= 1 and initial_backoff_ms <= max_backoff_ms are required"));
     }
     let cb = &d.circuit_breaker;
-    if !(cb.failure_rate > 0.0 && cb.failure_rate <= 1.0) || cb.window_s == 0 || cb.half_open_calls == 0 {
-        v.push(Violation::new("/circuit_breaker", "failure_rate in (0, 1], window_s >= 1 and half_open_calls >= 1 are required"));
+    if !(cb.failure_rate > 0.0 && cb.failure_rate <= 1.0)
+        || cb.window_s == 0
+        || cb.half_open_calls == 0
+    {
+        v.push(Violation::new(
+            "/circuit_breaker",
+            "failure_rate in (0, 1], window_s >= 1 and half_open_calls >= 1 are required",
+        ));
     }
     if let Some(rl) = &d.rate_limit {
         if !(rl.per_second > 0.0 && rl.per_second.is_finite()) || rl.burst == Some(0) {
-            v.push(Violation::new("/rate_limit", "per_second > 0 and burst >= 1 are required"));
+            v.push(Violation::new(
+                "/rate_limit",
+                "per_second > 0 and burst >= 1 are required",
+            ));
         }
     }
     let s = &d.scaling;
     if s.max_instances == 0 || s.min_instances > s.max_instances || s.concurrency == 0 {
-        v.push(Violation::new("/scaling", "max_instances >= 1, min_instances <= max_instances and concurrency >= 1 are required"));
+        v.push(Violation::new(
+            "/scaling",
+            "max_instances >= 1, min_instances <= max_instances and concurrency >= 1 are required",
+        ));
     }
     v
 }
@@ -352,7 +403,10 @@ mod tests {
         let body = minimal().replace(r#""take": "first""#, r#""take": "first", "tak": 1"#);
         let err = parse(body.as_bytes(), Syntax::Json).unwrap_err();
         assert_eq!(err.violations[0].pointer, "/outputs/label/tak");
-        assert!(err.violations[0].message.contains("unknown field `tak`"), "{err:?}");
+        assert!(
+            err.violations[0].message.contains("unknown field `tak`"),
+            "{err:?}"
+        );
         let body = minimal().replacen('{', r#"{"scaling": {"max_instance": 2}, "#, 1);
         let err = parse(body.as_bytes(), Syntax::Json).unwrap_err();
         assert_eq!(err.violations[0].pointer, "/scaling/max_instance");

@@ -9,8 +9,11 @@ pub mod service;
 pub mod store;
 pub mod version;
 
-pub use definition::{TaskDefinition, Take};
+pub use definition::{Take, TaskDefinition};
 pub use models::ModelStore;
 pub use service::{Qualifier, Registry, DEFAULT_TENANT};
 pub use store::{EmbeddedStore, Store};
-pub use version::{FunctionVersion, InputBinding, ModelInspector, ModelSignature, ModelType, OutputBinding, TensorInfo};
+pub use version::{
+    FunctionVersion, InputBinding, ModelInspector, ModelSignature, ModelType, OutputBinding,
+    TensorInfo,
+};

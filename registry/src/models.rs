@@ -43,7 +43,9 @@ impl ModelStore {
         if tokio::fs::try_exists(&path).await? {
             return Ok(hex);
         }
-        let tmp = self.dir.join(format!(".upload-{hex}-{}", std::process::id()));
+        let tmp = self
+            .dir
+            .join(format!(".upload-{hex}-{}", std::process::id()));
         tokio::fs::write(&tmp, bytes).await?;
         let file = tokio::fs::File::open(&tmp).await?;
         file.sync_all().await?;
@@ -54,18 +56,27 @@ impl ModelStore {
     /// Reads the model with this hex digest, verifying the bytes still hash to it.
     pub async fn get(&self, hex: &str) -> std::io::Result<Vec<u8>> {
         if !is_hex_digest(hex) {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("invalid digest {hex:?}")));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("invalid digest {hex:?}"),
+            ));
         }
         let bytes = tokio::fs::read(self.path_of(hex)).await?;
         if sha256_hex(&bytes) != hex {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("model sha256:{hex} is corrupt on disk")));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("model sha256:{hex} is corrupt on disk"),
+            ));
         }
         Ok(bytes)
     }
 }
 
 fn is_hex_digest(hex: &str) -> bool {
-    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]

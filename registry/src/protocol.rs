@@ -34,23 +34,43 @@ pub fn invalid_input(violations: Vec<Violation>) -> ApiError {
     let summary = violations
         .iter()
         .take(3)
-        .map(|v| format!("{}: {}", if v.pointer.is_empty() { "/" } else { &v.pointer }, v.message))
+        .map(|v| {
+            format!(
+                "{}: {}",
+                if v.pointer.is_empty() {
+                    "/"
+                } else {
+                    &v.pointer
+                },
+                v.message
+            )
+        })
         .collect::<Vec<_>>()
         .join("; ");
-    ApiError::new(ErrorCode::InvalidInput, format!("input does not fit the function: {summary}")).with_details(json!(violations))
+    ApiError::new(
+        ErrorCode::InvalidInput,
+        format!("input does not fit the function: {summary}"),
+    )
+    .with_details(json!(violations))
 }
 
 /// Maps an invoke body (a JSON object keyed by the definition's input fields) to tensors.
 pub fn invoke_inputs(version: &FunctionVersion, body: &Value) -> Result<TensorInputs, ApiError> {
     let Value::Object(fields) = body else {
-        return Err(invalid_input(vec![Violation::new("", "the input must be a JSON object")]));
+        return Err(invalid_input(vec![Violation::new(
+            "",
+            "the input must be a JSON object",
+        )]));
     };
     let mut violations = Vec::new();
     let mut inputs = Vec::with_capacity(version.inputs.len());
     for binding in &version.inputs {
         let pointer = format!("/{}", escape(&binding.field));
         match fields.get(&binding.field) {
-            None => violations.push(Violation::new(pointer, format!("required field {:?} is missing", binding.field))),
+            None => violations.push(Violation::new(
+                pointer,
+                format!("required field {:?} is missing", binding.field),
+            )),
             Some(value) => match tensor_from_json(value, binding.dtype, &binding.shape, &pointer) {
                 Ok(tensor) => inputs.push((binding.tensor.clone(), tensor)),
                 Err(mut found) => violations.append(&mut found),
@@ -60,7 +80,10 @@ pub fn invoke_inputs(version: &FunctionVersion, body: &Value) -> Result<TensorIn
     if version.definition.input_schema.is_none() {
         for field in fields.keys() {
             if !version.inputs.iter().any(|b| &b.field == field) {
-                violations.push(Violation::new(format!("/{}", escape(field)), format!("unknown field {field:?}")));
+                violations.push(Violation::new(
+                    format!("/{}", escape(field)),
+                    format!("unknown field {field:?}"),
+                ));
             }
         }
     }
@@ -72,16 +95,28 @@ pub fn invoke_inputs(version: &FunctionVersion, body: &Value) -> Result<TensorIn
 }
 
 /// Maps output tensors to the invoke response object, as the definition declares.
-pub fn invoke_outputs(version: &FunctionVersion, outputs: &TensorOutputs) -> Result<Value, ApiError> {
+pub fn invoke_outputs(
+    version: &FunctionVersion,
+    outputs: &TensorOutputs,
+) -> Result<Value, ApiError> {
     let mut body = Map::new();
     for binding in &version.outputs {
         let tensor = outputs.get(&binding.tensor).ok_or_else(|| {
-            ApiError::new(ErrorCode::InvalidOutput, format!("the model produced no tensor {:?}", binding.tensor))
+            ApiError::new(
+                ErrorCode::InvalidOutput,
+                format!("the model produced no tensor {:?}", binding.tensor),
+            )
         })?;
         let value = match binding.take {
             Take::All => tensor.to_json(),
             Take::First => tensor.first_json().ok_or_else(|| {
-                ApiError::new(ErrorCode::InvalidOutput, format!("tensor {:?} is empty; \"take\": \"first\" has nothing to take", binding.tensor))
+                ApiError::new(
+                    ErrorCode::InvalidOutput,
+                    format!(
+                        "tensor {:?} is empty; \"take\": \"first\" has nothing to take",
+                        binding.tensor
+                    ),
+                )
             })?,
         };
         body.insert(binding.field.clone(), value);
@@ -92,15 +127,26 @@ pub fn invoke_outputs(version: &FunctionVersion, outputs: &TensorOutputs) -> Res
 /// Parses and checks an OIP v2 infer body against the model's tensors.
 pub fn oip_inputs(version: &FunctionVersion, body: &Value) -> Result<OipRequest, ApiError> {
     let Value::Object(request) = body else {
-        return Err(invalid_input(vec![Violation::new("", "the request must be a JSON object")]));
+        return Err(invalid_input(vec![Violation::new(
+            "",
+            "the request must be a JSON object",
+        )]));
     };
     let id = match request.get("id") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(invalid_input(vec![Violation::new("/id", "must be a string")])),
+        Some(_) => {
+            return Err(invalid_input(vec![Violation::new(
+                "/id",
+                "must be a string",
+            )]))
+        }
     };
     let Some(Value::Array(items)) = request.get("inputs") else {
-        return Err(invalid_input(vec![Violation::new("/inputs", "an array of input tensors is required")]));
+        return Err(invalid_input(vec![Violation::new(
+            "/inputs",
+            "an array of input tensors is required",
+        )]));
     };
     let mut violations = Vec::new();
     let mut inputs = Vec::new();
@@ -109,7 +155,10 @@ pub fn oip_inputs(version: &FunctionVersion, body: &Value) -> Result<OipRequest,
         match oip_tensor(version, item, &pointer) {
             Ok((name, tensor)) => {
                 if inputs.iter().any(|(n, _)| n == &name) {
-                    violations.push(Violation::new(format!("{pointer}/name"), format!("tensor {name:?} is given twice")));
+                    violations.push(Violation::new(
+                        format!("{pointer}/name"),
+                        format!("tensor {name:?} is given twice"),
+                    ));
                 } else {
                     inputs.push((name, tensor));
                 }
@@ -118,42 +167,81 @@ pub fn oip_inputs(version: &FunctionVersion, body: &Value) -> Result<OipRequest,
         }
     }
     for binding in &version.inputs {
-        if !items.iter().any(|item| item.get("name").and_then(Value::as_str) == Some(&binding.tensor)) {
-            violations.push(Violation::new("/inputs", format!("input tensor {:?} is missing", binding.tensor)));
+        if !items
+            .iter()
+            .any(|item| item.get("name").and_then(Value::as_str) == Some(&binding.tensor))
+        {
+            violations.push(Violation::new(
+                "/inputs",
+                format!("input tensor {:?} is missing", binding.tensor),
+            ));
         }
     }
     let mut outputs = Vec::new();
     if let Some(requested) = request.get("outputs") {
         let Value::Array(requested) = requested else {
-            return Err(invalid_input(vec![Violation::new("/outputs", "must be an array")]));
+            return Err(invalid_input(vec![Violation::new(
+                "/outputs",
+                "must be an array",
+            )]));
         };
         for (i, item) in requested.iter().enumerate() {
             match item.get("name").and_then(Value::as_str) {
-                Some(name) if tensor_outputs(version).any(|(n, _)| n == name) => outputs.push(name.to_string()),
-                Some(name) => violations.push(Violation::new(format!("/outputs/{i}/name"), format!("the model has no tensor output {name:?}"))),
-                None => violations.push(Violation::new(format!("/outputs/{i}/name"), "a string name is required")),
+                Some(name) if tensor_outputs(version).any(|(n, _)| n == name) => {
+                    outputs.push(name.to_string())
+                }
+                Some(name) => violations.push(Violation::new(
+                    format!("/outputs/{i}/name"),
+                    format!("the model has no tensor output {name:?}"),
+                )),
+                None => violations.push(Violation::new(
+                    format!("/outputs/{i}/name"),
+                    "a string name is required",
+                )),
             }
         }
     }
     if violations.is_empty() {
-        Ok(OipRequest { id, inputs, outputs })
+        Ok(OipRequest {
+            id,
+            inputs,
+            outputs,
+        })
     } else {
         Err(invalid_input(violations))
     }
 }
 
-fn oip_tensor(version: &FunctionVersion, item: &Value, pointer: &str) -> Result<(String, Tensor), Vec<Violation>> {
-    let name = item.get("name").and_then(Value::as_str).ok_or_else(|| vec![Violation::new(format!("{pointer}/name"), "a string name is required")])?;
-    let binding = version
-        .input_by_tensor(name)
-        .ok_or_else(|| vec![Violation::new(format!("{pointer}/name"), format!("the model has no input tensor {name:?}"))])?;
-    let datatype = item.get("datatype").and_then(Value::as_str).unwrap_or_default();
+fn oip_tensor(
+    version: &FunctionVersion,
+    item: &Value,
+    pointer: &str,
+) -> Result<(String, Tensor), Vec<Violation>> {
+    let name = item.get("name").and_then(Value::as_str).ok_or_else(|| {
+        vec![Violation::new(
+            format!("{pointer}/name"),
+            "a string name is required",
+        )]
+    })?;
+    let binding = version.input_by_tensor(name).ok_or_else(|| {
+        vec![Violation::new(
+            format!("{pointer}/name"),
+            format!("the model has no input tensor {name:?}"),
+        )]
+    })?;
+    let datatype = item
+        .get("datatype")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     match DType::from_oip(datatype) {
         Some(d) if d == binding.dtype => {}
         _ => {
             return Err(vec![Violation::new(
                 format!("{pointer}/datatype"),
-                format!("tensor {name:?} takes datatype {}, got {datatype:?}", binding.dtype.oip_name()),
+                format!(
+                    "tensor {name:?} takes datatype {}, got {datatype:?}",
+                    binding.dtype.oip_name()
+                ),
             )])
         }
     }
@@ -161,31 +249,51 @@ fn oip_tensor(version: &FunctionVersion, item: &Value, pointer: &str) -> Result<
         .get("shape")
         .and_then(Value::as_array)
         .and_then(|dims| dims.iter().map(Value::as_i64).collect())
-        .ok_or_else(|| vec![Violation::new(format!("{pointer}/shape"), "an array of integers is required")])?;
-    let data = item.get("data").ok_or_else(|| vec![Violation::new(format!("{pointer}/data"), "data is required")])?;
+        .ok_or_else(|| {
+            vec![Violation::new(
+                format!("{pointer}/shape"),
+                "an array of integers is required",
+            )]
+        })?;
+    let data = item.get("data").ok_or_else(|| {
+        vec![Violation::new(
+            format!("{pointer}/data"),
+            "data is required",
+        )]
+    })?;
     let tensor = tensor_from_parts(&shape, data, binding.dtype, &binding.shape, pointer)?;
     Ok((name.to_string(), tensor))
 }
 
 /// The model's outputs that are tensors of a supported type, with their types.
 fn tensor_outputs(version: &FunctionVersion) -> impl Iterator<Item = (&str, DType)> {
-    version.signature.outputs.iter().filter_map(|t| match (&t.dtype, &t.shape) {
-        (ModelType::Supported(d), Some(_)) => Some((t.name.as_str(), *d)),
-        _ => None,
-    })
+    version
+        .signature
+        .outputs
+        .iter()
+        .filter_map(|t| match (&t.dtype, &t.shape) {
+            (ModelType::Supported(d), Some(_)) => Some((t.name.as_str(), *d)),
+            _ => None,
+        })
 }
 
 /// Names of the outputs a run must produce for an OIP request.
 pub fn oip_output_names(version: &FunctionVersion, request: &OipRequest) -> Vec<String> {
     if request.outputs.is_empty() {
-        tensor_outputs(version).map(|(n, _)| n.to_string()).collect()
+        tensor_outputs(version)
+            .map(|(n, _)| n.to_string())
+            .collect()
     } else {
         request.outputs.clone()
     }
 }
 
 /// The OIP v2 infer response body.
-pub fn oip_response(version: &FunctionVersion, request: &OipRequest, outputs: &TensorOutputs) -> Value {
+pub fn oip_response(
+    version: &FunctionVersion,
+    request: &OipRequest,
+    outputs: &TensorOutputs,
+) -> Value {
     let items: Vec<Value> = oip_output_names(version, request)
         .iter()
         .filter_map(|name| outputs.get(name).map(|t| (name, t)))

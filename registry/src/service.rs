@@ -39,7 +39,11 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(store: Arc<dyn Store>, models: ModelStore, inspector: Arc<dyn ModelInspector>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        models: ModelStore,
+        inspector: Arc<dyn ModelInspector>,
+    ) -> Self {
         Registry {
             store,
             models,
@@ -56,7 +60,10 @@ impl Registry {
     /// Uploads model bytes after checking that ONNX Runtime can load them.
     pub async fn upload_model(&self, bytes: &[u8]) -> Result<String, ApiError> {
         if bytes.is_empty() {
-            return Err(ApiError::new(ErrorCode::InvalidInput, "the model body is empty"));
+            return Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                "the model body is empty",
+            ));
         }
         let inspector = self.inspector.clone();
         let owned = bytes.to_vec();
@@ -64,29 +71,54 @@ impl Registry {
             .await
             .map_err(|e| internal(format!("model check task failed: {e}")))?;
         if let Err(reason) = checked {
-            return Err(ApiError::new(ErrorCode::InvalidInput, format!("not a loadable ONNX model: {reason}")));
+            return Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                format!("not a loadable ONNX model: {reason}"),
+            ));
         }
-        let hex = self.models.put(bytes).await.map_err(|e| internal(format!("writing model failed: {e}")))?;
+        let hex = self
+            .models
+            .put(bytes)
+            .await
+            .map_err(|e| internal(format!("writing model failed: {e}")))?;
         Ok(format!("sha256:{hex}"))
     }
 
     /// Parses, checks and stores a definition as the next version of its function.
-    pub async fn register(&self, tenant: &str, body: &[u8], syntax: Syntax) -> Result<Arc<FunctionVersion>, ApiError> {
+    pub async fn register(
+        &self,
+        tenant: &str,
+        body: &[u8],
+        syntax: Syntax,
+    ) -> Result<Arc<FunctionVersion>, ApiError> {
         let definition = definition::parse(body, syntax).map_err(definition_error)?;
         let hex = definition.model.trim_start_matches("sha256:").to_string();
         if !self.models.contains(&hex) {
             return Err(definition_error(DefinitionError::one(
                 "/model",
-                format!("model {} has not been uploaded (POST /v1/models)", definition.model),
+                format!(
+                    "model {} has not been uploaded (POST /v1/models)",
+                    definition.model
+                ),
             )));
         }
-        let bytes = self.models.get(&hex).await.map_err(|e| internal(format!("reading model failed: {e}")))?;
+        let bytes = self
+            .models
+            .get(&hex)
+            .await
+            .map_err(|e| internal(format!("reading model failed: {e}")))?;
         let inspector = self.inspector.clone();
         let signature = tokio::task::spawn_blocking(move || inspector.inspect(&bytes))
             .await
             .map_err(|e| internal(format!("model check task failed: {e}")))?
-            .map_err(|reason| definition_error(DefinitionError::one("/model", format!("model does not load: {reason}"))))?;
-        let (inputs, outputs) = bind(&definition, &signature).map_err(|violations| definition_error(DefinitionError { violations }))?;
+            .map_err(|reason| {
+                definition_error(DefinitionError::one(
+                    "/model",
+                    format!("model does not load: {reason}"),
+                ))
+            })?;
+        let (inputs, outputs) = bind(&definition, &signature)
+            .map_err(|violations| definition_error(DefinitionError { violations }))?;
         let record = FunctionVersion {
             tenant: tenant.to_string(),
             name: definition.name.clone(),
@@ -98,14 +130,24 @@ impl Registry {
             outputs,
         };
         let _guard = self.register_lock.lock().await;
-        let stored = Arc::new(self.store.append_version(record).await.map_err(store_error)?);
+        let stored = Arc::new(
+            self.store
+                .append_version(record)
+                .await
+                .map_err(store_error)?,
+        );
         self.remember(stored.clone());
         tracing::info!(tenant, function = %stored.name, version = stored.version, "registered function version");
         Ok(stored)
     }
 
     /// Resolves a function and qualifier to a version, or 404.
-    pub async fn resolve(&self, tenant: &str, name: &str, qualifier: &Qualifier) -> Result<Arc<FunctionVersion>, ApiError> {
+    pub async fn resolve(
+        &self,
+        tenant: &str,
+        name: &str,
+        qualifier: &Qualifier,
+    ) -> Result<Arc<FunctionVersion>, ApiError> {
         let version = match qualifier {
             Qualifier::Version(v) => *v,
             Qualifier::Default => self
@@ -115,18 +157,28 @@ impl Registry {
                 .map_err(store_error)?
                 .ok_or_else(|| ApiError::not_found(format!("function {name:?} not found")))?,
         };
-        self.get(tenant, name, version)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("function {name:?} has no version {version}")))
+        self.get(tenant, name, version).await?.ok_or_else(|| {
+            ApiError::not_found(format!("function {name:?} has no version {version}"))
+        })
     }
 
     /// One version by number.
-    pub async fn get(&self, tenant: &str, name: &str, version: u32) -> Result<Option<Arc<FunctionVersion>>, ApiError> {
+    pub async fn get(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<Arc<FunctionVersion>>, ApiError> {
         let key = (tenant.to_string(), name.to_string(), version);
         if let Some(hit) = self.cache.read().expect("cache lock").get(&key) {
             return Ok(Some(hit.clone()));
         }
-        match self.store.get_version(tenant, name, version).await.map_err(store_error)? {
+        match self
+            .store
+            .get_version(tenant, name, version)
+            .await
+            .map_err(store_error)?
+        {
             Some(record) => {
                 let record = Arc::new(record);
                 self.remember(record.clone());
@@ -147,12 +199,23 @@ impl Registry {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn definition_error(err: DefinitionError) -> ApiError {
-    let summary = err.violations.iter().map(|v| format!("{}: {}", v.pointer, v.message)).collect::<Vec<_>>().join("; ");
-    ApiError::new(ErrorCode::InvalidInput, format!("invalid definition: {summary}")).with_details(json!(err.violations))
+    let summary = err
+        .violations
+        .iter()
+        .map(|v| format!("{}: {}", v.pointer, v.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    ApiError::new(
+        ErrorCode::InvalidInput,
+        format!("invalid definition: {summary}"),
+    )
+    .with_details(json!(err.violations))
 }
 
 fn store_error(err: StoreError) -> ApiError {

@@ -40,7 +40,12 @@ pub trait Store: Send + Sync + 'static {
     /// the version number set. Atomic: concurrent appends get distinct numbers.
     async fn append_version(&self, record: FunctionVersion) -> Result<FunctionVersion, StoreError>;
 
-    async fn get_version(&self, tenant: &str, name: &str, version: u32) -> Result<Option<FunctionVersion>, StoreError>;
+    async fn get_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<FunctionVersion>, StoreError>;
 
     async fn latest_version(&self, tenant: &str, name: &str) -> Result<Option<u32>, StoreError>;
 
@@ -87,7 +92,9 @@ fn latest_in<T: ReadableTable<(&'static str, &'static str, u32), &'static [u8]>>
     tenant: &str,
     name: &str,
 ) -> Result<Option<u32>, StoreError> {
-    let mut range = table.range((tenant, name, 0)..=(tenant, name, u32::MAX)).map_err(backend)?;
+    let mut range = table
+        .range((tenant, name, 0)..=(tenant, name, u32::MAX))
+        .map_err(backend)?;
     match range.next_back() {
         Some(entry) => Ok(Some(entry.map_err(backend)?.0.value().2)),
         None => Ok(None),
@@ -96,7 +103,10 @@ fn latest_in<T: ReadableTable<(&'static str, &'static str, u32), &'static [u8]>>
 
 #[async_trait]
 impl Store for EmbeddedStore {
-    async fn append_version(&self, mut record: FunctionVersion) -> Result<FunctionVersion, StoreError> {
+    async fn append_version(
+        &self,
+        mut record: FunctionVersion,
+    ) -> Result<FunctionVersion, StoreError> {
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(backend)?;
             {
@@ -105,7 +115,10 @@ impl Store for EmbeddedStore {
                 record.version = next;
                 let bytes = serde_json::to_vec(&record).map_err(backend)?;
                 table
-                    .insert((record.tenant.as_str(), record.name.as_str(), next), bytes.as_slice())
+                    .insert(
+                        (record.tenant.as_str(), record.name.as_str(), next),
+                        bytes.as_slice(),
+                    )
                     .map_err(backend)?;
             }
             txn.commit().map_err(backend)?;
@@ -114,12 +127,20 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn get_version(&self, tenant: &str, name: &str, version: u32) -> Result<Option<FunctionVersion>, StoreError> {
+    async fn get_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<FunctionVersion>, StoreError> {
         let (tenant, name) = (tenant.to_string(), name.to_string());
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(backend)?;
             let table = txn.open_table(VERSIONS).map_err(backend)?;
-            match table.get((tenant.as_str(), name.as_str(), version)).map_err(backend)? {
+            match table
+                .get((tenant.as_str(), name.as_str(), version))
+                .map_err(backend)?
+            {
                 Some(guard) => decode(guard.value()).map(Some),
                 None => Ok(None),
             }
@@ -154,7 +175,11 @@ impl Store for EmbeddedStore {
                         last.latest_version = version;
                         last.versions.push(version);
                     }
-                    _ => out.push(FunctionSummary { name: name.to_string(), latest_version: version, versions: vec![version] }),
+                    _ => out.push(FunctionSummary {
+                        name: name.to_string(),
+                        latest_version: version,
+                        versions: vec![version],
+                    }),
                 }
             }
             Ok(out)

@@ -3,7 +3,7 @@
 use policies::tensor::{DType, Violation};
 use serde::{Deserialize, Serialize};
 
-use crate::definition::{TaskDefinition, Take};
+use crate::definition::{Take, TaskDefinition};
 
 /// Element type as the model declares it: a supported [`DType`] or the raw name of another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,7 +102,11 @@ pub fn bind(
         let Some(info) = signature.inputs.iter().find(|t| t.name == spec.tensor) else {
             violations.push(Violation::new(
                 format!("{pointer}/tensor"),
-                format!("the model has no input tensor {:?} (it has {})", spec.tensor, names(&signature.inputs)),
+                format!(
+                    "the model has no input tensor {:?} (it has {})",
+                    spec.tensor,
+                    names(&signature.inputs)
+                ),
             ));
             continue;
         };
@@ -128,14 +132,29 @@ pub fn bind(
                 declared.clone()
             }
         };
-        inputs.push(InputBinding { field: field.clone(), tensor: spec.tensor.clone(), dtype, shape });
+        inputs.push(InputBinding {
+            field: field.clone(),
+            tensor: spec.tensor.clone(),
+            dtype,
+            shape,
+        });
     }
     for info in &signature.inputs {
-        let fed = definition.inputs.values().filter(|s| s.tensor == info.name).count();
+        let fed = definition
+            .inputs
+            .values()
+            .filter(|s| s.tensor == info.name)
+            .count();
         if fed == 0 {
-            violations.push(Violation::new("/inputs", format!("model input tensor {:?} is not declared", info.name)));
+            violations.push(Violation::new(
+                "/inputs",
+                format!("model input tensor {:?} is not declared", info.name),
+            ));
         } else if fed > 1 {
-            violations.push(Violation::new("/inputs", format!("model input tensor {:?} is declared {fed} times", info.name)));
+            violations.push(Violation::new(
+                "/inputs",
+                format!("model input tensor {:?} is declared {fed} times", info.name),
+            ));
         }
     }
     let mut outputs = Vec::new();
@@ -144,7 +163,11 @@ pub fn bind(
         let Some(info) = signature.outputs.iter().find(|t| t.name == spec.tensor) else {
             violations.push(Violation::new(
                 format!("{pointer}/tensor"),
-                format!("the model has no output tensor {:?} (it has {})", spec.tensor, names(&signature.outputs)),
+                format!(
+                    "the model has no output tensor {:?} (it has {})",
+                    spec.tensor,
+                    names(&signature.outputs)
+                ),
             ));
             continue;
         };
@@ -174,7 +197,10 @@ fn resolve_dtype(
     if info.shape.is_none() {
         violations.push(Violation::new(
             format!("{pointer}/tensor"),
-            format!("model value {:?} is a {}, not a tensor; only tensors are supported", info.name, info.dtype),
+            format!(
+                "model value {:?} is a {}, not a tensor; only tensors are supported",
+                info.name, info.dtype
+            ),
         ));
         return None;
     }
@@ -182,7 +208,10 @@ fn resolve_dtype(
         (ModelType::Supported(model), Some(d)) if *model != d => {
             violations.push(Violation::new(
                 format!("{pointer}/dtype"),
-                format!("declared {d} but the model's tensor {:?} is {model}", info.name),
+                format!(
+                    "declared {d} but the model's tensor {:?} is {model}",
+                    info.name
+                ),
             ));
             None
         }
@@ -198,8 +227,7 @@ fn resolve_dtype(
 }
 
 fn shapes_compatible(declared: &[i64], model: &[i64]) -> bool {
-    declared.len() == model.len()
-        && declared.iter().zip(model).all(|(d, m)| *m < 0 || d == m)
+    declared.len() == model.len() && declared.iter().zip(model).all(|(d, m)| *m < 0 || d == m)
 }
 
 fn names(tensors: &[TensorInfo]) -> String {
@@ -214,10 +242,22 @@ mod tests {
 
     fn signature() -> ModelSignature {
         ModelSignature {
-            inputs: vec![TensorInfo { name: "float_input".into(), dtype: ModelType::Supported(DType::Float32), shape: Some(vec![-1, 64]) }],
+            inputs: vec![TensorInfo {
+                name: "float_input".into(),
+                dtype: ModelType::Supported(DType::Float32),
+                shape: Some(vec![-1, 64]),
+            }],
             outputs: vec![
-                TensorInfo { name: "label".into(), dtype: ModelType::Supported(DType::Int64), shape: Some(vec![-1]) },
-                TensorInfo { name: "zipmap".into(), dtype: ModelType::Other("sequence".into()), shape: None },
+                TensorInfo {
+                    name: "label".into(),
+                    dtype: ModelType::Supported(DType::Int64),
+                    shape: Some(vec![-1]),
+                },
+                TensorInfo {
+                    name: "zipmap".into(),
+                    dtype: ModelType::Other("sequence".into()),
+                    shape: None,
+                },
             ],
         }
     }
@@ -232,7 +272,10 @@ mod tests {
 
     #[test]
     fn binds_and_fills_in_the_models_types() {
-        let d = definition(r#"{"pixels": {"tensor": "float_input", "shape": [1, 64]}}"#, r#"{"label": {"tensor": "label", "take": "first"}}"#);
+        let d = definition(
+            r#"{"pixels": {"tensor": "float_input", "shape": [1, 64]}}"#,
+            r#"{"label": {"tensor": "label", "take": "first"}}"#,
+        );
         let (inputs, outputs) = bind(&d, &signature()).unwrap();
         assert_eq!(inputs[0].dtype, DType::Float32);
         assert_eq!(inputs[0].shape, vec![1, 64]);
@@ -248,16 +291,32 @@ mod tests {
         );
         let err = bind(&d, &signature()).unwrap_err();
         let pointers: Vec<&str> = err.iter().map(|v| v.pointer.as_str()).collect();
-        assert_eq!(pointers, vec!["/inputs/other/tensor", "/inputs/pixels/dtype", "/outputs/label/tensor", "/outputs/map/tensor"]);
-        assert!(err[1].message.contains("declared int64 but the model's tensor \"float_input\" is float32"));
+        assert_eq!(
+            pointers,
+            vec![
+                "/inputs/other/tensor",
+                "/inputs/pixels/dtype",
+                "/outputs/label/tensor",
+                "/outputs/map/tensor"
+            ]
+        );
+        assert!(err[1]
+            .message
+            .contains("declared int64 but the model's tensor \"float_input\" is float32"));
     }
 
     #[test]
     fn incompatible_shapes_and_missing_inputs_are_refused() {
-        let d = definition(r#"{"pixels": {"tensor": "float_input", "shape": [1, 63]}}"#, r#"{"label": {"tensor": "label"}}"#);
+        let d = definition(
+            r#"{"pixels": {"tensor": "float_input", "shape": [1, 63]}}"#,
+            r#"{"label": {"tensor": "label"}}"#,
+        );
         let err = bind(&d, &signature()).unwrap_err();
         assert_eq!(err[0].pointer, "/inputs/pixels/shape");
-        let d = definition(r#"{"pixels": {"tensor": "float_input", "shape": [64]}}"#, r#"{"label": {"tensor": "label"}}"#);
+        let d = definition(
+            r#"{"pixels": {"tensor": "float_input", "shape": [64]}}"#,
+            r#"{"label": {"tensor": "label"}}"#,
+        );
         assert!(bind(&d, &signature()).is_err());
     }
 }

@@ -64,37 +64,54 @@ impl ShutdownSignalWatch for StopSignal {
 /// Starts the router on its own thread (Pingora runs its own runtimes) and
 /// returns once the listener accepts connections.
 pub fn start(options: RouterOptions, registry: Arc<Registry>) -> anyhow::Result<RouterHandle> {
-    let state = Arc::new(RouterState { registry, nodes: options.nodes.clone(), metrics: metrics::Metrics::new() });
+    let state = Arc::new(RouterState {
+        registry,
+        nodes: options.nodes.clone(),
+        metrics: metrics::Metrics::new(),
+    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let thread_state = state.clone();
     let listen = options.listen;
     let threads = options.threads;
-    let thread = std::thread::Builder::new().name("taskmesh-router".into()).spawn(move || {
-        let conf = ServerConf {
-            threads,
-            grace_period_seconds: Some(0),
-            graceful_shutdown_timeout_seconds: Some(1),
-            ..ServerConf::default()
-        };
-        let mut server = Server::new_with_opt_and_conf(None, conf);
-        server.bootstrap();
-        let mut service = pingora_proxy::http_proxy_service(&server.configuration, TaskmeshProxy { state: thread_state });
-        let app = service.app_logic_mut().expect("proxy app");
-        let mut server_options = HttpServerOptions::default();
-        server_options.h2c = true;
-        server_options.keepalive_request_limit = None;
-        app.server_options = Some(server_options);
-        let mut h2 = default_h2_options();
-        h2.max_concurrent_streams(limits::H2_MAX_CONCURRENT_STREAMS)
-            .max_header_list_size(limits::H2_MAX_HEADER_LIST_BYTES)
-            .initial_window_size(limits::H2_INITIAL_STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(limits::H2_INITIAL_CONNECTION_WINDOW_BYTES);
-        app.h2_options = Some(h2);
-        service.add_tcp(&listen.to_string());
-        server.add_service(service);
-        server.run(RunArgs { shutdown_signal: Box::new(StopSignal(tokio::sync::Mutex::new(Some(stop_rx)))) });
-    })?;
-    let handle = RouterHandle { stop: Some(stop_tx), thread: Some(thread), state };
+    let thread = std::thread::Builder::new()
+        .name("taskmesh-router".into())
+        .spawn(move || {
+            let conf = ServerConf {
+                threads,
+                grace_period_seconds: Some(0),
+                graceful_shutdown_timeout_seconds: Some(1),
+                ..ServerConf::default()
+            };
+            let mut server = Server::new_with_opt_and_conf(None, conf);
+            server.bootstrap();
+            let mut service = pingora_proxy::http_proxy_service(
+                &server.configuration,
+                TaskmeshProxy {
+                    state: thread_state,
+                },
+            );
+            let app = service.app_logic_mut().expect("proxy app");
+            let mut server_options = HttpServerOptions::default();
+            server_options.h2c = true;
+            server_options.keepalive_request_limit = None;
+            app.server_options = Some(server_options);
+            let mut h2 = default_h2_options();
+            h2.max_concurrent_streams(limits::H2_MAX_CONCURRENT_STREAMS)
+                .max_header_list_size(limits::H2_MAX_HEADER_LIST_BYTES)
+                .initial_window_size(limits::H2_INITIAL_STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(limits::H2_INITIAL_CONNECTION_WINDOW_BYTES);
+            app.h2_options = Some(h2);
+            service.add_tcp(&listen.to_string());
+            server.add_service(service);
+            server.run(RunArgs {
+                shutdown_signal: Box::new(StopSignal(tokio::sync::Mutex::new(Some(stop_rx)))),
+            });
+        })?;
+    let handle = RouterHandle {
+        stop: Some(stop_tx),
+        thread: Some(thread),
+        state,
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_err() {
         if Instant::now() > deadline {

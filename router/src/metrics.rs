@@ -38,7 +38,11 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("taskmesh_router");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("requests", "Requests answered by the router, by function, version and status", requests.clone());
+        registry.register(
+            "requests",
+            "Requests answered by the router, by function, version and status",
+            requests.clone(),
+        );
         let duration = Family::<FunctionLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0001, 2.0, 18))
         });
@@ -48,15 +52,27 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             duration.clone(),
         );
-        Metrics { registry, requests, duration }
+        Metrics {
+            registry,
+            requests,
+            duration,
+        }
     }
 
     pub fn record(&self, function: &str, version: Option<u32>, status: u16, seconds: f64) {
         let version = version.map_or_else(|| "-".to_string(), |v| v.to_string());
         self.requests
-            .get_or_create(&RequestLabels { function: function.to_string(), version, status: status.to_string() })
+            .get_or_create(&RequestLabels {
+                function: function.to_string(),
+                version,
+                status: status.to_string(),
+            })
             .inc();
-        self.duration.get_or_create(&FunctionLabels { function: function.to_string() }).observe(seconds);
+        self.duration
+            .get_or_create(&FunctionLabels {
+                function: function.to_string(),
+            })
+            .observe(seconds);
     }
 
     pub fn encode(&self) -> String {
@@ -79,6 +95,9 @@ mod tests {
         m.record("digits", Some(2), 200, 0.004);
         let text = m.encode();
         assert!(text.contains("taskmesh_router_requests_total{function=\"digits\",version=\"2\",status=\"200\"} 2"), "{text}");
-        assert!(text.contains("taskmesh_router_request_duration_seconds_count{function=\"digits\"} 2"), "{text}");
+        assert!(
+            text.contains("taskmesh_router_request_duration_seconds_count{function=\"digits\"} 2"),
+            "{text}"
+        );
     }
 }

@@ -78,7 +78,14 @@ fn new_invocation_id() -> String {
 }
 
 impl TaskmeshProxy {
-    async fn respond_json(&self, session: &mut Session, ctx: &Ctx, status: u16, body: &Value, extra: &[(&str, String)]) -> Result<()> {
+    async fn respond_json(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        status: u16,
+        body: &Value,
+        extra: &[(&str, String)],
+    ) -> Result<()> {
         let bytes = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
         let mut header = ResponseHeader::build(status, Some(4 + extra.len()))?;
         header.insert_header("content-type", "application/json")?;
@@ -87,7 +94,9 @@ impl TaskmeshProxy {
             header.insert_header(name.to_string(), value.as_str())?;
         }
         header.set_content_length(bytes.len())?;
-        session.write_response_header(Box::new(header), false).await?;
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
         session.write_response_body(Some(bytes), true).await
     }
 
@@ -96,11 +105,16 @@ impl TaskmeshProxy {
         if let Some(s) = err.retry_after_s {
             extra.push(("retry-after", s.to_string()));
         }
-        self.respond_json(session, ctx, err.status(), &err.body(), &extra).await
+        self.respond_json(session, ctx, err.status(), &err.body(), &extra)
+            .await
     }
 
     /// Decides the request: `Ok(None)` to proxy it, `Ok(Some(..))` to answer here.
-    async fn decide(&self, session: &mut Session, ctx: &mut Ctx) -> std::result::Result<Option<(u16, Value)>, ApiError> {
+    async fn decide(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> std::result::Result<Option<(u16, Value)>, ApiError> {
         let method = session.req_header().method.clone();
         let uri = session.req_header().uri.clone();
         let route = routes::route(&method, uri.path(), uri.query())?;
@@ -109,7 +123,10 @@ impl TaskmeshProxy {
             Route::Ready => Ok(Some((200, json!({"status": "ready"})))),
             Route::Live => Ok(Some((200, json!({"live": true})))),
             Route::ServerReady => Ok(Some((200, json!({"ready": true})))),
-            Route::Metrics => Err(ApiError::new(ErrorCode::Internal, "metrics are answered before routing")),
+            Route::Metrics => Err(ApiError::new(
+                ErrorCode::Internal,
+                "metrics are answered before routing",
+            )),
             Route::Metadata { name, qualifier } => {
                 let version = self.resolve(&name, &qualifier).await?;
                 let versions = self
@@ -127,11 +144,17 @@ impl TaskmeshProxy {
             Route::ModelReady { name, qualifier } => {
                 let version = self.resolve(&name, &qualifier).await?;
                 ctx.function = Some(version.clone());
-                Ok(Some((200, json!({"name": version.name, "version": version.version.to_string(), "ready": true}))))
+                Ok(Some((
+                    200,
+                    json!({"name": version.name, "version": version.version.to_string(), "ready": true}),
+                )))
             }
             Route::Invoke { name, qualifier } => {
                 let version = self.resolve(&name, &qualifier).await?;
-                ctx.upstream_path = Some(format!("/v1/functions/{}/invoke?version={}", version.name, version.version));
+                ctx.upstream_path = Some(format!(
+                    "/v1/functions/{}/invoke?version={}",
+                    version.name, version.version
+                ));
                 ctx.function = Some(version);
                 ctx.body_kind = Some(BodyKind::Invoke);
                 self.admit_body(session, ctx).await?;
@@ -139,7 +162,10 @@ impl TaskmeshProxy {
             }
             Route::Infer { name, qualifier } => {
                 let version = self.resolve(&name, &qualifier).await?;
-                ctx.upstream_path = Some(format!("/v2/models/{}/versions/{}/infer", version.name, version.version));
+                ctx.upstream_path = Some(format!(
+                    "/v2/models/{}/versions/{}/infer",
+                    version.name, version.version
+                ));
                 ctx.function = Some(version);
                 ctx.body_kind = Some(BodyKind::Infer);
                 self.admit_body(session, ctx).await?;
@@ -148,8 +174,15 @@ impl TaskmeshProxy {
         }
     }
 
-    async fn resolve(&self, name: &str, qualifier: &Qualifier) -> std::result::Result<Arc<FunctionVersion>, ApiError> {
-        self.state.registry.resolve(DEFAULT_TENANT, name, qualifier).await
+    async fn resolve(
+        &self,
+        name: &str,
+        qualifier: &Qualifier,
+    ) -> std::result::Result<Arc<FunctionVersion>, ApiError> {
+        self.state
+            .registry
+            .resolve(DEFAULT_TENANT, name, qualifier)
+            .await
     }
 
     /// Enforces the body cap and validates the body before anything is proxied.
@@ -157,9 +190,16 @@ impl TaskmeshProxy {
     /// Bodies that fit the replay buffer are read and validated here. Larger ones
     /// (which must declare their length) are validated as they stream, in
     /// `request_body_filter`, and held back from the node until they pass.
-    async fn admit_body(&self, session: &mut Session, ctx: &mut Ctx) -> std::result::Result<(), ApiError> {
+    async fn admit_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> std::result::Result<(), ApiError> {
         let version = ctx.function.clone().expect("resolved before the body");
-        let cap = version.definition.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        let cap = version
+            .definition
+            .max_body_bytes
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
         let declared = session
             .req_header()
             .headers
@@ -181,7 +221,9 @@ impl TaskmeshProxy {
             let chunk = tokio::time::timeout(BODY_READ_TIMEOUT, session.read_request_body())
                 .await
                 .map_err(|_| ApiError::bad_request("timed out reading the request body"))?
-                .map_err(|e| ApiError::bad_request(format!("reading the request body failed: {e}")))?;
+                .map_err(|e| {
+                    ApiError::bad_request(format!("reading the request body failed: {e}"))
+                })?;
             match chunk {
                 None => break,
                 Some(chunk) => {
@@ -203,11 +245,18 @@ impl TaskmeshProxy {
 }
 
 fn too_large(cap: usize) -> ApiError {
-    ApiError::new(ErrorCode::PayloadTooLarge, format!("body is larger than the limit of {cap} bytes"))
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("body is larger than the limit of {cap} bytes"),
+    )
 }
 
 /// Parses and checks a body against the function version's declared inputs.
-fn validate(version: &FunctionVersion, kind: BodyKind, body: &[u8]) -> std::result::Result<(), ApiError> {
+fn validate(
+    version: &FunctionVersion,
+    kind: BodyKind,
+    body: &[u8],
+) -> std::result::Result<(), ApiError> {
     let value = policies::json::parse_body(body, MAX_JSON_DEPTH)?;
     match kind {
         BodyKind::Invoke => protocol::invoke_inputs(version, &value).map(drop),
@@ -235,10 +284,17 @@ impl ProxyHttp for TaskmeshProxy {
         if session.req_header().uri.path() == "/metrics" {
             let text = self.state.metrics.encode();
             let mut header = ResponseHeader::build(200, Some(2))?;
-            header.insert_header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")?;
+            header.insert_header(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )?;
             header.set_content_length(text.len())?;
-            session.write_response_header(Box::new(header), false).await?;
-            session.write_response_body(Some(Bytes::from(text)), true).await?;
+            session
+                .write_response_header(Box::new(header), false)
+                .await?;
+            session
+                .write_response_body(Some(Bytes::from(text)), true)
+                .await?;
             return Ok(true);
         }
         match self.decide(session, ctx).await {
@@ -249,7 +305,8 @@ impl ProxyHttp for TaskmeshProxy {
                     .as_ref()
                     .map(|v| vec![(headers::VERSION, v.version.to_string())])
                     .unwrap_or_default();
-                self.respond_json(session, ctx, status, &body, &extra).await?;
+                self.respond_json(session, ctx, status, &body, &extra)
+                    .await?;
                 Ok(true)
             }
             Err(err) => {
@@ -260,22 +317,37 @@ impl ProxyHttp for TaskmeshProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let version = ctx.function.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no function resolved"))?;
-        let node = pick_node(&self.state.nodes, &version.name, version.version)
-            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no runtime node is available"))?;
+        let version = ctx
+            .function
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no function resolved"))?;
+        let node =
+            pick_node(&self.state.nodes, &version.name, version.version).ok_or_else(|| {
+                Error::explain(ErrorType::ConnectNoRoute, "no runtime node is available")
+            })?;
         let mut peer = HttpPeer::new(node, false, String::new());
         peer.options.set_http_version(2, 2);
         peer.options.max_h2_streams = UPSTREAM_MAX_H2_STREAMS;
         peer.options.connection_timeout = Some(Duration::from_secs(2));
-        peer.options.read_timeout = Some(Duration::from_millis(version.definition.timeout_ms + 5_000));
+        peer.options.read_timeout =
+            Some(Duration::from_millis(version.definition.timeout_ms + 5_000));
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         peer.options.h2_ping_interval = Some(Duration::from_secs(30));
         Ok(Box::new(peer))
     }
 
-    async fn upstream_request_filter(&self, _session: &mut Session, request: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         if let Some(path) = &ctx.upstream_path {
-            request.set_uri(path.parse::<http::Uri>().map_err(|e| Error::because(ErrorType::InternalError, "bad upstream path", e))?);
+            request.set_uri(
+                path.parse::<http::Uri>().map_err(|e| {
+                    Error::because(ErrorType::InternalError, "bad upstream path", e)
+                })?,
+            );
         }
         request.insert_header("host", "taskmesh-node")?;
         request.insert_header(headers::INVOCATION_ID, ctx.invocation_id.as_str())?;
@@ -287,7 +359,13 @@ impl ProxyHttp for TaskmeshProxy {
         Ok(())
     }
 
-    async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> Result<()> {
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         let Some(buffer) = ctx.streamed.as_mut() else {
             return Ok(());
         };
@@ -295,10 +373,15 @@ impl ProxyHttp for TaskmeshProxy {
             buffer.extend_from_slice(&chunk);
         }
         let version = ctx.function.clone().expect("resolved before proxying");
-        let cap = version.definition.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        let cap = version
+            .definition
+            .max_body_bytes
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if buffer.len() > cap {
             ctx.refusal = Some(too_large(cap));
-            return Err(Error::explain(ErrorType::HTTPStatus(413), "body over the cap").into_down());
+            return Err(
+                Error::explain(ErrorType::HTTPStatus(413), "body over the cap").into_down(),
+            );
         }
         if !end_of_stream {
             *body = Some(Bytes::new());
@@ -314,7 +397,12 @@ impl ProxyHttp for TaskmeshProxy {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, response: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         response.insert_header(headers::INVOCATION_ID, ctx.invocation_id.as_str())?;
         Ok(())
     }
@@ -322,7 +410,10 @@ impl ProxyHttp for TaskmeshProxy {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let err = ctx.refusal.take().unwrap_or_else(|| classify(e));
         let code = match (e.esource(), e.etype()) {
-            (ErrorSource::Downstream, ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed) => 0,
+            (
+                ErrorSource::Downstream,
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
+            ) => 0,
             _ => err.status(),
         };
         if code > 0 {
@@ -339,10 +430,16 @@ impl ProxyHttp for TaskmeshProxy {
                     let _ = header.insert_header("retry-after", s.to_string());
                 }
                 let _ = header.set_content_length(body.len());
-                let _ = session.as_downstream_mut().write_error_response(header, body).await;
+                let _ = session
+                    .as_downstream_mut()
+                    .write_error_response(header, body)
+                    .await;
             }
         }
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
@@ -351,20 +448,37 @@ impl ProxyHttp for TaskmeshProxy {
             Some(v) => (v.name.as_str(), Some(v.version)),
             None => ("-", None),
         };
-        self.state.metrics.record(function, version, status, ctx.started.elapsed().as_secs_f64());
+        self.state.metrics.record(
+            function,
+            version,
+            status,
+            ctx.started.elapsed().as_secs_f64(),
+        );
     }
 }
 
 /// Maps a proxying failure that no hook classified to the contract's error.
 fn classify(e: &Error) -> ApiError {
     match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => {
-            ApiError::new(ErrorCode::Unavailable, "no runtime node could be reached").with_retry_after(1)
+        ErrorType::ConnectTimedout
+        | ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError => {
+            ApiError::new(ErrorCode::Unavailable, "no runtime node could be reached")
+                .with_retry_after(1)
         }
-        ErrorType::ReadTimedout => ApiError::new(ErrorCode::Timeout, "the runtime node did not answer in time"),
+        ErrorType::ReadTimedout => ApiError::new(
+            ErrorCode::Timeout,
+            "the runtime node did not answer in time",
+        ),
         ErrorType::HTTPStatus(413) => too_large(DEFAULT_MAX_BODY_BYTES),
-        _ if e.esource() == &ErrorSource::Upstream => ApiError::new(ErrorCode::FunctionFailed, "the runtime node failed while answering"),
-        _ if e.esource() == &ErrorSource::Downstream => ApiError::bad_request("the request could not be read"),
+        _ if e.esource() == &ErrorSource::Upstream => ApiError::new(
+            ErrorCode::FunctionFailed,
+            "the runtime node failed while answering",
+        ),
+        _ if e.esource() == &ErrorSource::Downstream => {
+            ApiError::bad_request("the request could not be read")
+        }
         _ => ApiError::new(ErrorCode::Internal, "internal router error"),
     }
 }

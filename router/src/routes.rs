@@ -14,14 +14,29 @@ pub enum Route {
     Live,
     /// `GET /v2/health/ready`
     ServerReady,
-    Invoke { name: String, qualifier: Qualifier },
-    Metadata { name: String, qualifier: Qualifier },
-    ModelReady { name: String, qualifier: Qualifier },
-    Infer { name: String, qualifier: Qualifier },
+    Invoke {
+        name: String,
+        qualifier: Qualifier,
+    },
+    Metadata {
+        name: String,
+        qualifier: Qualifier,
+    },
+    ModelReady {
+        name: String,
+        qualifier: Qualifier,
+    },
+    Infer {
+        name: String,
+        qualifier: Qualifier,
+    },
 }
 
 fn method_not_allowed(method: &Method, path: &str) -> ApiError {
-    ApiError::new(ErrorCode::MethodNotAllowed, format!("{method} is not allowed on {path}"))
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{method} is not allowed on {path}"),
+    )
 }
 
 fn expect(method: &Method, wanted: Method, path: &str, route: Route) -> Result<Route, ApiError> {
@@ -36,7 +51,11 @@ fn expect(method: &Method, wanted: Method, path: &str, route: Route) -> Result<R
 /// Reads `?version=N` (or `?alias=NAME`, whose aliases arrive with rollouts).
 pub fn query_qualifier(query: Option<&str>) -> Result<Qualifier, ApiError> {
     let mut qualifier = Qualifier::Default;
-    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
             "version" => {
@@ -44,7 +63,11 @@ pub fn query_qualifier(query: Option<&str>) -> Result<Qualifier, ApiError> {
                     .parse::<u32>()
                     .ok()
                     .filter(|n| *n > 0)
-                    .ok_or_else(|| ApiError::bad_request(format!("version must be a positive integer, got {value:?}")))?;
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "version must be a positive integer, got {value:?}"
+                        ))
+                    })?;
                 qualifier = Qualifier::Version(n);
             }
             "alias" => return Err(ApiError::not_found(format!("alias {value:?} not found"))),
@@ -74,14 +97,70 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
         ["v2", "health", "ready"] => expect(method, Method::GET, path, Route::ServerReady),
         ["v1", "functions", f, "invoke"] if !f.is_empty() => {
             let qualifier = query_qualifier(query)?;
-            expect(method, Method::POST, path, Route::Invoke { name: name(f), qualifier })
+            expect(
+                method,
+                Method::POST,
+                path,
+                Route::Invoke {
+                    name: name(f),
+                    qualifier,
+                },
+            )
         }
-        ["v2", "models", m] if !m.is_empty() => expect(method, Method::GET, path, Route::Metadata { name: name(m), qualifier: Qualifier::Default }),
-        ["v2", "models", m, "versions", v] => expect(method, Method::GET, path, Route::Metadata { name: name(m), qualifier: path_version(v)? }),
-        ["v2", "models", m, "ready"] => expect(method, Method::GET, path, Route::ModelReady { name: name(m), qualifier: Qualifier::Default }),
-        ["v2", "models", m, "versions", v, "ready"] => expect(method, Method::GET, path, Route::ModelReady { name: name(m), qualifier: path_version(v)? }),
-        ["v2", "models", m, "infer"] => expect(method, Method::POST, path, Route::Infer { name: name(m), qualifier: Qualifier::Default }),
-        ["v2", "models", m, "versions", v, "infer"] => expect(method, Method::POST, path, Route::Infer { name: name(m), qualifier: path_version(v)? }),
+        ["v2", "models", m] if !m.is_empty() => expect(
+            method,
+            Method::GET,
+            path,
+            Route::Metadata {
+                name: name(m),
+                qualifier: Qualifier::Default,
+            },
+        ),
+        ["v2", "models", m, "versions", v] => expect(
+            method,
+            Method::GET,
+            path,
+            Route::Metadata {
+                name: name(m),
+                qualifier: path_version(v)?,
+            },
+        ),
+        ["v2", "models", m, "ready"] => expect(
+            method,
+            Method::GET,
+            path,
+            Route::ModelReady {
+                name: name(m),
+                qualifier: Qualifier::Default,
+            },
+        ),
+        ["v2", "models", m, "versions", v, "ready"] => expect(
+            method,
+            Method::GET,
+            path,
+            Route::ModelReady {
+                name: name(m),
+                qualifier: path_version(v)?,
+            },
+        ),
+        ["v2", "models", m, "infer"] => expect(
+            method,
+            Method::POST,
+            path,
+            Route::Infer {
+                name: name(m),
+                qualifier: Qualifier::Default,
+            },
+        ),
+        ["v2", "models", m, "versions", v, "infer"] => expect(
+            method,
+            Method::POST,
+            path,
+            Route::Infer {
+                name: name(m),
+                qualifier: path_version(v)?,
+            },
+        ),
         _ => Err(ApiError::not_found(format!("no route for {method} {path}"))),
     }
 }
@@ -94,30 +173,80 @@ mod tests {
     fn invoke_with_and_without_version() {
         assert_eq!(
             route(&Method::POST, "/v1/functions/digits/invoke", None).unwrap(),
-            Route::Invoke { name: "digits".into(), qualifier: Qualifier::Default }
+            Route::Invoke {
+                name: "digits".into(),
+                qualifier: Qualifier::Default
+            }
         );
         assert_eq!(
-            route(&Method::POST, "/v1/functions/digits/invoke", Some("version=2")).unwrap(),
-            Route::Invoke { name: "digits".into(), qualifier: Qualifier::Version(2) }
+            route(
+                &Method::POST,
+                "/v1/functions/digits/invoke",
+                Some("version=2")
+            )
+            .unwrap(),
+            Route::Invoke {
+                name: "digits".into(),
+                qualifier: Qualifier::Version(2)
+            }
         );
-        assert_eq!(route(&Method::POST, "/v1/functions/digits/invoke", Some("version=x")).unwrap_err().code, ErrorCode::BadRequest);
-        assert_eq!(route(&Method::GET, "/v1/functions/digits/invoke", None).unwrap_err().code, ErrorCode::MethodNotAllowed);
+        assert_eq!(
+            route(
+                &Method::POST,
+                "/v1/functions/digits/invoke",
+                Some("version=x")
+            )
+            .unwrap_err()
+            .code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            route(&Method::GET, "/v1/functions/digits/invoke", None)
+                .unwrap_err()
+                .code,
+            ErrorCode::MethodNotAllowed
+        );
     }
 
     #[test]
     fn oip_paths() {
         assert_eq!(
             route(&Method::POST, "/v2/models/iris/versions/3/infer", None).unwrap(),
-            Route::Infer { name: "iris".into(), qualifier: Qualifier::Version(3) }
+            Route::Infer {
+                name: "iris".into(),
+                qualifier: Qualifier::Version(3)
+            }
         );
-        assert_eq!(route(&Method::GET, "/v2/models/iris/ready", None).unwrap(), Route::ModelReady { name: "iris".into(), qualifier: Qualifier::Default });
-        assert_eq!(route(&Method::GET, "/v2/models/iris/versions/zero", None).unwrap_err().code, ErrorCode::NotFound);
-        assert_eq!(route(&Method::GET, "/v2/health/live", None).unwrap(), Route::Live);
+        assert_eq!(
+            route(&Method::GET, "/v2/models/iris/ready", None).unwrap(),
+            Route::ModelReady {
+                name: "iris".into(),
+                qualifier: Qualifier::Default
+            }
+        );
+        assert_eq!(
+            route(&Method::GET, "/v2/models/iris/versions/zero", None)
+                .unwrap_err()
+                .code,
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            route(&Method::GET, "/v2/health/live", None).unwrap(),
+            Route::Live
+        );
     }
 
     #[test]
     fn unknown_paths_are_not_found() {
-        assert_eq!(route(&Method::GET, "/", None).unwrap_err().code, ErrorCode::NotFound);
-        assert_eq!(route(&Method::POST, "/v1/functions//invoke", None).unwrap_err().code, ErrorCode::NotFound);
+        assert_eq!(
+            route(&Method::GET, "/", None).unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            route(&Method::POST, "/v1/functions//invoke", None)
+                .unwrap_err()
+                .code,
+            ErrorCode::NotFound
+        );
     }
 }

@@ -40,7 +40,11 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(registry: Arc<Registry>, options: SessionOptions) -> Self {
-        Engine { registry, options, instances: Mutex::new(HashMap::new()) }
+        Engine {
+            registry,
+            options,
+            instances: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -59,35 +63,78 @@ impl Engine {
 
     /// Number of loaded instances.
     pub fn warm_count(&self) -> usize {
-        self.instances.lock().expect("instances lock").values().filter(|c| c.initialized()).count()
+        self.instances
+            .lock()
+            .expect("instances lock")
+            .values()
+            .filter(|c| c.initialized())
+            .count()
     }
 
     /// Runs one invocation within the version's `timeout_ms`.
-    pub async fn run(&self, version: &Arc<FunctionVersion>, inputs: TensorInputs) -> Result<Outcome, ApiError> {
+    pub async fn run(
+        &self,
+        version: &Arc<FunctionVersion>,
+        inputs: TensorInputs,
+    ) -> Result<Outcome, ApiError> {
         let timeout = Duration::from_millis(version.definition.timeout_ms);
         match tokio::time::timeout(timeout, self.run_inner(version, inputs)).await {
             Ok(result) => result,
             Err(_) => Err(ApiError::new(
                 ErrorCode::Timeout,
-                format!("function {} version {} did not finish within {} ms", version.name, version.version, timeout.as_millis()),
+                format!(
+                    "function {} version {} did not finish within {} ms",
+                    version.name,
+                    version.version,
+                    timeout.as_millis()
+                ),
             )),
         }
     }
 
-    async fn run_inner(&self, version: &Arc<FunctionVersion>, inputs: TensorInputs) -> Result<Outcome, ApiError> {
+    async fn run_inner(
+        &self,
+        version: &Arc<FunctionVersion>,
+        inputs: TensorInputs,
+    ) -> Result<Outcome, ApiError> {
         let (instance, cold_start) = self.instance(version).await?;
         let outputs = tokio::task::spawn_blocking(move || {
-            let mut session = instance.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut session = instance
+                .session
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             session::run(&mut session, inputs)
         })
         .await
-        .map_err(|e| ApiError::new(ErrorCode::FunctionFailed, format!("inference task failed: {e}")))?
-        .map_err(|reason| ApiError::new(ErrorCode::FunctionFailed, format!("onnx runtime failed: {reason}")))?;
-        Ok(Outcome { outputs, cold_start })
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::FunctionFailed,
+                format!("inference task failed: {e}"),
+            )
+        })?
+        .map_err(|reason| {
+            ApiError::new(
+                ErrorCode::FunctionFailed,
+                format!("onnx runtime failed: {reason}"),
+            )
+        })?;
+        Ok(Outcome {
+            outputs,
+            cold_start,
+        })
     }
 
-    async fn instance(&self, version: &Arc<FunctionVersion>) -> Result<(Arc<Instance>, bool), ApiError> {
-        let cell = self.instances.lock().expect("instances lock").entry(key_of(version)).or_default().clone();
+    async fn instance(
+        &self,
+        version: &Arc<FunctionVersion>,
+    ) -> Result<(Arc<Instance>, bool), ApiError> {
+        let cell = self
+            .instances
+            .lock()
+            .expect("instances lock")
+            .entry(key_of(version))
+            .or_default()
+            .clone();
         let cold_start = !cell.initialized();
         let instance = cell.get_or_try_init(|| self.cold_start(version)).await?;
         Ok((instance.clone(), cold_start))
@@ -104,8 +151,18 @@ impl Engine {
         let options = self.options;
         let session = tokio::task::spawn_blocking(move || session::build_session(&bytes, options))
             .await
-            .map_err(|e| ApiError::new(ErrorCode::FunctionFailed, format!("session task failed: {e}")))?
-            .map_err(|reason| ApiError::new(ErrorCode::FunctionFailed, format!("loading the model failed: {reason}")))?;
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorCode::FunctionFailed,
+                    format!("session task failed: {e}"),
+                )
+            })?
+            .map_err(|reason| {
+                ApiError::new(
+                    ErrorCode::FunctionFailed,
+                    format!("loading the model failed: {reason}"),
+                )
+            })?;
         tracing::info!(
             function = %version.name,
             version = version.version,
@@ -114,10 +171,16 @@ impl Engine {
             load_ms = (started.elapsed() - fetched).as_secs_f64() * 1e3,
             "cold start"
         );
-        Ok(Arc::new(Instance { session: Mutex::new(session) }))
+        Ok(Arc::new(Instance {
+            session: Mutex::new(session),
+        }))
     }
 }
 
 fn key_of(version: &FunctionVersion) -> VersionKey {
-    (version.tenant.clone(), version.name.clone(), version.version)
+    (
+        version.tenant.clone(),
+        version.name.clone(),
+        version.version,
+    )
 }

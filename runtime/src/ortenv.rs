@@ -25,7 +25,10 @@ pub fn find_library() -> Option<PathBuf> {
         bases.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
     }
     bases.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
-    bases.into_iter().map(|b| b.join(".deps/lib").join(LIBRARY)).find(|p| p.is_file())
+    bases
+        .into_iter()
+        .map(|b| b.join(".deps/lib").join(LIBRARY))
+        .find(|p| p.is_file())
 }
 
 /// The process-wide ONNX Runtime environment, created on first use.
@@ -33,7 +36,8 @@ pub fn environment() -> Result<&'static Environment, String> {
     ENVIRONMENT
         .get_or_init(|| {
             let path = find_library().ok_or_else(|| {
-                "ONNX Runtime library not found: run scripts/setup.sh or set ORT_DYLIB_PATH".to_string()
+                "ONNX Runtime library not found: run scripts/setup.sh or set ORT_DYLIB_PATH"
+                    .to_string()
             })?;
             let env = ort::init_from(&path)
                 .map_err(|e| format!("loading ONNX Runtime from {}: {e}", path.display()))?

@@ -62,7 +62,10 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Out
                 .initial_stream_window_size(limits::H2_INITIAL_STREAM_WINDOW_BYTES)
                 .initial_connection_window_size(limits::H2_INITIAL_CONNECTION_WINDOW_BYTES);
             builder.http1().max_buf_size(64 * 1024);
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
@@ -79,17 +82,29 @@ pub fn router(engine: Arc<Engine>, node_id: String) -> Router {
     let node = Arc::new(Node { engine, node_id });
     Router::new()
         .route("/v1/functions/{name}/invoke", post(invoke))
-        .route("/v2/health/live", get(|| async { json_response(StatusCode::OK, &json!({"live": true})) }))
-        .route("/v2/health/ready", get(|| async { json_response(StatusCode::OK, &json!({"ready": true})) }))
+        .route(
+            "/v2/health/live",
+            get(|| async { json_response(StatusCode::OK, &json!({"live": true})) }),
+        )
+        .route(
+            "/v2/health/ready",
+            get(|| async { json_response(StatusCode::OK, &json!({"ready": true})) }),
+        )
         .route("/v2/models/{name}", get(metadata))
         .route("/v2/models/{name}/versions/{version}", get(metadata))
         .route("/v2/models/{name}/ready", get(ready))
         .route("/v2/models/{name}/versions/{version}/ready", get(ready))
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer))
-        .route("/healthz", get(|| async { json_response(StatusCode::OK, &json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { json_response(StatusCode::OK, &json!({"status": "ok"})) }),
+        )
         .fallback(|method: Method, uri: Uri| async move {
-            error_response(&ApiError::not_found(format!("no route for {method} {}", uri.path())))
+            error_response(&ApiError::not_found(format!(
+                "no route for {method} {}",
+                uri.path()
+            )))
         })
         .with_state(node)
 }
@@ -106,7 +121,9 @@ pub fn qualifier_from_query(query: &HashMap<String, String>) -> Result<Qualifier
             .ok()
             .filter(|n| *n > 0)
             .map(Qualifier::Version)
-            .ok_or_else(|| ApiError::bad_request(format!("version must be a positive integer, got {v:?}"))),
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("version must be a positive integer, got {v:?}"))
+            }),
     }
 }
 
@@ -126,26 +143,49 @@ fn invocation_id(headers: &HeaderMap) -> String {
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string)
 }
 
-async fn resolve(node: &Node, headers: &HeaderMap, name: &str, qualifier: &Qualifier) -> Result<Arc<FunctionVersion>, ApiError> {
-    node.engine.registry().resolve(&tenant_of(headers), name, qualifier).await
+async fn resolve(
+    node: &Node,
+    headers: &HeaderMap,
+    name: &str,
+    qualifier: &Qualifier,
+) -> Result<Arc<FunctionVersion>, ApiError> {
+    node.engine
+        .registry()
+        .resolve(&tenant_of(headers), name, qualifier)
+        .await
 }
 
 /// Reads and parses a JSON body within the version's cap.
 async fn json_body(version: &FunctionVersion, body: Body) -> Result<Value, ApiError> {
-    let cap = version.definition.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    let cap = version
+        .definition
+        .max_body_bytes
+        .unwrap_or(DEFAULT_MAX_BODY_BYTES);
     let bytes = read_body(body, cap).await?;
     policies::json::parse_body(&bytes, MAX_JSON_DEPTH)
 }
 
-fn with_headers(mut response: Response, node: &Node, version: &FunctionVersion, cold_start: Option<bool>, id: &str) -> Response {
+fn with_headers(
+    mut response: Response,
+    node: &Node,
+    version: &FunctionVersion,
+    cold_start: Option<bool>,
+    id: &str,
+) -> Response {
     let h = response.headers_mut();
     h.insert(headers::VERSION, HeaderValue::from(version.version));
-    h.insert(headers::NODE, HeaderValue::from_str(&node.node_id).unwrap_or(HeaderValue::from_static("node")));
+    h.insert(
+        headers::NODE,
+        HeaderValue::from_str(&node.node_id).unwrap_or(HeaderValue::from_static("node")),
+    );
     if let Ok(v) = HeaderValue::from_str(id) {
         h.insert(headers::INVOCATION_ID, v);
     }
     if let Some(cold) = cold_start {
-        h.insert(headers::COLD_START, HeaderValue::from_static(if cold { "true" } else { "false" }));
+        h.insert(
+            headers::COLD_START,
+            HeaderValue::from_static(if cold { "true" } else { "false" }),
+        );
     }
     response
 }
@@ -165,7 +205,13 @@ async fn invoke(
         let outcome = node.engine.run(&version, inputs).await?;
         let output = protocol::invoke_outputs(&version, &outcome.outputs)?;
         let response = json_response(StatusCode::OK, &output);
-        Ok(with_headers(response, &node, &version, Some(outcome.cold_start), &id))
+        Ok(with_headers(
+            response,
+            &node,
+            &version,
+            Some(outcome.cold_start),
+            &id,
+        ))
     }
     .await;
     finish(result, &name, &id)
@@ -186,7 +232,13 @@ async fn infer(
         let inputs = std::mem::take(&mut request.inputs);
         let outcome = node.engine.run(&version, inputs).await?;
         let output = protocol::oip_response(&version, &request, &outcome.outputs);
-        Ok(with_headers(json_response(StatusCode::OK, &output), &node, &version, Some(outcome.cold_start), &id))
+        Ok(with_headers(
+            json_response(StatusCode::OK, &output),
+            &node,
+            &version,
+            Some(outcome.cold_start),
+            &id,
+        ))
     }
     .await;
     finish(result, &name, &id)
@@ -204,7 +256,11 @@ fn path_qualifier(params: &HashMap<String, String>) -> Result<Qualifier, ApiErro
     }
 }
 
-async fn metadata(State(node): State<Arc<Node>>, Path(params): Path<HashMap<String, String>>, headers: HeaderMap) -> Response {
+async fn metadata(
+    State(node): State<Arc<Node>>,
+    Path(params): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
     let name = params.get("name").cloned().unwrap_or_default();
     let result = async {
         let version = resolve(&node, &headers, &name, &path_qualifier(&params)?).await?;
@@ -217,13 +273,20 @@ async fn metadata(State(node): State<Arc<Node>>, Path(params): Path<HashMap<Stri
             .find(|f| f.name == name)
             .map(|f| f.versions)
             .unwrap_or_default();
-        Ok(json_response(StatusCode::OK, &protocol::oip_metadata(&version, &versions)))
+        Ok(json_response(
+            StatusCode::OK,
+            &protocol::oip_metadata(&version, &versions),
+        ))
     }
     .await;
     result.unwrap_or_else(|e: ApiError| error_response(&e))
 }
 
-async fn ready(State(node): State<Arc<Node>>, Path(params): Path<HashMap<String, String>>, headers: HeaderMap) -> Response {
+async fn ready(
+    State(node): State<Arc<Node>>,
+    Path(params): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
     let name = params.get("name").cloned().unwrap_or_default();
     let result = async {
         let version = resolve(&node, &headers, &name, &path_qualifier(&params)?).await?;
@@ -241,7 +304,12 @@ fn finish(result: Result<Response, ApiError>, name: &str, id: &str) -> Response 
         Ok(response) => response,
         Err(err) => {
             if err.code.is_client_fault() {
-                tracing::debug!(function = name, invocation_id = id, code = err.code.as_str(), "invocation refused");
+                tracing::debug!(
+                    function = name,
+                    invocation_id = id,
+                    code = err.code.as_str(),
+                    "invocation refused"
+                );
             } else {
                 tracing::warn!(function = name, invocation_id = id, code = err.code.as_str(), message = %err.message, "invocation failed");
             }

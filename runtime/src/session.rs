@@ -56,17 +56,37 @@ fn info_of(name: &str, ty: &ValueType) -> TensorInfo {
             dtype: dtype_of(*ty),
             shape: Some(shape.iter().copied().collect()),
         },
-        ValueType::Sequence(_) => TensorInfo { name: name.to_string(), dtype: ModelType::Other("sequence".into()), shape: None },
-        ValueType::Map { .. } => TensorInfo { name: name.to_string(), dtype: ModelType::Other("map".into()), shape: None },
-        ValueType::Optional(_) => TensorInfo { name: name.to_string(), dtype: ModelType::Other("optional".into()), shape: None },
+        ValueType::Sequence(_) => TensorInfo {
+            name: name.to_string(),
+            dtype: ModelType::Other("sequence".into()),
+            shape: None,
+        },
+        ValueType::Map { .. } => TensorInfo {
+            name: name.to_string(),
+            dtype: ModelType::Other("map".into()),
+            shape: None,
+        },
+        ValueType::Optional(_) => TensorInfo {
+            name: name.to_string(),
+            dtype: ModelType::Other("optional".into()),
+            shape: None,
+        },
     }
 }
 
 /// The signature of a loaded session.
 pub fn signature(session: &Session) -> ModelSignature {
     ModelSignature {
-        inputs: session.inputs().iter().map(|o| info_of(o.name(), o.dtype())).collect(),
-        outputs: session.outputs().iter().map(|o| info_of(o.name(), o.dtype())).collect(),
+        inputs: session
+            .inputs()
+            .iter()
+            .map(|o| info_of(o.name(), o.dtype()))
+            .collect(),
+        outputs: session
+            .outputs()
+            .iter()
+            .map(|o| info_of(o.name(), o.dtype()))
+            .collect(),
     }
 }
 
@@ -97,23 +117,46 @@ fn from_ort(value: &DynValue) -> Result<Option<Tensor>, String> {
     let ValueType::Tensor { ty, .. } = value.dtype() else {
         return Ok(None);
     };
-    fn parts<T: ort::value::PrimitiveTensorElementType + Clone>(value: &DynValue) -> Result<(Vec<usize>, Vec<T>), String> {
+    fn parts<T: ort::value::PrimitiveTensorElementType + Clone>(
+        value: &DynValue,
+    ) -> Result<(Vec<usize>, Vec<T>), String> {
         let (shape, data) = value.try_extract_tensor::<T>().map_err(|e| e.to_string())?;
-        Ok((shape.iter().map(|d| (*d).max(0) as usize).collect(), data.to_vec()))
+        Ok((
+            shape.iter().map(|d| (*d).max(0) as usize).collect(),
+            data.to_vec(),
+        ))
     }
     let tensor = match ty {
-        TensorElementType::Float32 => parts::<f32>(value).map(|(s, d)| Tensor { shape: s, data: TensorData::Float32(d) })?,
-        TensorElementType::Float64 => parts::<f64>(value).map(|(s, d)| Tensor { shape: s, data: TensorData::Float64(d) })?,
-        TensorElementType::Int32 => parts::<i32>(value).map(|(s, d)| Tensor { shape: s, data: TensorData::Int32(d) })?,
-        TensorElementType::Int64 => parts::<i64>(value).map(|(s, d)| Tensor { shape: s, data: TensorData::Int64(d) })?,
-        TensorElementType::Bool => parts::<bool>(value).map(|(s, d)| Tensor { shape: s, data: TensorData::Bool(d) })?,
+        TensorElementType::Float32 => parts::<f32>(value).map(|(s, d)| Tensor {
+            shape: s,
+            data: TensorData::Float32(d),
+        })?,
+        TensorElementType::Float64 => parts::<f64>(value).map(|(s, d)| Tensor {
+            shape: s,
+            data: TensorData::Float64(d),
+        })?,
+        TensorElementType::Int32 => parts::<i32>(value).map(|(s, d)| Tensor {
+            shape: s,
+            data: TensorData::Int32(d),
+        })?,
+        TensorElementType::Int64 => parts::<i64>(value).map(|(s, d)| Tensor {
+            shape: s,
+            data: TensorData::Int64(d),
+        })?,
+        TensorElementType::Bool => parts::<bool>(value).map(|(s, d)| Tensor {
+            shape: s,
+            data: TensorData::Bool(d),
+        })?,
         _ => return Ok(None),
     };
     Ok(Some(tensor))
 }
 
 /// Runs `inputs` through `session`; returns every output that is a supported tensor.
-pub fn run(session: &mut Session, inputs: Vec<(String, Tensor)>) -> Result<HashMap<String, Tensor>, String> {
+pub fn run(
+    session: &mut Session,
+    inputs: Vec<(String, Tensor)>,
+) -> Result<HashMap<String, Tensor>, String> {
     let mut values = Vec::with_capacity(inputs.len());
     for (name, tensor) in inputs {
         values.push((name, to_ort(tensor)?));

@@ -1,0 +1,520 @@
+//! End to end: the real `taskmesh up` process, real ONNX Runtime, real HTTP/2
+//! clients over loopback. Reference outputs come from onnxruntime in Python
+//! (examples/build_examples.py), never typed by hand.
+
+mod support;
+
+use http::Method;
+use serde_json::{json, Value};
+use support::*;
+
+/// Uploads a generated model and returns its digest.
+async fn upload(client: &TestClient, p: &Platform, model: &str) -> String {
+    let bytes = generated(model);
+    let reply = client
+        .send(
+            Method::POST,
+            &p.admin_url("/v1/models"),
+            &[("content-type", "application/octet-stream")],
+            bytes.clone(),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{:?}", reply.json());
+    let body = reply.json();
+    assert_eq!(body["size"], bytes.len());
+    body["digest"].as_str().unwrap().to_string()
+}
+
+fn definition_with(file: &str, digest: &str) -> Value {
+    let mut doc: Value = serde_json::from_slice(&generated(file)).unwrap();
+    doc["model"] = json!(digest);
+    doc
+}
+
+async fn register(client: &TestClient, p: &Platform, doc: &Value) -> u64 {
+    let reply = client.post_json(&p.admin_url("/v1/functions"), doc).await;
+    assert_eq!(reply.status, 201, "{}", reply.json());
+    reply.json()["version"].as_u64().unwrap()
+}
+
+/// The invoke body for a digits reference case.
+fn digits_body(case: &Value) -> Value {
+    json!({"pixels": case["input"]["float_input"]["data"]})
+}
+
+#[tokio::test]
+async fn register_invoke_and_version_over_h2c() {
+    let p = Platform::start(&["--no-examples"]);
+    let client = TestClient::h2c();
+    let reference = generated_json("examples/digits/reference.json");
+
+    let digest = upload(&client, &p, "examples/digits/model.onnx").await;
+    assert_eq!(
+        digest,
+        format!("sha256:{}", reference["model_sha256"].as_str().unwrap())
+    );
+    assert_eq!(
+        upload(&client, &p, "examples/digits/model.onnx").await,
+        digest,
+        "content-addressed"
+    );
+
+    let doc = definition_with("examples/digits/function.json", &digest);
+    assert_eq!(register(&client, &p, &doc).await, 1);
+
+    let cases = reference["cases"].as_array().unwrap();
+    for (i, case) in cases.iter().enumerate() {
+        let reply = client
+            .post_json(
+                &p.router_url("/v1/functions/digits/invoke"),
+                &digits_body(case),
+            )
+            .await;
+        assert_eq!(reply.version, http::Version::HTTP_2);
+        assert_eq!(reply.status, 200, "{}", reply.json());
+        assert_eq!(reply.header("x-taskmesh-version"), Some("1"));
+        assert_eq!(
+            reply.header("x-taskmesh-cold-start"),
+            Some(if i == 0 { "true" } else { "false" })
+        );
+        assert!(reply
+            .header("x-taskmesh-invocation-id")
+            .is_some_and(|id| id.len() >= 32));
+        assert!(reply
+            .header("x-taskmesh-node")
+            .is_some_and(|n| n.starts_with("node-")));
+        let out = reply.json();
+        assert_eq!(
+            out["label"], case["outputs"]["label"]["data"][0],
+            "case {i}"
+        );
+        assert_close(
+            &out["probabilities"],
+            &case["outputs"]["probabilities"]["data"],
+            1e-5,
+            "probabilities",
+        );
+    }
+
+    // A second registration is version 2 and becomes the default; version 1 still serves.
+    assert_eq!(register(&client, &p, &doc).await, 2);
+    let body = digits_body(&cases[0]);
+    let latest = client
+        .post_json(&p.router_url("/v1/functions/digits/invoke"), &body)
+        .await;
+    assert_eq!(latest.header("x-taskmesh-version"), Some("2"));
+    assert_eq!(latest.header("x-taskmesh-cold-start"), Some("true"));
+    let pinned = client
+        .post_json(
+            &p.router_url("/v1/functions/digits/invoke?version=1"),
+            &body,
+        )
+        .await;
+    assert_eq!(pinned.status, 200);
+    assert_eq!(pinned.header("x-taskmesh-version"), Some("1"));
+    assert_eq!(pinned.header("x-taskmesh-cold-start"), Some("false"));
+    assert_eq!(pinned.json(), latest.json());
+
+    // The registry shows both versions.
+    let listed = client.get(&p.admin_url("/v1/functions")).await.json();
+    assert_eq!(listed["functions"][0]["name"], "digits");
+    assert_eq!(listed["functions"][0]["versions"], json!([1, 2]));
+    let one = client
+        .get(&p.admin_url("/v1/functions/digits/versions/1"))
+        .await;
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json()["definition"]["model"], digest);
+    let function = client
+        .get(&p.admin_url("/v1/functions/digits"))
+        .await
+        .json();
+    assert_eq!(function["latest_version"], 2);
+
+    // Metrics count what was served.
+    let metrics = client.get(&p.router_url("/metrics")).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains(
+            r#"taskmesh_router_requests_total{function="digits",version="1",status="200"} 6"#
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn open_inference_protocol_gives_the_same_numbers() {
+    let p = Platform::start(&["--no-examples"]);
+    let client = TestClient::h2c();
+    let reference = generated_json("examples/iris/reference.json");
+    let digest = upload(&client, &p, "examples/iris/model.onnx").await;
+    // YAML definitions are accepted with content-type application/yaml.
+    let yaml = String::from_utf8(generated("examples/iris/function.yaml"))
+        .unwrap()
+        .replace("./model.onnx", &format!("\"{digest}\""));
+    let reply = client
+        .send(
+            Method::POST,
+            &p.admin_url("/v1/functions"),
+            &[("content-type", "application/yaml")],
+            yaml,
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.json());
+
+    let meta = client.get(&p.router_url("/v2/models/iris")).await;
+    assert_eq!(meta.status, 200);
+    let meta = meta.json();
+    assert_eq!(meta["name"], "iris");
+    assert_eq!(meta["versions"], json!(["1"]));
+    assert_eq!(
+        meta["inputs"],
+        json!([{"name": "float_input", "datatype": "FP32", "shape": [-1, 4]}])
+    );
+    assert_eq!(meta["outputs"][0]["datatype"], "INT64");
+    let ready = client
+        .get(&p.router_url("/v2/models/iris/versions/1/ready"))
+        .await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(
+        client.get(&p.router_url("/v2/health/live")).await.status,
+        200
+    );
+    assert_eq!(
+        client.get(&p.router_url("/v2/health/ready")).await.status,
+        200
+    );
+
+    for case in reference["cases"].as_array().unwrap() {
+        let input = &case["input"]["float_input"];
+        let request = json!({
+            "id": "req-1",
+            "inputs": [{"name": "float_input", "shape": input["shape"], "datatype": "FP32", "data": input["data"]}]
+        });
+        let reply = client
+            .post_json(&p.router_url("/v2/models/iris/infer"), &request)
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.json());
+        let out = reply.json();
+        assert_eq!(out["model_name"], "iris");
+        assert_eq!(out["model_version"], "1");
+        assert_eq!(out["id"], "req-1");
+        let outputs = out["outputs"].as_array().unwrap();
+        for expected_name in ["label", "probabilities"] {
+            let got = outputs
+                .iter()
+                .find(|o| o["name"] == expected_name)
+                .unwrap_or_else(|| panic!("no {expected_name} in {out}"));
+            let want = &case["outputs"][expected_name];
+            assert_eq!(got["shape"], want["shape"]);
+            assert_close(&got["data"], &want["data"], 1e-5, expected_name);
+        }
+        // The invoke path gives the same numbers.
+        let invoked = client
+            .post_json(
+                &p.router_url("/v1/functions/iris/invoke"),
+                &json!({"features": input["data"]}),
+            )
+            .await
+            .json();
+        assert_eq!(invoked["label"], case["outputs"]["label"]["data"][0]);
+        assert_close(
+            &invoked["probabilities"],
+            &case["outputs"]["probabilities"]["data"],
+            1e-5,
+            "invoke probabilities",
+        );
+    }
+
+    // Asking for one output returns only it.
+    let case = &reference["cases"][0]["input"]["float_input"];
+    let request = json!({"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32", "data": case["data"]}], "outputs": [{"name": "label"}]});
+    let out = client
+        .post_json(&p.router_url("/v2/models/iris/versions/1/infer"), &request)
+        .await
+        .json();
+    assert_eq!(out["outputs"].as_array().unwrap().len(), 1);
+    // OIP refusals.
+    let wrong_type = json!({"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "INT64", "data": [1, 2, 3, 4]}]});
+    let err = client
+        .post_json(&p.router_url("/v2/models/iris/infer"), &wrong_type)
+        .await
+        .expect_error(422, "invalid_input");
+    assert_eq!(err["details"][0]["pointer"], "/inputs/0/datatype");
+    let wrong_shape = json!({"inputs": [{"name": "float_input", "shape": [1, 5], "datatype": "FP32", "data": [1, 2, 3, 4, 5]}]});
+    client
+        .post_json(&p.router_url("/v2/models/iris/infer"), &wrong_shape)
+        .await
+        .expect_error(422, "invalid_input");
+    client
+        .get(&p.router_url("/v2/models/nope"))
+        .await
+        .expect_error(404, "not_found");
+    client
+        .get(&p.router_url("/v2/models/iris/versions/9"))
+        .await
+        .expect_error(404, "not_found");
+}
+
+#[tokio::test]
+async fn every_element_type_and_dynamic_dimension_round_trips() {
+    let p = Platform::start(&["--no-examples"]);
+    let client = TestClient::h2c();
+    let reference = generated_json("examples/tensors/reference.json");
+    let digest = upload(&client, &p, "examples/tensors/model.onnx").await;
+    register(
+        &client,
+        &p,
+        &definition_with("examples/tensors/function.json", &digest),
+    )
+    .await;
+    for case in reference["cases"].as_array().unwrap() {
+        // Invoke path: flat arrays fill the declared shapes (one dynamic dimension inferred).
+        let mut body = json!({});
+        for name in ["a", "b", "c", "d", "e"] {
+            body[name] = case["input"][name]["data"].clone();
+        }
+        let reply = client
+            .post_json(&p.router_url("/v1/functions/tensors/invoke"), &body)
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.json());
+        let out = reply.json();
+        for (field, tensor) in [
+            ("a2", "a2"),
+            ("b1", "b1"),
+            ("c3", "c3"),
+            ("nd", "nd"),
+            ("esum", "esum"),
+        ] {
+            let want = &case["outputs"][tensor];
+            let flat = flatten(&out[field]);
+            assert_close(&Value::Array(flat), &want["data"], 1e-12, field);
+        }
+        // OIP path with explicit shapes.
+        let inputs: Vec<Value> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .zip(["FP64", "INT32", "INT64", "BOOL", "FP32"])
+            .map(|(n, dt)| json!({"name": n, "datatype": dt, "shape": case["input"][n]["shape"], "data": case["input"][n]["data"]}))
+            .collect();
+        let out = client
+            .post_json(
+                &p.router_url("/v2/models/tensors/infer"),
+                &json!({"inputs": inputs}),
+            )
+            .await
+            .json();
+        for o in out["outputs"].as_array().unwrap() {
+            let want = &case["outputs"][o["name"].as_str().unwrap()];
+            assert_eq!(o["shape"], want["shape"], "{o}");
+            assert_close(&o["data"], &want["data"], 1e-12, "oip");
+        }
+    }
+    // int32 overflow and a bool given as a number are refused at the router.
+    let bad = json!({"a": [1, 2, 3], "b": [1, 3000000000i64], "c": [1, 2], "d": [1, false, true], "e": [1]});
+    let err = client
+        .post_json(&p.router_url("/v1/functions/tensors/invoke"), &bad)
+        .await
+        .expect_error(422, "invalid_input");
+    let pointers: Vec<&str> = err["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["pointer"].as_str().unwrap())
+        .collect();
+    assert!(
+        pointers.contains(&"/b/1") && pointers.contains(&"/d/0"),
+        "{err}"
+    );
+}
+
+fn flatten(v: &Value) -> Vec<Value> {
+    match v {
+        Value::Array(items) => items.iter().flat_map(flatten).collect(),
+        other => vec![other.clone()],
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_contract_errors() {
+    let p = Platform::start(&["--no-examples"]);
+    let client = TestClient::h2c();
+    let digest = upload(&client, &p, "examples/digits/model.onnx").await;
+    register(
+        &client,
+        &p,
+        &definition_with("examples/digits/function.json", &digest),
+    )
+    .await;
+    let invoke = p.router_url("/v1/functions/digits/invoke");
+    let json_ct = [("content-type", "application/json")];
+
+    // Malformed JSON → 400.
+    client
+        .send(Method::POST, &invoke, &json_ct, "{\"pixels\": [1, 2")
+        .await
+        .expect_error(400, "malformed_json");
+    // Deep nesting → 400, without parsing.
+    client
+        .send(Method::POST, &invoke, &json_ct, "[".repeat(50_000))
+        .await
+        .expect_error(400, "bad_request");
+    // Unknown function, unknown version → 404.
+    client
+        .post_json(&p.router_url("/v1/functions/nope/invoke"), &json!({}))
+        .await
+        .expect_error(404, "not_found");
+    client
+        .post_json(
+            &p.router_url("/v1/functions/digits/invoke?version=7"),
+            &json!({}),
+        )
+        .await
+        .expect_error(404, "not_found");
+    client
+        .get(&p.router_url("/v1/nothing/here"))
+        .await
+        .expect_error(404, "not_found");
+    // Wrong length, wrong type, missing field → 422 with pointers.
+    let err = client
+        .post_json(&invoke, &json!({"pixels": vec![0.0; 63]}))
+        .await
+        .expect_error(422, "invalid_input");
+    assert_eq!(err["details"][0]["pointer"], "/pixels");
+    let mut pixels = vec![json!(0.0); 64];
+    pixels[5] = json!("five");
+    let err = client
+        .post_json(&invoke, &json!({"pixels": pixels}))
+        .await
+        .expect_error(422, "invalid_input");
+    assert_eq!(err["details"][0]["pointer"], "/pixels/5");
+    let err = client
+        .post_json(&invoke, &json!({"pixel": vec![0.0; 64]}))
+        .await
+        .expect_error(422, "invalid_input");
+    assert!(
+        err["details"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["pointer"] == "/pixels"),
+        "{err}"
+    );
+    // Oversized body (declared length over the 1 MiB cap) → 413.
+    let huge = format!("{{\"pixels\": [{}]}}", vec!["0"; 600_000].join(","));
+    client
+        .send(Method::POST, &invoke, &json_ct, huge)
+        .await
+        .expect_error(413, "payload_too_large");
+
+    // A body above the 64 KiB replay buffer is validated while streaming.
+    let padding = " ".repeat(100_000);
+    let case = &generated_json("examples/digits/reference.json")["cases"][0];
+    let big_ok = format!(
+        "{{\"pixels\": {}{padding}}}",
+        case["input"]["float_input"]["data"]
+    );
+    let reply = client.send(Method::POST, &invoke, &json_ct, big_ok).await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.json()["label"], case["outputs"]["label"]["data"][0]);
+    let big_bad = format!("{{\"pixels\": [1, 2, 3]{padding}}}");
+    client
+        .send(Method::POST, &invoke, &json_ct, big_bad)
+        .await
+        .expect_error(422, "invalid_input");
+
+    // Registration refusals → 422 with details.
+    let junk = client
+        .send(
+            Method::POST,
+            &p.admin_url("/v1/models"),
+            &[],
+            &b"this is not an onnx model"[..],
+        )
+        .await;
+    junk.expect_error(422, "invalid_input");
+    let mut doc = definition_with("examples/digits/function.json", &digest);
+    doc["inputs"]["pixels"]["tensr"] = json!("x");
+    let err = client
+        .post_json(&p.admin_url("/v1/functions"), &doc)
+        .await
+        .expect_error(422, "invalid_input");
+    assert_eq!(err["details"][0]["pointer"], "/inputs/pixels/tensr");
+    let mut doc = definition_with("examples/digits/function.json", &digest);
+    doc["inputs"]["pixels"]["tensor"] = json!("pixels_in");
+    doc["outputs"]["label"]["dtype"] = json!("float32");
+    let err = client
+        .post_json(&p.admin_url("/v1/functions"), &doc)
+        .await
+        .expect_error(422, "invalid_input");
+    let pointers: Vec<&str> = err["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["pointer"].as_str().unwrap())
+        .collect();
+    assert!(
+        pointers.contains(&"/inputs/pixels/tensor") && pointers.contains(&"/outputs/label/dtype"),
+        "{err}"
+    );
+    let doc = definition_with(
+        "examples/digits/function.json",
+        &format!("sha256:{}", "a".repeat(64)),
+    );
+    let err = client
+        .post_json(&p.admin_url("/v1/functions"), &doc)
+        .await
+        .expect_error(422, "invalid_input");
+    assert_eq!(err["details"][0]["pointer"], "/model");
+    client
+        .send(Method::POST, &p.admin_url("/v1/functions"), &json_ct, "{")
+        .await
+        .expect_error(422, "invalid_input");
+    client
+        .get(&p.admin_url("/v1/functions/nope"))
+        .await
+        .expect_error(404, "not_found");
+
+    // None of it hurt the platform.
+    let reply = client.post_json(&invoke, &digits_body(case)).await;
+    assert_eq!(reply.status, 200);
+}
+
+#[tokio::test]
+async fn up_registers_the_examples_and_serves_http1_too() {
+    let mut p = Platform::start(&[]);
+    let _ = &mut p;
+    let sample = generated_json("examples/digits/sample.json");
+    let label: i64 = String::from_utf8(generated("examples/digits/sample_label.txt"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    for client in [TestClient::h2c(), TestClient::http1()] {
+        let reply = client
+            .post_json(&p.router_url("/v1/functions/digits/invoke"), &sample)
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.json());
+        assert_eq!(reply.json()["label"], label);
+    }
+    let h1 = TestClient::http1().get(&p.router_url("/healthz")).await;
+    assert_eq!(h1.version, http::Version::HTTP_11);
+    assert_eq!(h1.status, 200);
+    // Restarting on the same data keeps the versions (no duplicate registration).
+    let listed = TestClient::h2c()
+        .get(&p.admin_url("/v1/functions"))
+        .await
+        .json();
+    let names: Vec<&str> = listed["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["digits", "iris", "tensors"]);
+    let status = p.terminate();
+    assert!(status.success(), "{status:?}");
+}

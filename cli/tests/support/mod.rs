@@ -1,0 +1,268 @@
+//! Test support: start the real `taskmesh` binary and talk to it over HTTP/2.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Reads a file the set-up script generates; fails loudly when it is missing.
+pub fn generated(relative: &str) -> Vec<u8> {
+    let path = repo_root().join(relative);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{} is missing ({e}): run scripts/setup.sh first",
+            path.display()
+        )
+    })
+}
+
+pub fn generated_json(relative: &str) -> Value {
+    serde_json::from_slice(&generated(relative)).expect("generated file is JSON")
+}
+
+pub fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr")
+}
+
+/// A running `taskmesh up`, killed on drop.
+pub struct Platform {
+    child: Child,
+    pub router: SocketAddr,
+    pub admin: SocketAddr,
+    pub data_dir: tempfile::TempDir,
+    pub output: mpsc::Receiver<String>,
+}
+
+impl Platform {
+    pub fn start(extra: &[&str]) -> Platform {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let router = free_addr();
+        let admin = free_addr();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_taskmesh"))
+            .args([
+                "up",
+                "--listen",
+                &router.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+                "--data-dir",
+            ])
+            .arg(data_dir.path())
+            .args(extra)
+            .current_dir(repo_root())
+            .env("TASKMESH_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start taskmesh");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut platform = Platform {
+            child,
+            router,
+            admin,
+            data_dir,
+            output: rx,
+        };
+        platform.wait_for_line("taskmesh is up", Duration::from_secs(60));
+        platform
+    }
+
+    /// Waits for a line of stdout containing `needle`; returns the lines seen.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Vec<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.output.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.contains(needle);
+                    seen.push(line);
+                    if hit {
+                        return seen;
+                    }
+                }
+                Err(_) => {
+                    let status = self.child.try_wait().ok().flatten();
+                    panic!(
+                        "taskmesh never printed {needle:?} (exit status {status:?}); saw {seen:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn router_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.router)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id() as i32;
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc_kill(pid, 15) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "taskmesh did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub version: http::Version,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts the contract's error shape and returns the error object.
+    pub fn expect_error(&self, status: u16, code: &str) -> Value {
+        let body = self.json();
+        assert_eq!(self.status.as_u16(), status, "status; body {body}");
+        assert_eq!(body["error"]["code"], code, "code; body {body}");
+        assert!(body["error"]["message"].is_string(), "message; body {body}");
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        body["error"].clone()
+    }
+}
+
+/// A real HTTP client: h2c with prior knowledge, or HTTP/1.1.
+pub struct TestClient {
+    inner: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl TestClient {
+    pub fn h2c() -> Self {
+        TestClient {
+            inner: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
+        }
+    }
+
+    pub fn http1() -> Self {
+        TestClient {
+            inner: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let request = request.body(Full::new(body.into())).expect("request");
+        let response = tokio::time::timeout(Duration::from_secs(30), self.inner.request(request))
+            .await
+            .unwrap_or_else(|_| panic!("request to {url} hung"))
+            .unwrap_or_else(|e| panic!("request to {url} failed: {e:?}"));
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            version: parts.version,
+        }
+    }
+
+    pub async fn get(&self, url: &str) -> Reply {
+        self.send(Method::GET, url, &[], Bytes::new()).await
+    }
+
+    pub async fn post_json(&self, url: &str, body: &Value) -> Reply {
+        self.send(
+            Method::POST,
+            url,
+            &[("content-type", "application/json")],
+            serde_json::to_vec(body).unwrap(),
+        )
+        .await
+    }
+}
+
+/// Asserts two JSON numbers arrays (any nesting) agree within `tol`.
+pub fn assert_close(actual: &Value, expected: &Value, tol: f64, what: &str) {
+    match (actual, expected) {
+        (Value::Array(a), Value::Array(e)) => {
+            assert_eq!(a.len(), e.len(), "{what}: length");
+            for (i, (x, y)) in a.iter().zip(e).enumerate() {
+                assert_close(x, y, tol, &format!("{what}[{i}]"));
+            }
+        }
+        (Value::Number(a), Value::Number(e)) => {
+            let (a, e) = (a.as_f64().unwrap(), e.as_f64().unwrap());
+            assert!(
+                (a - e).abs() <= tol * e.abs().max(1.0),
+                "{what}: {a} vs {e}"
+            );
+        }
+        (a, e) => assert_eq!(a, e, "{what}"),
+    }
+}
