@@ -73,7 +73,9 @@ impl Config {
         fig = fig.merge(Serialized::defaults(env_dict));
         fig = fig.merge(Serialized::defaults(overrides));
         let config: Config = fig.extract().map_err(Box::new)?;
-        config.validate().map_err(|e| Box::new(figment::Error::from(e)))?;
+        config
+            .validate()
+            .map_err(|e| Box::new(figment::Error::from(e)))?;
         Ok(config)
     }
 

@@ -187,3 +187,116 @@ impl Store for EmbeddedStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::{parse, Syntax};
+    use crate::version::ModelSignature;
+
+    fn record(tenant: &str, name: &str) -> FunctionVersion {
+        let body = format!(
+            r#"{{"name": "{name}", "model": "sha256:{}", "inputs": {{"x": {{"tensor": "x"}}}}, "outputs": {{"y": {{"tensor": "y"}}}}}}"#,
+            "0".repeat(64)
+        );
+        FunctionVersion {
+            tenant: tenant.into(),
+            name: name.into(),
+            version: 0,
+            created_at_ms: 1,
+            definition: parse(body.as_bytes(), Syntax::Json).unwrap(),
+            signature: ModelSignature {
+                inputs: vec![],
+                outputs: vec![],
+            },
+            inputs: vec![],
+            outputs: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn versions_count_up_per_function_and_tenant_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.redb");
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            assert_eq!(
+                store
+                    .append_version(record("default", "a"))
+                    .await
+                    .unwrap()
+                    .version,
+                1
+            );
+            assert_eq!(
+                store
+                    .append_version(record("default", "a"))
+                    .await
+                    .unwrap()
+                    .version,
+                2
+            );
+            assert_eq!(
+                store
+                    .append_version(record("default", "b"))
+                    .await
+                    .unwrap()
+                    .version,
+                1
+            );
+            assert_eq!(
+                store
+                    .append_version(record("other", "a"))
+                    .await
+                    .unwrap()
+                    .version,
+                1
+            );
+        }
+        let store = EmbeddedStore::open(&path).unwrap();
+        assert_eq!(store.latest_version("default", "a").await.unwrap(), Some(2));
+        assert_eq!(store.latest_version("default", "zzz").await.unwrap(), None);
+        assert_eq!(
+            store
+                .get_version("default", "a", 2)
+                .await
+                .unwrap()
+                .unwrap()
+                .version,
+            2
+        );
+        assert!(store
+            .get_version("default", "a", 3)
+            .await
+            .unwrap()
+            .is_none());
+        let listed = store.list_functions("default").await.unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].versions, vec![1, 2]);
+        assert_eq!(store.list_functions("other").await.unwrap()[0].name, "a");
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_get_distinct_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("r.redb")).unwrap();
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .append_version(record("default", "a"))
+                        .await
+                        .unwrap()
+                        .version
+                })
+            })
+            .collect();
+        let mut versions = Vec::new();
+        for t in tasks {
+            versions.push(t.await.unwrap());
+        }
+        versions.sort();
+        assert_eq!(versions, (1..=8).collect::<Vec<u32>>());
+    }
+}
