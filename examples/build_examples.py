@@ -17,6 +17,16 @@ and the small, committed request samples:
     examples/digits/sample_label.txt   label predicted for it
     examples/iris/sample.json          {"features": [4 numbers]}
 
+It also writes two test-only models (git-ignored) under tests/models/, not
+under examples/ (`taskmesh up` registers every folder in examples/):
+
+    tests/models/slow/model.onnx     x [N, 512] -> y [N, 512]: 128 x
+                                     (MatMul by one shared 512x512 weight, Tanh);
+                                     run time grows linearly with N
+    tests/models/addpair/model.onnx  a [N, 3], b [M, 3] -> s = a + b; fails at
+                                     run time (broadcast error) when N != M and
+                                     neither is 1
+
 Everything is seeded (random_state=0) and BLAS is kept single-threaded so
 that reruns give the same models and the same predictions.
 """
@@ -33,11 +43,13 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
+import onnx.numpy_helper  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 from skl2onnx import to_onnx  # noqa: E402
@@ -49,6 +61,7 @@ from sklearn.model_selection import train_test_split  # noqa: E402
 from sklearn.neural_network import MLPClassifier  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent
+TEST_MODELS = EXAMPLES.parent / "tests" / "models"
 
 # Opsets that onnxruntime 1.31.1 (and older runtimes) load without trouble.
 OPSET = 17
@@ -291,6 +304,104 @@ def build_tensors() -> None:
     _describe(sess)
 
 
+def _ort_session(data: bytes, quiet: bool = False):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    if quiet:
+        opts.log_severity_level = 4  # fatal only: no log line for expected failures
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def _save_test_model(name: str, model: onnx.ModelProto, quiet: bool = False):
+    """Check and save a test-only model as tests/models/<name>/model.onnx
+    (no reference.json); return an onnxruntime session for it."""
+    onnx.checker.check_model(model, full_check=True)
+    data = model.SerializeToString()
+    out_dir = TEST_MODELS / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "model.onnx").write_bytes(data)
+    print(
+        f"[{name}] tests/models/{name}/model.onnx {len(data)} bytes"
+        f" sha256={hashlib.sha256(data).hexdigest()[:16]}…"
+    )
+    return _ort_session(data, quiet)
+
+
+# The slow model: cost is about SLOW_LAYERS * N * SLOW_WIDTH^2 multiply-adds.
+# With onnxruntime on one thread (2-core dev machine) one run took about
+# 3 ms for N=1, 50-55 ms for N=64 and 410-440 ms for N=512.
+SLOW_WIDTH = 512
+SLOW_LAYERS = 128
+
+
+def build_slow() -> None:
+    T = TensorProto
+    rng = np.random.default_rng(0)
+    # Scaled by 1/sqrt(width) so that h @ W keeps h's magnitude; Tanh bounds it.
+    weight = (rng.standard_normal((SLOW_WIDTH, SLOW_WIDTH)) / np.sqrt(SLOW_WIDTH)).astype(
+        np.float32
+    )
+    nodes = []
+    h = "x"
+    for i in range(SLOW_LAYERS):
+        out = "y" if i == SLOW_LAYERS - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [h, "W"], [f"m{i}"], name=f"matmul{i}"))
+        nodes.append(helper.make_node("Tanh", [f"m{i}"], [out], name=f"tanh{i}"))
+        h = out
+    graph = helper.make_graph(
+        nodes,
+        "taskmesh_slow",
+        [helper.make_tensor_value_info("x", T.FLOAT, ["N", SLOW_WIDTH])],
+        [helper.make_tensor_value_info("y", T.FLOAT, ["N", SLOW_WIDTH])],
+        [onnx.numpy_helper.from_array(weight, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model = _pin_model_metadata(model)
+
+    sess = _save_test_model("slow", model)
+    for n in (1, 64, 512):
+        x = rng.standard_normal((n, SLOW_WIDTH)).astype(np.float32)
+        sess.run(["y"], {"x": x})  # warm-up
+        t0 = time.perf_counter()
+        (y,) = sess.run(["y"], {"x": x})
+        ms = (time.perf_counter() - t0) * 1e3
+        assert y.shape == (n, SLOW_WIDTH) and y.dtype == np.float32
+        assert np.all(np.isfinite(y)) and float(np.abs(y).max()) <= 1.0
+        print(f"[slow] N={n}: one run {ms:.1f} ms (1 thread), mean |y| {float(np.abs(y).mean()):.3f}")
+    _describe(sess)
+
+
+def build_addpair() -> None:
+    T = TensorProto
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["s"], name="add")],
+        "taskmesh_addpair",
+        [
+            helper.make_tensor_value_info("a", T.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("b", T.FLOAT, ["M", 3]),
+        ],
+        [helper.make_tensor_value_info("s", T.FLOAT, [None, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model = _pin_model_metadata(model)
+
+    sess = _save_test_model("addpair", model, quiet=True)
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for b in (np.ones((2, 3), np.float32), np.ones((1, 3), np.float32)):
+        (s,) = sess.run(["s"], {"a": a, "b": b})
+        assert np.array_equal(s, a + b)
+    (s,) = sess.run(["s"], {"a": a[:1], "b": np.ones((4, 3), np.float32)})
+    assert s.shape == (4, 3)
+    try:
+        sess.run(["s"], {"a": a, "b": np.ones((3, 3), np.float32)})
+    except Exception as err:  # onnxruntime's Fail / RuntimeException
+        print(f"[addpair] N=2, M=3 fails as intended: {type(err).__name__}: {str(err).strip()}")
+    else:
+        raise AssertionError("addpair: N=2, M=3 should fail to broadcast")
+    _describe(sess)
+
+
 def main() -> int:
     print(
         f"build_examples: onnxruntime {ort.__version__}, onnx {onnx.__version__},"
@@ -299,6 +410,8 @@ def main() -> int:
     build_digits()
     build_iris()
     build_tensors()
+    build_slow()
+    build_addpair()
     return 0
 
 

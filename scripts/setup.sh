@@ -8,7 +8,8 @@
 #      into the project-local folder .deps/python (nothing system-wide).
 #   3. .deps/lib/libonnxruntime.so -> the ONNX Runtime library from that wheel
 #      (for the `ort` crate's load-dynamic: ORT_DYLIB_PATH).
-#   4. examples/*/model.onnx + reference.json built by examples/build_examples.py.
+#   4. examples/*/model.onnx + reference.json built by examples/build_examples.py,
+#      which also builds the test-only tests/models/{slow,addpair}/model.onnx.
 #
 # Needs no stdin (works with CI=true). Run from anywhere.
 set -euo pipefail
@@ -124,6 +125,7 @@ EXAMPLE_OUTPUTS=(
   examples/digits/sample.json examples/digits/sample_label.txt
   examples/iris/model.onnx examples/iris/reference.json examples/iris/sample.json
   examples/tensors/model.onnx examples/tensors/reference.json
+  tests/models/slow/model.onnx tests/models/addpair/model.onnx
 )
 rebuild=0
 for f in "${EXAMPLE_OUTPUTS[@]}"; do

@@ -201,5 +201,6 @@ pub fn version_json(v: &crate::FunctionVersion) -> Value {
         "signature": v.signature,
         "inputs": v.inputs,
         "outputs": v.outputs,
+        "effective_input_schema": v.definition.input_schema.clone().unwrap_or_else(|| crate::schema::derived_input_schema(&v.inputs)),
     })
 }

@@ -138,6 +138,9 @@ pub struct QuotaPolicy {
     pub per_day: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_month: Option<u64>,
+    /// Concurrent invocations one client may have in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -2,13 +2,16 @@
 //! storage backends and the admin HTTP API.
 
 pub mod api;
+pub mod auth;
 pub mod definition;
 pub mod models;
 pub mod protocol;
+pub mod schema;
 pub mod service;
 pub mod store;
 pub mod version;
 
+pub use auth::{Auth, Principal, Scope};
 pub use definition::{Take, TaskDefinition};
 pub use models::ModelStore;
 pub use service::{Qualifier, Registry, DEFAULT_TENANT};

@@ -128,6 +128,7 @@ impl Registry {
             signature,
             inputs,
             outputs,
+            schemas: Default::default(),
         };
         let _guard = self.register_lock.lock().await;
         let stored = Arc::new(
@@ -198,7 +199,7 @@ impl Registry {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

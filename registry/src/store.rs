@@ -11,10 +11,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::auth::ClientRecord;
 use crate::version::FunctionVersion;
 
 /// (tenant, function name, version) → JSON of a [`FunctionVersion`].
 const VERSIONS: TableDefinition<(&str, &str, u32), &[u8]> = TableDefinition::new("versions_v1");
+/// client id → JSON of a [`ClientRecord`].
+const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients_v1");
+/// quota counter key → calls counted.
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters_v1");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -50,6 +55,15 @@ pub trait Store: Send + Sync + 'static {
     async fn latest_version(&self, tenant: &str, name: &str) -> Result<Option<u32>, StoreError>;
 
     async fn list_functions(&self, tenant: &str) -> Result<Vec<FunctionSummary>, StoreError>;
+
+    async fn put_client(&self, client: &ClientRecord) -> Result<(), StoreError>;
+
+    async fn get_client(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError>;
+
+    /// Adds each delta to its counter in one transaction.
+    async fn add_counters(&self, deltas: Vec<(String, u64)>) -> Result<(), StoreError>;
+
+    async fn get_counter(&self, key: &str) -> Result<u64, StoreError>;
 }
 
 /// The embedded store: one redb file in the data directory.
@@ -63,6 +77,8 @@ impl EmbeddedStore {
         let db = Database::create(path).map_err(backend)?;
         let txn = db.begin_write().map_err(backend)?;
         txn.open_table(VERSIONS).map_err(backend)?;
+        txn.open_table(CLIENTS).map_err(backend)?;
+        txn.open_table(COUNTERS).map_err(backend)?;
         txn.commit().map_err(backend)?;
         Ok(EmbeddedStore { db: Arc::new(db) })
     }
@@ -186,6 +202,71 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+
+    async fn put_client(&self, client: &ClientRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(client).map_err(backend)?;
+        let id = client.client_id.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            txn.open_table(CLIENTS)
+                .map_err(backend)?
+                .insert(id.as_str(), bytes.as_slice())
+                .map_err(backend)?;
+            txn.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn get_client(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        let id = client_id.to_string();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(CLIENTS).map_err(backend)?;
+            match table.get(id.as_str()).map_err(backend)? {
+                Some(guard) => serde_json::from_slice(guard.value())
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt(e.to_string())),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn add_counters(&self, deltas: Vec<(String, u64)>) -> Result<(), StoreError> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            {
+                let mut table = txn.open_table(COUNTERS).map_err(backend)?;
+                for (key, delta) in &deltas {
+                    let current = table
+                        .get(key.as_str())
+                        .map_err(backend)?
+                        .map_or(0, |g| g.value());
+                    table
+                        .insert(key.as_str(), current.saturating_add(*delta))
+                        .map_err(backend)?;
+                }
+            }
+            txn.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn get_counter(&self, key: &str) -> Result<u64, StoreError> {
+        let key = key.to_string();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(COUNTERS).map_err(backend)?;
+            Ok(table
+                .get(key.as_str())
+                .map_err(backend)?
+                .map_or(0, |g| g.value()))
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -211,6 +292,7 @@ mod tests {
             },
             inputs: vec![],
             outputs: vec![],
+            schemas: Default::default(),
         }
     }
 

@@ -73,9 +73,22 @@ pub struct FunctionVersion {
     pub signature: ModelSignature,
     pub inputs: Vec<InputBinding>,
     pub outputs: Vec<OutputBinding>,
+    /// Compiled schemas, built on first use in this process.
+    #[serde(skip)]
+    pub schemas: crate::schema::CompiledSchemas,
 }
 
 impl FunctionVersion {
+    /// The compiled `input_schema`, if the definition has one.
+    pub fn input_validator(&self) -> Option<std::sync::Arc<jsonschema::Validator>> {
+        self.schemas.input(self.definition.input_schema.as_ref())
+    }
+
+    /// The compiled `output_schema`, if the definition has one.
+    pub fn output_validator(&self) -> Option<std::sync::Arc<jsonschema::Validator>> {
+        self.schemas.output(self.definition.output_schema.as_ref())
+    }
+
     /// The model digest without its `sha256:` prefix.
     pub fn model_hex(&self) -> &str {
         self.definition.model.trim_start_matches("sha256:")

@@ -4,9 +4,9 @@ use std::path::Path;
 
 use policies::tensor::{tensor_from_parts, DType};
 use registry::{ModelInspector, ModelType};
+use serde_json::Value;
 use taskmesh_runtime::session::{build_session, run, SessionOptions};
 use taskmesh_runtime::OrtInspector;
-use serde_json::Value;
 
 fn generated(relative: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

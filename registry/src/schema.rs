@@ -1,0 +1,191 @@
+//! JSON Schema checks of inputs (router) and outputs (runtime).
+//!
+//! Schemas are compiled once per version: at registration, to refuse a schema
+//! that does not compile (422), and again on first use in each process, then
+//! cached with the version. Hostile schemas are harmless:
+//! - `pattern` uses the `regex` crate (linear time; look-around does not
+//!   compile and is refused at registration);
+//! - no remote `$ref` is ever fetched (the crate is built without resolvers);
+//! - a schema document is at most [`MAX_SCHEMA_BYTES`].
+
+use std::sync::{Arc, OnceLock};
+
+use jsonschema::{PatternOptions, Validator};
+use policies::tensor::{DType, Violation};
+use serde_json::{json, Value};
+
+use crate::version::InputBinding;
+
+/// Largest schema accepted, serialized.
+pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+
+/// Most violations reported for one document.
+const MAX_REPORTED: usize = 16;
+
+/// Compiles a schema with the platform's safe options.
+pub fn compile(schema: &Value, pointer: &str) -> Result<Validator, Violation> {
+    let size = serde_json::to_vec(schema).map_or(usize::MAX, |b| b.len());
+    if size > MAX_SCHEMA_BYTES {
+        return Err(Violation::new(
+            pointer,
+            format!("schema is {size} bytes; the limit is {MAX_SCHEMA_BYTES}"),
+        ));
+    }
+    jsonschema::options()
+        .with_pattern_options(
+            PatternOptions::regex()
+                .size_limit(1 << 20)
+                .dfa_size_limit(1 << 20),
+        )
+        .build(schema)
+        .map_err(|e| Violation::new(pointer, format!("schema does not compile: {e}")))
+}
+
+/// Every violation of `instance`, with the instance's JSON pointer.
+pub fn violations(validator: &Validator, instance: &Value) -> Vec<Violation> {
+    validator
+        .iter_errors(instance)
+        .take(MAX_REPORTED)
+        .map(|e| Violation::new(e.instance_path().to_string(), e.to_string()))
+        .collect()
+}
+
+/// A JSON Schema equivalent to the declared input tensors (used for documentation
+/// when a definition has no `input_schema`; the router enforces the same rules
+/// through the tensor mapping itself).
+pub fn derived_input_schema(inputs: &[InputBinding]) -> Value {
+    let mut properties = serde_json::Map::new();
+    for b in inputs {
+        properties.insert(b.field.clone(), tensor_schema(b.dtype, &b.shape));
+    }
+    let required: Vec<&str> = inputs.iter().map(|b| b.field.as_str()).collect();
+    json!({"type": "object", "required": required, "properties": properties, "additionalProperties": false})
+}
+
+fn tensor_schema(dtype: DType, shape: &[i64]) -> Value {
+    let leaf = match dtype {
+        DType::Float32 | DType::Float64 => json!({"type": "number"}),
+        DType::Int32 => json!({"type": "integer", "minimum": i32::MIN, "maximum": i32::MAX}),
+        DType::Int64 => json!({"type": "integer"}),
+        DType::Bool => json!({"type": "boolean"}),
+    };
+    let fixed: Option<i64> =
+        shape.iter().try_fold(
+            1i64,
+            |acc, d| if *d < 0 { None } else { acc.checked_mul(*d) },
+        );
+    let mut flat = json!({"type": "array", "items": leaf.clone()});
+    if let Some(n) = fixed {
+        flat["minItems"] = json!(n);
+        flat["maxItems"] = json!(n);
+    }
+    let mut nested = leaf.clone();
+    for d in shape.iter().rev() {
+        let mut level = json!({"type": "array", "items": nested});
+        if *d >= 0 {
+            level["minItems"] = json!(d);
+            level["maxItems"] = json!(d);
+        }
+        nested = level;
+    }
+    if fixed == Some(1) {
+        json!({"anyOf": [leaf, flat, nested]})
+    } else {
+        json!({"anyOf": [flat, nested]})
+    }
+}
+
+/// Compiled schemas of one version, built on first use and kept with it.
+#[derive(Default)]
+pub struct CompiledSchemas {
+    input: OnceLock<Option<Arc<Validator>>>,
+    output: OnceLock<Option<Arc<Validator>>>,
+}
+
+impl CompiledSchemas {
+    fn get(
+        cell: &OnceLock<Option<Arc<Validator>>>,
+        schema: Option<&Value>,
+    ) -> Option<Arc<Validator>> {
+        cell.get_or_init(|| schema.and_then(|s| compile(s, "").ok()).map(Arc::new))
+            .clone()
+    }
+
+    pub fn input(&self, schema: Option<&Value>) -> Option<Arc<Validator>> {
+        Self::get(&self.input, schema)
+    }
+
+    pub fn output(&self, schema: Option<&Value>) -> Option<Arc<Validator>> {
+        Self::get(&self.output, schema)
+    }
+}
+
+impl Clone for CompiledSchemas {
+    fn clone(&self) -> Self {
+        CompiledSchemas::default()
+    }
+}
+
+impl PartialEq for CompiledSchemas {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for CompiledSchemas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CompiledSchemas")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn violations_carry_pointers() {
+        let v = compile(&json!({"type": "object", "properties": {"a": {"type": "array", "items": {"type": "number"}}}}), "/input_schema").unwrap();
+        let found = violations(&v, &json!({"a": [1, "x", 3]}));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].pointer, "/a/1");
+    }
+
+    #[test]
+    fn look_around_and_oversized_schemas_are_refused() {
+        let err = compile(
+            &json!({"type": "string", "pattern": "(?=a)b"}),
+            "/input_schema",
+        )
+        .unwrap_err();
+        assert!(err.message.contains("does not compile"), "{err:?}");
+        let big = json!({"enum": vec!["x".repeat(100); 1000]});
+        assert!(compile(&big, "/input_schema")
+            .unwrap_err()
+            .message
+            .contains("limit"));
+    }
+
+    #[test]
+    fn linear_regex_stays_fast_on_a_classic_redos_input() {
+        let v = compile(&json!({"type": "string", "pattern": "^(a+)+$"}), "").unwrap();
+        let input = json!(format!("{}!", "a".repeat(50_000)));
+        // A backtracking engine would not finish this input at all; the regex crate is linear.
+        assert!(!violations(&v, &input).is_empty());
+    }
+
+    #[test]
+    fn derived_schema_matches_the_tensor_rules() {
+        let inputs = vec![InputBinding {
+            field: "pixels".into(),
+            tensor: "x".into(),
+            dtype: DType::Float32,
+            shape: vec![1, 4],
+        }];
+        let v = compile(&derived_input_schema(&inputs), "").unwrap();
+        assert!(violations(&v, &json!({"pixels": [1, 2, 3, 4]})).is_empty());
+        assert!(violations(&v, &json!({"pixels": [[1, 2, 3, 4]]})).is_empty());
+        assert!(!violations(&v, &json!({"pixels": [1, 2, 3]})).is_empty());
+        assert!(!violations(&v, &json!({"pixels": [1, 2, 3, "4"]})).is_empty());
+        assert!(!violations(&v, &json!({"pixels": [1, 2, 3, 4], "extra": 1})).is_empty());
+    }
+}
