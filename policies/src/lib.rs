@@ -4,9 +4,18 @@
 //! function takes plain values and returns a decision, so it is tested with
 //! plain values. The other crates turn these decisions into responses.
 
+pub mod breaker;
 pub mod error;
 pub mod json;
 pub mod limits;
+pub mod quota;
+pub mod ratelimit;
+pub mod retry;
 pub mod tensor;
+
+mod window;
+
+#[cfg(test)]
+mod testing;
 
 pub use error::{ApiError, ErrorCode};
