@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use registry::definition::Syntax;
-use registry::{EmbeddedStore, ModelStore, Registry, DEFAULT_TENANT};
+use registry::{Auth, EmbeddedStore, ModelStore, Registry, DEFAULT_TENANT};
 use runtime::session::SessionOptions;
 use runtime::{Engine, OrtInspector};
 use tokio::net::TcpListener;
@@ -16,15 +16,24 @@ pub async fn run(config: Config) -> Result<()> {
     runtime::ortenv::environment().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let store = EmbeddedStore::open(&config.data_dir.join("registry.redb"))
-        .context("opening the embedded store")?;
+    let store: Arc<dyn registry::Store> = Arc::new(
+        EmbeddedStore::open(&config.data_dir.join("registry.redb"))
+            .context("opening the embedded store")?,
+    );
     let models =
         ModelStore::open(config.data_dir.join("models")).context("opening the model store")?;
-    let registry = Arc::new(Registry::new(
-        Arc::new(store),
-        models,
-        Arc::new(OrtInspector),
+    let registry = Arc::new(Registry::new(store.clone(), models, Arc::new(OrtInspector)));
+    let auth = Arc::new(Auth::new(
+        store.clone(),
+        std::env::var("TASKMESH_ADMIN_KEY").ok().as_deref(),
     ));
+    let new_operator_key = auth
+        .ensure_operator()
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the operator key: {e}"))?;
+    if let Some(key) = &new_operator_key {
+        write_admin_key(&config.data_dir.join("admin.key"), key)?;
+    }
 
     let engine = Arc::new(Engine::new(
         registry.clone(),
@@ -51,7 +60,7 @@ pub async fn run(config: Config) -> Result<()> {
         node_app,
         stopped(stop_rx.clone()),
     ));
-    let admin_app = registry::api::router(registry.clone());
+    let admin_app = registry::api::router(registry.clone(), auth.clone());
     let admin_task = tokio::spawn(runtime::server::serve(
         admin_listener,
         admin_app,
@@ -64,6 +73,11 @@ pub async fn run(config: Config) -> Result<()> {
 
     let listen = config.listen;
     let router_threads = config.router_threads;
+    let deps = router::RouterDeps {
+        registry,
+        auth,
+        store,
+    };
     let router = tokio::task::spawn_blocking(move || {
         router::start(
             router::RouterOptions {
@@ -71,7 +85,7 @@ pub async fn run(config: Config) -> Result<()> {
                 nodes: vec![node_addr],
                 threads: router_threads,
             },
-            registry,
+            deps,
         )
     })
     .await??;
@@ -81,6 +95,16 @@ pub async fn run(config: Config) -> Result<()> {
     println!("  admin    http://{admin_addr}");
     println!("  node     http://{node_addr}");
     println!("  data     {}", config.data_dir.display());
+    match &new_operator_key {
+        Some(key) => println!(
+            "  operator key (shown once, also in {}): {key}",
+            config.data_dir.join("admin.key").display()
+        ),
+        None => println!(
+            "  operator key: in {}",
+            config.data_dir.join("admin.key").display()
+        ),
+    }
     wait_for_signal().await;
     tracing::info!("shutting down");
     tokio::task::spawn_blocking(move || router.shutdown()).await?;
@@ -153,5 +177,20 @@ async fn register_examples(registry: &Registry, dir: &Path) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         println!("example {name}: registered version {}", stored.version);
     }
+    Ok(())
+}
+
+/// Writes the operator key readable by its owner only (mode 0600).
+fn write_admin_key(path: &Path, key: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{key}")?;
     Ok(())
 }

@@ -45,7 +45,7 @@ fn digits_body(case: &Value) -> Value {
 #[tokio::test]
 async fn register_invoke_and_version_over_h2c() {
     let p = Platform::start(&["--no-examples"]);
-    let client = TestClient::h2c();
+    let client = p.client();
     let reference = generated_json("examples/digits/reference.json");
 
     let digest = upload(&client, &p, "examples/digits/model.onnx").await;
@@ -144,7 +144,7 @@ async fn register_invoke_and_version_over_h2c() {
 #[tokio::test]
 async fn open_inference_protocol_gives_the_same_numbers() {
     let p = Platform::start(&["--no-examples"]);
-    let client = TestClient::h2c();
+    let client = p.client();
     let reference = generated_json("examples/iris/reference.json");
     let digest = upload(&client, &p, "examples/iris/model.onnx").await;
     // YAML definitions are accepted with content-type application/yaml.
@@ -258,7 +258,7 @@ async fn open_inference_protocol_gives_the_same_numbers() {
 #[tokio::test]
 async fn every_element_type_and_dynamic_dimension_round_trips() {
     let p = Platform::start(&["--no-examples"]);
-    let client = TestClient::h2c();
+    let client = p.client();
     let reference = generated_json("examples/tensors/reference.json");
     let digest = upload(&client, &p, "examples/tensors/model.onnx").await;
     register(
@@ -336,7 +336,7 @@ fn flatten(v: &Value) -> Vec<Value> {
 #[tokio::test]
 async fn bad_input_gets_the_contract_errors() {
     let p = Platform::start(&["--no-examples"]);
-    let client = TestClient::h2c();
+    let client = p.client();
     let digest = upload(&client, &p, "examples/digits/model.onnx").await;
     register(
         &client,
@@ -493,7 +493,7 @@ async fn up_registers_the_examples_and_serves_http1_too() {
         .trim()
         .parse()
         .unwrap();
-    for client in [TestClient::h2c(), TestClient::http1()] {
+    for client in [p.client(), TestClient::http1().with_key(&p.admin_key)] {
         let reply = client
             .post_json(&p.router_url("/v1/functions/digits/invoke"), &sample)
             .await;
@@ -504,10 +504,7 @@ async fn up_registers_the_examples_and_serves_http1_too() {
     assert_eq!(h1.version, http::Version::HTTP_11);
     assert_eq!(h1.status, 200);
     // Restarting on the same data keeps the versions (no duplicate registration).
-    let listed = TestClient::h2c()
-        .get(&p.admin_url("/v1/functions"))
-        .await
-        .json();
+    let listed = p.client().get(&p.admin_url("/v1/functions")).await.json();
     let names: Vec<&str> = listed["functions"]
         .as_array()
         .unwrap()

@@ -12,8 +12,27 @@ use policies::limits::{MAX_DEFINITION_BYTES, MAX_MODEL_BYTES};
 use policies::{ApiError, ErrorCode};
 use serde_json::{json, Value};
 
+use crate::auth::{Auth, NewClient, Principal, Scope};
 use crate::definition::Syntax;
-use crate::service::{Registry, DEFAULT_TENANT};
+use crate::service::Registry;
+
+/// What the admin handlers share.
+pub struct AdminState {
+    pub registry: Arc<Registry>,
+    pub auth: Arc<Auth>,
+}
+
+type State_ = State<Arc<AdminState>>;
+
+/// The caller, who must hold the admin scope.
+async fn admin(state: &AdminState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let principal = state.auth.authenticate(authorization).await?;
+    principal.require(Scope::Admin)?;
+    Ok(principal)
+}
 
 /// Renders an [`ApiError`] as the contract's JSON error response.
 pub fn error_response(err: &ApiError) -> Response {
@@ -62,9 +81,10 @@ impl IntoResponse for ApiResult {
 }
 
 /// The admin API router.
-pub fn router(registry: Arc<Registry>) -> Router {
+pub fn router(registry: Arc<Registry>, auth: Arc<Auth>) -> Router {
     Router::new()
         .route("/v1/models", post(upload_model))
+        .route("/v1/clients", post(create_client))
         .route("/v1/functions", post(register_function).get(list_functions))
         .route("/v1/functions/{name}", get(get_function))
         .route("/v1/functions/{name}/versions/{version}", get(get_version))
@@ -74,7 +94,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
         )
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(registry)
+        .with_state(Arc::new(AdminState { registry, auth }))
 }
 
 async fn fallback(method: Method, uri: axum::http::Uri) -> Response {
@@ -91,11 +111,12 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
     ))
 }
 
-async fn upload_model(State(registry): State<Arc<Registry>>, body: Body) -> ApiResult {
+async fn upload_model(State(state): State_, headers: HeaderMap, body: Body) -> ApiResult {
     ApiResult(
         async {
+            admin(&state, &headers).await?;
             let bytes = read_body(body, MAX_MODEL_BYTES).await?;
-            let digest = registry.upload_model(&bytes).await?;
+            let digest = state.registry.upload_model(&bytes).await?;
             Ok(json_response(
                 StatusCode::CREATED,
                 &json!({"digest": digest, "size": bytes.len()}),
@@ -105,19 +126,19 @@ async fn upload_model(State(registry): State<Arc<Registry>>, body: Body) -> ApiR
     )
 }
 
-async fn register_function(
-    State(registry): State<Arc<Registry>>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
+async fn register_function(State(state): State_, headers: HeaderMap, body: Body) -> ApiResult {
     ApiResult(
         async {
+            let principal = admin(&state, &headers).await?;
             let content_type = headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok());
             let syntax = Syntax::from_content_type(content_type);
             let bytes = read_body(body, MAX_DEFINITION_BYTES).await?;
-            let version = registry.register(DEFAULT_TENANT, &bytes, syntax).await?;
+            let version = state
+                .registry
+                .register(&principal.tenant, &bytes, syntax)
+                .await?;
             Ok(json_response(
                 StatusCode::CREATED,
                 &json!({"name": version.name, "version": version.version}),
@@ -127,10 +148,11 @@ async fn register_function(
     )
 }
 
-async fn list_functions(State(registry): State<Arc<Registry>>) -> ApiResult {
+async fn list_functions(State(state): State_, headers: HeaderMap) -> ApiResult {
     ApiResult(
         async {
-            let functions = registry.list(DEFAULT_TENANT).await?;
+            let principal = admin(&state, &headers).await?;
+            let functions = state.registry.list(&principal.tenant).await?;
             Ok(json_response(
                 StatusCode::OK,
                 &json!({"functions": functions}),
@@ -141,20 +163,24 @@ async fn list_functions(State(registry): State<Arc<Registry>>) -> ApiResult {
 }
 
 async fn get_function(
-    State(registry): State<Arc<Registry>>,
+    State(state): State_,
+    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult {
     ApiResult(
         async {
-            let summary = registry
-                .list(DEFAULT_TENANT)
+            let principal = admin(&state, &headers).await?;
+            let summary = state
+                .registry
+                .list(&principal.tenant)
                 .await?
                 .into_iter()
                 .find(|f| f.name == name)
                 .ok_or_else(|| ApiError::not_found(format!("function {name:?} not found")))?;
-            let latest = registry
+            let latest = state
+                .registry
                 .resolve(
-                    DEFAULT_TENANT,
+                    &principal.tenant,
                     &name,
                     &crate::Qualifier::Version(summary.latest_version),
                 )
@@ -174,21 +200,40 @@ async fn get_function(
 }
 
 async fn get_version(
-    State(registry): State<Arc<Registry>>,
+    State(state): State_,
+    headers: HeaderMap,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult {
     ApiResult(
         async {
+            let principal = admin(&state, &headers).await?;
             let number: u32 = version.parse().map_err(|_| {
                 ApiError::not_found(format!("function {name:?} has no version {version:?}"))
             })?;
-            let found = registry
-                .resolve(DEFAULT_TENANT, &name, &crate::Qualifier::Version(number))
+            let found = state
+                .registry
+                .resolve(&principal.tenant, &name, &crate::Qualifier::Version(number))
                 .await?;
             Ok(json_response(StatusCode::OK, &version_json(&found)))
         }
         .await,
     )
+}
+
+async fn create_client(State(state): State_, headers: HeaderMap, body: Body) -> ApiResult {
+    ApiResult(async {
+        let principal = admin(&state, &headers).await?;
+        let bytes = read_body(body, 64 * 1024).await?;
+        let request: NewClient = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::new(ErrorCode::InvalidInput, format!("invalid client request: {e}"))
+        })?;
+        let (record, key) = state.auth.create_client(&principal, request).await?;
+        Ok(json_response(
+            StatusCode::CREATED,
+            &json!({"client_id": record.client_id, "api_key": key, "name": record.name, "tenant": record.tenant, "scopes": record.scopes}),
+        ))
+    }
+    .await)
 }
 
 /// A version as the API shows it (the tenant is implied by the caller's key).

@@ -249,6 +249,12 @@ impl Auth {
                 "scopes must be [\"invoke\"] or [\"admin\", \"invoke\"]",
             ));
         }
+        if let Some(rl) = &request.plan.rate_limit {
+            violations.extend(crate::definition::check_rate_limit(rl, "/plan/rate_limit"));
+        }
+        if let Some(q) = &request.plan.quota {
+            violations.extend(crate::definition::check_quota(q, "/plan/quota"));
+        }
         if !violations.is_empty() {
             return Err(ApiError::new(ErrorCode::InvalidInput, "invalid client")
                 .with_details(serde_json::json!(violations)));

@@ -5,6 +5,7 @@
 //! does nothing. Every optional block has a documented default.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use policies::tensor::{DType, Violation};
 use serde::{Deserialize, Serialize};
@@ -344,29 +345,35 @@ fn check_fields(d: &TaskDefinition) -> Vec<Violation> {
             "out of range 1..=536870912",
         ));
     }
-    if d.retry.max_attempts == 0
-        || d.retry.multiplier < 1.0
-        || d.retry.initial_backoff_ms > d.retry.max_backoff_ms
-    {
-        v.push(Violation::new("/retry", "max_attempts >= 1, multiplier >= 1 and initial_backoff_ms <= max_backoff_ms are required"));
-    }
-    let cb = &d.circuit_breaker;
-    if !(cb.failure_rate > 0.0 && cb.failure_rate <= 1.0)
-        || cb.window_s == 0
-        || cb.half_open_calls == 0
-    {
+    // Policy parameters are checked once, here, by the code that will enforce them.
+    if d.retry.max_attempts == 0 || d.retry.max_attempts > 10 {
         v.push(Violation::new(
-            "/circuit_breaker",
-            "failure_rate in (0, 1], window_s >= 1 and half_open_calls >= 1 are required",
+            "/retry/max_attempts",
+            format!("{} is out of range 1..=10", d.retry.max_attempts),
         ));
     }
+    if let Err(e) = policies::retry::Backoff::try_new(
+        Duration::from_millis(d.retry.initial_backoff_ms),
+        Duration::from_millis(d.retry.max_backoff_ms),
+        d.retry.multiplier,
+    ) {
+        v.push(Violation::new("/retry", e.to_string()));
+    }
+    let cb = &d.circuit_breaker;
+    if let Err(e) = policies::breaker::BreakerConfig::try_new(
+        cb.failure_rate,
+        cb.minimum_calls,
+        Duration::from_secs(cb.window_s),
+        Duration::from_secs(cb.open_s),
+        cb.half_open_calls,
+    ) {
+        v.push(Violation::new("/circuit_breaker", e.to_string()));
+    }
     if let Some(rl) = &d.rate_limit {
-        if !(rl.per_second > 0.0 && rl.per_second.is_finite()) || rl.burst == Some(0) {
-            v.push(Violation::new(
-                "/rate_limit",
-                "per_second > 0 and burst >= 1 are required",
-            ));
-        }
+        v.extend(check_rate_limit(rl, "/rate_limit"));
+    }
+    if let Some(q) = &d.quota {
+        v.extend(check_quota(q, "/quota"));
     }
     let s = &d.scaling;
     if s.max_instances == 0 || s.min_instances > s.max_instances || s.concurrency == 0 {
@@ -376,6 +383,19 @@ fn check_fields(d: &TaskDefinition) -> Vec<Violation> {
         ));
     }
     v
+}
+
+/// Checks a rate limit with the limiter's own rules.
+pub fn check_rate_limit(rl: &RateLimitPolicy, pointer: &str) -> Option<Violation> {
+    policies::ratelimit::RateLimitConfig::try_new(rl.per_second, rl.burst)
+        .err()
+        .map(|e| Violation::new(pointer, e.to_string()))
+}
+
+/// Checks a quota: every limit present is at least 1.
+pub fn check_quota(q: &QuotaPolicy, pointer: &str) -> Option<Violation> {
+    let zero = q.per_day == Some(0) || q.per_month == Some(0) || q.max_in_flight == Some(0);
+    zero.then(|| Violation::new(pointer, "quota limits must be at least 1"))
 }
 
 #[cfg(test)]

@@ -46,7 +46,18 @@ pub fn violations(validator: &Validator, instance: &Value) -> Vec<Violation> {
     validator
         .iter_errors(instance)
         .take(MAX_REPORTED)
-        .map(|e| Violation::new(e.instance_path().to_string(), e.to_string()))
+        .map(|e| {
+            let mut pointer = e.instance_path().to_string();
+            // A missing property is located at the property, not at its parent.
+            if let jsonschema::error::ValidationErrorKind::Required {
+                property: Value::String(name),
+            } = e.kind()
+            {
+                pointer.push('/');
+                pointer.push_str(&name.replace('~', "~0").replace('/', "~1"));
+            }
+            Violation::new(pointer, e.to_string())
+        })
         .collect()
 }
 

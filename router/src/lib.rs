@@ -4,6 +4,7 @@
 //! checked and refused in `request_filter`, then proxied over h2c to a runtime
 //! node. See `proxy.rs` for the phase hooks and ARCHITECTURE.md for the path.
 
+pub mod guards;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;
@@ -16,9 +17,11 @@ use async_trait::async_trait;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::protocols::http::v2::server::default_h2_options;
 use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::ShutdownWatch;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
 use policies::limits;
-use registry::Registry;
+use registry::{Auth, Registry, Store};
 
 pub use proxy::{RouterState, TaskmeshProxy};
 
@@ -28,6 +31,40 @@ pub struct RouterOptions {
     pub listen: SocketAddr,
     pub nodes: Vec<SocketAddr>,
     pub threads: usize,
+}
+
+/// The shared services the router works with.
+pub struct RouterDeps {
+    pub registry: Arc<Registry>,
+    pub auth: Arc<Auth>,
+    pub store: Arc<dyn Store>,
+}
+
+/// How often quota counters are written to the store (the most a crash can lose).
+pub const QUOTA_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Periodic upkeep: flush quota counters, retire idle rate-limit keys.
+struct Upkeep {
+    state: Arc<RouterState>,
+}
+
+#[async_trait]
+impl BackgroundService for Upkeep {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut ticks = 0u64;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tokio::time::sleep(QUOTA_FLUSH_INTERVAL) => {}
+            }
+            self.state.guards.flush_counters().await;
+            ticks += 1;
+            if ticks.is_multiple_of(60) {
+                self.state.guards.retire_idle();
+            }
+        }
+        self.state.guards.flush_counters().await;
+    }
 }
 
 /// A running router; dropping it does not stop it, `shutdown` does.
@@ -63,14 +100,16 @@ impl ShutdownSignalWatch for StopSignal {
 
 /// Starts the router on its own thread (Pingora runs its own runtimes) and
 /// returns once the listener accepts connections.
-pub fn start(options: RouterOptions, registry: Arc<Registry>) -> anyhow::Result<RouterHandle> {
-    let state = Arc::new(RouterState {
-        registry,
-        nodes: options.nodes.clone(),
-        metrics: metrics::Metrics::new(),
-    });
+pub fn start(options: RouterOptions, deps: RouterDeps) -> anyhow::Result<RouterHandle> {
+    let state = Arc::new(RouterState::new(
+        deps.registry,
+        deps.auth,
+        deps.store,
+        options.nodes.clone(),
+    ));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let thread_state = state.clone();
+    let upkeep_state = state.clone();
     let listen = options.listen;
     let threads = options.threads;
     let thread = std::thread::Builder::new()
@@ -103,6 +142,12 @@ pub fn start(options: RouterOptions, registry: Arc<Registry>) -> anyhow::Result<
             app.h2_options = Some(h2);
             service.add_tcp(&listen.to_string());
             server.add_service(service);
+            server.add_service(background_service(
+                "taskmesh-upkeep",
+                Upkeep {
+                    state: upkeep_state,
+                },
+            ));
             server.run(RunArgs {
                 shutdown_signal: Box::new(StopSignal(tokio::sync::Mutex::new(Some(stop_rx)))),
             });

@@ -7,6 +7,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -22,10 +23,26 @@ pub struct FunctionLabels {
     pub function: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub function: String,
+    pub version: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub function: String,
+    pub version: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<FunctionLabels, Histogram>,
+    pub refusals: Family<RefusalLabels, Counter>,
+    pub retries: Family<VersionLabels, Counter>,
+    pub breaker_state: Family<VersionLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -52,10 +69,31 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             duration.clone(),
         );
+        let refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "refusals",
+            "Requests answered with an error, by function, version and error code",
+            refusals.clone(),
+        );
+        let retries = Family::<VersionLabels, Counter>::default();
+        registry.register(
+            "retries",
+            "Attempts retried on another node, by function and version",
+            retries.clone(),
+        );
+        let breaker_state = Family::<VersionLabels, Gauge>::default();
+        registry.register(
+            "breaker_state",
+            "Circuit breaker state by function and version: 0 closed, 1 open, 2 half-open",
+            breaker_state.clone(),
+        );
         Metrics {
             registry,
             requests,
             duration,
+            refusals,
+            retries,
+            breaker_state,
         }
     }
 
@@ -73,6 +111,37 @@ impl Metrics {
                 function: function.to_string(),
             })
             .observe(seconds);
+    }
+
+    pub fn refused(&self, function: &str, version: Option<u32>, code: &str) {
+        let version = version.map_or_else(|| "-".to_string(), |v| v.to_string());
+        self.refusals
+            .get_or_create(&RefusalLabels {
+                function: function.to_string(),
+                version,
+                code: code.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn retried(&self, function: &str, version: u32) {
+        self.retries
+            .get_or_create(&VersionLabels {
+                function: function.to_string(),
+                version: version.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn observe_breakers(&self, states: &[(String, u32, i64)]) {
+        for (function, version, state) in states {
+            self.breaker_state
+                .get_or_create(&VersionLabels {
+                    function: function.clone(),
+                    version: version.to_string(),
+                })
+                .set(*state);
+        }
     }
 
     pub fn encode(&self) -> String {

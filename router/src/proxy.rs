@@ -1,13 +1,16 @@
 //! The router's one `ProxyHttp` implementation: thin phase hooks over shared logic.
 //!
-//! - `request_filter` answers local routes, resolves the function version,
-//!   enforces the body cap, parses and validates the input, and refuses early
-//!   (`Ok(true)`) before any node is touched.
-//! - `upstream_peer` picks the runtime node (h2c, multiplexed streams).
+//! - `request_filter` answers local routes, authenticates the key, resolves the
+//!   function version in the caller's tenant, enforces the body cap, validates
+//!   the input, and applies rate limit, quota, concurrency and circuit breaker.
+//!   Every refusal is answered here (`Ok(true)`) before any node is touched.
+//! - `upstream_peer` picks the runtime node (h2c, multiplexed streams) and
+//!   waits out the backoff of a retry.
 //! - `upstream_request_filter` pins the resolved version in the upstream path
-//!   and passes the invocation id and tenant to the node.
+//!   and passes the invocation id, tenant and remaining deadline to the node.
+//! - `fail_to_connect` / `error_while_proxy` decide retries with `policies::retry`.
 //! - `fail_to_proxy` renders every failure as the contract's JSON error.
-//! - `logging` records metrics.
+//! - `logging` reports the outcome to the breaker and records metrics.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,11 +22,14 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use policies::breaker::Outcome;
 use policies::limits::{DEFAULT_MAX_BODY_BYTES, MAX_JSON_DEPTH, UPSTREAM_MAX_H2_STREAMS};
+use policies::retry::{FailureKind, RetryDecision};
 use policies::{ApiError, ErrorCode};
-use registry::{protocol, FunctionVersion, Qualifier, Registry, DEFAULT_TENANT};
+use registry::{protocol, Auth, FunctionVersion, Principal, Registry, Scope, Store};
 use serde_json::{json, Value};
 
+use crate::guards::{Admission, Guards};
 use crate::metrics::Metrics;
 use crate::routes::{self, Route};
 
@@ -33,6 +39,7 @@ pub mod headers {
     pub const INVOCATION_ID: &str = "x-taskmesh-invocation-id";
     pub const NODE: &str = "x-taskmesh-node";
     pub const TENANT: &str = "x-taskmesh-tenant";
+    pub const DEADLINE_MS: &str = "x-taskmesh-deadline-ms";
 }
 
 /// Pingora keeps at most this much of a request body for replay; bodies up to
@@ -42,11 +49,34 @@ const REPLAY_BUFFER_BYTES: usize = 64 * 1024;
 /// How long the router waits for a slow client to send its body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Extra time the router gives a node beyond the deadline, so that the node's
+/// own 504 (which frees its slot) arrives before the router gives up.
+const NODE_ANSWER_GRACE: Duration = Duration::from_millis(250);
+
 /// Shared state of the router.
 pub struct RouterState {
     pub registry: Arc<Registry>,
+    pub auth: Arc<Auth>,
+    pub guards: Guards,
     pub nodes: Vec<SocketAddr>,
     pub metrics: Metrics,
+}
+
+impl RouterState {
+    pub fn new(
+        registry: Arc<Registry>,
+        auth: Arc<Auth>,
+        store: Arc<dyn Store>,
+        nodes: Vec<SocketAddr>,
+    ) -> Self {
+        RouterState {
+            registry,
+            auth,
+            guards: Guards::new(store),
+            nodes,
+            metrics: Metrics::new(),
+        }
+    }
 }
 
 /// The kind of body an upstream-bound route carries.
@@ -59,14 +89,24 @@ enum BodyKind {
 /// Per-request state.
 pub struct Ctx {
     started: Instant,
+    deadline: Option<Instant>,
     invocation_id: String,
+    principal: Option<Principal>,
     function: Option<Arc<FunctionVersion>>,
     body_kind: Option<BodyKind>,
     upstream_path: Option<String>,
+    admission: Option<Admission>,
     /// Body validated while streaming (bodies above the replay buffer).
     streamed: Option<Vec<u8>>,
     /// A refusal decided after proxying began, rendered by `fail_to_proxy`.
     refusal: Option<ApiError>,
+    /// The error code this request was answered with, for metrics.
+    error_code: Option<ErrorCode>,
+    attempts: u32,
+    retry_delay: Option<Duration>,
+    response_started: bool,
+    /// `RateLimit-Policy` / `RateLimit` headers for the answer.
+    rate_headers: Vec<(&'static str, String)>,
 }
 
 pub struct TaskmeshProxy {
@@ -75,6 +115,34 @@ pub struct TaskmeshProxy {
 
 fn new_invocation_id() -> String {
     uuid::Uuid::now_v7().to_string()
+}
+
+fn too_large(cap: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("body is larger than the limit of {cap} bytes"),
+    )
+}
+
+/// Parses and checks a body against the function version's input schema and tensors.
+fn validate(
+    version: &FunctionVersion,
+    kind: BodyKind,
+    body: &[u8],
+) -> std::result::Result<(), ApiError> {
+    let value = policies::json::parse_body(body, MAX_JSON_DEPTH)?;
+    match kind {
+        BodyKind::Invoke => {
+            if let Some(validator) = version.input_validator() {
+                let violations = registry::schema::violations(&validator, &value);
+                if !violations.is_empty() {
+                    return Err(protocol::invalid_input(violations));
+                }
+            }
+            protocol::invoke_inputs(version, &value).map(drop)
+        }
+        BodyKind::Infer => protocol::oip_inputs(version, &value).map(drop),
+    }
 }
 
 impl TaskmeshProxy {
@@ -100,13 +168,40 @@ impl TaskmeshProxy {
         session.write_response_body(Some(bytes), true).await
     }
 
-    async fn respond_error(&self, session: &mut Session, ctx: &Ctx, err: &ApiError) -> Result<()> {
-        let mut extra = Vec::new();
+    async fn respond_error(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        err: &ApiError,
+    ) -> Result<()> {
+        ctx.error_code = Some(err.code);
+        let mut extra: Vec<(&str, String)> = Vec::new();
         if let Some(s) = err.retry_after_s {
             extra.push(("retry-after", s.to_string()));
         }
+        extra.extend(
+            ctx.rate_headers
+                .iter()
+                .filter(|(n, _)| *n != "retry-after")
+                .map(|(n, v)| (*n, v.clone())),
+        );
         self.respond_json(session, ctx, err.status(), &err.body(), &extra)
             .await
+    }
+
+    async fn authenticate(
+        &self,
+        session: &Session,
+        scope: Scope,
+    ) -> std::result::Result<Principal, ApiError> {
+        let authorization = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let principal = self.state.auth.authenticate(authorization).await?;
+        principal.require(scope)?;
+        Ok(principal)
     }
 
     /// Decides the request: `Ok(None)` to proxy it, `Ok(Some(..))` to answer here.
@@ -118,71 +213,86 @@ impl TaskmeshProxy {
         let method = session.req_header().method.clone();
         let uri = session.req_header().uri.clone();
         let route = routes::route(&method, uri.path(), uri.query())?;
+        let (name, qualifier) = match &route {
+            Route::Health => return Ok(Some((200, json!({"status": "ok"})))),
+            Route::Ready => {
+                return Ok(Some((
+                    200,
+                    json!({"status": "ready", "nodes": self.state.nodes.len()}),
+                )))
+            }
+            Route::Live => return Ok(Some((200, json!({"live": true})))),
+            Route::ServerReady => return Ok(Some((200, json!({"ready": true})))),
+            Route::Metrics => {
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    "metrics are answered before routing",
+                ))
+            }
+            Route::Metadata { name, qualifier }
+            | Route::ModelReady { name, qualifier }
+            | Route::Invoke { name, qualifier }
+            | Route::Infer { name, qualifier } => (name.clone(), qualifier.clone()),
+        };
+        let principal = self.authenticate(session, Scope::Invoke).await?;
+        // Another tenant's function is simply not there (404, never 403).
+        let version = self
+            .state
+            .registry
+            .resolve(&principal.tenant, &name, &qualifier)
+            .await?;
+        ctx.function = Some(version.clone());
         match route {
-            Route::Health => Ok(Some((200, json!({"status": "ok"})))),
-            Route::Ready => Ok(Some((200, json!({"status": "ready"})))),
-            Route::Live => Ok(Some((200, json!({"live": true})))),
-            Route::ServerReady => Ok(Some((200, json!({"ready": true})))),
-            Route::Metrics => Err(ApiError::new(
-                ErrorCode::Internal,
-                "metrics are answered before routing",
-            )),
-            Route::Metadata { name, qualifier } => {
-                let version = self.resolve(&name, &qualifier).await?;
+            Route::Metadata { .. } => {
                 let versions = self
                     .state
                     .registry
-                    .list(DEFAULT_TENANT)
+                    .list(&principal.tenant)
                     .await?
                     .into_iter()
                     .find(|f| f.name == name)
                     .map(|f| f.versions)
                     .unwrap_or_default();
-                ctx.function = Some(version.clone());
                 Ok(Some((200, protocol::oip_metadata(&version, &versions))))
             }
-            Route::ModelReady { name, qualifier } => {
-                let version = self.resolve(&name, &qualifier).await?;
-                ctx.function = Some(version.clone());
-                Ok(Some((
-                    200,
-                    json!({"name": version.name, "version": version.version.to_string(), "ready": true}),
-                )))
-            }
-            Route::Invoke { name, qualifier } => {
-                let version = self.resolve(&name, &qualifier).await?;
-                ctx.upstream_path = Some(format!(
-                    "/v1/functions/{}/invoke?version={}",
-                    version.name, version.version
-                ));
-                ctx.function = Some(version);
-                ctx.body_kind = Some(BodyKind::Invoke);
+            Route::ModelReady { .. } => Ok(Some((
+                200,
+                json!({"name": version.name, "version": version.version.to_string(), "ready": true}),
+            ))),
+            Route::Invoke { .. } | Route::Infer { .. } => {
+                let (kind, path) = if matches!(route, Route::Invoke { .. }) {
+                    (
+                        BodyKind::Invoke,
+                        format!(
+                            "/v1/functions/{}/invoke?version={}",
+                            version.name, version.version
+                        ),
+                    )
+                } else {
+                    (
+                        BodyKind::Infer,
+                        format!(
+                            "/v2/models/{}/versions/{}/infer",
+                            version.name, version.version
+                        ),
+                    )
+                };
+                ctx.upstream_path = Some(path);
+                ctx.body_kind = Some(kind);
+                ctx.deadline =
+                    Some(ctx.started + Duration::from_millis(version.definition.timeout_ms));
                 self.admit_body(session, ctx).await?;
+                let admission = self
+                    .state
+                    .guards
+                    .admit(&principal, &version, &mut ctx.rate_headers)
+                    .await;
+                ctx.principal = Some(principal);
+                ctx.admission = Some(admission?);
                 Ok(None)
             }
-            Route::Infer { name, qualifier } => {
-                let version = self.resolve(&name, &qualifier).await?;
-                ctx.upstream_path = Some(format!(
-                    "/v2/models/{}/versions/{}/infer",
-                    version.name, version.version
-                ));
-                ctx.function = Some(version);
-                ctx.body_kind = Some(BodyKind::Infer);
-                self.admit_body(session, ctx).await?;
-                Ok(None)
-            }
+            _ => unreachable!("local routes returned above"),
         }
-    }
-
-    async fn resolve(
-        &self,
-        name: &str,
-        qualifier: &Qualifier,
-    ) -> std::result::Result<Arc<FunctionVersion>, ApiError> {
-        self.state
-            .registry
-            .resolve(DEFAULT_TENANT, name, qualifier)
-            .await
     }
 
     /// Enforces the body cap and validates the body before anything is proxied.
@@ -242,25 +352,37 @@ impl TaskmeshProxy {
         }
         validate(&version, ctx.body_kind.expect("set with the route"), &body)
     }
-}
 
-fn too_large(cap: usize) -> ApiError {
-    ApiError::new(
-        ErrorCode::PayloadTooLarge,
-        format!("body is larger than the limit of {cap} bytes"),
-    )
-}
+    fn deadline_left(ctx: &Ctx) -> Duration {
+        ctx.deadline.map_or(Duration::from_secs(30), |d| {
+            d.saturating_duration_since(Instant::now())
+        })
+    }
 
-/// Parses and checks a body against the function version's declared inputs.
-fn validate(
-    version: &FunctionVersion,
-    kind: BodyKind,
-    body: &[u8],
-) -> std::result::Result<(), ApiError> {
-    let value = policies::json::parse_body(body, MAX_JSON_DEPTH)?;
-    match kind {
-        BodyKind::Invoke => protocol::invoke_inputs(version, &value).map(drop),
-        BodyKind::Infer => protocol::oip_inputs(version, &value).map(drop),
+    /// Records a retry decision for `kind`; returns whether to retry.
+    fn plan_retry(&self, ctx: &mut Ctx, kind: FailureKind) -> bool {
+        let Some(version) = ctx.function.clone() else {
+            return false;
+        };
+        if ctx.streamed.is_some() || ctx.response_started {
+            return false;
+        }
+        match self
+            .state
+            .guards
+            .decide_retry(&version, ctx.attempts, kind, Self::deadline_left(ctx))
+        {
+            RetryDecision::RetryAfter(delay) => {
+                ctx.retry_delay = Some(delay);
+                self.state.metrics.retried(&version.name, version.version);
+                tracing::info!(invocation_id = %ctx.invocation_id, attempt = ctx.attempts + 1, delay_ms = delay.as_millis() as u64, "retrying on the next node");
+                true
+            }
+            RetryDecision::GiveUp(reason) => {
+                tracing::debug!(invocation_id = %ctx.invocation_id, ?reason, "not retrying");
+                false
+            }
+        }
     }
 }
 
@@ -271,17 +393,28 @@ impl ProxyHttp for TaskmeshProxy {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             started: Instant::now(),
+            deadline: None,
             invocation_id: new_invocation_id(),
+            principal: None,
             function: None,
             body_kind: None,
             upstream_path: None,
+            admission: None,
             streamed: None,
             refusal: None,
+            error_code: None,
+            attempts: 0,
+            retry_delay: None,
+            response_started: false,
+            rate_headers: Vec::new(),
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         if session.req_header().uri.path() == "/metrics" {
+            self.state
+                .metrics
+                .observe_breakers(&self.state.guards.breaker_states());
             let text = self.state.metrics.encode();
             let mut header = ResponseHeader::build(200, Some(2))?;
             header.insert_header(
@@ -297,7 +430,10 @@ impl ProxyHttp for TaskmeshProxy {
                 .await?;
             return Ok(true);
         }
-        match self.decide(session, ctx).await {
+        let decided = self.decide(session, ctx).await;
+        // The key has done its work: it never travels further or reaches a log line.
+        session.req_header_mut().remove_header("authorization");
+        match decided {
             Ok(None) => Ok(false),
             Ok(Some((status, body))) => {
                 let extra: Vec<(&str, String)> = ctx
@@ -317,20 +453,37 @@ impl ProxyHttp for TaskmeshProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if let Some(delay) = ctx.retry_delay.take() {
+            tokio::time::sleep(delay).await;
+        }
+        let left = Self::deadline_left(ctx);
+        if left.is_zero() {
+            ctx.refusal = Some(ApiError::new(
+                ErrorCode::Timeout,
+                "the invocation's deadline passed before a node could take it",
+            ));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(504),
+                "deadline passed",
+            ));
+        }
         let version = ctx
             .function
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no function resolved"))?;
-        let node =
-            pick_node(&self.state.nodes, &version.name, version.version).ok_or_else(|| {
-                Error::explain(ErrorType::ConnectNoRoute, "no runtime node is available")
-            })?;
+        let node = pick_node(
+            &self.state.nodes,
+            &version.name,
+            version.version,
+            ctx.attempts,
+        )
+        .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no runtime node is available"))?;
+        ctx.attempts += 1;
         let mut peer = HttpPeer::new(node, false, String::new());
         peer.options.set_http_version(2, 2);
         peer.options.max_h2_streams = UPSTREAM_MAX_H2_STREAMS;
-        peer.options.connection_timeout = Some(Duration::from_secs(2));
-        peer.options.read_timeout =
-            Some(Duration::from_millis(version.definition.timeout_ms + 5_000));
+        peer.options.connection_timeout = Some(Duration::from_secs(2).min(left));
+        peer.options.read_timeout = Some(left + NODE_ANSWER_GRACE);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         peer.options.h2_ping_interval = Some(Duration::from_secs(30));
         Ok(Box::new(peer))
@@ -351,7 +504,15 @@ impl ProxyHttp for TaskmeshProxy {
         }
         request.insert_header("host", "taskmesh-node")?;
         request.insert_header(headers::INVOCATION_ID, ctx.invocation_id.as_str())?;
-        request.insert_header(headers::TENANT, DEFAULT_TENANT)?;
+        let tenant = ctx
+            .principal
+            .as_ref()
+            .map_or(registry::DEFAULT_TENANT, |p| p.tenant.as_str());
+        request.insert_header(headers::TENANT, tenant)?;
+        request.insert_header(
+            headers::DEADLINE_MS,
+            Self::deadline_left(ctx).as_millis().to_string(),
+        )?;
         request.remove_header("authorization");
         if let Some(buffer) = &mut ctx.streamed {
             buffer.clear();
@@ -403,8 +564,49 @@ impl ProxyHttp for TaskmeshProxy {
         response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        ctx.response_started = true;
         response.insert_header(headers::INVOCATION_ID, ctx.invocation_id.as_str())?;
+        for (name, value) in &ctx.rate_headers {
+            response.insert_header(*name, value.as_str())?;
+        }
         Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if self.plan_retry(ctx, FailureKind::ConnectRefused) {
+            e.set_retry(true);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        _session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut Ctx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        // Only a failure before the node answered anything is safe to retry.
+        let retry = e.esource() == &ErrorSource::Upstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed
+                    | ErrorType::ReadError
+                    | ErrorType::WriteError
+                    | ErrorType::H2Error
+            )
+            && self.plan_retry(ctx, FailureKind::ResetBeforeResponse);
+        e.set_retry(retry);
+        e
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -417,6 +619,7 @@ impl ProxyHttp for TaskmeshProxy {
             _ => err.status(),
         };
         if code > 0 {
+            ctx.error_code = Some(err.code);
             if err.code.is_client_fault() {
                 tracing::debug!(invocation_id = %ctx.invocation_id, code = err.code.as_str(), "request refused");
             } else {
@@ -444,16 +647,28 @@ impl ProxyHttp for TaskmeshProxy {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if let (Some(version), Some(mut admission)) = (ctx.function.clone(), ctx.admission.take()) {
+            // Server faults count against the breaker; client faults (4xx) do not.
+            let outcome = if status >= 500 || status == 0 {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
+            self.state
+                .guards
+                .release(&version, &mut admission, Some(outcome));
+        }
         let (function, version) = match &ctx.function {
             Some(v) => (v.name.as_str(), Some(v.version)),
             None => ("-", None),
         };
-        self.state.metrics.record(
-            function,
-            version,
-            status,
-            ctx.started.elapsed().as_secs_f64(),
-        );
+        let seconds = ctx.started.elapsed().as_secs_f64();
+        self.state
+            .metrics
+            .record(function, version, status, seconds);
+        if let Some(code) = ctx.error_code {
+            self.state.metrics.refused(function, version, code.as_str());
+        }
     }
 }
 
@@ -469,9 +684,12 @@ fn classify(e: &Error) -> ApiError {
         }
         ErrorType::ReadTimedout => ApiError::new(
             ErrorCode::Timeout,
-            "the runtime node did not answer in time",
+            "the runtime node did not answer within the deadline",
         ),
         ErrorType::HTTPStatus(413) => too_large(DEFAULT_MAX_BODY_BYTES),
+        ErrorType::HTTPStatus(504) => {
+            ApiError::new(ErrorCode::Timeout, "the invocation's deadline passed")
+        }
         _ if e.esource() == &ErrorSource::Upstream => ApiError::new(
             ErrorCode::FunctionFailed,
             "the runtime node failed while answering",
@@ -483,13 +701,16 @@ fn classify(e: &Error) -> ApiError {
     }
 }
 
-/// Chooses the node for a function version (placement grows into a consistent-hash ring).
-fn pick_node(nodes: &[SocketAddr], name: &str, version: u32) -> Option<SocketAddr> {
+/// Chooses the node for a function version's `attempt`-th try: a stable owner
+/// first, then the next nodes in order (placement grows into the
+/// consistent-hash ring with bounded load in cluster mode).
+fn pick_node(nodes: &[SocketAddr], name: &str, version: u32, attempt: u32) -> Option<SocketAddr> {
     use std::hash::{Hash, Hasher};
     if nodes.is_empty() {
         return None;
     }
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (name, version).hash(&mut hasher);
-    Some(nodes[(hasher.finish() % nodes.len() as u64) as usize])
+    let first = hasher.finish() % nodes.len() as u64;
+    Some(nodes[((first + u64::from(attempt)) % nodes.len() as u64) as usize])
 }

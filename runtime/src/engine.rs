@@ -71,13 +71,18 @@ impl Engine {
             .count()
     }
 
-    /// Runs one invocation within the version's `timeout_ms`.
+    /// Runs one invocation within `budget` (never more than the version's `timeout_ms`).
+    ///
+    /// On timeout the caller is answered at once; the run itself cannot be
+    /// interrupted inside ONNX Runtime and finishes on its blocking thread.
     pub async fn run(
         &self,
         version: &Arc<FunctionVersion>,
         inputs: TensorInputs,
+        budget: Option<Duration>,
     ) -> Result<Outcome, ApiError> {
-        let timeout = Duration::from_millis(version.definition.timeout_ms);
+        let limit = Duration::from_millis(version.definition.timeout_ms);
+        let timeout = budget.map_or(limit, |b| b.min(limit));
         match tokio::time::timeout(timeout, self.run_inner(version, inputs)).await {
             Ok(result) => result,
             Err(_) => Err(ApiError::new(

@@ -32,6 +32,8 @@ pub mod headers {
     pub const NODE: &str = "x-taskmesh-node";
     /// Set by the router on internal traffic: the caller's tenant.
     pub const TENANT: &str = "x-taskmesh-tenant";
+    /// Set by the router: milliseconds left of the invocation's deadline.
+    pub const DEADLINE_MS: &str = "x-taskmesh-deadline-ms";
 }
 
 /// Serves `app` on `listener` with explicit HTTP/2 limits until `shutdown` resolves.
@@ -135,6 +137,15 @@ fn tenant_of(headers: &HeaderMap) -> String {
         .to_string()
 }
 
+/// The time budget the router passed along, if any.
+fn budget(headers: &HeaderMap) -> Option<std::time::Duration> {
+    headers
+        .get(headers::DEADLINE_MS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(std::time::Duration::from_millis)
+}
+
 fn invocation_id(headers: &HeaderMap) -> String {
     headers
         .get(headers::INVOCATION_ID)
@@ -202,8 +213,18 @@ async fn invoke(
         let version = resolve(&node, &headers, &name, &qualifier_from_query(&query)?).await?;
         let input = json_body(&version, body).await?;
         let inputs = protocol::invoke_inputs(&version, &input)?;
-        let outcome = node.engine.run(&version, inputs).await?;
+        let outcome = node.engine.run(&version, inputs, budget(&headers)).await?;
         let output = protocol::invoke_outputs(&version, &outcome.outputs)?;
+        if let Some(validator) = version.output_validator() {
+            let violations = registry::schema::violations(&validator, &output);
+            if !violations.is_empty() {
+                return Err(ApiError::new(
+                    policies::ErrorCode::InvalidOutput,
+                    "the function's output does not match its output_schema",
+                )
+                .with_details(json!(violations)));
+            }
+        }
         let response = json_response(StatusCode::OK, &output);
         Ok(with_headers(
             response,
@@ -230,7 +251,7 @@ async fn infer(
         let input = json_body(&version, body).await?;
         let mut request = protocol::oip_inputs(&version, &input)?;
         let inputs = std::mem::take(&mut request.inputs);
-        let outcome = node.engine.run(&version, inputs).await?;
+        let outcome = node.engine.run(&version, inputs, budget(&headers)).await?;
         let output = protocol::oip_response(&version, &request, &outcome.outputs);
         Ok(with_headers(
             json_response(StatusCode::OK, &output),

@@ -47,13 +47,35 @@ pub struct Platform {
     pub admin: SocketAddr,
     pub data_dir: tempfile::TempDir,
     pub output: mpsc::Receiver<String>,
+    /// The operator key `taskmesh up` wrote to `<data-dir>/admin.key`.
+    pub admin_key: String,
+    /// Where stderr (the logs) went, when captured.
+    pub log_file: Option<PathBuf>,
 }
 
 impl Platform {
     pub fn start(extra: &[&str]) -> Platform {
-        let data_dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), extra, "warn", false)
+    }
+
+    /// Starts on `data_dir` with a log filter; `capture` sends the logs to a file.
+    pub fn start_in(
+        data_dir: tempfile::TempDir,
+        extra: &[&str],
+        log: &str,
+        capture: bool,
+    ) -> Platform {
         let router = free_addr();
         let admin = free_addr();
+        let log_file = capture.then(|| {
+            data_dir
+                .path()
+                .join(format!("stderr-{}.log", router.port()))
+        });
+        let stderr = match &log_file {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+            None => Stdio::inherit(),
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_taskmesh"))
             .args([
                 "up",
@@ -66,9 +88,10 @@ impl Platform {
             .arg(data_dir.path())
             .args(extra)
             .current_dir(repo_root())
-            .env("TASKMESH_LOG", "warn")
+            .env("TASKMESH_LOG", log)
+            .env_remove("TASKMESH_ADMIN_KEY")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start taskmesh");
         let stdout = child.stdout.take().expect("stdout");
@@ -86,9 +109,29 @@ impl Platform {
             admin,
             data_dir,
             output: rx,
+            admin_key: String::new(),
+            log_file,
         };
         platform.wait_for_line("taskmesh is up", Duration::from_secs(60));
+        let key_path = platform.data_dir.path().join("admin.key");
+        platform.admin_key = std::fs::read_to_string(&key_path)
+            .expect("admin.key written")
+            .trim()
+            .to_string();
         platform
+    }
+
+    /// An h2c client that sends the operator key.
+    pub fn client(&self) -> TestClient {
+        TestClient::h2c().with_key(&self.admin_key)
+    }
+
+    /// Stops the process and hands back its data directory (for a restart).
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let spare = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self.data_dir, spare)
     }
 
     /// Waits for a line of stdout containing `needle`; returns the lines seen.
@@ -187,8 +230,10 @@ impl Reply {
 }
 
 /// A real HTTP client: h2c with prior knowledge, or HTTP/1.1.
+#[derive(Clone)]
 pub struct TestClient {
     inner: Client<HttpConnector, Full<Bytes>>,
+    key: Option<String>,
 }
 
 impl TestClient {
@@ -197,13 +242,21 @@ impl TestClient {
             inner: Client::builder(TokioExecutor::new())
                 .http2_only(true)
                 .build_http(),
+            key: None,
         }
     }
 
     pub fn http1() -> Self {
         TestClient {
             inner: Client::builder(TokioExecutor::new()).build_http(),
+            key: None,
         }
+    }
+
+    /// The same client, sending `authorization: Bearer <key>`.
+    pub fn with_key(mut self, key: &str) -> Self {
+        self.key = Some(key.to_string());
+        self
     }
 
     pub async fn send(
@@ -214,6 +267,9 @@ impl TestClient {
         body: impl Into<Bytes>,
     ) -> Reply {
         let mut request = Request::builder().method(method).uri(url);
+        if let Some(key) = &self.key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
         for (k, v) in headers {
             request = request.header(*k, *v);
         }

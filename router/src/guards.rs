@@ -1,0 +1,399 @@
+//! The router's guard-rail state: rate limiters, quota counters, in-flight
+//! counts, circuit breakers and retry budgets. The decisions themselves are
+//! made by `policies`; this module only keys and keeps their state.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use policies::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Outcome, Permit};
+use policies::quota::{self, QuotaDecision, QuotaWindow};
+use policies::ratelimit::{rate_limit_headers, KeyedLimiter, RateDecision, RateLimitConfig};
+use policies::retry::{Backoff, FailureKind, RetryBudget, RetryDecision, RetryPolicy};
+use policies::{ApiError, ErrorCode};
+use registry::definition::{QuotaPolicy, RateLimitPolicy};
+use registry::{FunctionVersion, Principal, Store};
+
+/// (tenant, function) — limits and quotas apply to a function across its versions.
+type FunctionKey = (String, String);
+/// (tenant, function, version) — breakers judge one version.
+type VersionKey = (String, String, u32);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct LimiterKey {
+    function: FunctionKey,
+    /// `per_second` bits and burst: a client with its own plan gets its own limiter.
+    rate_bits: u64,
+    burst: u32,
+}
+
+/// A quota counter: admitted calls, and how many of them the store has not seen yet.
+#[derive(Default)]
+struct Counter {
+    count: u64,
+    unflushed: u64,
+}
+
+/// What an admitted call holds until it finishes.
+#[derive(Default)]
+pub struct Admission {
+    pub permit: Option<Permit>,
+    in_flight_key: Option<(String, FunctionKey)>,
+}
+
+pub struct Guards {
+    store: Arc<dyn Store>,
+    limiters: Mutex<HashMap<LimiterKey, Arc<KeyedLimiter<String>>>>,
+    counters: Mutex<HashMap<String, Counter>>,
+    in_flight: Mutex<HashMap<(String, FunctionKey), u32>>,
+    breakers: Mutex<HashMap<VersionKey, CircuitBreaker>>,
+    budgets: Mutex<HashMap<FunctionKey, RetryBudget>>,
+}
+
+fn function_key(version: &FunctionVersion) -> FunctionKey {
+    (version.tenant.clone(), version.name.clone())
+}
+
+fn version_key(version: &FunctionVersion) -> VersionKey {
+    (
+        version.tenant.clone(),
+        version.name.clone(),
+        version.version,
+    )
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000).max(1) as u64
+}
+
+/// The breaker configuration of a version (checked at registration).
+pub fn breaker_config(version: &FunctionVersion) -> Option<BreakerConfig> {
+    let cb = &version.definition.circuit_breaker;
+    BreakerConfig::try_new(
+        cb.failure_rate,
+        cb.minimum_calls,
+        Duration::from_secs(cb.window_s),
+        Duration::from_secs(cb.open_s),
+        cb.half_open_calls,
+    )
+    .ok()
+}
+
+/// The retry policy of a version (checked at registration).
+pub fn retry_policy(version: &FunctionVersion) -> Option<RetryPolicy> {
+    let r = &version.definition.retry;
+    let backoff = Backoff::try_new(
+        Duration::from_millis(r.initial_backoff_ms),
+        Duration::from_millis(r.max_backoff_ms),
+        r.multiplier,
+    )
+    .ok()?;
+    Some(RetryPolicy {
+        max_attempts: r.max_attempts,
+        backoff,
+    })
+}
+
+impl Guards {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Guards {
+            store,
+            limiters: Mutex::default(),
+            counters: Mutex::default(),
+            in_flight: Mutex::default(),
+            breakers: Mutex::default(),
+            budgets: Mutex::default(),
+        }
+    }
+
+    /// Rate limit, quota, concurrency and breaker, in that order; the first refusal wins.
+    /// `rate_headers` receives the IETF `RateLimit` headers, admitted or not.
+    pub async fn admit(
+        &self,
+        principal: &Principal,
+        version: &FunctionVersion,
+        rate_headers: &mut Vec<(&'static str, String)>,
+    ) -> Result<Admission, ApiError> {
+        let mut admission = Admission::default();
+        let rate = principal
+            .plan
+            .rate_limit
+            .as_ref()
+            .or(version.definition.rate_limit.as_ref());
+        if let Some(rate) = rate {
+            self.rate_limit(principal, version, rate, rate_headers)?;
+        }
+        let quota = principal
+            .plan
+            .quota
+            .as_ref()
+            .or(version.definition.quota.as_ref());
+        if let Some(quota) = quota {
+            self.quota(principal, version, quota).await?;
+            if let Some(max) = quota.max_in_flight {
+                let key = (principal.client_id.clone(), function_key(version));
+                let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+                let n = in_flight.entry(key.clone()).or_default();
+                if *n >= max {
+                    return Err(ApiError::new(ErrorCode::QuotaExceeded, format!("at most {max} invocations of this function may be in flight per client"))
+                        .with_retry_after(1));
+                }
+                *n += 1;
+                admission.in_flight_key = Some(key);
+            }
+        }
+        if let Some(config) = breaker_config(version) {
+            let now = Instant::now();
+            let mut breakers = self.breakers.lock().expect("breakers lock");
+            let breaker = breakers
+                .entry(version_key(version))
+                .or_insert_with(|| CircuitBreaker::new(config));
+            match breaker.try_acquire(now) {
+                Ok(permit) => admission.permit = Some(permit),
+                Err(rejected) => {
+                    drop(breakers);
+                    self.release(version, &mut admission, None);
+                    return Err(ApiError::new(
+                        ErrorCode::CircuitOpen,
+                        format!(
+                            "function {} version {} is failing; its circuit is open",
+                            version.name, version.version
+                        ),
+                    )
+                    .with_retry_after(ceil_secs(rejected.retry_after)));
+                }
+            }
+        }
+        self.budgets
+            .lock()
+            .expect("budgets lock")
+            .entry(function_key(version))
+            .or_default()
+            .record_request(Instant::now());
+        Ok(admission)
+    }
+
+    fn rate_limit(
+        &self,
+        principal: &Principal,
+        version: &FunctionVersion,
+        rate: &RateLimitPolicy,
+        rate_headers: &mut Vec<(&'static str, String)>,
+    ) -> Result<(), ApiError> {
+        let Ok(config) = RateLimitConfig::try_new(rate.per_second, rate.burst) else {
+            return Ok(());
+        };
+        let key = LimiterKey {
+            function: function_key(version),
+            rate_bits: config.per_second.to_bits(),
+            burst: config.burst,
+        };
+        let limiter = self
+            .limiters
+            .lock()
+            .expect("limiters lock")
+            .entry(key)
+            .or_insert_with(|| Arc::new(KeyedLimiter::new(&config)))
+            .clone();
+        let decision = limiter.check(&principal.client_id);
+        *rate_headers = rate_limit_headers(&version.name, &decision, &config);
+        match decision {
+            RateDecision::Allowed { .. } => Ok(()),
+            RateDecision::Limited { retry_after, .. } => {
+                let mut err = ApiError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "rate limit of {} calls per second exceeded",
+                        config.per_second
+                    ),
+                )
+                .with_retry_after(ceil_secs(retry_after));
+                err.details = Some(
+                    serde_json::json!({"limit_per_second": config.per_second, "burst": config.burst}),
+                );
+                Err(err)
+            }
+        }
+    }
+
+    async fn quota(
+        &self,
+        principal: &Principal,
+        version: &FunctionVersion,
+        quota: &QuotaPolicy,
+    ) -> Result<(), ApiError> {
+        let now = unix_now();
+        let windows = [
+            (QuotaWindow::Day, quota.per_day),
+            (QuotaWindow::Month, quota.per_month),
+        ];
+        let mut keys = Vec::new();
+        for (window, limit) in windows {
+            let Some(limit) = limit else { continue };
+            let key = format!(
+                "{}/{}/{}/{}",
+                version.tenant,
+                version.name,
+                principal.client_id,
+                quota::window_label(window, now)
+            );
+            let known = self
+                .counters
+                .lock()
+                .expect("counters lock")
+                .contains_key(&key);
+            if !known {
+                let stored = self.store.get_counter(&key).await.map_err(|e| {
+                    tracing::error!(error = %e, "reading a quota counter failed");
+                    ApiError::new(ErrorCode::Unavailable, "quota state is unavailable")
+                        .with_retry_after(1)
+                })?;
+                self.counters
+                    .lock()
+                    .expect("counters lock")
+                    .entry(key.clone())
+                    .or_insert(Counter {
+                        count: stored,
+                        unflushed: 0,
+                    });
+            }
+            keys.push((window, limit, key));
+        }
+        // Check every window first, then count in all of them, under one lock.
+        let mut counters = self.counters.lock().expect("counters lock");
+        for (window, limit, key) in &keys {
+            let used = counters.get(key).map_or(0, |c| c.count);
+            if let QuotaDecision::Exhausted { retry_after_s } =
+                quota::decide(*window, used, *limit, now)
+            {
+                let period = match window {
+                    QuotaWindow::Day => "daily",
+                    QuotaWindow::Month => "monthly",
+                };
+                return Err(ApiError::new(
+                    ErrorCode::QuotaExceeded,
+                    format!("{period} quota of {limit} calls is used up"),
+                )
+                .with_retry_after(retry_after_s));
+            }
+        }
+        for (_, _, key) in &keys {
+            let counter = counters.entry(key.clone()).or_default();
+            counter.count += 1;
+            counter.unflushed += 1;
+        }
+        Ok(())
+    }
+
+    /// Ends an admission: frees its in-flight slot and reports the outcome to the breaker.
+    pub fn release(
+        &self,
+        version: &FunctionVersion,
+        admission: &mut Admission,
+        outcome: Option<Outcome>,
+    ) {
+        if let Some(key) = admission.in_flight_key.take() {
+            let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+            if let Some(n) = in_flight.get_mut(&key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    in_flight.remove(&key);
+                }
+            }
+        }
+        if let Some(permit) = admission.permit.take() {
+            let mut breakers = self.breakers.lock().expect("breakers lock");
+            if let Some(breaker) = breakers.get_mut(&version_key(version)) {
+                breaker.record(permit, outcome.unwrap_or(Outcome::Failure), Instant::now());
+            }
+        }
+    }
+
+    /// Decides whether a failed attempt is retried, within the function's retry budget.
+    pub fn decide_retry(
+        &self,
+        version: &FunctionVersion,
+        attempts_made: u32,
+        kind: FailureKind,
+        deadline_left: Duration,
+    ) -> RetryDecision {
+        let Some(policy) = retry_policy(version) else {
+            return RetryDecision::GiveUp(policies::retry::GiveUpReason::NotRetryable);
+        };
+        let mut budgets = self.budgets.lock().expect("budgets lock");
+        let budget = budgets.entry(function_key(version)).or_default();
+        policy.decide(
+            attempts_made,
+            kind,
+            deadline_left,
+            budget,
+            Instant::now(),
+            rand::random::<f64>(),
+        )
+    }
+
+    /// Breaker states for metrics: 0 closed, 1 open, 2 half-open.
+    pub fn breaker_states(&self) -> Vec<(String, u32, i64)> {
+        let now = Instant::now();
+        let mut breakers = self.breakers.lock().expect("breakers lock");
+        breakers
+            .iter_mut()
+            .map(|((_, name, version), b)| {
+                let state = match b.state(now) {
+                    BreakerState::Closed => 0,
+                    BreakerState::Open => 1,
+                    BreakerState::HalfOpen => 2,
+                };
+                (name.clone(), *version, state)
+            })
+            .collect()
+    }
+
+    /// Writes counted quota calls to the store. A crash loses at most the calls
+    /// counted since the last flush (one flush interval).
+    pub async fn flush_counters(&self) {
+        let deltas: Vec<(String, u64)> = {
+            let mut counters = self.counters.lock().expect("counters lock");
+            counters
+                .iter_mut()
+                .filter(|(_, c)| c.unflushed > 0)
+                .map(|(k, c)| (k.clone(), std::mem::take(&mut c.unflushed)))
+                .collect()
+        };
+        if deltas.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.add_counters(deltas.clone()).await {
+            tracing::error!(error = %e, "flushing quota counters failed; will retry");
+            let mut counters = self.counters.lock().expect("counters lock");
+            for (key, delta) in deltas {
+                counters.entry(key).or_default().unflushed += delta;
+            }
+        }
+    }
+
+    /// Drops idle rate-limit keys, limiters with no keys, and counters of past windows.
+    pub fn retire_idle(&self) {
+        let mut limiters = self.limiters.lock().expect("limiters lock");
+        for limiter in limiters.values() {
+            limiter.retire_idle();
+        }
+        limiters.retain(|_, l| !l.is_empty());
+        drop(limiters);
+        let now = unix_now();
+        let current = [
+            quota::window_label(QuotaWindow::Day, now),
+            quota::window_label(QuotaWindow::Month, now),
+        ];
+        self.counters
+            .lock()
+            .expect("counters lock")
+            .retain(|key, c| c.unflushed > 0 || current.iter().any(|w| key.ends_with(w.as_str())));
+    }
+}
