@@ -99,13 +99,38 @@ fn flag(dict: &mut Dict, key: &str, value: Option<impl Into<FigValue>>) {
     }
 }
 
+/// Crates whose trace output prints request headers (and so API keys); they
+/// are capped at `debug` whatever `TASKMESH_LOG` asks for.
+const HEADER_DUMPING_TARGETS: [&str; 4] = ["pingora_proxy", "pingora_core", "h2", "hyper"];
+
+/// The log filter: `TASKMESH_LOG` (tracing's syntax) or a quiet default, with
+/// header-dumping crates capped so that keys never reach a log line.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let spec = std::env::var("TASKMESH_LOG")
+        .unwrap_or_else(|_| "info,ort=warn,pingora_core=warn,pingora_proxy=off".into());
+    let mut directives: Vec<String> = spec.split(',').map(str::to_string).collect();
+    for target in HEADER_DUMPING_TARGETS {
+        let asked = directives
+            .iter()
+            .position(|d| d.split('=').next() == Some(target));
+        let level = asked.and_then(|i| directives[i].split_once('=').map(|(_, l)| l.to_string()));
+        let capped = match level.as_deref() {
+            Some("off" | "error" | "warn" | "info" | "debug") => continue,
+            _ => format!("{target}=debug"),
+        };
+        if let Some(i) = asked {
+            directives.remove(i);
+        }
+        directives.push(capped);
+    }
+    tracing_subscriber::EnvFilter::try_new(directives.join(","))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TASKMESH_LOG")
-                .unwrap_or_else(|_| "info,ort=warn,pingora_core=warn,pingora_proxy=off".into()),
-        )
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         .init();
     let env = config::process_env();

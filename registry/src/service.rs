@@ -119,6 +119,22 @@ impl Registry {
             })?;
         let (inputs, outputs) = bind(&definition, &signature)
             .map_err(|violations| definition_error(DefinitionError { violations }))?;
+        let schema_violations: Vec<_> = [
+            ("/input_schema", &definition.input_schema),
+            ("/output_schema", &definition.output_schema),
+        ]
+        .into_iter()
+        .filter_map(|(pointer, schema)| {
+            schema
+                .as_ref()
+                .and_then(|s| crate::schema::compile(s, pointer).err())
+        })
+        .collect();
+        if !schema_violations.is_empty() {
+            return Err(definition_error(DefinitionError {
+                violations: schema_violations,
+            }));
+        }
         let record = FunctionVersion {
             tenant: tenant.to_string(),
             name: definition.name.clone(),

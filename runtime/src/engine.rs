@@ -140,46 +140,64 @@ impl Engine {
             .entry(key_of(version))
             .or_default()
             .clone();
-        let cold_start = !cell.initialized();
-        let instance = cell.get_or_try_init(|| self.cold_start(version)).await?;
-        Ok((instance.clone(), cold_start))
+        if let Some(instance) = cell.get() {
+            return Ok((instance.clone(), false));
+        }
+        // The cold start runs in its own task: a caller that gives up (its
+        // deadline passed) does not cancel it, so the next caller finds it warm.
+        let (registry, options, version) = (self.registry.clone(), self.options, version.clone());
+        let loading = tokio::spawn(async move {
+            cell.get_or_try_init(|| cold_start(registry, options, version))
+                .await
+                .cloned()
+        });
+        let instance = loading.await.map_err(|e| {
+            ApiError::new(
+                ErrorCode::FunctionFailed,
+                format!("cold start task failed: {e}"),
+            )
+        })??;
+        Ok((instance, true))
     }
+}
 
-    async fn cold_start(&self, version: &Arc<FunctionVersion>) -> Result<Arc<Instance>, ApiError> {
-        let started = Instant::now();
-        let bytes = self.registry.models().get(version.model_hex()).await.map_err(|e| {
+async fn cold_start(
+    registry: Arc<Registry>,
+    options: SessionOptions,
+    version: Arc<FunctionVersion>,
+) -> Result<Arc<Instance>, ApiError> {
+    let started = Instant::now();
+    let bytes = registry.models().get(version.model_hex()).await.map_err(|e| {
             tracing::error!(function = %version.name, version = version.version, error = %e, "model fetch failed");
             ApiError::new(ErrorCode::Unavailable, format!("model {} is not available on this node", version.definition.model))
                 .with_retry_after(1)
         })?;
-        let fetched = started.elapsed();
-        let options = self.options;
-        let session = tokio::task::spawn_blocking(move || session::build_session(&bytes, options))
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    ErrorCode::FunctionFailed,
-                    format!("session task failed: {e}"),
-                )
-            })?
-            .map_err(|reason| {
-                ApiError::new(
-                    ErrorCode::FunctionFailed,
-                    format!("loading the model failed: {reason}"),
-                )
-            })?;
-        tracing::info!(
-            function = %version.name,
-            version = version.version,
-            provider = "cpu",
-            fetch_ms = fetched.as_secs_f64() * 1e3,
-            load_ms = (started.elapsed() - fetched).as_secs_f64() * 1e3,
-            "cold start"
-        );
-        Ok(Arc::new(Instance {
-            session: Mutex::new(session),
-        }))
-    }
+    let fetched = started.elapsed();
+    let session = tokio::task::spawn_blocking(move || session::build_session(&bytes, options))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::FunctionFailed,
+                format!("session task failed: {e}"),
+            )
+        })?
+        .map_err(|reason| {
+            ApiError::new(
+                ErrorCode::FunctionFailed,
+                format!("loading the model failed: {reason}"),
+            )
+        })?;
+    tracing::info!(
+        function = %version.name,
+        version = version.version,
+        provider = "cpu",
+        fetch_ms = fetched.as_secs_f64() * 1e3,
+        load_ms = (started.elapsed() - fetched).as_secs_f64() * 1e3,
+        "cold start"
+    );
+    Ok(Arc::new(Instance {
+        session: Mutex::new(session),
+    }))
 }
 
 fn key_of(version: &FunctionVersion) -> VersionKey {

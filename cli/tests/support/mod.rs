@@ -241,14 +241,14 @@ impl TestClient {
         TestClient {
             inner: Client::builder(TokioExecutor::new())
                 .http2_only(true)
-                .build_http(),
+                .build(nodelay_connector()),
             key: None,
         }
     }
 
     pub fn http1() -> Self {
         TestClient {
-            inner: Client::builder(TokioExecutor::new()).build_http(),
+            inner: Client::builder(TokioExecutor::new()).build(nodelay_connector()),
             key: None,
         }
     }
@@ -321,4 +321,12 @@ pub fn assert_close(actual: &Value, expected: &Value, tol: f64, what: &str) {
         }
         (a, e) => assert_eq!(a, e, "{what}"),
     }
+}
+
+/// An HTTP connector with Nagle's algorithm off (small requests would otherwise
+/// wait for delayed ACKs, about 40 ms each on Linux).
+fn nodelay_connector() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector
 }
