@@ -24,6 +24,9 @@ pub struct Config {
     pub router_url: String,
     /// Registry admin URL the CLI's `fn` commands talk to.
     pub admin_url: String,
+    /// Runtime nodes running elsewhere that the router also routes to.
+    #[serde(default)]
+    pub extra_nodes: Vec<SocketAddr>,
     /// Router worker threads.
     pub router_threads: usize,
     /// ONNX Runtime intra-op threads per session.
@@ -40,6 +43,7 @@ impl Default for Config {
             examples: None,
             router_url: "http://127.0.0.1:8080".into(),
             admin_url: "http://127.0.0.1:8081".into(),
+            extra_nodes: Vec::new(),
             router_threads: 2,
             session_threads: 1,
         }

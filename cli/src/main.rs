@@ -61,6 +61,9 @@ struct UpArgs {
     /// Register no example functions.
     #[arg(long)]
     no_examples: bool,
+    /// Also route to a runtime node running elsewhere (repeatable).
+    #[arg(long = "extra-node", value_name = "ADDR")]
+    extra_nodes: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -145,6 +148,9 @@ fn main() -> Result<()> {
                 "data_dir",
                 a.data_dir.as_ref().map(|p| p.display().to_string()),
             );
+            if !a.extra_nodes.is_empty() {
+                flags.insert("extra_nodes".into(), a.extra_nodes.clone().into());
+            }
             flag(
                 &mut flags,
                 "examples",

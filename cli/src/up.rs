@@ -73,6 +73,7 @@ pub async fn run(config: Config) -> Result<()> {
 
     let listen = config.listen;
     let router_threads = config.router_threads;
+    let extra_nodes = config.extra_nodes.clone();
     let deps = router::RouterDeps {
         registry,
         auth,
@@ -82,7 +83,7 @@ pub async fn run(config: Config) -> Result<()> {
         router::start(
             router::RouterOptions {
                 listen,
-                nodes: vec![node_addr],
+                nodes: std::iter::once(node_addr).chain(extra_nodes).collect(),
                 threads: router_threads,
             },
             deps,

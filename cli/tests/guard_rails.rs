@@ -378,7 +378,7 @@ async fn a_slow_function_times_out_with_504_and_frees_the_node() {
     let client = p.client();
     let digest = upload(&client, &p, "tests/models/slow/model.onnx").await;
     let doc = json!({
-        "name": "slow", "model": digest, "timeout_ms": 150, "max_body_bytes": 2_000_000,
+        "name": "slow", "model": digest, "timeout_ms": 300, "max_body_bytes": 4_000_000,
         "inputs": {"x": {"tensor": "x", "shape": [-1, 512]}},
         "outputs": {"y": {"tensor": "y"}}
     });
@@ -394,13 +394,13 @@ async fn a_slow_function_times_out_with_504_and_frees_the_node() {
     );
     let started = Instant::now();
     let reply = client
-        .post_json(&url, &json!({"x": vec![0.5; 512 * 512]}))
+        .post_json(&url, &json!({"x": vec![0; 1024 * 512]}))
         .await;
     reply.expect_error(504, "timeout");
     assert!(reply.header("x-taskmesh-invocation-id").is_some());
     // The answer came at the deadline, not when the run ended.
     let waited = started.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let reply = client.post_json(&url, &json!({"x": vec![0.5; 512]})).await;
     assert_eq!(
         reply.status,
@@ -458,4 +458,62 @@ async fn keys_never_reach_the_logs_even_at_trace_level() {
         let tail = &secret[secret.len() - 24..];
         assert!(!logs.contains(tail), "a key reached the logs");
     }
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_on_the_next_node() {
+    // The first candidate of some functions is a node that is not there.
+    let dead = free_addr().to_string();
+    let p = Platform::start(&["--no-examples", "--extra-node", &dead]);
+    let client = p.client();
+    let names: Vec<String> = (0..8).map(|i| format!("f{i}")).collect();
+    for name in &names {
+        digits(
+            &client,
+            &p,
+            name,
+            json!({"retry": {"max_attempts": 3, "initial_backoff_ms": 5, "max_backoff_ms": 50}}),
+        )
+        .await;
+    }
+    for name in &names {
+        let reply = client
+            .post_json(
+                &p.router_url(&format!("/v1/functions/{name}/invoke")),
+                &sample(),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{name}: {}", reply.json());
+    }
+    let metrics =
+        String::from_utf8_lossy(&client.get(&p.router_url("/metrics")).await.body).to_string();
+    let retried: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("taskmesh_router_retries_total{"))
+        .collect();
+    assert!(!retried.is_empty(), "no call was retried: {metrics}");
+
+    // With retries off, the same refusal is a 503 with retry-after.
+    let mut unavailable = 0;
+    for i in 0..8 {
+        let name = format!("g{i}");
+        digits(&client, &p, &name, json!({"retry": {"max_attempts": 1}})).await;
+        let reply = client
+            .post_json(
+                &p.router_url(&format!("/v1/functions/{name}/invoke")),
+                &sample(),
+            )
+            .await;
+        if reply.status == 503 {
+            reply.expect_error(503, "unavailable");
+            assert!(reply.header("retry-after").is_some());
+            unavailable += 1;
+        } else {
+            assert_eq!(reply.status, 200);
+        }
+    }
+    assert!(
+        unavailable > 0,
+        "no function was placed on the missing node first"
+    );
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ort::session::Session;
+use ort::session::{RunOptions, Session};
 use policies::{ApiError, ErrorCode};
 use registry::protocol::{TensorInputs, TensorOutputs};
 use registry::{FunctionVersion, Registry};
@@ -103,12 +103,19 @@ impl Engine {
         inputs: TensorInputs,
     ) -> Result<Outcome, ApiError> {
         let (instance, cold_start) = self.instance(version).await?;
+        let options =
+            Arc::new(RunOptions::new().map_err(|e| {
+                ApiError::new(ErrorCode::FunctionFailed, format!("run options: {e}"))
+            })?);
+        // If this call is abandoned (its deadline passed), the run is terminated
+        // inside ONNX Runtime, so the instance is free for the next call.
+        let _terminate = TerminateOnDrop(options.clone());
         let outputs = tokio::task::spawn_blocking(move || {
             let mut session = instance
                 .session
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            session::run(&mut session, inputs)
+            session::run_with(&mut session, inputs, &options)
         })
         .await
         .map_err(|e| {
@@ -198,6 +205,16 @@ async fn cold_start(
     Ok(Arc::new(Instance {
         session: Mutex::new(session),
     }))
+}
+
+/// Terminates a run when the call waiting for it goes away.
+struct TerminateOnDrop(Arc<RunOptions>);
+
+impl Drop for TerminateOnDrop {
+    fn drop(&mut self) {
+        // Terminating a finished run is harmless: these options are used once.
+        let _ = self.0.terminate();
+    }
 }
 
 fn key_of(version: &FunctionVersion) -> VersionKey {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::Session;
+use ort::session::{RunOptions, Session};
 use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
 use policies::tensor::{DType, Tensor, TensorData};
 use registry::{ModelInspector, ModelSignature, ModelType, TensorInfo};
@@ -157,11 +157,23 @@ pub fn run(
     session: &mut Session,
     inputs: Vec<(String, Tensor)>,
 ) -> Result<HashMap<String, Tensor>, String> {
+    let options = RunOptions::new().map_err(|e| e.to_string())?;
+    run_with(session, inputs, &options)
+}
+
+/// Like [`run`], with run options another thread may `terminate()` to stop the run.
+pub fn run_with(
+    session: &mut Session,
+    inputs: Vec<(String, Tensor)>,
+    options: &RunOptions,
+) -> Result<HashMap<String, Tensor>, String> {
     let mut values = Vec::with_capacity(inputs.len());
     for (name, tensor) in inputs {
         values.push((name, to_ort(tensor)?));
     }
-    let outputs = session.run(values).map_err(|e| e.to_string())?;
+    let outputs = session
+        .run_with_options(values, options)
+        .map_err(|e| e.to_string())?;
     let mut result = HashMap::new();
     for (name, value) in outputs.iter() {
         if let Some(tensor) = from_ort(&value)? {
