@@ -15,14 +15,16 @@ pub struct Reply {
 
 pub struct H2Client {
     inner: Client<HttpConnector, Full<Bytes>>,
+    key: Option<String>,
 }
 
 impl H2Client {
-    pub fn new() -> Self {
+    /// A client that sends `key` as `authorization: Bearer <key>`.
+    pub fn new(key: Option<String>) -> Self {
         let inner = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .build(nodelay_connector());
-        H2Client { inner }
+        H2Client { inner, key }
     }
 
     pub async fn send(
@@ -33,6 +35,9 @@ impl H2Client {
         body: Vec<u8>,
     ) -> Result<Reply> {
         let mut request = Request::builder().method(method).uri(url);
+        if let Some(key) = &self.key {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
+        }
         if let Some(ct) = content_type {
             request = request.header(http::header::CONTENT_TYPE, ct);
         }

@@ -27,6 +27,9 @@ pub struct Config {
     /// Runtime nodes running elsewhere that the router also routes to.
     #[serde(default)]
     pub extra_nodes: Vec<SocketAddr>,
+    /// API key the CLI sends (never logged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
     /// Router worker threads.
     pub router_threads: usize,
     /// ONNX Runtime intra-op threads per session.
@@ -44,6 +47,7 @@ impl Default for Config {
             router_url: "http://127.0.0.1:8080".into(),
             admin_url: "http://127.0.0.1:8081".into(),
             extra_nodes: Vec::new(),
+            api_key: None,
             router_threads: 2,
             session_threads: 1,
         }
@@ -81,6 +85,15 @@ impl Config {
             .validate()
             .map_err(|e| Box::new(figment::Error::from(e)))?;
         Ok(config)
+    }
+
+    /// The key the CLI sends: configured, else the local operator key.
+    pub fn key(&self) -> Option<String> {
+        self.api_key.clone().or_else(|| {
+            std::fs::read_to_string(self.data_dir.join("admin.key"))
+                .ok()
+                .map(|k| k.trim().to_string())
+        })
     }
 
     pub fn validate(&self) -> Result<(), String> {

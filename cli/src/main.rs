@@ -24,6 +24,9 @@ struct Cli {
     /// Config file (default: ./taskmesh.toml when present).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// API key for `fn` and `invoke` (default: TASKMESH_API_KEY, then <data-dir>/admin.key).
+    #[arg(long, global = true)]
+    api_key: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -138,6 +141,7 @@ fn main() -> Result<()> {
         .init();
     let env = config::process_env();
     let mut flags = Dict::new();
+    flag(&mut flags, "api_key", cli.api_key.clone());
     match &cli.command {
         Command::Up(a) => {
             flag(&mut flags, "listen", a.listen.clone());
@@ -236,7 +240,7 @@ pub async fn prepare_definition(
 }
 
 async fn register(config: &Config, file: &Path) -> Result<()> {
-    let client = H2Client::new();
+    let client = H2Client::new(config.key());
     let (body, content_type) = prepare_definition(&client, &config.admin_url, file).await?;
     let reply = client
         .send(
@@ -254,7 +258,7 @@ async fn register(config: &Config, file: &Path) -> Result<()> {
 }
 
 async fn list(config: &Config) -> Result<()> {
-    let reply = H2Client::new()
+    let reply = H2Client::new(config.key())
         .send(
             Method::GET,
             &format!("{}/v1/functions", config.admin_url),
@@ -283,7 +287,7 @@ async fn invoke(config: &Config, args: &InvokeArgs) -> Result<()> {
     if let Some(v) = args.version {
         url.push_str(&format!("?version={v}"));
     }
-    let reply = H2Client::new()
+    let reply = H2Client::new(config.key())
         .send(
             Method::POST,
             &url,

@@ -515,3 +515,44 @@ async fn up_registers_the_examples_and_serves_http1_too() {
     let status = p.terminate();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn the_cli_registers_lists_and_invokes_over_http2() {
+    let p = Platform::start(&["--no-examples"]);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_taskmesh"))
+            .args(args)
+            .current_dir(repo_root())
+            .env("TASKMESH_API_KEY", &p.admin_key)
+            .env("TASKMESH_ADMIN_URL", p.admin_url(""))
+            .env("TASKMESH_ROUTER_URL", p.router_url(""))
+            .output()
+            .expect("run taskmesh");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, stdout, stderr) = run(&["fn", "register", "examples/digits/function.json"]);
+    assert!(ok, "{stdout} {stderr}");
+    assert!(stdout.contains(r#""version":1"#), "{stdout}");
+    let (ok, stdout, _) = run(&["fn", "list"]);
+    assert!(ok && stdout.starts_with("digits\tlatest 1"), "{stdout}");
+    let sample = String::from_utf8(generated("examples/digits/sample.json")).unwrap();
+    let (ok, stdout, stderr) = run(&["invoke", "digits", "--data", &sample]);
+    assert!(ok, "{stderr}");
+    let label = String::from_utf8(generated("examples/digits/sample_label.txt")).unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout).unwrap()["label"].to_string(),
+        label.trim()
+    );
+    // A wrong key is refused, and the CLI says so with a failing exit code.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_taskmesh"))
+        .args(["invoke", "digits", "--data", &sample, "--api-key", "nope"])
+        .env("TASKMESH_ROUTER_URL", p.router_url(""))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unauthenticated"));
+}
