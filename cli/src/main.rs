@@ -114,23 +114,34 @@ const HEADER_DUMPING_TARGETS: [&str; 4] = ["pingora_proxy", "pingora_core", "h2"
 fn log_filter() -> tracing_subscriber::EnvFilter {
     let spec = std::env::var("TASKMESH_LOG")
         .unwrap_or_else(|_| "info,ort=warn,pingora_core=warn,pingora_proxy=off".into());
-    let mut directives: Vec<String> = spec.split(',').map(str::to_string).collect();
+    tracing_subscriber::EnvFilter::try_new(cap_header_dumping(&spec))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
+/// Rewrites a filter so that no header-dumping crate logs at `trace`.
+fn cap_header_dumping(spec: &str) -> String {
+    let mut directives: Vec<String> = spec
+        .split(',')
+        .filter(|d| !d.is_empty())
+        .map(str::to_string)
+        .collect();
+    let global_trace = directives.iter().any(|d| d == "trace");
     for target in HEADER_DUMPING_TARGETS {
         let asked = directives
             .iter()
             .position(|d| d.split('=').next() == Some(target));
-        let level = asked.and_then(|i| directives[i].split_once('=').map(|(_, l)| l.to_string()));
-        let capped = match level.as_deref() {
-            Some("off" | "error" | "warn" | "info" | "debug") => continue,
-            _ => format!("{target}=debug"),
+        let traced = match asked {
+            Some(i) => directives[i].ends_with("=trace") || !directives[i].contains('='),
+            None => global_trace,
         };
-        if let Some(i) = asked {
-            directives.remove(i);
+        if traced {
+            if let Some(i) = asked {
+                directives.remove(i);
+            }
+            directives.push(format!("{target}=debug"));
         }
-        directives.push(capped);
     }
-    tracing_subscriber::EnvFilter::try_new(directives.join(","))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    directives.join(",")
 }
 
 fn main() -> Result<()> {
@@ -306,4 +317,26 @@ async fn invoke(config: &Config, args: &InvokeArgs) -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_never_reaches_header_dumping_crates() {
+        assert_eq!(cap_header_dumping("info,ort=warn"), "info,ort=warn");
+        assert_eq!(
+            cap_header_dumping("trace"),
+            "trace,pingora_proxy=debug,pingora_core=debug,h2=debug,hyper=debug"
+        );
+        assert_eq!(
+            cap_header_dumping("info,pingora_proxy=trace"),
+            "info,pingora_proxy=debug"
+        );
+        assert_eq!(
+            cap_header_dumping("trace,h2=warn").matches("h2=").count(),
+            1
+        );
+    }
 }
