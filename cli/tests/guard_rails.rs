@@ -5,28 +5,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use http::Method;
 use serde_json::{json, Value};
 use support::*;
-
-async fn upload(client: &TestClient, p: &Platform, model: &str) -> String {
-    let reply = client
-        .send(
-            Method::POST,
-            &p.admin_url("/v1/models"),
-            &[],
-            generated(model),
-        )
-        .await;
-    assert_eq!(reply.status, 201, "{:?}", reply.json());
-    reply.json()["digest"].as_str().unwrap().to_string()
-}
-
-async fn register(client: &TestClient, p: &Platform, doc: &Value) -> u64 {
-    let reply = client.post_json(&p.admin_url("/v1/functions"), doc).await;
-    assert_eq!(reply.status, 201, "{}", reply.json());
-    reply.json()["version"].as_u64().unwrap()
-}
 
 /// The digits example under another name, with `extra` fields merged in.
 async fn digits(client: &TestClient, p: &Platform, name: &str, extra: Value) {
@@ -460,50 +440,63 @@ async fn keys_never_reach_the_logs_even_at_trace_level() {
     }
 }
 
+fn retries_total(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("taskmesh_router_retries_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 #[tokio::test]
-async fn a_refused_connection_is_retried_on_the_next_node() {
+async fn a_refused_connection_is_retried_and_the_dead_node_ejected() {
     // The first candidate of some functions is a node that is not there.
     let dead = free_addr().to_string();
     let p = Platform::start(&["--no-examples", "--extra-node", &dead]);
     let client = p.client();
     let names: Vec<String> = (0..8).map(|i| format!("f{i}")).collect();
     for name in &names {
-        digits(
-            &client,
-            &p,
-            name,
-            json!({"retry": {"max_attempts": 3, "initial_backoff_ms": 5, "max_backoff_ms": 50}}),
-        )
-        .await;
+        let retry =
+            json!({"retry": {"max_attempts": 3, "initial_backoff_ms": 5, "max_backoff_ms": 50}});
+        digits(&client, &p, name, retry).await;
     }
+    let metrics_url = p.router_url("/metrics");
     for name in &names {
-        let reply = client
-            .post_json(
-                &p.router_url(&format!("/v1/functions/{name}/invoke")),
-                &sample(),
-            )
-            .await;
+        let url = p.router_url(&format!("/v1/functions/{name}/invoke"));
+        let reply = client.post_json(&url, &sample()).await;
         assert_eq!(reply.status, 200, "{name}: {}", reply.json());
     }
-    let metrics =
-        String::from_utf8_lossy(&client.get(&p.router_url("/metrics")).await.body).to_string();
-    let retried: Vec<&str> = metrics
-        .lines()
-        .filter(|l| l.starts_with("taskmesh_router_retries_total{"))
-        .collect();
-    assert!(!retried.is_empty(), "no call was retried: {metrics}");
+    let metrics = String::from_utf8_lossy(&client.get(&metrics_url).await.body).to_string();
+    let before = retries_total(&metrics);
+    assert!(before >= 1, "no call was retried: {metrics}");
 
-    // With retries off, the same refusal is a 503 with retry-after.
+    // Three refused connections eject the node: later calls skip it, unretried.
+    for _ in 0..5 {
+        for name in &names {
+            let url = p.router_url(&format!("/v1/functions/{name}/invoke"));
+            assert_eq!(client.post_json(&url, &sample()).await.status, 200);
+        }
+    }
+    let after = retries_total(&String::from_utf8_lossy(
+        &client.get(&metrics_url).await.body,
+    ));
+    assert!(
+        after - before <= 3,
+        "the dead node was not ejected: {before} then {after} retries"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_connection_without_retries_is_503() {
+    let dead = free_addr().to_string();
+    let p = Platform::start(&["--no-examples", "--extra-node", &dead]);
+    let client = p.client();
     let mut unavailable = 0;
     for i in 0..8 {
         let name = format!("g{i}");
         digits(&client, &p, &name, json!({"retry": {"max_attempts": 1}})).await;
-        let reply = client
-            .post_json(
-                &p.router_url(&format!("/v1/functions/{name}/invoke")),
-                &sample(),
-            )
-            .await;
+        let url = p.router_url(&format!("/v1/functions/{name}/invoke"));
+        let reply = client.post_json(&url, &sample()).await;
         if reply.status == 503 {
             reply.expect_error(503, "unavailable");
             assert!(reply.header("retry-after").is_some());
@@ -515,5 +508,79 @@ async fn a_refused_connection_is_retried_on_the_next_node() {
     assert!(
         unavailable > 0,
         "no function was placed on the missing node first"
+    );
+}
+
+#[tokio::test]
+async fn a_clients_plan_and_in_flight_limit_apply() {
+    let p = Platform::start(&["--no-examples"]);
+    let operator = p.client();
+    digits(&operator, &p, "digits", json!({})).await;
+    let plan = json!({"rate_limit": {"per_second": 0.5, "burst": 1}, "quota": {"per_day": 3}});
+    let (_, key) = create_client(
+        &operator,
+        &p,
+        json!({"name": "small", "scopes": ["invoke"], "plan": plan}),
+    )
+    .await;
+    let small = TestClient::h2c().with_key(&key);
+    let url = p.router_url("/v1/functions/digits/invoke");
+    assert_eq!(small.post_json(&url, &sample()).await.status, 200);
+    small
+        .post_json(&url, &sample())
+        .await
+        .expect_error(429, "rate_limited");
+    // The function itself has no limit: the operator is not affected.
+    for _ in 0..5 {
+        assert_eq!(operator.post_json(&url, &sample()).await.status, 200);
+    }
+
+    // max_in_flight: a second concurrent call of the same client is refused.
+    let digest = upload(&operator, &p, "tests/models/slow/model.onnx").await;
+    let doc = json!({
+        "name": "slow", "model": digest, "timeout_ms": 20000,
+        "quota": {"max_in_flight": 1},
+        "inputs": {"x": {"tensor": "x", "shape": [-1, 512]}},
+        "outputs": {"y": {"tensor": "y"}}
+    });
+    register(&operator, &p, &doc).await;
+    let slow_url = p.router_url("/v1/functions/slow/invoke");
+    assert_eq!(
+        operator
+            .post_json(&slow_url, &json!({"x": vec![0; 512]}))
+            .await
+            .status,
+        200
+    );
+    let long = {
+        let (client, url) = (operator.clone(), slow_url.clone());
+        tokio::spawn(async move {
+            client
+                .post_json(&url, &json!({"x": vec![0; 256 * 512]}))
+                .await
+                .status
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let mut refused = false;
+    for _ in 0..20 {
+        let reply = operator
+            .post_json(&slow_url, &json!({"x": vec![0; 512]}))
+            .await;
+        if reply.status == 429 {
+            reply.expect_error(429, "quota_exceeded");
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(long.await.unwrap(), 200);
+    assert!(refused, "a second call in flight was admitted");
+    assert_eq!(
+        operator
+            .post_json(&slow_url, &json!({"x": vec![0; 512]}))
+            .await
+            .status,
+        200
     );
 }

@@ -9,34 +9,6 @@ use serde_json::{json, Value};
 use support::*;
 
 /// Uploads a generated model and returns its digest.
-async fn upload(client: &TestClient, p: &Platform, model: &str) -> String {
-    let bytes = generated(model);
-    let reply = client
-        .send(
-            Method::POST,
-            &p.admin_url("/v1/models"),
-            &[("content-type", "application/octet-stream")],
-            bytes.clone(),
-        )
-        .await;
-    assert_eq!(reply.status, 201, "{:?}", reply.json());
-    let body = reply.json();
-    assert_eq!(body["size"], bytes.len());
-    body["digest"].as_str().unwrap().to_string()
-}
-
-fn definition_with(file: &str, digest: &str) -> Value {
-    let mut doc: Value = serde_json::from_slice(&generated(file)).unwrap();
-    doc["model"] = json!(digest);
-    doc
-}
-
-async fn register(client: &TestClient, p: &Platform, doc: &Value) -> u64 {
-    let reply = client.post_json(&p.admin_url("/v1/functions"), doc).await;
-    assert_eq!(reply.status, 201, "{}", reply.json());
-    reply.json()["version"].as_u64().unwrap()
-}
-
 /// The invoke body for a digits reference case.
 fn digits_body(case: &Value) -> Value {
     json!({"pixels": case["input"]["float_input"]["data"]})

@@ -6,6 +6,7 @@
 
 pub mod breaker;
 pub mod error;
+pub mod headers;
 pub mod json;
 pub mod limits;
 pub mod quota;

@@ -23,6 +23,44 @@ pub enum Qualifier {
     Version(u32),
 }
 
+impl Qualifier {
+    /// Reads `?version=N` from a query string (`?alias=NAME` arrives with rollouts).
+    pub fn from_query(query: Option<&str>) -> Result<Self, ApiError> {
+        let mut qualifier = Qualifier::Default;
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "version" => {
+                    let n = positive(value).ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "version must be a positive integer, got {value:?}"
+                        ))
+                    })?;
+                    qualifier = Qualifier::Version(n);
+                }
+                "alias" => return Err(ApiError::not_found(format!("alias {value:?} not found"))),
+                _ => {}
+            }
+        }
+        Ok(qualifier)
+    }
+
+    /// Reads the `{v}` of an OIP path such as `/v2/models/{name}/versions/{v}`.
+    pub fn from_path(segment: &str) -> Result<Self, ApiError> {
+        positive(segment)
+            .map(Qualifier::Version)
+            .ok_or_else(|| ApiError::not_found(format!("model version {segment:?} not found")))
+    }
+}
+
+fn positive(s: &str) -> Option<u32> {
+    s.parse::<u32>().ok().filter(|n| *n > 0)
+}
+
 type VersionKey = (String, String, u32);
 
 /// Registration and lookup of function versions.

@@ -3,6 +3,7 @@
 //! made by `policies`; this module only keys and keeps their state.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -48,6 +49,16 @@ pub struct Guards {
     in_flight: Mutex<HashMap<(String, FunctionKey), u32>>,
     breakers: Mutex<HashMap<VersionKey, CircuitBreaker>>,
     budgets: Mutex<HashMap<FunctionKey, RetryBudget>>,
+    /// Node health: a breaker per node, fed by connection failures only.
+    nodes: Mutex<HashMap<SocketAddr, CircuitBreaker>>,
+}
+
+/// Node breakers: 3 connection failures in 10 s (at half the attempts) eject a
+/// node for 2 s, then one trial call decides whether it is back.
+fn node_breaker() -> CircuitBreaker {
+    let config = BreakerConfig::try_new(0.5, 3, Duration::from_secs(10), Duration::from_secs(2), 1)
+        .expect("static node breaker configuration is valid");
+    CircuitBreaker::new(config)
 }
 
 fn function_key(version: &FunctionVersion) -> FunctionKey {
@@ -109,6 +120,7 @@ impl Guards {
             in_flight: Mutex::default(),
             breakers: Mutex::default(),
             budgets: Mutex::default(),
+            nodes: Mutex::default(),
         }
     }
 
@@ -336,6 +348,23 @@ impl Guards {
             Instant::now(),
             rand::random::<f64>(),
         )
+    }
+
+    /// A permit to send to `node`, unless its breaker has ejected it.
+    pub fn acquire_node(&self, node: SocketAddr) -> Option<Permit> {
+        let mut nodes = self.nodes.lock().expect("nodes lock");
+        nodes
+            .entry(node)
+            .or_insert_with(node_breaker)
+            .try_acquire(Instant::now())
+            .ok()
+    }
+
+    /// Reports whether `node` could be reached.
+    pub fn record_node(&self, node: SocketAddr, permit: Permit, outcome: Outcome) {
+        if let Some(breaker) = self.nodes.lock().expect("nodes lock").get_mut(&node) {
+            breaker.record(permit, outcome, Instant::now());
+        }
     }
 
     /// Breaker states for metrics: 0 closed, 1 open, 2 half-open.

@@ -33,14 +33,7 @@ use crate::guards::{Admission, Guards};
 use crate::metrics::Metrics;
 use crate::routes::{self, Route};
 
-/// Header names of the invocation contract.
-pub mod headers {
-    pub const VERSION: &str = "x-taskmesh-version";
-    pub const INVOCATION_ID: &str = "x-taskmesh-invocation-id";
-    pub const NODE: &str = "x-taskmesh-node";
-    pub const TENANT: &str = "x-taskmesh-tenant";
-    pub const DEADLINE_MS: &str = "x-taskmesh-deadline-ms";
-}
+pub use policies::headers;
 
 /// Pingora keeps at most this much of a request body for replay; bodies up to
 /// it are validated before a node is chosen, larger ones while they stream.
@@ -107,6 +100,8 @@ pub struct Ctx {
     response_started: bool,
     /// `RateLimit-Policy` / `RateLimit` headers for the answer.
     rate_headers: Vec<(&'static str, String)>,
+    /// The node of the attempt in progress and its node-breaker permit.
+    node_permit: Option<(SocketAddr, policies::breaker::Permit)>,
 }
 
 pub struct TaskmeshProxy {
@@ -359,6 +354,13 @@ impl TaskmeshProxy {
         })
     }
 
+    /// Reports the pending node attempt's outcome to its node breaker.
+    fn settle_node(&self, ctx: &mut Ctx, outcome: Outcome) {
+        if let Some((node, permit)) = ctx.node_permit.take() {
+            self.state.guards.record_node(node, permit, outcome);
+        }
+    }
+
     /// Records a retry decision for `kind`; returns whether to retry.
     fn plan_retry(&self, ctx: &mut Ctx, kind: FailureKind) -> bool {
         let Some(version) = ctx.function.clone() else {
@@ -407,6 +409,7 @@ impl ProxyHttp for TaskmeshProxy {
             retry_delay: None,
             response_started: false,
             rate_headers: Vec::new(),
+            node_permit: None,
         }
     }
 
@@ -471,13 +474,24 @@ impl ProxyHttp for TaskmeshProxy {
             .function
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no function resolved"))?;
-        let node = pick_node(
-            &self.state.nodes,
-            &version.name,
-            version.version,
-            ctx.attempts,
-        )
-        .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no runtime node is available"))?;
+        // The first candidate whose node breaker lets a call through, starting
+        // after the candidates earlier attempts used.
+        let candidates = candidates(&self.state.nodes, &version.name, version.version);
+        let chosen = (0..candidates.len())
+            .map(|i| candidates[(i + ctx.attempts as usize) % candidates.len()])
+            .find_map(|node| {
+                self.state
+                    .guards
+                    .acquire_node(node)
+                    .map(|permit| (node, permit))
+            });
+        let Some((node, permit)) = chosen else {
+            return Err(Error::explain(
+                ErrorType::ConnectNoRoute,
+                "no runtime node is available",
+            ));
+        };
+        ctx.node_permit = Some((node, permit));
         ctx.attempts += 1;
         let mut peer = HttpPeer::new(node, false, String::new());
         peer.options.set_http_version(2, 2);
@@ -565,6 +579,7 @@ impl ProxyHttp for TaskmeshProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.response_started = true;
+        self.settle_node(ctx, Outcome::Success);
         response.insert_header(headers::INVOCATION_ID, ctx.invocation_id.as_str())?;
         for (name, value) in &ctx.rate_headers {
             response.insert_header(*name, value.as_str())?;
@@ -579,6 +594,7 @@ impl ProxyHttp for TaskmeshProxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        self.settle_node(ctx, Outcome::Failure);
         if self.plan_retry(ctx, FailureKind::ConnectRefused) {
             e.set_retry(true);
         } else {
@@ -596,6 +612,9 @@ impl ProxyHttp for TaskmeshProxy {
         _client_reused: bool,
     ) -> Box<Error> {
         // Only a failure before the node answered anything is safe to retry.
+        if e.esource() == &ErrorSource::Upstream && !ctx.response_started {
+            self.settle_node(ctx, Outcome::Failure);
+        }
         let retry = e.esource() == &ErrorSource::Upstream
             && matches!(
                 e.etype(),
@@ -645,8 +664,17 @@ impl ProxyHttp for TaskmeshProxy {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let reached = e.is_none_or(|e| e.esource() != &ErrorSource::Upstream);
+        self.settle_node(
+            ctx,
+            if reached {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            },
+        );
         if let (Some(version), Some(mut admission)) = (ctx.function.clone(), ctx.admission.take()) {
             // Server faults count against the breaker; client faults (4xx) do not.
             let outcome = if status >= 500 || status == 0 {
@@ -701,16 +729,18 @@ fn classify(e: &Error) -> ApiError {
     }
 }
 
-/// Chooses the node for a function version's `attempt`-th try: a stable owner
-/// first, then the next nodes in order (placement grows into the
-/// consistent-hash ring with bounded load in cluster mode).
-fn pick_node(nodes: &[SocketAddr], name: &str, version: u32, attempt: u32) -> Option<SocketAddr> {
+/// The nodes for a function version in preference order: a stable owner by
+/// hash, then the next nodes (placement grows into the consistent-hash ring
+/// with bounded load in cluster mode).
+fn candidates(nodes: &[SocketAddr], name: &str, version: u32) -> Vec<SocketAddr> {
     use std::hash::{Hash, Hasher};
     if nodes.is_empty() {
-        return None;
+        return Vec::new();
     }
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (name, version).hash(&mut hasher);
-    let first = hasher.finish() % nodes.len() as u64;
-    Some(nodes[((first + u64::from(attempt)) % nodes.len() as u64) as usize])
+    let first = (hasher.finish() % nodes.len() as u64) as usize;
+    (0..nodes.len())
+        .map(|i| nodes[(first + i) % nodes.len()])
+        .collect()
 }

@@ -48,43 +48,6 @@ fn expect(method: &Method, wanted: Method, path: &str, route: Route) -> Result<R
     }
 }
 
-/// Reads `?version=N` (or `?alias=NAME`, whose aliases arrive with rollouts).
-pub fn query_qualifier(query: Option<&str>) -> Result<Qualifier, ApiError> {
-    let mut qualifier = Qualifier::Default;
-    for pair in query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "version" => {
-                let n = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!(
-                            "version must be a positive integer, got {value:?}"
-                        ))
-                    })?;
-                qualifier = Qualifier::Version(n);
-            }
-            "alias" => return Err(ApiError::not_found(format!("alias {value:?} not found"))),
-            _ => {}
-        }
-    }
-    Ok(qualifier)
-}
-
-fn path_version(v: &str) -> Result<Qualifier, ApiError> {
-    v.parse::<u32>()
-        .ok()
-        .filter(|n| *n > 0)
-        .map(Qualifier::Version)
-        .ok_or_else(|| ApiError::not_found(format!("model version {v:?} not found")))
-}
-
 /// Matches a request to a route, or the contract's 404/405.
 pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, ApiError> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -96,7 +59,7 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
         ["v2", "health", "live"] => expect(method, Method::GET, path, Route::Live),
         ["v2", "health", "ready"] => expect(method, Method::GET, path, Route::ServerReady),
         ["v1", "functions", f, "invoke"] if !f.is_empty() => {
-            let qualifier = query_qualifier(query)?;
+            let qualifier = Qualifier::from_query(query)?;
             expect(
                 method,
                 Method::POST,
@@ -122,7 +85,7 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             path,
             Route::Metadata {
                 name: name(m),
-                qualifier: path_version(v)?,
+                qualifier: Qualifier::from_path(v)?,
             },
         ),
         ["v2", "models", m, "ready"] => expect(
@@ -140,7 +103,7 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             path,
             Route::ModelReady {
                 name: name(m),
-                qualifier: path_version(v)?,
+                qualifier: Qualifier::from_path(v)?,
             },
         ),
         ["v2", "models", m, "infer"] => expect(
@@ -158,7 +121,7 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             path,
             Route::Infer {
                 name: name(m),
-                qualifier: path_version(v)?,
+                qualifier: Qualifier::from_path(v)?,
             },
         ),
         _ => Err(ApiError::not_found(format!("no route for {method} {path}"))),

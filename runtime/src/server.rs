@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -24,17 +24,7 @@ use tokio::net::TcpListener;
 
 use crate::engine::Engine;
 
-/// Headers of the invocation contract.
-pub mod headers {
-    pub const VERSION: &str = "x-taskmesh-version";
-    pub const COLD_START: &str = "x-taskmesh-cold-start";
-    pub const INVOCATION_ID: &str = "x-taskmesh-invocation-id";
-    pub const NODE: &str = "x-taskmesh-node";
-    /// Set by the router on internal traffic: the caller's tenant.
-    pub const TENANT: &str = "x-taskmesh-tenant";
-    /// Set by the router: milliseconds left of the invocation's deadline.
-    pub const DEADLINE_MS: &str = "x-taskmesh-deadline-ms";
-}
+pub use policies::headers;
 
 /// Serves `app` on `listener` with explicit HTTP/2 limits until `shutdown` resolves.
 ///
@@ -109,24 +99,6 @@ pub fn router(engine: Arc<Engine>, node_id: String) -> Router {
             )))
         })
         .with_state(node)
-}
-
-/// Reads the version qualifier from `?version=N` (aliases arrive with rollouts).
-pub fn qualifier_from_query(query: &HashMap<String, String>) -> Result<Qualifier, ApiError> {
-    if let Some(alias) = query.get("alias") {
-        return Err(ApiError::not_found(format!("alias {alias:?} not found")));
-    }
-    match query.get("version") {
-        None => Ok(Qualifier::Default),
-        Some(v) => v
-            .parse::<u32>()
-            .ok()
-            .filter(|n| *n > 0)
-            .map(Qualifier::Version)
-            .ok_or_else(|| {
-                ApiError::bad_request(format!("version must be a positive integer, got {v:?}"))
-            }),
-    }
 }
 
 fn tenant_of(headers: &HeaderMap) -> String {
@@ -204,13 +176,19 @@ fn with_headers(
 async fn invoke(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let id = invocation_id(&headers);
     let result: Result<Response, ApiError> = async {
-        let version = resolve(&node, &headers, &name, &qualifier_from_query(&query)?).await?;
+        let version = resolve(
+            &node,
+            &headers,
+            &name,
+            &Qualifier::from_query(query.as_deref())?,
+        )
+        .await?;
         let input = json_body(&version, body).await?;
         let inputs = protocol::invoke_inputs(&version, &input)?;
         let outcome = node.engine.run(&version, inputs, budget(&headers)).await?;
@@ -263,18 +241,6 @@ async fn infer(
     }
     .await;
     finish(result, &name, &id)
-}
-
-fn path_qualifier(params: &HashMap<String, String>) -> Result<Qualifier, ApiError> {
-    match params.get("version") {
-        None => Ok(Qualifier::Default),
-        Some(v) => v
-            .parse::<u32>()
-            .ok()
-            .filter(|n| *n > 0)
-            .map(Qualifier::Version)
-            .ok_or_else(|| ApiError::not_found(format!("model version {v:?} not found"))),
-    }
 }
 
 async fn metadata(
@@ -341,4 +307,10 @@ fn finish(result: Result<Response, ApiError>, name: &str, id: &str) -> Response 
             response
         }
     }
+}
+
+fn path_qualifier(params: &HashMap<String, String>) -> Result<Qualifier, ApiError> {
+    params
+        .get("version")
+        .map_or(Ok(Qualifier::Default), |v| Qualifier::from_path(v))
 }

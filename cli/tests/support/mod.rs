@@ -330,3 +330,34 @@ fn nodelay_connector() -> HttpConnector {
     connector.set_nodelay(true);
     connector
 }
+
+/// Uploads a generated model through the admin API and returns its digest.
+pub async fn upload(client: &TestClient, p: &Platform, model: &str) -> String {
+    let bytes = generated(model);
+    let reply = client
+        .send(
+            Method::POST,
+            &p.admin_url("/v1/models"),
+            &[("content-type", "application/octet-stream")],
+            bytes.clone(),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{:?}", reply.json());
+    let body = reply.json();
+    assert_eq!(body["size"], bytes.len());
+    body["digest"].as_str().unwrap().to_string()
+}
+
+/// A committed definition file with its model set to `digest`.
+pub fn definition_with(file: &str, digest: &str) -> Value {
+    let mut doc: Value = serde_json::from_slice(&generated(file)).unwrap();
+    doc["model"] = serde_json::json!(digest);
+    doc
+}
+
+/// Registers a definition and returns its version.
+pub async fn register(client: &TestClient, p: &Platform, doc: &Value) -> u64 {
+    let reply = client.post_json(&p.admin_url("/v1/functions"), doc).await;
+    assert_eq!(reply.status, 201, "{}", reply.json());
+    reply.json()["version"].as_u64().unwrap()
+}
