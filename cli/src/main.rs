@@ -64,6 +64,9 @@ struct UpArgs {
     /// Register no example functions.
     #[arg(long)]
     no_examples: bool,
+    /// Memory the node may spend on loaded instances, in MiB (default 4096).
+    #[arg(long)]
+    memory_budget_mb: Option<u64>,
     /// Also route to a runtime node running elsewhere (repeatable).
     #[arg(long = "extra-node", value_name = "ADDR")]
     extra_nodes: Vec<String>,
@@ -163,6 +166,7 @@ fn main() -> Result<()> {
                 "data_dir",
                 a.data_dir.as_ref().map(|p| p.display().to_string()),
             );
+            flag(&mut flags, "memory_budget_mb", a.memory_budget_mb);
             if !a.extra_nodes.is_empty() {
                 flags.insert("extra_nodes".into(), a.extra_nodes.clone().into());
             }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use registry::definition::Syntax;
 use registry::{Auth, EmbeddedStore, ModelStore, Registry, DEFAULT_TENANT};
+use runtime::engine::EngineConfig;
 use runtime::session::SessionOptions;
 use runtime::{Engine, OrtInspector};
 use tokio::net::TcpListener;
@@ -35,12 +36,23 @@ pub async fn run(config: Config) -> Result<()> {
         write_admin_key(&config.data_dir.join("admin.key"), key)?;
     }
 
-    let engine = Arc::new(Engine::new(
+    let engine = Engine::new(
         registry.clone(),
-        SessionOptions {
-            intra_threads: config.session_threads,
+        EngineConfig {
+            session: SessionOptions {
+                intra_threads: config.session_threads,
+            },
+            memory_budget_bytes: config.memory_budget_mb.saturating_mul(1 << 20),
+            ..EngineConfig::default()
         },
-    ));
+    );
+    // New versions with min_instances are warmed at registration.
+    let warm = Arc::downgrade(&engine);
+    registry.on_register(Box::new(move |version| {
+        if let Some(engine) = warm.upgrade() {
+            engine.ensure_min_instances(version);
+        }
+    }));
     let node_listener = TcpListener::bind(config.node_listen)
         .await
         .with_context(|| format!("binding node listener {}", config.node_listen))?;
@@ -60,7 +72,12 @@ pub async fn run(config: Config) -> Result<()> {
         node_app,
         stopped(stop_rx.clone()),
     ));
-    let admin_app = registry::api::router(registry.clone(), auth.clone());
+    let directory: Arc<dyn registry::api::NodeDirectory> = Arc::new(LocalNode {
+        engine: engine.clone(),
+        id: format!("node-{}", node_addr.port()),
+        address: node_addr.to_string(),
+    });
+    let admin_app = registry::api::router(registry.clone(), auth.clone(), Some(directory));
     let admin_task = tokio::spawn(runtime::server::serve(
         admin_listener,
         admin_app,
@@ -70,14 +87,17 @@ pub async fn run(config: Config) -> Result<()> {
     if let Some(dir) = &config.examples {
         register_examples(&registry, dir).await?;
     }
+    warm_stored_versions(&registry, &engine).await;
 
     let listen = config.listen;
     let router_threads = config.router_threads;
     let extra_nodes = config.extra_nodes.clone();
+    let node_metrics = engine.clone();
     let deps = router::RouterDeps {
         registry,
         auth,
         store,
+        extra_metrics: Some(Arc::new(move || node_metrics.metrics().encode())),
     };
     let router = tokio::task::spawn_blocking(move || {
         router::start(
@@ -194,4 +214,46 @@ fn write_admin_key(path: &Path, key: &str) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))?;
     writeln!(file, "{key}")?;
     Ok(())
+}
+
+/// Starts `min_instances` of the latest version of every stored function.
+async fn warm_stored_versions(registry: &Registry, engine: &Arc<Engine>) {
+    let Ok(functions) = registry.list(DEFAULT_TENANT).await else {
+        return;
+    };
+    for function in functions {
+        let latest = registry::Qualifier::Version(function.latest_version);
+        if let Ok(version) = registry
+            .resolve(DEFAULT_TENANT, &function.name, &latest)
+            .await
+        {
+            engine.ensure_min_instances(&version);
+        }
+    }
+}
+
+/// The in-process node, as `GET /v1/nodes` shows it.
+struct LocalNode {
+    engine: Arc<Engine>,
+    id: String,
+    address: String,
+}
+
+impl registry::api::NodeDirectory for LocalNode {
+    fn nodes(&self, tenant: Option<&str>) -> Vec<serde_json::Value> {
+        let mut snapshot = self.engine.snapshot();
+        if let Some(tenant) = tenant {
+            snapshot.functions.retain(|f| f.tenant == tenant);
+        }
+        vec![serde_json::json!({
+            "id": self.id,
+            "address": self.address,
+            "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+            "gpus": 0,
+            "memory_budget_bytes": snapshot.memory_budget_bytes,
+            "memory_used_bytes": snapshot.memory_used_bytes,
+            "in_flight": snapshot.in_flight,
+            "warm": snapshot.functions,
+        })]
+    }
 }

@@ -20,6 +20,13 @@ use crate::service::Registry;
 pub struct AdminState {
     pub registry: Arc<Registry>,
     pub auth: Arc<Auth>,
+    pub nodes: Option<Arc<dyn NodeDirectory>>,
+}
+
+/// The live runtime nodes, as `GET /v1/nodes` shows them.
+pub trait NodeDirectory: Send + Sync {
+    /// One JSON object per node; `tenant` limits the functions shown (None: all).
+    fn nodes(&self, tenant: Option<&str>) -> Vec<Value>;
 }
 
 type State_ = State<Arc<AdminState>>;
@@ -81,10 +88,15 @@ impl IntoResponse for ApiResult {
 }
 
 /// The admin API router.
-pub fn router(registry: Arc<Registry>, auth: Arc<Auth>) -> Router {
+pub fn router(
+    registry: Arc<Registry>,
+    auth: Arc<Auth>,
+    nodes: Option<Arc<dyn NodeDirectory>>,
+) -> Router {
     Router::new()
         .route("/v1/models", post(upload_model))
         .route("/v1/clients", post(create_client))
+        .route("/v1/nodes", get(list_nodes))
         .route("/v1/functions", post(register_function).get(list_functions))
         .route("/v1/functions/{name}", get(get_function))
         .route("/v1/functions/{name}/versions/{version}", get(get_version))
@@ -94,7 +106,11 @@ pub fn router(registry: Arc<Registry>, auth: Arc<Auth>) -> Router {
         )
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(Arc::new(AdminState { registry, auth }))
+        .with_state(Arc::new(AdminState {
+            registry,
+            auth,
+            nodes,
+        }))
 }
 
 async fn fallback(method: Method, uri: axum::http::Uri) -> Response {
@@ -234,6 +250,22 @@ async fn create_client(State(state): State_, headers: HeaderMap, body: Body) -> 
         ))
     }
     .await)
+}
+
+async fn list_nodes(State(state): State_, headers: HeaderMap) -> ApiResult {
+    ApiResult(
+        async {
+            let principal = admin(&state, &headers).await?;
+            let tenant = (!principal.has(Scope::Operator)).then_some(principal.tenant.as_str());
+            let nodes = state
+                .nodes
+                .as_ref()
+                .map(|d| d.nodes(tenant))
+                .unwrap_or_default();
+            Ok(json_response(StatusCode::OK, &json!({ "nodes": nodes })))
+        }
+        .await,
+    )
 }
 
 /// A version as the API shows it (the tenant is implied by the caller's key).

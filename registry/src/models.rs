@@ -32,6 +32,14 @@ impl ModelStore {
         self.dir.join(format!("sha256-{hex}.onnx"))
     }
 
+    /// Size in bytes of a stored model, if present.
+    pub fn size_of(&self, hex: &str) -> Option<u64> {
+        if !is_hex_digest(hex) {
+            return None;
+        }
+        std::fs::metadata(self.path_of(hex)).ok().map(|m| m.len())
+    }
+
     pub fn contains(&self, hex: &str) -> bool {
         is_hex_digest(hex) && self.path_of(hex).is_file()
     }

@@ -74,7 +74,12 @@ pub struct Registry {
     cache: RwLock<HashMap<VersionKey, Arc<FunctionVersion>>>,
     /// Serialises registrations so the model check and the append see one order.
     register_lock: tokio::sync::Mutex<()>,
+    /// Called with each newly registered version (the node warms `min_instances`).
+    listeners: RwLock<Vec<RegisterListener>>,
 }
+
+/// A callback run after each registration.
+pub type RegisterListener = Box<dyn Fn(&Arc<FunctionVersion>) + Send + Sync>;
 
 impl Registry {
     pub fn new(
@@ -88,7 +93,16 @@ impl Registry {
             inspector,
             cache: RwLock::new(HashMap::new()),
             register_lock: tokio::sync::Mutex::new(()),
+            listeners: RwLock::new(Vec::new()),
         }
+    }
+
+    /// Registers a callback for each new version.
+    pub fn on_register(&self, listener: RegisterListener) {
+        self.listeners
+            .write()
+            .expect("listeners lock")
+            .push(listener);
     }
 
     pub fn models(&self) -> &ModelStore {
@@ -192,6 +206,9 @@ impl Registry {
                 .map_err(store_error)?,
         );
         self.remember(stored.clone());
+        for listener in self.listeners.read().expect("listeners lock").iter() {
+            listener(&stored);
+        }
         tracing::info!(tenant, function = %stored.name, version = stored.version, "registered function version");
         Ok(stored)
     }

@@ -38,6 +38,8 @@ pub struct RouterDeps {
     pub registry: Arc<Registry>,
     pub auth: Arc<Auth>,
     pub store: Arc<dyn Store>,
+    /// More Prometheus text for `/metrics` (the in-process node's metrics).
+    pub extra_metrics: Option<proxy::MetricsSource>,
 }
 
 /// How often quota counters are written to the store (the most a crash can lose).
@@ -101,12 +103,9 @@ impl ShutdownSignalWatch for StopSignal {
 /// Starts the router on its own thread (Pingora runs its own runtimes) and
 /// returns once the listener accepts connections.
 pub fn start(options: RouterOptions, deps: RouterDeps) -> anyhow::Result<RouterHandle> {
-    let state = Arc::new(RouterState::new(
-        deps.registry,
-        deps.auth,
-        deps.store,
-        options.nodes.clone(),
-    ));
+    let mut state = RouterState::new(deps.registry, deps.auth, deps.store, options.nodes.clone());
+    state.extra_metrics = deps.extra_metrics;
+    let state = Arc::new(state);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let thread_state = state.clone();
     let upkeep_state = state.clone();

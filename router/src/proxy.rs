@@ -47,7 +47,11 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const NODE_ANSWER_GRACE: Duration = Duration::from_millis(250);
 
 /// Shared state of the router.
+/// A source of more Prometheus text for `/metrics`.
+pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
+
 pub struct RouterState {
+    pub extra_metrics: Option<MetricsSource>,
     pub registry: Arc<Registry>,
     pub auth: Arc<Auth>,
     pub guards: Guards,
@@ -63,6 +67,7 @@ impl RouterState {
         nodes: Vec<SocketAddr>,
     ) -> Self {
         RouterState {
+            extra_metrics: None,
             registry,
             auth,
             guards: Guards::new(store),
@@ -418,7 +423,14 @@ impl ProxyHttp for TaskmeshProxy {
             self.state
                 .metrics
                 .observe_breakers(&self.state.guards.breaker_states());
-            let text = self.state.metrics.encode();
+            let mut text = self.state.metrics.encode();
+            if let Some(extra) = &self.state.extra_metrics {
+                // Both are OpenMetrics text; keep one `# EOF` at the very end.
+                text = text.trim_end().trim_end_matches("# EOF").to_string();
+                text.push('\n');
+                text.push_str(&extra());
+                text.push_str("# EOF\n");
+            }
             let mut header = ResponseHeader::build(200, Some(2))?;
             header.insert_header(
                 "content-type",

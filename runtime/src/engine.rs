@@ -1,11 +1,33 @@
-//! Function instances: one warm ONNX Runtime session per function version.
+//! Function instances: pools per function version, cold starts on demand,
+//! scale to zero, a memory budget with LRU eviction, and deadline-aware
+//! priority queues.
 //!
-//! A version is cold-started on its first call (model bytes from the model
-//! store, session built on a blocking thread); concurrent first calls share
-//! that one cold start. Runs happen on blocking threads so the async workers
-//! that serve HTTP/2 are never held by inference.
+//! - An **instance** is one ONNX Runtime session of a function version. ONNX
+//!   Runtime's `Run` is not safe to call concurrently on one session (the `ort`
+//!   crate takes `&mut`), so an instance runs one call at a time; a version
+//!   scales out to `scaling.max_instances` instances.
+//! - Each version has its own **queue**, bounded at `max_instances ×
+//!   concurrency` waiting calls, ordered by priority (`high`, `normal`, `low`)
+//!   then arrival. A saturated version only queues its own calls. When the
+//!   queue is full, a call of higher priority displaces the newest call of the
+//!   lowest priority (which gets 503 `overloaded`); otherwise the newcomer does.
+//! - **Deadlines**: a call whose estimated start (queue ahead of it × the
+//!   version's average run time ÷ instances) falls after its deadline is
+//!   refused at once with 503 `overloaded` instead of waiting to time out.
+//! - **Cold starts** run in their own task (a caller giving up does not cancel
+//!   them); concurrent first calls share them. Model bytes come from the model
+//!   store. Each cold start is logged with its parts (fetch, load, first run)
+//!   and observed in `taskmesh_runtime_cold_start_seconds`.
+//! - **Scale to zero**: instances idle longer than `idle_timeout_s` are dropped,
+//!   down to `min_instances` (which are started at registration).
+//! - **Memory budget**: each instance is charged an estimate of its memory
+//!   (see [`instance_memory_estimate`]). Loading beyond the budget evicts the
+//!   least recently used idle instances of any version (never below a version's
+//!   `min_instances`); when nothing can be evicted the call gets 503
+//!   `overloaded` with `retry-after`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,77 +35,328 @@ use ort::session::{RunOptions, Session};
 use policies::{ApiError, ErrorCode};
 use registry::protocol::{TensorInputs, TensorOutputs};
 use registry::{FunctionVersion, Registry};
-use tokio::sync::OnceCell;
+use serde::Serialize;
+use tokio::sync::oneshot;
 
+use crate::metrics::RuntimeMetrics;
 use crate::session::{self, SessionOptions};
 
 type VersionKey = (String, String, u32);
 
+/// Order of service in a queue; also who is shed first when it is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Low,
+    Normal,
+    High,
+}
+
+impl Priority {
+    /// Reads `x-taskmesh-priority` (absent means normal).
+    pub fn from_header(value: Option<&str>) -> Result<Self, ApiError> {
+        match value.map(str::trim) {
+            None | Some("") | Some("normal") => Ok(Priority::Normal),
+            Some("high") => Ok(Priority::High),
+            Some("low") => Ok(Priority::Low),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "x-taskmesh-priority must be high, normal or low, got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Node-wide settings of the engine.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    pub session: SessionOptions,
+    /// Memory the node may spend on loaded instances (estimated).
+    pub memory_budget_bytes: u64,
+    /// How often idle instances are looked for.
+    pub reap_interval: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            session: SessionOptions::default(),
+            memory_budget_bytes: 4 << 30,
+            reap_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+/// The memory an instance is charged: twice the model's bytes (weights as
+/// loaded plus ONNX Runtime's arena for activations, typically of the same
+/// order for these models) plus 4 MiB of fixed session overhead.
+pub fn instance_memory_estimate(model_bytes: u64) -> u64 {
+    model_bytes.saturating_mul(2).saturating_add(4 << 20)
+}
+
+/// How a cold start was spent, reported after the instance's first run.
+#[derive(Debug, Clone, Copy)]
+struct ColdParts {
+    fetch: Duration,
+    load: Duration,
+}
+
 /// A loaded session of one function version.
 pub struct Instance {
+    id: u64,
     session: Mutex<Session>,
+    memory: u64,
+    cold: Mutex<Option<ColdParts>>,
 }
 
 /// The result of one run.
 pub struct Outcome {
     pub outputs: TensorOutputs,
-    /// Whether this call waited for the instance to be loaded.
+    /// Whether this call waited for an instance to be loaded.
     pub cold_start: bool,
+}
+
+struct Slot {
+    instance: Arc<Instance>,
+    busy: bool,
+    /// Not yet handed to any call: its first call is a cold start.
+    fresh: bool,
+    last_used: Instant,
+}
+
+struct Grant {
+    instance: Arc<Instance>,
+    cold: bool,
+}
+
+struct Waiter {
+    priority: Priority,
+    seq: u64,
+    tx: oneshot::Sender<Result<Grant, ApiError>>,
+}
+
+struct Pool {
+    version: Arc<FunctionVersion>,
+    slots: Vec<Slot>,
+    loading: usize,
+    queue: Vec<Waiter>,
+    /// Exponentially weighted average run time.
+    average_run: Option<Duration>,
+    seq: u64,
+}
+
+impl Pool {
+    fn new(version: Arc<FunctionVersion>) -> Self {
+        Pool {
+            version,
+            slots: Vec::new(),
+            loading: 0,
+            queue: Vec::new(),
+            average_run: None,
+            seq: 0,
+        }
+    }
+
+    fn max_instances(&self) -> usize {
+        self.version.definition.scaling.max_instances.max(1) as usize
+    }
+
+    fn min_instances(&self) -> usize {
+        self.version.definition.scaling.min_instances as usize
+    }
+
+    fn queue_capacity(&self) -> usize {
+        let s = &self.version.definition.scaling;
+        (s.max_instances.max(1) as usize).saturating_mul(s.concurrency.max(1) as usize)
+    }
+
+    /// Hands idle instances to waiting calls, best priority first.
+    fn dispatch(&mut self) {
+        while let Some(index) = self.slots.iter().position(|s| !s.busy) {
+            let Some(best) = best_waiter(&self.queue) else {
+                return;
+            };
+            let waiter = self.queue.remove(best);
+            let slot = &mut self.slots[index];
+            let grant = Grant {
+                instance: slot.instance.clone(),
+                cold: slot.fresh,
+            };
+            if waiter.tx.send(Ok(grant)).is_ok() {
+                slot.busy = true;
+                slot.fresh = false;
+            }
+        }
+    }
+
+    fn record_run(&mut self, took: Duration) {
+        self.average_run = Some(match self.average_run {
+            None => took,
+            Some(avg) => avg.mul_f64(0.8) + took.mul_f64(0.2),
+        });
+    }
+}
+
+/// The waiter served next: highest priority, then earliest arrival.
+fn best_waiter(queue: &[Waiter]) -> Option<usize> {
+    (0..queue.len()).max_by(|a, b| {
+        let (a, b) = (&queue[*a], &queue[*b]);
+        a.priority.cmp(&b.priority).then(b.seq.cmp(&a.seq))
+    })
+}
+
+/// The waiter shed first: lowest priority, then latest arrival.
+fn worst_waiter(queue: &[Waiter]) -> Option<usize> {
+    (0..queue.len()).min_by(|a, b| {
+        let (a, b) = (&queue[*a], &queue[*b]);
+        a.priority.cmp(&b.priority).then(b.seq.cmp(&a.seq))
+    })
+}
+
+fn overloaded(message: impl Into<String>, retry_after: Duration) -> ApiError {
+    let seconds = retry_after.as_millis().div_ceil(1000).max(1) as u64;
+    ApiError::new(ErrorCode::Overloaded, message).with_retry_after(seconds)
+}
+
+struct State {
+    pools: HashMap<VersionKey, Pool>,
+    memory_used: u64,
+}
+
+/// What the node reports about one version (for `GET /v1/nodes`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolSnapshot {
+    pub function: String,
+    pub version: u32,
+    pub tenant: String,
+    pub instances: usize,
+    pub busy: usize,
+    pub loading: usize,
+    pub queued: usize,
+}
+
+/// What the node reports about itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineSnapshot {
+    pub memory_budget_bytes: u64,
+    pub memory_used_bytes: u64,
+    pub in_flight: usize,
+    pub functions: Vec<PoolSnapshot>,
 }
 
 /// The node's instances, keyed by function version.
 pub struct Engine {
     registry: Arc<Registry>,
-    options: SessionOptions,
-    instances: Mutex<HashMap<VersionKey, Arc<OnceCell<Arc<Instance>>>>>,
+    config: EngineConfig,
+    state: Mutex<State>,
+    next_id: AtomicU64,
+    metrics: RuntimeMetrics,
+}
+
+fn key_of(version: &FunctionVersion) -> VersionKey {
+    (
+        version.tenant.clone(),
+        version.name.clone(),
+        version.version,
+    )
 }
 
 impl Engine {
-    pub fn new(registry: Arc<Registry>, options: SessionOptions) -> Self {
-        Engine {
+    pub fn new(registry: Arc<Registry>, config: EngineConfig) -> Arc<Self> {
+        let engine = Arc::new(Engine {
             registry,
-            options,
-            instances: Mutex::new(HashMap::new()),
+            config,
+            state: Mutex::new(State {
+                pools: HashMap::new(),
+                memory_used: 0,
+            }),
+            next_id: AtomicU64::new(1),
+            metrics: RuntimeMetrics::new(),
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(Engine::reap_forever(Arc::downgrade(&engine)));
         }
+        engine
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
     }
 
-    /// Whether an instance of this version is loaded.
-    pub fn is_warm(&self, version: &FunctionVersion) -> bool {
-        let key = key_of(version);
-        self.instances
-            .lock()
-            .expect("instances lock")
-            .get(&key)
-            .is_some_and(|cell| cell.initialized())
+    pub fn metrics(&self) -> &RuntimeMetrics {
+        &self.metrics
     }
 
-    /// Number of loaded instances.
-    pub fn warm_count(&self) -> usize {
-        self.instances
-            .lock()
-            .expect("instances lock")
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether an instance of this version is loaded.
+    pub fn is_warm(&self, version: &FunctionVersion) -> bool {
+        self.lock()
+            .pools
+            .get(&key_of(version))
+            .is_some_and(|p| !p.slots.is_empty())
+    }
+
+    /// Loaded instances, busy calls and memory, per version.
+    pub fn snapshot(&self) -> EngineSnapshot {
+        let state = self.lock();
+        let functions: Vec<PoolSnapshot> = state
+            .pools
             .values()
-            .filter(|c| c.initialized())
-            .count()
+            .filter(|p| !p.slots.is_empty() || p.loading > 0 || !p.queue.is_empty())
+            .map(|p| PoolSnapshot {
+                function: p.version.name.clone(),
+                version: p.version.version,
+                tenant: p.version.tenant.clone(),
+                instances: p.slots.len(),
+                busy: p.slots.iter().filter(|s| s.busy).count(),
+                loading: p.loading,
+                queued: p.queue.len(),
+            })
+            .collect();
+        EngineSnapshot {
+            memory_budget_bytes: self.config.memory_budget_bytes,
+            memory_used_bytes: state.memory_used,
+            in_flight: functions.iter().map(|f| f.busy + f.queued).sum(),
+            functions,
+        }
+    }
+
+    /// Starts instances until the version has `min_instances` (at registration).
+    pub fn ensure_min_instances(self: &Arc<Self>, version: &Arc<FunctionVersion>) {
+        let mut state = self.lock();
+        let wanted = version.definition.scaling.min_instances as usize;
+        let key = key_of(version);
+        let have = state
+            .pools
+            .get(&key)
+            .map_or(0, |p| p.slots.len() + p.loading);
+        for _ in have..wanted {
+            if let Err(e) = self.start_instance(&mut state, version) {
+                tracing::warn!(function = %version.name, version = version.version, error = %e.message, "cannot keep min_instances warm");
+                break;
+            }
+        }
     }
 
     /// Runs one invocation within `budget` (never more than the version's `timeout_ms`).
     ///
-    /// On timeout the caller is answered at once; the run itself cannot be
-    /// interrupted inside ONNX Runtime and finishes on its blocking thread.
+    /// Time spent queued counts against the budget. When the caller gives up,
+    /// the run is terminated inside ONNX Runtime so the instance is free at once.
     pub async fn run(
-        &self,
+        self: &Arc<Self>,
         version: &Arc<FunctionVersion>,
         inputs: TensorInputs,
         budget: Option<Duration>,
+        priority: Priority,
     ) -> Result<Outcome, ApiError> {
         let limit = Duration::from_millis(version.definition.timeout_ms);
         let timeout = budget.map_or(limit, |b| b.min(limit));
-        match tokio::time::timeout(timeout, self.run_inner(version, inputs)).await {
+        let deadline = Instant::now() + timeout;
+        match tokio::time::timeout(timeout, self.run_inner(version, inputs, deadline, priority))
+            .await
+        {
             Ok(result) => result,
             Err(_) => Err(ApiError::new(
                 ErrorCode::Timeout,
@@ -98,11 +371,19 @@ impl Engine {
     }
 
     async fn run_inner(
-        &self,
+        self: &Arc<Self>,
         version: &Arc<FunctionVersion>,
         inputs: TensorInputs,
+        deadline: Instant,
+        priority: Priority,
     ) -> Result<Outcome, ApiError> {
-        let (instance, cold_start) = self.instance(version).await?;
+        let grant = self.acquire(version, deadline, priority).await?;
+        let lease = Lease {
+            engine: self.clone(),
+            key: key_of(version),
+            instance: grant.instance.clone(),
+            started: Instant::now(),
+        };
         let options =
             Arc::new(RunOptions::new().map_err(|e| {
                 ApiError::new(ErrorCode::FunctionFailed, format!("run options: {e}"))
@@ -110,11 +391,10 @@ impl Engine {
         // If this call is abandoned (its deadline passed), the run is terminated
         // inside ONNX Runtime, so the instance is free for the next call.
         let _terminate = TerminateOnDrop(options.clone());
+        let instance = grant.instance.clone();
+        let run_started = Instant::now();
         let outputs = tokio::task::spawn_blocking(move || {
-            let mut session = instance
-                .session
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut session = instance.session.lock().unwrap_or_else(|p| p.into_inner());
             session::run_with(&mut session, inputs, &options)
         })
         .await
@@ -130,56 +410,273 @@ impl Engine {
                 format!("onnx runtime failed: {reason}"),
             )
         })?;
+        let first_run = run_started.elapsed();
+        if let Some(parts) = grant
+            .instance
+            .cold
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let total = parts.fetch + parts.load + first_run;
+            self.metrics.cold_start(&version.name, total.as_secs_f64());
+            tracing::info!(
+                function = %version.name,
+                version = version.version,
+                provider = "cpu",
+                fetch_ms = parts.fetch.as_secs_f64() * 1e3,
+                load_ms = parts.load.as_secs_f64() * 1e3,
+                first_run_ms = first_run.as_secs_f64() * 1e3,
+                total_ms = total.as_secs_f64() * 1e3,
+                "cold start"
+            );
+        }
+        drop(lease);
         Ok(Outcome {
             outputs,
-            cold_start,
+            cold_start: grant.cold,
         })
     }
 
-    async fn instance(
-        &self,
+    /// Finds an idle instance, or queues for one (starting a new instance when allowed).
+    async fn acquire(
+        self: &Arc<Self>,
         version: &Arc<FunctionVersion>,
-    ) -> Result<(Arc<Instance>, bool), ApiError> {
-        let cell = self
-            .instances
-            .lock()
-            .expect("instances lock")
-            .entry(key_of(version))
-            .or_default()
-            .clone();
-        if let Some(instance) = cell.get() {
-            return Ok((instance.clone(), false));
+        deadline: Instant,
+        priority: Priority,
+    ) -> Result<Grant, ApiError> {
+        let rx = {
+            let mut state = self.lock();
+            let key = key_of(version);
+            let pool = state
+                .pools
+                .entry(key.clone())
+                .or_insert_with(|| Pool::new(version.clone()));
+            if let Some(slot) = pool.slots.iter_mut().find(|s| !s.busy) {
+                slot.busy = true;
+                let cold = std::mem::replace(&mut slot.fresh, false);
+                return Ok(Grant {
+                    instance: slot.instance.clone(),
+                    cold,
+                });
+            }
+            // Refuse at once what could not start before its deadline.
+            if let Some(average) = pool.average_run {
+                let ahead = pool.queue.iter().filter(|w| w.priority >= priority).count();
+                let workers = (pool.slots.len() + pool.loading).max(1);
+                let wait = average.mul_f64(((ahead + 1) as f64 / workers as f64).ceil());
+                let left = deadline.saturating_duration_since(Instant::now());
+                if wait > left {
+                    return Err(overloaded(
+                        format!("function {} is saturated: a call would wait about {} ms, beyond its deadline", version.name, wait.as_millis()),
+                        wait,
+                    ));
+                }
+            }
+            if pool.queue.len() >= pool.queue_capacity() {
+                let victim =
+                    worst_waiter(&pool.queue).filter(|i| pool.queue[*i].priority < priority);
+                let Some(victim) = victim else {
+                    let wait = pool.average_run.unwrap_or(Duration::from_secs(1));
+                    return Err(overloaded(
+                        format!("the queue of function {} is full", version.name),
+                        wait,
+                    ));
+                };
+                let shed = pool.queue.remove(victim);
+                let _ = shed.tx.send(Err(overloaded(
+                    format!(
+                        "shed from the full queue of function {} for a call of higher priority",
+                        version.name
+                    ),
+                    pool.average_run.unwrap_or(Duration::from_secs(1)),
+                )));
+            }
+            let pool = state.pools.get_mut(&key).expect("pool exists");
+            let uncovered = pool.queue.len() + 1 > pool.loading;
+            if uncovered && pool.slots.len() + pool.loading < pool.max_instances() {
+                let starting = self.start_instance(&mut state, version);
+                let pool = state.pools.get_mut(&key).expect("pool exists");
+                if let Err(e) = starting {
+                    if pool.slots.is_empty() && pool.loading == 0 {
+                        return Err(e);
+                    }
+                }
+            }
+            let pool = state.pools.get_mut(&key).expect("pool exists");
+            let (tx, rx) = oneshot::channel();
+            pool.seq += 1;
+            let seq = pool.seq;
+            pool.queue.push(Waiter { priority, seq, tx });
+            rx
+        };
+        match rx.await {
+            Ok(result) => result,
+            Err(_) => Err(ApiError::new(
+                ErrorCode::Internal,
+                "the instance pool went away",
+            )),
         }
-        // The cold start runs in its own task: a caller that gives up (its
-        // deadline passed) does not cancel it, so the next caller finds it warm.
-        let (registry, options, version) = (self.registry.clone(), self.options, version.clone());
-        let loading = tokio::spawn(async move {
-            cell.get_or_try_init(|| cold_start(registry, options, version))
-                .await
-                .cloned()
-        });
-        let instance = loading.await.map_err(|e| {
-            ApiError::new(
-                ErrorCode::FunctionFailed,
-                format!("cold start task failed: {e}"),
+    }
+
+    /// Reserves memory and starts loading one instance (call with the lock held).
+    fn start_instance(
+        self: &Arc<Self>,
+        state: &mut State,
+        version: &Arc<FunctionVersion>,
+    ) -> Result<(), ApiError> {
+        let model_bytes = self
+            .registry
+            .models()
+            .size_of(version.model_hex())
+            .unwrap_or(0);
+        let need = instance_memory_estimate(model_bytes);
+        self.make_room(state, need)?;
+        state.memory_used += need;
+        let key = key_of(version);
+        state
+            .pools
+            .entry(key.clone())
+            .or_insert_with(|| Pool::new(version.clone()))
+            .loading += 1;
+        let engine = self.clone();
+        let version = version.clone();
+        tokio::spawn(async move {
+            let loaded = load_instance(
+                &engine.registry,
+                engine.config.session,
+                &version,
+                need,
+                engine.next_id.fetch_add(1, Ordering::Relaxed),
             )
-        })??;
-        Ok((instance, true))
+            .await;
+            let mut state = engine.lock();
+            let pool = state
+                .pools
+                .entry(key)
+                .or_insert_with(|| Pool::new(version.clone()));
+            pool.loading -= 1;
+            match loaded {
+                Ok(instance) => {
+                    pool.slots.push(Slot {
+                        instance: Arc::new(instance),
+                        busy: false,
+                        fresh: true,
+                        last_used: Instant::now(),
+                    });
+                    pool.dispatch();
+                }
+                Err(e) => {
+                    // Nothing will serve these calls: tell them why.
+                    if pool.slots.is_empty() && pool.loading == 0 {
+                        for waiter in pool.queue.drain(..) {
+                            let _ = waiter.tx.send(Err(e.clone()));
+                        }
+                    }
+                    state.memory_used = state.memory_used.saturating_sub(need);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Evicts least recently used idle instances until `need` more bytes fit.
+    fn make_room(&self, state: &mut State, need: u64) -> Result<(), ApiError> {
+        let budget = self.config.memory_budget_bytes;
+        while state.memory_used + need > budget {
+            let victim = state
+                .pools
+                .iter()
+                .filter(|(_, p)| p.slots.len() > p.min_instances())
+                .flat_map(|(k, p)| {
+                    p.slots
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| !s.busy)
+                        .map(move |(i, s)| (k.clone(), i, s.last_used))
+                })
+                .min_by_key(|(_, _, used)| *used);
+            let Some((key, index, _)) = victim else {
+                return Err(overloaded(
+                    format!(
+                        "the node's memory budget ({} MiB) is taken by busy instances",
+                        budget >> 20
+                    ),
+                    Duration::from_secs(1),
+                ));
+            };
+            let pool = state.pools.get_mut(&key).expect("victim pool");
+            let slot = pool.slots.remove(index);
+            state.memory_used = state.memory_used.saturating_sub(slot.instance.memory);
+            self.metrics.evicted(&key.1);
+            tracing::info!(function = %key.1, version = key.2, "evicted the least recently used idle instance");
+        }
+        Ok(())
+    }
+
+    fn release(&self, key: &VersionKey, instance: &Instance, took: Duration) {
+        let mut state = self.lock();
+        if let Some(pool) = state.pools.get_mut(key) {
+            pool.record_run(took);
+            if let Some(slot) = pool.slots.iter_mut().find(|s| s.instance.id == instance.id) {
+                slot.busy = false;
+                slot.last_used = Instant::now();
+            }
+            pool.dispatch();
+        }
+    }
+
+    /// Drops instances idle longer than their version's `idle_timeout_s`.
+    fn reap(&self) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let mut freed = 0;
+        for pool in state.pools.values_mut() {
+            let idle_timeout = Duration::from_secs(pool.version.definition.scaling.idle_timeout_s);
+            let keep = pool.min_instances();
+            while pool.slots.len() > keep {
+                let Some(index) = pool
+                    .slots
+                    .iter()
+                    .position(|s| !s.busy && now.duration_since(s.last_used) >= idle_timeout)
+                else {
+                    break;
+                };
+                let slot = pool.slots.remove(index);
+                freed += slot.instance.memory;
+                tracing::info!(function = %pool.version.name, version = pool.version.version, "idle instance dropped");
+            }
+        }
+        state.memory_used = state.memory_used.saturating_sub(freed);
+    }
+
+    async fn reap_forever(engine: std::sync::Weak<Engine>) {
+        loop {
+            let interval = match engine.upgrade() {
+                Some(e) => {
+                    e.reap();
+                    e.config.reap_interval
+                }
+                None => return,
+            };
+            tokio::time::sleep(interval).await;
+        }
     }
 }
 
-async fn cold_start(
-    registry: Arc<Registry>,
+async fn load_instance(
+    registry: &Registry,
     options: SessionOptions,
-    version: Arc<FunctionVersion>,
-) -> Result<Arc<Instance>, ApiError> {
+    version: &FunctionVersion,
+    memory: u64,
+    id: u64,
+) -> Result<Instance, ApiError> {
     let started = Instant::now();
     let bytes = registry.models().get(version.model_hex()).await.map_err(|e| {
-            tracing::error!(function = %version.name, version = version.version, error = %e, "model fetch failed");
-            ApiError::new(ErrorCode::Unavailable, format!("model {} is not available on this node", version.definition.model))
-                .with_retry_after(1)
-        })?;
-    let fetched = started.elapsed();
+        tracing::error!(function = %version.name, version = version.version, error = %e, "model fetch failed");
+        ApiError::new(ErrorCode::Unavailable, format!("model {} is not available on this node", version.definition.model)).with_retry_after(1)
+    })?;
+    let fetch = started.elapsed();
     let session = tokio::task::spawn_blocking(move || session::build_session(&bytes, options))
         .await
         .map_err(|e| {
@@ -194,17 +691,28 @@ async fn cold_start(
                 format!("loading the model failed: {reason}"),
             )
         })?;
-    tracing::info!(
-        function = %version.name,
-        version = version.version,
-        provider = "cpu",
-        fetch_ms = fetched.as_secs_f64() * 1e3,
-        load_ms = (started.elapsed() - fetched).as_secs_f64() * 1e3,
-        "cold start"
-    );
-    Ok(Arc::new(Instance {
+    let load = started.elapsed() - fetch;
+    Ok(Instance {
+        id,
         session: Mutex::new(session),
-    }))
+        memory,
+        cold: Mutex::new(Some(ColdParts { fetch, load })),
+    })
+}
+
+/// Returns an instance to its pool when the call ends, however it ends.
+struct Lease {
+    engine: Arc<Engine>,
+    key: VersionKey,
+    instance: Arc<Instance>,
+    started: Instant,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.engine
+            .release(&self.key, &self.instance, self.started.elapsed());
+    }
 }
 
 /// Terminates a run when the call waiting for it goes away.
@@ -217,10 +725,47 @@ impl Drop for TerminateOnDrop {
     }
 }
 
-fn key_of(version: &FunctionVersion) -> VersionKey {
-    (
-        version.tenant.clone(),
-        version.name.clone(),
-        version.version,
-    )
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiter(priority: Priority, seq: u64) -> Waiter {
+        Waiter {
+            priority,
+            seq,
+            tx: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn queue_order_is_priority_then_arrival() {
+        let queue = vec![
+            waiter(Priority::Low, 1),
+            waiter(Priority::High, 2),
+            waiter(Priority::Normal, 3),
+            waiter(Priority::High, 4),
+        ];
+        assert_eq!(best_waiter(&queue), Some(1));
+        assert_eq!(worst_waiter(&queue), Some(0));
+        let queue = vec![waiter(Priority::Low, 1), waiter(Priority::Low, 2)];
+        assert_eq!(best_waiter(&queue), Some(0));
+        assert_eq!(
+            worst_waiter(&queue),
+            Some(1),
+            "the newest of the lowest is shed first"
+        );
+    }
+
+    #[test]
+    fn priority_header() {
+        assert_eq!(Priority::from_header(None).unwrap(), Priority::Normal);
+        assert_eq!(Priority::from_header(Some("high")).unwrap(), Priority::High);
+        assert!(Priority::from_header(Some("urgent")).is_err());
+    }
+
+    #[test]
+    fn memory_estimate_grows_with_the_model() {
+        assert_eq!(instance_memory_estimate(0), 4 << 20);
+        assert_eq!(instance_memory_estimate(1 << 20), 6 << 20);
+    }
 }

@@ -2,6 +2,7 @@
 //! serves invocations over HTTP/2 for the router.
 
 pub mod engine;
+pub mod metrics;
 pub mod ortenv;
 pub mod server;
 pub mod session;

@@ -22,7 +22,10 @@ use registry::{FunctionVersion, Qualifier, DEFAULT_TENANT};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Priority};
+
+/// Header that orders a call in its function's queue: `high`, `normal` or `low`.
+pub const PRIORITY_HEADER: &str = "x-taskmesh-priority";
 
 pub use policies::headers;
 
@@ -89,6 +92,10 @@ pub fn router(engine: Arc<Engine>, node_id: String) -> Router {
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer))
         .route(
+            "/metrics",
+            get(|State(node): State<Arc<Node>>| async move { node.engine.metrics().encode() }),
+        )
+        .route(
             "/healthz",
             get(|| async { json_response(StatusCode::OK, &json!({"status": "ok"})) }),
         )
@@ -107,6 +114,11 @@ fn tenant_of(headers: &HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or(DEFAULT_TENANT)
         .to_string()
+}
+
+/// The call's place in its function's queue (`x-taskmesh-priority`).
+fn priority(headers: &HeaderMap) -> Result<Priority, ApiError> {
+    Priority::from_header(headers.get(PRIORITY_HEADER).and_then(|v| v.to_str().ok()))
 }
 
 /// The time budget the router passed along, if any.
@@ -191,7 +203,10 @@ async fn invoke(
         .await?;
         let input = json_body(&version, body).await?;
         let inputs = protocol::invoke_inputs(&version, &input)?;
-        let outcome = node.engine.run(&version, inputs, budget(&headers)).await?;
+        let outcome = node
+            .engine
+            .run(&version, inputs, budget(&headers), priority(&headers)?)
+            .await?;
         let output = protocol::invoke_outputs(&version, &outcome.outputs)?;
         if let Some(validator) = version.output_validator() {
             let violations = registry::schema::violations(&validator, &output);
@@ -229,7 +244,10 @@ async fn infer(
         let input = json_body(&version, body).await?;
         let mut request = protocol::oip_inputs(&version, &input)?;
         let inputs = std::mem::take(&mut request.inputs);
-        let outcome = node.engine.run(&version, inputs, budget(&headers)).await?;
+        let outcome = node
+            .engine
+            .run(&version, inputs, budget(&headers), priority(&headers)?)
+            .await?;
         let output = protocol::oip_response(&version, &request, &outcome.outputs);
         Ok(with_headers(
             json_response(StatusCode::OK, &output),
