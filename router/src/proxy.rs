@@ -624,9 +624,6 @@ impl ProxyHttp for TaskmeshProxy {
         _client_reused: bool,
     ) -> Box<Error> {
         // Only a failure before the node answered anything is safe to retry.
-        if e.esource() == &ErrorSource::Upstream && !ctx.response_started {
-            self.settle_node(ctx, Outcome::Failure);
-        }
         let retry = e.esource() == &ErrorSource::Upstream
             && matches!(
                 e.etype(),
@@ -678,15 +675,10 @@ impl ProxyHttp for TaskmeshProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let reached = e.is_none_or(|e| e.esource() != &ErrorSource::Upstream);
-        self.settle_node(
-            ctx,
-            if reached {
-                Outcome::Success
-            } else {
-                Outcome::Failure
-            },
-        );
+        // Only refused connections count against a node (see `fail_to_connect`);
+        // an answered or reset stream means the node was reachable.
+        let _ = e;
+        self.settle_node(ctx, Outcome::Success);
         if let (Some(version), Some(mut admission)) = (ctx.function.clone(), ctx.admission.take()) {
             // Server faults count against the breaker; client faults (4xx) do not.
             let outcome = if status >= 500 || status == 0 {

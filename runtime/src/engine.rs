@@ -188,6 +188,37 @@ impl Pool {
         }
     }
 
+    /// Refuses at once a call that could not start before its deadline.
+    fn check_deadline(&self, priority: Priority, deadline: Instant) -> Result<(), ApiError> {
+        let Some(average) = self.average_run else {
+            return Ok(());
+        };
+        if self.slots.iter().any(|s| !s.busy) {
+            return Ok(());
+        }
+        let ahead = self.queue.iter().filter(|w| w.priority >= priority).count();
+        let workers = (self.slots.len() + self.loading).max(1);
+        let wait = average.mul_f64(((ahead + 1) as f64 / workers as f64).ceil());
+        if wait > deadline.saturating_duration_since(Instant::now()) {
+            return Err(overloaded(
+                format!(
+                    "function {} is saturated: a call would wait about {} ms, beyond its deadline",
+                    self.version.name,
+                    wait.as_millis()
+                ),
+                wait,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a call of `priority` would find room in the queue (possibly by shedding).
+    fn has_room(&self, priority: Priority) -> bool {
+        self.slots.iter().any(|s| !s.busy)
+            || self.queue.len() < self.queue_capacity()
+            || self.queue.iter().any(|w| w.priority < priority)
+    }
+
     fn record_run(&mut self, took: Duration) {
         self.average_run = Some(match self.average_run {
             None => took,
@@ -333,11 +364,37 @@ impl Engine {
             .get(&key)
             .map_or(0, |p| p.slots.len() + p.loading);
         for _ in have..wanted {
-            if let Err(e) = self.start_instance(&mut state, version) {
+            if let Err(e) = self.start_instance(&mut state, version, false) {
                 tracing::warn!(function = %version.name, version = version.version, error = %e.message, "cannot keep min_instances warm");
                 break;
             }
         }
+    }
+
+    /// Refuses, before the body is even read, a call that would be refused in
+    /// the queue: the queue is full of calls of its priority or higher, or it
+    /// could not start before its deadline. A refused body is never read, so
+    /// a saturated function does not hold the node's connections.
+    pub fn precheck(
+        &self,
+        version: &FunctionVersion,
+        priority: Priority,
+        budget: Option<Duration>,
+    ) -> Result<(), ApiError> {
+        let limit = Duration::from_millis(version.definition.timeout_ms);
+        let deadline = Instant::now() + budget.map_or(limit, |b| b.min(limit));
+        let state = self.lock();
+        let Some(pool) = state.pools.get(&key_of(version)) else {
+            return Ok(());
+        };
+        if !pool.has_room(priority) {
+            let wait = pool.average_run.unwrap_or(Duration::from_secs(1));
+            return Err(overloaded(
+                format!("the queue of function {} is full", version.name),
+                wait,
+            ));
+        }
+        pool.check_deadline(priority, deadline)
     }
 
     /// Runs one invocation within `budget` (never more than the version's `timeout_ms`).
@@ -460,19 +517,7 @@ impl Engine {
                     cold,
                 });
             }
-            // Refuse at once what could not start before its deadline.
-            if let Some(average) = pool.average_run {
-                let ahead = pool.queue.iter().filter(|w| w.priority >= priority).count();
-                let workers = (pool.slots.len() + pool.loading).max(1);
-                let wait = average.mul_f64(((ahead + 1) as f64 / workers as f64).ceil());
-                let left = deadline.saturating_duration_since(Instant::now());
-                if wait > left {
-                    return Err(overloaded(
-                        format!("function {} is saturated: a call would wait about {} ms, beyond its deadline", version.name, wait.as_millis()),
-                        wait,
-                    ));
-                }
-            }
+            pool.check_deadline(priority, deadline)?;
             if pool.queue.len() >= pool.queue_capacity() {
                 let victim =
                     worst_waiter(&pool.queue).filter(|i| pool.queue[*i].priority < priority);
@@ -495,7 +540,7 @@ impl Engine {
             let pool = state.pools.get_mut(&key).expect("pool exists");
             let uncovered = pool.queue.len() + 1 > pool.loading;
             if uncovered && pool.slots.len() + pool.loading < pool.max_instances() {
-                let starting = self.start_instance(&mut state, version);
+                let starting = self.start_instance(&mut state, version, true);
                 let pool = state.pools.get_mut(&key).expect("pool exists");
                 if let Err(e) = starting {
                     if pool.slots.is_empty() && pool.loading == 0 {
@@ -524,6 +569,7 @@ impl Engine {
         self: &Arc<Self>,
         state: &mut State,
         version: &Arc<FunctionVersion>,
+        on_demand: bool,
     ) -> Result<(), ApiError> {
         let model_bytes = self
             .registry
@@ -548,6 +594,7 @@ impl Engine {
                 &version,
                 need,
                 engine.next_id.fetch_add(1, Ordering::Relaxed),
+                on_demand,
             )
             .await;
             let mut state = engine.lock();
@@ -561,7 +608,7 @@ impl Engine {
                     pool.slots.push(Slot {
                         instance: Arc::new(instance),
                         busy: false,
-                        fresh: true,
+                        fresh: on_demand,
                         last_used: Instant::now(),
                     });
                     pool.dispatch();
@@ -664,12 +711,14 @@ impl Engine {
     }
 }
 
+/// Loads an instance; `on_demand` when a call waits for it (a cold start).
 async fn load_instance(
     registry: &Registry,
     options: SessionOptions,
     version: &FunctionVersion,
     memory: u64,
     id: u64,
+    on_demand: bool,
 ) -> Result<Instance, ApiError> {
     let started = Instant::now();
     let bytes = registry.models().get(version.model_hex()).await.map_err(|e| {
@@ -692,11 +741,21 @@ async fn load_instance(
             )
         })?;
     let load = started.elapsed() - fetch;
+    if !on_demand {
+        tracing::info!(
+            function = %version.name,
+            version = version.version,
+            fetch_ms = fetch.as_secs_f64() * 1e3,
+            load_ms = load.as_secs_f64() * 1e3,
+            "instance warmed ahead of calls"
+        );
+    }
+    let cold = on_demand.then_some(ColdParts { fetch, load });
     Ok(Instance {
         id,
         session: Mutex::new(session),
         memory,
-        cold: Mutex::new(Some(ColdParts { fetch, load })),
+        cold: Mutex::new(cold),
     })
 }
 

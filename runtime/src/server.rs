@@ -201,6 +201,8 @@ async fn invoke(
             &Qualifier::from_query(query.as_deref())?,
         )
         .await?;
+        node.engine
+            .precheck(&version, priority(&headers)?, budget(&headers))?;
         let input = json_body(&version, body).await?;
         let inputs = protocol::invoke_inputs(&version, &input)?;
         let outcome = node
@@ -241,6 +243,8 @@ async fn infer(
     let name = params.get("name").cloned().unwrap_or_default();
     let result: Result<Response, ApiError> = async {
         let version = resolve(&node, &headers, &name, &path_qualifier(&params)?).await?;
+        node.engine
+            .precheck(&version, priority(&headers)?, budget(&headers))?;
         let input = json_body(&version, body).await?;
         let mut request = protocol::oip_inputs(&version, &input)?;
         let inputs = std::mem::take(&mut request.inputs);

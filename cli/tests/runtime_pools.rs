@@ -1,0 +1,370 @@
+//! Runtime instances end to end: cold starts, warm pools, scale to zero, the
+//! memory budget, deadline-aware priority queues. The real `taskmesh up`
+//! process over HTTP/2.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+
+fn sample() -> Value {
+    generated_json("examples/digits/sample.json")
+}
+
+/// Registers `model` as `name` with the definition of `example`, plus `extra` fields.
+async fn register_as(p: &Platform, name: &str, example: &str, model: &str, extra: Value) {
+    let client = p.client();
+    let digest = upload(&client, p, model).await;
+    let mut doc = definition_with(example, &digest);
+    doc["name"] = json!(name);
+    for (k, v) in extra.as_object().unwrap() {
+        doc[k] = v.clone();
+    }
+    register(&client, p, &doc).await;
+}
+
+async fn register_slow(p: &Platform, name: &str, extra: Value) {
+    let client = p.client();
+    let digest = upload(&client, p, "tests/models/slow/model.onnx").await;
+    let mut doc = json!({
+        "name": name, "model": digest, "max_body_bytes": 4_000_000,
+        "inputs": {"x": {"tensor": "x", "shape": [-1, 512]}},
+        "outputs": {"y": {"tensor": "y"}}
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        doc[k] = v.clone();
+    }
+    register(&client, p, &doc).await;
+}
+
+fn rows(n: usize) -> Value {
+    json!({"x": vec![0; n * 512]})
+}
+
+async fn cold(client: &TestClient, url: &str, body: &Value) -> bool {
+    let reply = client.post_json(url, body).await;
+    assert_eq!(reply.status, 200, "{}", reply.json());
+    reply
+        .header("x-taskmesh-cold-start")
+        .expect("cold-start header")
+        == "true"
+}
+
+/// The in-process node's view of one function, from `GET /v1/nodes`.
+async fn pool(p: &Platform, function: &str) -> Option<Value> {
+    let nodes = p.client().get(&p.admin_url("/v1/nodes")).await.json();
+    nodes["nodes"][0]["warm"]
+        .as_array()?
+        .iter()
+        .find(|f| f["function"] == function)
+        .cloned()
+}
+
+async fn wait_for(p: &Platform, function: &str, what: &str, check: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if pool(p, function).await.as_ref().is_some_and(&check) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{function} never became {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn cold_then_warm_then_cold_again_after_the_idle_timeout() {
+    let p = Platform::start(&["--no-examples"]);
+    let scaling = json!({"scaling": {"min_instances": 0, "idle_timeout_s": 1}});
+    register_as(
+        &p,
+        "digits",
+        "examples/digits/function.json",
+        "examples/digits/model.onnx",
+        scaling,
+    )
+    .await;
+    let client = p.client();
+    let url = p.router_url("/v1/functions/digits/invoke");
+    assert!(cold(&client, &url, &sample()).await);
+    assert!(!cold(&client, &url, &sample()).await);
+    assert!(!cold(&client, &url, &sample()).await);
+    // Scale to zero: the instance goes once idle for a second.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert!(
+        pool(&p, "digits").await.is_none(),
+        "the idle instance was not dropped"
+    );
+    assert!(cold(&client, &url, &sample()).await);
+
+    let metrics =
+        String::from_utf8_lossy(&client.get(&p.router_url("/metrics")).await.body).to_string();
+    assert!(
+        metrics.contains(r#"taskmesh_runtime_cold_start_seconds_count{function="digits"} 2"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn min_instances_stay_warm_across_the_idle_timeout() {
+    let p = Platform::start(&["--no-examples"]);
+    let scaling = json!({"scaling": {"min_instances": 1, "idle_timeout_s": 1}});
+    register_as(
+        &p,
+        "digits",
+        "examples/digits/function.json",
+        "examples/digits/model.onnx",
+        scaling,
+    )
+    .await;
+    // Warmed at registration, before any call.
+    wait_for(&p, "digits", "warm", |f| f["instances"] == 1).await;
+    let client = p.client();
+    let url = p.router_url("/v1/functions/digits/invoke");
+    assert!(!cold(&client, &url, &sample()).await);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert!(!cold(&client, &url, &sample()).await);
+    assert_eq!(pool(&p, "digits").await.unwrap()["instances"], 1);
+}
+
+#[tokio::test]
+async fn the_memory_budget_evicts_the_least_recently_used_and_refuses_when_it_cannot() {
+    // 10 MiB: two small instances fit (about 4 MiB each), a third evicts one.
+    let p = Platform::start(&["--no-examples", "--memory-budget-mb", "10"]);
+    let client = p.client();
+    register_as(
+        &p,
+        "digits",
+        "examples/digits/function.json",
+        "examples/digits/model.onnx",
+        json!({}),
+    )
+    .await;
+    let digest = upload(&client, &p, "examples/iris/model.onnx").await;
+    let yaml = String::from_utf8(generated("examples/iris/function.yaml"))
+        .unwrap()
+        .replace("./model.onnx", &format!("\"{digest}\""));
+    let reply = client
+        .send(
+            http::Method::POST,
+            &p.admin_url("/v1/functions"),
+            &[("content-type", "application/yaml")],
+            yaml,
+        )
+        .await;
+    assert_eq!(reply.status, 201);
+    register_as(
+        &p,
+        "tensors",
+        "examples/tensors/function.json",
+        "examples/tensors/model.onnx",
+        json!({}),
+    )
+    .await;
+    let digits_url = p.router_url("/v1/functions/digits/invoke");
+    let iris_url = p.router_url("/v1/functions/iris/invoke");
+    let tensors_url = p.router_url("/v1/functions/tensors/invoke");
+    let iris_body = generated_json("examples/iris/sample.json");
+    let tensors_body =
+        json!({"a": [1, 2, 3], "b": [1, 2], "c": [1, 2], "d": [true, false, true], "e": [1.5]});
+
+    assert!(cold(&client, &digits_url, &sample()).await);
+    assert!(cold(&client, &iris_url, &iris_body).await);
+    assert!(
+        !cold(&client, &digits_url, &sample()).await,
+        "digits is now the most recently used"
+    );
+    // Tensors needs room: iris (least recently used) goes, digits stays.
+    assert!(cold(&client, &tensors_url, &tensors_body).await);
+    assert!(!cold(&client, &digits_url, &sample()).await);
+    assert!(
+        cold(&client, &iris_url, &iris_body).await,
+        "iris was evicted"
+    );
+    let metrics =
+        String::from_utf8_lossy(&client.get(&p.router_url("/metrics")).await.body).to_string();
+    assert!(
+        metrics.contains(r#"taskmesh_runtime_evictions_total{function="iris"} 1"#),
+        "{metrics}"
+    );
+
+    // A busy 6 MiB instance leaves no room that can be freed: 503 overloaded.
+    register_slow(&p, "slow", json!({"timeout_ms": 20000})).await;
+    let slow_url = p.router_url("/v1/functions/slow/invoke");
+    let long = {
+        let (client, url) = (client.clone(), slow_url.clone());
+        tokio::spawn(async move { client.post_json(&url, &rows(1024)).await.status })
+    };
+    wait_for(&p, "slow", "busy", |f| f["busy"] == 1).await;
+    let refused = client.post_json(&digits_url, &sample()).await;
+    if refused.status == 200 {
+        // digits stayed loaded; ask for something that must load.
+        let reply = client.post_json(&iris_url, &iris_body).await;
+        reply.expect_error(503, "overloaded");
+        assert!(reply.header("retry-after").is_some());
+    } else {
+        refused.expect_error(503, "overloaded");
+        assert!(refused.header("retry-after").is_some());
+    }
+    assert_eq!(long.await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn a_saturated_slow_function_neither_starves_a_light_one_nor_hangs() {
+    let p = Platform::start(&["--no-examples"]);
+    register_as(
+        &p,
+        "digits",
+        "examples/digits/function.json",
+        "examples/digits/model.onnx",
+        json!({}),
+    )
+    .await;
+    register_slow(
+        &p,
+        "slow",
+        json!({"timeout_ms": 3000, "scaling": {"max_instances": 1, "concurrency": 2}}),
+    )
+    .await;
+    let client = p.client();
+    let digits_url = p.router_url("/v1/functions/digits/invoke");
+    let slow_url = p.router_url("/v1/functions/slow/invoke");
+    assert_eq!(client.post_json(&slow_url, &rows(1)).await.status, 200);
+
+    async fn median_latency(client: &TestClient, url: &str) -> Duration {
+        let mut took = Vec::new();
+        for _ in 0..21 {
+            let started = Instant::now();
+            let reply = client.post_json(url, &sample()).await;
+            assert_eq!(reply.status, 200, "{}", reply.json());
+            took.push(started.elapsed());
+        }
+        took.sort();
+        took[took.len() / 2]
+    }
+    let baseline = median_latency(&client, &digits_url).await;
+
+    // 24 concurrent heavy calls against one instance and a queue of two.
+    let heavy: Vec<_> = (0..24)
+        .map(|_| {
+            let (client, url) = (client.clone(), slow_url.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let reply = client.post_json(&url, &rows(128)).await;
+                (
+                    reply.status.as_u16(),
+                    reply.json()["error"]["code"].clone(),
+                    started.elapsed(),
+                )
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let during = median_latency(&client, &digits_url).await;
+    let mut served = 0;
+    let mut refused = 0;
+    for call in heavy {
+        let (status, code, took) = call.await.unwrap();
+        match status {
+            200 => served += 1,
+            503 => {
+                assert_eq!(code, "overloaded");
+                assert!(
+                    took < Duration::from_millis(3000),
+                    "refused only after {took:?}, not at once"
+                );
+                refused += 1;
+            }
+            other => panic!("a heavy call ended with {other} {code}"),
+        }
+    }
+    assert!(
+        served >= 1 && refused >= 10,
+        "served {served}, refused {refused}"
+    );
+    let factor = during.as_secs_f64() / baseline.as_secs_f64();
+    eprintln!(
+        "light median {baseline:?} alone, {during:?} beside the saturated function ({factor:.1}x)"
+    );
+    assert!(factor < 8.0, "the light function slowed down {factor:.1}x");
+}
+
+#[tokio::test]
+async fn priority_orders_the_queue_and_decides_who_is_shed() {
+    let p = Platform::start(&["--no-examples"]);
+    register_slow(
+        &p,
+        "slow",
+        json!({"timeout_ms": 30000, "scaling": {"max_instances": 1, "concurrency": 3}}),
+    )
+    .await;
+    let client = p.client();
+    let url = p.router_url("/v1/functions/slow/invoke");
+    assert_eq!(client.post_json(&url, &rows(1)).await.status, 200);
+
+    let blocker = {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move { client.post_json(&url, &rows(1024)).await.status })
+    };
+    wait_for(&p, "slow", "busy", |f| f["busy"] == 1).await;
+    let send = |priority: &'static str| {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move {
+            let reply = client
+                .send(
+                    http::Method::POST,
+                    &url,
+                    &[
+                        ("content-type", "application/json"),
+                        ("x-taskmesh-priority", priority),
+                    ],
+                    serde_json::to_vec(&rows(8)).unwrap(),
+                )
+                .await;
+            (
+                priority,
+                reply.status.as_u16(),
+                reply.json()["error"]["code"].clone(),
+                Instant::now(),
+            )
+        })
+    };
+    // Three lows fill the queue (capacity 3), then a high arrives.
+    let mut calls = Vec::new();
+    for queued in 1..=3 {
+        calls.push(send("low"));
+        wait_for(&p, "slow", "queued", move |f| f["queued"] == queued).await;
+    }
+    calls.push(send("high"));
+    assert_eq!(blocker.await.unwrap(), 200);
+    let mut results = Vec::new();
+    for call in calls {
+        results.push(call.await.unwrap());
+    }
+    let shed: Vec<_> = results.iter().filter(|r| r.1 == 503).collect();
+    assert_eq!(shed.len(), 1, "{results:?}");
+    assert_eq!(shed[0].0, "low");
+    assert_eq!(shed[0].2, "overloaded");
+    let high = results.iter().find(|r| r.0 == "high").unwrap();
+    assert_eq!(high.1, 200);
+    for low in results.iter().filter(|r| r.0 == "low" && r.1 == 200) {
+        assert!(
+            high.3 < low.3,
+            "a low call finished before the high one: {results:?}"
+        );
+    }
+    // An unknown priority is refused.
+    let reply = client
+        .send(
+            http::Method::POST,
+            &url,
+            &[
+                ("content-type", "application/json"),
+                ("x-taskmesh-priority", "urgent"),
+            ],
+            serde_json::to_vec(&rows(1)).unwrap(),
+        )
+        .await;
+    reply.expect_error(400, "bad_request");
+}
