@@ -368,3 +368,93 @@ async fn priority_orders_the_queue_and_decides_who_is_shed() {
         .await;
     reply.expect_error(400, "bad_request");
 }
+
+#[tokio::test]
+async fn batched_answers_equal_unbatched_ones_under_48_concurrent_calls() {
+    let p = Platform::start(&["--no-examples"]);
+    let dynamic = json!({"inputs": {"pixels": {"tensor": "float_input", "dtype": "float32", "shape": [-1, 64]}}});
+    register_as(
+        &p,
+        "plain",
+        "examples/digits/function.json",
+        "examples/digits/model.onnx",
+        dynamic.clone(),
+    )
+    .await;
+    let mut batched = dynamic.clone();
+    batched["batching"] = json!({"max_batch_size": 16, "max_delay_us": 5000});
+    batched["scaling"] = json!({"max_instances": 1, "concurrency": 64});
+    register_as(
+        &p,
+        "batched",
+        "examples/digits/function.json",
+        "examples/digits/model.onnx",
+        batched,
+    )
+    .await;
+    let client = p.client();
+    let reference = generated_json("examples/digits/reference.json");
+    let cases = reference["cases"].as_array().unwrap();
+    // 48 different inputs: the reference images, shifted and rescaled.
+    let inputs: Vec<Value> = (0..48)
+        .map(|i| {
+            let base = cases[i % cases.len()]["input"]["float_input"]["data"]
+                .as_array()
+                .unwrap();
+            let pixels: Vec<f64> = base
+                .iter()
+                .enumerate()
+                .map(|(j, v)| {
+                    ((v.as_f64().unwrap() * (1.0 + i as f64 / 97.0)) + ((i + j) % 3) as f64)
+                        .min(16.0)
+                })
+                .collect();
+            json!({"pixels": pixels})
+        })
+        .collect();
+    let mut expected = Vec::new();
+    for input in &inputs {
+        let reply = client
+            .post_json(&p.router_url("/v1/functions/plain/invoke"), input)
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.json());
+        expected.push(reply.json());
+    }
+    let url = p.router_url("/v1/functions/batched/invoke");
+    assert_eq!(client.post_json(&url, &inputs[0]).await.status, 200);
+    let calls: Vec<_> = inputs
+        .iter()
+        .map(|input| {
+            let (client, url, input) = (client.clone(), url.clone(), input.clone());
+            tokio::spawn(async move { client.post_json(&url, &input).await })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        let reply = call.await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.json());
+        let got = reply.json();
+        assert_eq!(got["label"], expected[i]["label"], "call {i}");
+        assert_close(
+            &got["probabilities"],
+            &expected[i]["probabilities"],
+            1e-6,
+            &format!("call {i}"),
+        );
+    }
+    // Batching really happened: fewer runs than calls.
+    let metrics =
+        String::from_utf8_lossy(&client.get(&p.router_url("/metrics")).await.body).to_string();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{function=\"batched\"}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let (runs, calls) = (
+        value("taskmesh_runtime_batch_size_count"),
+        value("taskmesh_runtime_batch_size_sum"),
+    );
+    assert_eq!(calls, 49.0, "{metrics}");
+    assert!(runs < 40.0, "48 concurrent calls ran in {runs} runs");
+}

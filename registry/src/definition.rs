@@ -48,6 +48,20 @@ pub struct TaskDefinition {
     pub scaling: ScalingPolicy,
     #[serde(default)]
     pub resources: Resources,
+    /// Dynamic batching of concurrent calls (off when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batching: Option<BatchingPolicy>,
+}
+
+/// Combine concurrent calls of one version into one run along the first dimension.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingPolicy {
+    /// Most rows (first-dimension entries) in one run, 2..=1024.
+    pub max_batch_size: u32,
+    /// Longest a call waits for others to join its batch, in microseconds (0..=1000000).
+    #[serde(default)]
+    pub max_delay_us: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -371,6 +385,26 @@ fn check_fields(d: &TaskDefinition) -> Vec<Violation> {
     }
     if let Some(rl) = &d.rate_limit {
         v.extend(check_rate_limit(rl, "/rate_limit"));
+    }
+    if let Some(b) = &d.batching {
+        if !(2..=1024).contains(&b.max_batch_size) || b.max_delay_us > 1_000_000 {
+            v.push(Violation::new(
+                "/batching",
+                format!(
+                    "max_batch_size {} must be in 2..=1024 and max_delay_us {} at most 1000000",
+                    b.max_batch_size, b.max_delay_us
+                ),
+            ));
+        }
+        if d.inputs
+            .values()
+            .any(|i| i.shape.as_ref().is_some_and(|s| s.first() != Some(&-1)))
+        {
+            v.push(Violation::new(
+                "/batching",
+                "batching needs every declared input shape to start with a dynamic (-1) batch dimension",
+            ));
+        }
     }
     if let Some(q) = &d.quota {
         v.extend(check_quota(q, "/quota"));

@@ -36,8 +36,9 @@ use policies::{ApiError, ErrorCode};
 use registry::protocol::{TensorInputs, TensorOutputs};
 use registry::{FunctionVersion, Registry};
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
+use crate::batch;
 use crate::metrics::RuntimeMetrics;
 use crate::session::{self, SessionOptions};
 
@@ -281,6 +282,7 @@ pub struct Engine {
     state: Mutex<State>,
     next_id: AtomicU64,
     metrics: RuntimeMetrics,
+    batchers: Mutex<HashMap<VersionKey, mpsc::Sender<BatchItem>>>,
 }
 
 fn key_of(version: &FunctionVersion) -> VersionKey {
@@ -302,6 +304,7 @@ impl Engine {
             }),
             next_id: AtomicU64::new(1),
             metrics: RuntimeMetrics::new(),
+            batchers: Mutex::new(HashMap::new()),
         });
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(Engine::reap_forever(Arc::downgrade(&engine)));
@@ -434,7 +437,24 @@ impl Engine {
         deadline: Instant,
         priority: Priority,
     ) -> Result<Outcome, ApiError> {
+        if version.definition.batching.is_some() {
+            return self.run_batched(version, inputs, deadline, priority).await;
+        }
         let grant = self.acquire(version, deadline, priority).await?;
+        let outputs = self.execute(version, &grant, inputs).await?;
+        Ok(Outcome {
+            outputs,
+            cold_start: grant.cold,
+        })
+    }
+
+    /// Runs `inputs` on a granted instance and returns it to the pool afterwards.
+    async fn execute(
+        self: &Arc<Self>,
+        version: &Arc<FunctionVersion>,
+        grant: &Grant,
+        inputs: TensorInputs,
+    ) -> Result<TensorOutputs, ApiError> {
         let lease = Lease {
             engine: self.clone(),
             key: key_of(version),
@@ -489,10 +509,7 @@ impl Engine {
             );
         }
         drop(lease);
-        Ok(Outcome {
-            outputs,
-            cold_start: grant.cold,
-        })
+        Ok(outputs)
     }
 
     /// Finds an idle instance, or queues for one (starting a new instance when allowed).
@@ -708,6 +725,163 @@ impl Engine {
             };
             tokio::time::sleep(interval).await;
         }
+    }
+}
+
+impl Engine {
+    /// Sends a call to its version's batcher and waits for its share of a run.
+    async fn run_batched(
+        self: &Arc<Self>,
+        version: &Arc<FunctionVersion>,
+        inputs: TensorInputs,
+        deadline: Instant,
+        priority: Priority,
+    ) -> Result<Outcome, ApiError> {
+        let rows = batch::rows(&inputs)?;
+        let (tx, rx) = oneshot::channel();
+        let item = BatchItem {
+            inputs,
+            rows,
+            deadline,
+            priority,
+            tx,
+        };
+        let sender = self.batcher(version);
+        sender.try_send(item).map_err(|_| {
+            overloaded(
+                format!("the batch queue of function {} is full", version.name),
+                Duration::from_secs(1),
+            )
+        })?;
+        rx.await
+            .unwrap_or_else(|_| Err(ApiError::new(ErrorCode::Internal, "the batcher went away")))
+    }
+
+    /// The version's batcher, started on first use.
+    fn batcher(self: &Arc<Self>, version: &Arc<FunctionVersion>) -> mpsc::Sender<BatchItem> {
+        let mut batchers = self.batchers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sender) = batchers.get(&key_of(version)).filter(|s| !s.is_closed()) {
+            return sender.clone();
+        }
+        let capacity = version.definition.scaling.max_instances.max(1) as usize
+            * version.definition.scaling.concurrency.max(1) as usize
+            * version
+                .definition
+                .batching
+                .as_ref()
+                .map_or(1, |b| b.max_batch_size as usize);
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        batchers.insert(key_of(version), tx.clone());
+        tokio::spawn(collect_batches(Arc::downgrade(self), version.clone(), rx));
+        tx
+    }
+
+    /// Runs one batch: concatenated inputs, one run, outputs split back per call.
+    async fn run_batch(self: Arc<Self>, version: Arc<FunctionVersion>, items: Vec<BatchItem>) {
+        let deadline = items
+            .iter()
+            .map(|i| i.deadline)
+            .max()
+            .unwrap_or_else(Instant::now);
+        let first_deadline = items.iter().map(|i| i.deadline).min().unwrap_or(deadline);
+        let priority = items
+            .iter()
+            .map(|i| i.priority)
+            .max()
+            .unwrap_or(Priority::Normal);
+        let calls = items.len();
+        let (mut inputs, mut rows, mut replies) = (Vec::new(), Vec::new(), Vec::new());
+        for item in items {
+            inputs.push(item.inputs);
+            rows.push(item.rows);
+            replies.push(item.tx);
+        }
+        let work = async {
+            let grant = self.acquire(&version, first_deadline, priority).await?;
+            let merged = batch::concat(inputs)?;
+            let outputs = self.execute(&version, &grant, merged).await?;
+            Ok::<_, ApiError>((batch::split(&outputs, &rows)?, grant.cold))
+        };
+        // Nobody waits past the latest caller's deadline: stop (and terminate) then.
+        let result = match tokio::time::timeout_at(deadline.into(), work).await {
+            Ok(result) => result,
+            Err(_) => Err(ApiError::new(
+                ErrorCode::Timeout,
+                "the batch did not finish before its deadline",
+            )),
+        };
+        self.metrics.batch(&version.name, calls);
+        match result {
+            Ok((parts, cold_start)) => {
+                for (reply, outputs) in replies.into_iter().zip(parts) {
+                    let _ = reply.send(Ok(Outcome {
+                        outputs,
+                        cold_start,
+                    }));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One call waiting to be batched.
+struct BatchItem {
+    inputs: TensorInputs,
+    rows: usize,
+    deadline: Instant,
+    priority: Priority,
+    tx: oneshot::Sender<Result<Outcome, ApiError>>,
+}
+
+/// Collects calls into batches: the first call waits at most `max_delay_us`
+/// for others; a batch holds at most `max_batch_size` rows of calls whose
+/// tensors differ only in the first dimension.
+async fn collect_batches(
+    engine: std::sync::Weak<Engine>,
+    version: Arc<FunctionVersion>,
+    mut rx: mpsc::Receiver<BatchItem>,
+) {
+    let Some(policy) = version.definition.batching.clone() else {
+        return;
+    };
+    let max_rows = policy.max_batch_size as usize;
+    let delay = Duration::from_micros(policy.max_delay_us);
+    let mut pending: Option<BatchItem> = None;
+    loop {
+        let first = match pending.take() {
+            Some(item) => item,
+            None => match rx.recv().await {
+                Some(item) => item,
+                None => return,
+            },
+        };
+        let key = batch::shape_key(&first.inputs);
+        let mut rows = first.rows;
+        let mut items = vec![first];
+        let until = tokio::time::Instant::now() + delay;
+        while rows < max_rows {
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(item)) => {
+                    if batch::shape_key(&item.inputs) != key || rows + item.rows > max_rows {
+                        // It starts the next batch.
+                        pending = Some(item);
+                        break;
+                    }
+                    rows += item.rows;
+                    items.push(item);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        tokio::spawn(engine.run_batch(version.clone(), items));
     }
 }
 

@@ -1,6 +1,7 @@
 //! The runtime node: loads function versions into ONNX Runtime sessions and
 //! serves invocations over HTTP/2 for the router.
 
+pub mod batch;
 pub mod engine;
 pub mod metrics;
 pub mod ortenv;

@@ -16,6 +16,7 @@ pub struct RuntimeMetrics {
     registry: Registry,
     cold_starts: Family<FunctionLabels, Histogram>,
     evictions: Family<FunctionLabels, Counter>,
+    batch_sizes: Family<FunctionLabels, Histogram>,
 }
 
 impl Default for RuntimeMetrics {
@@ -42,10 +43,19 @@ impl RuntimeMetrics {
             "Idle instances evicted to fit the memory budget, by function",
             evictions.clone(),
         );
+        let batch_sizes = Family::<FunctionLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(1.0, 2.0, 11))
+        });
+        registry.register(
+            "batch_size",
+            "Calls combined into one run by dynamic batching, by function",
+            batch_sizes.clone(),
+        );
         RuntimeMetrics {
             registry,
             cold_starts,
             evictions,
+            batch_sizes,
         }
     }
 
@@ -55,6 +65,14 @@ impl RuntimeMetrics {
                 function: function.to_string(),
             })
             .observe(seconds);
+    }
+
+    pub fn batch(&self, function: &str, calls: usize) {
+        self.batch_sizes
+            .get_or_create(&FunctionLabels {
+                function: function.to_string(),
+            })
+            .observe(calls as f64);
     }
 
     pub fn evicted(&self, function: &str) {
