@@ -458,3 +458,40 @@ async fn batched_answers_equal_unbatched_ones_under_48_concurrent_calls() {
     assert_eq!(calls, 49.0, "{metrics}");
     assert!(runs < 40.0, "48 concurrent calls ran in {runs} runs");
 }
+
+#[tokio::test]
+async fn a_node_that_is_overloaded_is_retried_then_reported() {
+    let p = Platform::start(&["--no-examples"]);
+    let retry = json!({"max_attempts": 3, "initial_backoff_ms": 20, "max_backoff_ms": 40});
+    register_slow(&p, "slow", json!({"timeout_ms": 30000, "retry": retry, "scaling": {"max_instances": 1, "concurrency": 1}})).await;
+    let client = p.client();
+    let url = p.router_url("/v1/functions/slow/invoke");
+    assert_eq!(client.post_json(&url, &rows(1)).await.status, 200);
+    let blocker = {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move { client.post_json(&url, &rows(2048)).await.status })
+    };
+    wait_for(&p, "slow", "busy", |f| f["busy"] == 1).await;
+    let queued = {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move { client.post_json(&url, &rows(1)).await.status })
+    };
+    wait_for(&p, "slow", "queued", |f| f["queued"] == 1).await;
+    // The queue (capacity 1) is full: the node answers 503 overloaded, the
+    // router retries, and reports overloaded when its attempts are used up.
+    let reply = client.post_json(&url, &rows(1)).await;
+    reply.expect_error(503, "overloaded");
+    assert!(reply.header("retry-after").is_some());
+    let metrics =
+        String::from_utf8_lossy(&client.get(&p.router_url("/metrics")).await.body).to_string();
+    assert!(
+        metrics.contains(r#"taskmesh_router_retries_total{function="slow",version="1"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"taskmesh_router_breaker_state{function="slow",version="1"} 0"#),
+        "overload is not the function's failure: {metrics}"
+    );
+    assert_eq!(blocker.await.unwrap(), 200);
+    assert_eq!(queued.await.unwrap(), 200);
+}

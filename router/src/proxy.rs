@@ -105,6 +105,8 @@ pub struct Ctx {
     response_started: bool,
     /// `RateLimit-Policy` / `RateLimit` headers for the answer.
     rate_headers: Vec<(&'static str, String)>,
+    /// The node's error code of a failed call (`x-taskmesh-error-code`).
+    upstream_error: Option<ErrorCode>,
     /// The node of the attempt in progress and its node-breaker permit.
     node_permit: Option<(SocketAddr, policies::breaker::Permit)>,
 }
@@ -415,6 +417,7 @@ impl ProxyHttp for TaskmeshProxy {
             response_started: false,
             rate_headers: Vec::new(),
             node_permit: None,
+            upstream_error: None,
         }
     }
 
@@ -470,6 +473,15 @@ impl ProxyHttp for TaskmeshProxy {
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         if let Some(delay) = ctx.retry_delay.take() {
             tokio::time::sleep(delay).await;
+        }
+        // A new attempt: forget what the previous node answered.
+        ctx.upstream_error = None;
+        if ctx
+            .refusal
+            .as_ref()
+            .is_some_and(|e| e.code == ErrorCode::Overloaded)
+        {
+            ctx.refusal = None;
         }
         let left = Self::deadline_left(ctx);
         if left.is_zero() {
@@ -584,6 +596,42 @@ impl ProxyHttp for TaskmeshProxy {
         Ok(())
     }
 
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let code = response
+            .headers
+            .get(headers::ERROR_CODE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(ErrorCode::from_wire);
+        ctx.upstream_error = code;
+        if code == Some(ErrorCode::Overloaded) {
+            // The node had no room: another node (or this one, later) may.
+            let retry_after = response
+                .headers
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
+            ctx.refusal = Some(
+                ApiError::new(
+                    ErrorCode::Overloaded,
+                    "every runtime node tried was overloaded",
+                )
+                .with_retry_after(retry_after),
+            );
+            return Err(Error::explain(
+                ErrorType::Custom("node overloaded"),
+                "node answered 503 overloaded",
+            )
+            .into_up());
+        }
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -623,6 +671,11 @@ impl ProxyHttp for TaskmeshProxy {
         ctx: &mut Ctx,
         _client_reused: bool,
     ) -> Box<Error> {
+        if ctx.upstream_error == Some(ErrorCode::Overloaded) {
+            let retry = self.plan_retry(ctx, FailureKind::Overloaded);
+            e.set_retry(retry);
+            return e;
+        }
         // Only a failure before the node answered anything is safe to retry.
         let retry = e.esource() == &ErrorSource::Upstream
             && matches!(
@@ -681,7 +734,9 @@ impl ProxyHttp for TaskmeshProxy {
         self.settle_node(ctx, Outcome::Success);
         if let (Some(version), Some(mut admission)) = (ctx.function.clone(), ctx.admission.take()) {
             // Server faults count against the breaker; client faults (4xx) do not.
-            let outcome = if status >= 500 || status == 0 {
+            let not_the_functions_fault = ctx.upstream_error == Some(ErrorCode::Overloaded)
+                || ctx.error_code == Some(ErrorCode::Overloaded);
+            let outcome = if (status >= 500 || status == 0) && !not_the_functions_fault {
                 Outcome::Failure
             } else {
                 Outcome::Success
@@ -698,7 +753,7 @@ impl ProxyHttp for TaskmeshProxy {
         self.state
             .metrics
             .record(function, version, status, seconds);
-        if let Some(code) = ctx.error_code {
+        if let Some(code) = ctx.error_code.or(ctx.upstream_error) {
             self.state.metrics.refused(function, version, code.as_str());
         }
     }

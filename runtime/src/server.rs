@@ -323,9 +323,14 @@ fn finish(result: Result<Response, ApiError>, name: &str, id: &str) -> Response 
                 tracing::warn!(function = name, invocation_id = id, code = err.code.as_str(), message = %err.message, "invocation failed");
             }
             let mut response = error_response(&err);
+            let h = response.headers_mut();
             if let Ok(v) = HeaderValue::from_str(id) {
-                response.headers_mut().insert(headers::INVOCATION_ID, v);
+                h.insert(headers::INVOCATION_ID, v);
             }
+            h.insert(
+                headers::ERROR_CODE,
+                HeaderValue::from_static(err.code.as_str()),
+            );
             response
         }
     }
