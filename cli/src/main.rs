@@ -74,8 +74,9 @@ struct UpArgs {
 
 #[derive(Subcommand)]
 enum FnCommand {
-    /// Register a definition file (JSON or YAML). A `model` that is a path
-    /// (e.g. `./model.onnx`, relative to the file) is uploaded first.
+    /// Register a definition file (JSON or YAML). A `model` or a text input's
+    /// `tokenizer` that is a path (e.g. `./model.onnx`, relative to the file)
+    /// is uploaded first.
     Register {
         file: PathBuf,
         #[arg(long)]
@@ -207,7 +208,48 @@ fn main() -> Result<()> {
     }
 }
 
-/// Reads a definition file, uploading a model given as a path; returns the document to post.
+/// The text inputs' `tokenizer`s given as paths (not `sha256:` digests): their
+/// JSON pointers in the definition and the paths, relative to the definition file.
+pub fn tokenizer_paths(doc: &serde_json::Value) -> Vec<(String, String)> {
+    let Some(inputs) = doc.get("inputs").and_then(|i| i.as_object()) else {
+        return Vec::new();
+    };
+    inputs
+        .iter()
+        .filter_map(|(field, spec)| {
+            let path = spec.pointer("/text/tokenizer")?.as_str()?;
+            let field = field.replace('~', "~0").replace('/', "~1");
+            (!path.starts_with("sha256:"))
+                .then(|| (format!("/inputs/{field}/text/tokenizer"), path.to_string()))
+        })
+        .collect()
+}
+
+/// Uploads a file a definition names by path to `url` (`/v1/models` or
+/// `/v1/artifacts`); returns its digest.
+async fn upload_file(client: &H2Client, url: &str, path: &Path, what: &str) -> Result<String> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))?;
+    let reply = client
+        .send(Method::POST, url, Some("application/octet-stream"), bytes)
+        .await?;
+    if !reply.status.is_success() {
+        bail!(
+            "uploading {} failed: {} {}",
+            path.display(),
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    let uploaded: serde_json::Value = serde_json::from_slice(&reply.body)?;
+    uploaded["digest"]
+        .as_str()
+        .map(str::to_string)
+        .context("the registry answered without a digest")
+}
+
+/// Reads a definition file, uploading a model or tokenizer given as a path;
+/// returns the document to post.
 pub async fn prepare_definition(
     client: &H2Client,
     admin_url: &str,
@@ -224,32 +266,22 @@ pub async fn prepare_definition(
     } else {
         serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?
     };
+    let base = file.parent().unwrap_or(Path::new("."));
     if let Some(model) = doc
         .get("model")
         .and_then(|m| m.as_str())
         .filter(|m| !m.starts_with("sha256:"))
     {
-        let path = file.parent().unwrap_or(Path::new(".")).join(model);
-        let bytes =
-            std::fs::read(&path).with_context(|| format!("reading model {}", path.display()))?;
-        let reply = client
-            .send(
-                Method::POST,
-                &format!("{admin_url}/v1/models"),
-                Some("application/octet-stream"),
-                bytes,
-            )
-            .await?;
-        if !reply.status.is_success() {
-            bail!(
-                "uploading {} failed: {} {}",
-                path.display(),
-                reply.status,
-                String::from_utf8_lossy(&reply.body)
-            );
+        let url = format!("{admin_url}/v1/models");
+        let digest = upload_file(client, &url, &base.join(model), "model").await?;
+        doc["model"] = serde_json::Value::String(digest);
+    }
+    for (pointer, path) in tokenizer_paths(&doc) {
+        let url = format!("{admin_url}/v1/artifacts");
+        let digest = upload_file(client, &url, &base.join(path), "tokenizer").await?;
+        if let Some(slot) = doc.pointer_mut(&pointer) {
+            *slot = serde_json::Value::String(digest);
         }
-        let uploaded: serde_json::Value = serde_json::from_slice(&reply.body)?;
-        doc["model"] = uploaded["digest"].clone();
     }
     Ok((serde_json::to_vec(&doc)?, "application/json"))
 }

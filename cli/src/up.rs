@@ -177,6 +177,18 @@ async fn register_examples(registry: &Registry, dir: &Path) -> Result<()> {
             serde_json::from_str(&text)?
         };
         doc["model"] = serde_json::Value::String(digest);
+        for (pointer, path) in crate::tokenizer_paths(&doc) {
+            let path = folder.join(path);
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let digest = registry
+                .upload_artifact(&bytes)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            if let Some(slot) = doc.pointer_mut(&pointer) {
+                *slot = serde_json::Value::String(digest);
+            }
+        }
         let bytes = serde_json::to_vec(&doc)?;
         let definition = registry::definition::parse(&bytes, Syntax::Json)
             .map_err(|e| anyhow::anyhow!("{}: {:?}", file.display(), e.violations))?;

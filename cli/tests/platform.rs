@@ -472,6 +472,33 @@ async fn up_registers_the_examples_and_serves_http1_too() {
         assert_eq!(reply.status, 200, "{}", reply.json());
         assert_eq!(reply.json()["label"], label);
     }
+    // The real text and image examples answer their samples.
+    let client = p.client();
+    let reply = client
+        .post_json(
+            &p.router_url("/v1/functions/fashion-mnist/invoke"),
+            &generated_json("examples/fashion-mnist/sample.json"),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.json());
+    let label = String::from_utf8(generated("examples/fashion-mnist/sample_label.txt")).unwrap();
+    assert_eq!(reply.json()["label"], label.trim());
+    let reply = client
+        .post_json(
+            &p.router_url("/v1/functions/minilm-embed/invoke"),
+            &generated_json("examples/minilm-embed/sample.json"),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.json());
+    let embedding = reply.json()["embedding"].clone();
+    let norm: f64 = embedding
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap().powi(2))
+        .sum();
+    assert_eq!(embedding.as_array().unwrap().len(), 384);
+    assert!((norm - 1.0).abs() < 1e-4, "{norm}");
     let h1 = TestClient::http1().get(&p.router_url("/healthz")).await;
     assert_eq!(h1.version, http::Version::HTTP_11);
     assert_eq!(h1.status, 200);
@@ -483,7 +510,10 @@ async fn up_registers_the_examples_and_serves_http1_too() {
         .iter()
         .map(|f| f["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, vec!["digits", "iris", "tensors"]);
+    assert_eq!(
+        names,
+        vec!["digits", "fashion-mnist", "iris", "minilm-embed", "tensors"]
+    );
     let status = p.terminate();
     assert!(status.success(), "{status:?}");
 }

@@ -8,7 +8,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use policies::limits::{MAX_DEFINITION_BYTES, MAX_MODEL_BYTES};
+use policies::limits::{MAX_ARTIFACT_BYTES, MAX_DEFINITION_BYTES, MAX_MODEL_BYTES};
 use policies::{ApiError, ErrorCode};
 use serde_json::{json, Value};
 
@@ -95,6 +95,7 @@ pub fn router(
 ) -> Router {
     Router::new()
         .route("/v1/models", post(upload_model))
+        .route("/v1/artifacts", post(upload_artifact))
         .route("/v1/clients", post(create_client))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/functions", post(register_function).get(list_functions))
@@ -133,6 +134,21 @@ async fn upload_model(State(state): State_, headers: HeaderMap, body: Body) -> A
             admin(&state, &headers).await?;
             let bytes = read_body(body, MAX_MODEL_BYTES).await?;
             let digest = state.registry.upload_model(&bytes).await?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &json!({"digest": digest, "size": bytes.len()}),
+            ))
+        }
+        .await,
+    )
+}
+
+async fn upload_artifact(State(state): State_, headers: HeaderMap, body: Body) -> ApiResult {
+    ApiResult(
+        async {
+            admin(&state, &headers).await?;
+            let bytes = read_body(body, MAX_ARTIFACT_BYTES).await?;
+            let digest = state.registry.upload_artifact(&bytes).await?;
             Ok(json_response(
                 StatusCode::CREATED,
                 &json!({"digest": digest, "size": bytes.len()}),

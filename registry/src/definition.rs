@@ -11,6 +11,8 @@ use policies::tensor::{DType, Violation};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::processing::{ImageDecode, ImageSpec, Layout, Padding, TextSpec};
+
 /// Current definition format version; `format` may be omitted and means this.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -64,16 +66,36 @@ pub struct BatchingPolicy {
     pub max_delay_us: u64,
 }
 
+/// One JSON input field. Its kind is read from its keys (see [`InputSpec::kind`]):
+/// `text` makes it a text input, `image` an image input, neither a tensor input.
+/// Keys that do not belong to the kind are refused at registration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputSpec {
-    pub tensor: String,
+    /// The model input tensor this field fills (tensor and image inputs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensor: Option<String>,
     /// Element type; defaults to the model's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dtype: Option<DType>,
     /// Shape, `-1` for a dynamic dimension; defaults to the model's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shape: Option<Vec<i64>>,
+    /// Tokenize a string into `ids`, `attention_mask` and `type_ids`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextSpec>,
+    /// Decode a base64 PNG or JPEG into `tensor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageSpec>,
+    /// Text inputs: the token ids tensor (default `input_ids`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<String>,
+    /// Text inputs: the attention mask tensor (default `attention_mask`, if the model has it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_mask: Option<String>,
+    /// Text inputs: the token type ids tensor (default `token_type_ids`, if the model has it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub type_ids: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,6 +106,27 @@ pub struct OutputSpec {
     pub dtype: Option<DType>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub take: Option<Take>,
+    // Post-processing, applied in this order before `take` (see `processing::check_post`).
+    /// Mean over the sequence axis of `[batch, sequence, hidden]`, weighted by
+    /// this attention mask tensor of a text input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_pool: Option<String>,
+    /// Softmax along the last axis.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub softmax: bool,
+    /// L2 normalisation along the last axis.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub normalize: bool,
+    /// Index of the largest value along the last axis.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub argmax: bool,
+    /// Class names for the indices (from `argmax`, or an integer tensor of class indices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// How an output tensor becomes a JSON value.
@@ -320,6 +363,12 @@ fn check_fields(d: &TaskDefinition) -> Vec<Violation> {
             "/outputs",
             "at least one output is required",
         ));
+    }
+    for (field, spec) in &d.inputs {
+        v.extend(crate::processing::check_input(field, spec));
+    }
+    for (field, spec) in &d.outputs {
+        v.extend(crate::processing::check_output(field, spec));
     }
     for (field, spec) in &d.inputs {
         if let Some(shape) = &spec.shape {

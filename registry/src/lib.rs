@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod definition;
 pub mod models;
+pub mod processing;
 pub mod protocol;
 pub mod schema;
 pub mod service;
@@ -17,6 +18,6 @@ pub use models::ModelStore;
 pub use service::{Qualifier, Registry, DEFAULT_TENANT};
 pub use store::{EmbeddedStore, Store};
 pub use version::{
-    FunctionVersion, InputBinding, ModelInspector, ModelSignature, ModelType, OutputBinding,
-    TensorInfo,
+    FunctionVersion, InputBinding, InputSource, ModelInspector, ModelSignature, ModelType,
+    OutputBinding, TensorInfo,
 };

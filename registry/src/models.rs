@@ -1,14 +1,17 @@
-//! Content-addressed model store: each model is a file named by its sha256.
+//! Content-addressed file stores: each model or artifact is a file named by its sha256.
 
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-/// A folder of `sha256-<hex>.onnx` files. Writes go to a temporary file in the
-/// same folder and are renamed into place, so a reader never sees half a model.
+/// A folder of `sha256-<hex>.onnx` files (models), or of `sha256-<hex>` files
+/// (artifacts such as tokenizer.json, in the sibling folder `artifacts/`).
+/// Writes go to a temporary file in the same folder and are renamed into
+/// place, so a reader never sees half a file.
 #[derive(Debug, Clone)]
 pub struct ModelStore {
     dir: PathBuf,
+    suffix: &'static str,
 }
 
 /// Hex sha256 of `bytes`.
@@ -20,7 +23,20 @@ impl ModelStore {
     pub fn open(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
-        Ok(ModelStore { dir })
+        Ok(ModelStore {
+            dir,
+            suffix: ".onnx",
+        })
+    }
+
+    /// The artifact store beside this model store: `<models>/../artifacts`,
+    /// created on the first upload.
+    pub fn artifacts(&self) -> ModelStore {
+        let dir = match self.dir.parent() {
+            Some(parent) => parent.join("artifacts"),
+            None => self.dir.join("artifacts"),
+        };
+        ModelStore { dir, suffix: "" }
     }
 
     pub fn dir(&self) -> &Path {
@@ -29,7 +45,7 @@ impl ModelStore {
 
     /// Path of the model with this hex digest (whether or not it exists).
     pub fn path_of(&self, hex: &str) -> PathBuf {
-        self.dir.join(format!("sha256-{hex}.onnx"))
+        self.dir.join(format!("sha256-{hex}{}", self.suffix))
     }
 
     /// Size in bytes of a stored model, if present.
@@ -51,6 +67,7 @@ impl ModelStore {
         if tokio::fs::try_exists(&path).await? {
             return Ok(hex);
         }
+        tokio::fs::create_dir_all(&self.dir).await?;
         let tmp = self
             .dir
             .join(format!(".upload-{hex}-{}", std::process::id()));
@@ -73,7 +90,7 @@ impl ModelStore {
         if sha256_hex(&bytes) != hex {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("model sha256:{hex} is corrupt on disk"),
+                format!("sha256:{hex} is corrupt on disk"),
             ));
         }
         Ok(bytes)
@@ -102,6 +119,21 @@ mod tests {
         assert!(store.contains(&a));
         assert_eq!(store.get(&a).await.unwrap(), b"model bytes");
         assert!(store.get("../../etc/passwd").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn artifacts_live_in_a_sibling_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = ModelStore::open(dir.path().join("models")).unwrap();
+        let artifacts = models.artifacts();
+        let hex = artifacts.put(b"{}").await.unwrap();
+        assert!(artifacts.contains(&hex));
+        assert!(!models.contains(&hex));
+        assert_eq!(
+            artifacts.path_of(&hex),
+            dir.path().join("artifacts").join(format!("sha256-{hex}"))
+        );
+        assert_eq!(artifacts.get(&hex).await.unwrap(), b"{}");
     }
 
     #[tokio::test]

@@ -10,10 +10,11 @@ use std::collections::HashMap;
 
 use policies::tensor::{tensor_from_json, tensor_from_parts, DType, Tensor, Violation};
 use policies::{ApiError, ErrorCode};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::definition::Take;
-use crate::version::{FunctionVersion, ModelType};
+use crate::processing;
+use crate::version::{FunctionVersion, InputSource, ModelType};
 
 /// Input tensors by model tensor name, ready to run.
 pub type TensorInputs = Vec<(String, Tensor)>;
@@ -54,8 +55,41 @@ pub fn invalid_input(violations: Vec<Violation>) -> ApiError {
     .with_details(json!(violations))
 }
 
-/// Maps an invoke body (a JSON object keyed by the definition's input fields) to tensors.
-pub fn invoke_inputs(version: &FunctionVersion, body: &Value) -> Result<TensorInputs, ApiError> {
+/// The texts of one text input field, checked (strings, sizes) but not tokenized.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextField {
+    pub field: String,
+    pub texts: Vec<String>,
+}
+
+/// The images of one image input field, base64-decoded but not yet decoded as images.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageField {
+    pub field: String,
+    pub images: Vec<Vec<u8>>,
+}
+
+/// An invoke body that passed every check the router makes: tensor fields are
+/// tensors already; text and image fields are checked strings and bytes that
+/// the node turns into tensors (`runtime/src/prepost.rs`). Only
+/// [`invoke_inputs`] builds one.
+#[derive(Debug)]
+pub struct InvokeInput {
+    tensors: TensorInputs,
+    texts: Vec<TextField>,
+    images: Vec<ImageField>,
+}
+
+impl InvokeInput {
+    /// Tensors of the tensor fields, then the text and image fields to preprocess.
+    pub fn into_parts(self) -> (TensorInputs, Vec<TextField>, Vec<ImageField>) {
+        (self.tensors, self.texts, self.images)
+    }
+}
+
+/// Maps an invoke body (a JSON object keyed by the definition's input fields) to
+/// tensors, and checks text and image fields cheaply (see [`InvokeInput`]).
+pub fn invoke_inputs(version: &FunctionVersion, body: &Value) -> Result<InvokeInput, ApiError> {
     let Value::Object(fields) = body else {
         return Err(invalid_input(vec![Violation::new(
             "",
@@ -64,17 +98,51 @@ pub fn invoke_inputs(version: &FunctionVersion, body: &Value) -> Result<TensorIn
     };
     let mut violations = Vec::new();
     let mut inputs = Vec::with_capacity(version.inputs.len());
+    let mut texts = Vec::new();
+    let mut images = Vec::new();
+    let arrays_allowed = version.outputs.iter().all(|o| o.take == Take::All);
     for binding in &version.inputs {
+        // A text field feeds several tensors; it is read once, with its ids.
+        if matches!(
+            binding.source,
+            InputSource::TextAttentionMask | InputSource::TextTypeIds
+        ) {
+            continue;
+        }
         let pointer = format!("/{}", escape(&binding.field));
-        match fields.get(&binding.field) {
-            None => violations.push(Violation::new(
+        let Some(value) = fields.get(&binding.field) else {
+            violations.push(Violation::new(
                 pointer,
                 format!("required field {:?} is missing", binding.field),
-            )),
-            Some(value) => match tensor_from_json(value, binding.dtype, &binding.shape, &pointer) {
-                Ok(tensor) => inputs.push((binding.tensor.clone(), tensor)),
+            ));
+            continue;
+        };
+        let batch = processing::Batch {
+            fixed: binding.shape.first().copied().unwrap_or(-1),
+            arrays: arrays_allowed,
+        };
+        match binding.source {
+            InputSource::Json => {
+                match tensor_from_json(value, binding.dtype, &binding.shape, &pointer) {
+                    Ok(tensor) => inputs.push((binding.tensor.clone(), tensor)),
+                    Err(mut found) => violations.append(&mut found),
+                }
+            }
+            InputSource::TextIds => match processing::text_items(value, &pointer, batch) {
+                Ok(found) => texts.push(TextField {
+                    field: binding.field.clone(),
+                    texts: found,
+                }),
                 Err(mut found) => violations.append(&mut found),
             },
+            InputSource::Image => match processing::image_items(value, &pointer, batch) {
+                Ok(found) => images.push(ImageField {
+                    field: binding.field.clone(),
+                    images: found,
+                }),
+                Err(mut found) => violations.append(&mut found),
+            },
+            InputSource::TextAttentionMask | InputSource::TextTypeIds => {}
         }
     }
     if version.definition.input_schema.is_none() {
@@ -88,40 +156,14 @@ pub fn invoke_inputs(version: &FunctionVersion, body: &Value) -> Result<TensorIn
         }
     }
     if violations.is_empty() {
-        Ok(inputs)
+        Ok(InvokeInput {
+            tensors: inputs,
+            texts,
+            images,
+        })
     } else {
         Err(invalid_input(violations))
     }
-}
-
-/// Maps output tensors to the invoke response object, as the definition declares.
-pub fn invoke_outputs(
-    version: &FunctionVersion,
-    outputs: &TensorOutputs,
-) -> Result<Value, ApiError> {
-    let mut body = Map::new();
-    for binding in &version.outputs {
-        let tensor = outputs.get(&binding.tensor).ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::InvalidOutput,
-                format!("the model produced no tensor {:?}", binding.tensor),
-            )
-        })?;
-        let value = match binding.take {
-            Take::All => tensor.to_json(),
-            Take::First => tensor.first_json().ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::InvalidOutput,
-                    format!(
-                        "tensor {:?} is empty; \"take\": \"first\" has nothing to take",
-                        binding.tensor
-                    ),
-                )
-            })?,
-        };
-        body.insert(binding.field.clone(), value);
-    }
-    Ok(Value::Object(body))
 }
 
 /// Parses and checks an OIP v2 infer body against the model's tensors.

@@ -14,7 +14,7 @@ use jsonschema::{PatternOptions, Validator};
 use policies::tensor::{DType, Violation};
 use serde_json::{json, Value};
 
-use crate::version::InputBinding;
+use crate::version::{InputBinding, InputSource};
 
 /// Largest schema accepted, serialized.
 pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
@@ -67,10 +67,27 @@ pub fn violations(validator: &Validator, instance: &Value) -> Vec<Violation> {
 pub fn derived_input_schema(inputs: &[InputBinding]) -> Value {
     let mut properties = serde_json::Map::new();
     for b in inputs {
-        properties.insert(b.field.clone(), tensor_schema(b.dtype, &b.shape));
+        let schema = match b.source {
+            InputSource::Json => tensor_schema(b.dtype, &b.shape),
+            InputSource::TextIds | InputSource::TextAttentionMask | InputSource::TextTypeIds => {
+                items_schema(
+                    json!({"type": "string", "maxLength": policies::limits::MAX_TEXT_BYTES}),
+                )
+            }
+            InputSource::Image => {
+                items_schema(json!({"type": "string", "contentEncoding": "base64"}))
+            }
+        };
+        properties.insert(b.field.clone(), schema);
     }
-    let required: Vec<&str> = inputs.iter().map(|b| b.field.as_str()).collect();
+    let mut required: Vec<&str> = inputs.iter().map(|b| b.field.as_str()).collect();
+    required.dedup();
     json!({"type": "object", "required": required, "properties": properties, "additionalProperties": false})
+}
+
+/// One item, or an array of 1..=`MAX_BATCH_ITEMS` of them (text and image fields).
+fn items_schema(item: Value) -> Value {
+    json!({"anyOf": [item.clone(), {"type": "array", "items": item, "minItems": 1, "maxItems": policies::limits::MAX_BATCH_ITEMS}]})
 }
 
 fn tensor_schema(dtype: DType, shape: &[i64]) -> Value {
@@ -191,6 +208,7 @@ mod tests {
             tensor: "x".into(),
             dtype: DType::Float32,
             shape: vec![1, 4],
+            source: Default::default(),
         }];
         let v = compile(&derived_input_schema(&inputs), "").unwrap();
         assert!(violations(&v, &json!({"pixels": [1, 2, 3, 4]})).is_empty());

@@ -7,10 +7,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use policies::{ApiError, ErrorCode};
 use serde_json::json;
 
-use crate::definition::{self, DefinitionError, Syntax};
+use crate::definition::{self, DefinitionError, Syntax, TaskDefinition};
 use crate::models::ModelStore;
+use crate::processing::{self, InputKind};
 use crate::store::{FunctionSummary, Store, StoreError};
-use crate::version::{bind, FunctionVersion, ModelInspector};
+use crate::version::{bind, FunctionVersion, ModelInspector, ModelSignature};
+use policies::tensor::Violation;
 
 /// The tenant used until API keys arrive; the operator acts in it.
 pub const DEFAULT_TENANT: &str = "default";
@@ -63,6 +65,9 @@ fn positive(s: &str) -> Option<u32> {
 
 type VersionKey = (String, String, u32);
 
+/// Model signatures kept in memory; the map is cleared when it grows past this.
+const MAX_CACHED_SIGNATURES: usize = 1024;
+
 /// Registration and lookup of function versions.
 ///
 /// Versions are immutable, so resolved versions are cached forever in memory;
@@ -70,10 +75,15 @@ type VersionKey = (String, String, u32);
 pub struct Registry {
     store: Arc<dyn Store>,
     models: ModelStore,
+    /// Content-addressed artifacts (tokenizer.json files), beside the models.
+    artifacts: ModelStore,
     inspector: Arc<dyn ModelInspector>,
     cache: RwLock<HashMap<VersionKey, Arc<FunctionVersion>>>,
     /// Serialises registrations so the model check and the append see one order.
     register_lock: tokio::sync::Mutex<()>,
+    /// Signatures of models loaded by this process, so that an upload followed
+    /// by a registration loads a model once (models are immutable by digest).
+    signatures: RwLock<HashMap<String, ModelSignature>>,
     /// Called with each newly registered version (the node warms `min_instances`).
     listeners: RwLock<Vec<RegisterListener>>,
 }
@@ -89,10 +99,12 @@ impl Registry {
     ) -> Self {
         Registry {
             store,
+            artifacts: models.artifacts(),
             models,
             inspector,
             cache: RwLock::new(HashMap::new()),
             register_lock: tokio::sync::Mutex::new(()),
+            signatures: RwLock::new(HashMap::new()),
             listeners: RwLock::new(Vec::new()),
         }
     }
@@ -109,6 +121,68 @@ impl Registry {
         &self.models
     }
 
+    pub fn artifacts(&self) -> &ModelStore {
+        &self.artifacts
+    }
+
+    /// Stores an artifact (any bytes, for example a tokenizer.json) by its digest.
+    /// What it must be is checked when a definition refers to it.
+    pub async fn upload_artifact(&self, bytes: &[u8]) -> Result<String, ApiError> {
+        if bytes.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                "the artifact body is empty",
+            ));
+        }
+        let hex = self
+            .artifacts
+            .put(bytes)
+            .await
+            .map_err(|e| internal(format!("writing artifact failed: {e}")))?;
+        Ok(format!("sha256:{hex}"))
+    }
+
+    /// Checks that every text input's tokenizer was uploaded and loads as declared.
+    async fn check_tokenizers(&self, definition: &TaskDefinition) -> Result<(), ApiError> {
+        let mut violations = Vec::new();
+        for (field, spec) in &definition.inputs {
+            let InputKind::Text(text) = spec.kind() else {
+                continue;
+            };
+            let pointer = format!("/inputs/{}/text/tokenizer", processing::escape(field));
+            let hex = text.tokenizer.trim_start_matches("sha256:");
+            if !self.artifacts.contains(hex) {
+                violations.push(Violation::new(
+                    pointer,
+                    format!(
+                        "tokenizer {} has not been uploaded (POST /v1/artifacts)",
+                        text.tokenizer
+                    ),
+                ));
+                continue;
+            }
+            let bytes = self
+                .artifacts
+                .get(hex)
+                .await
+                .map_err(|e| internal(format!("reading artifact failed: {e}")))?;
+            let text = text.clone();
+            let loaded = tokio::task::spawn_blocking(move || {
+                processing::configured_tokenizer(&bytes, &text).map(drop)
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the tokenizer check failed: {e}")));
+            if let Err(reason) = loaded {
+                violations.push(Violation::new(pointer, reason));
+            }
+        }
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(definition_error(DefinitionError { violations }))
+        }
+    }
+
     /// Uploads model bytes after checking that ONNX Runtime can load them.
     pub async fn upload_model(&self, bytes: &[u8]) -> Result<String, ApiError> {
         if bytes.is_empty() {
@@ -117,23 +191,45 @@ impl Registry {
                 "the model body is empty",
             ));
         }
+        let hex = crate::models::sha256_hex(bytes);
+        if self.signature_of(&hex).is_some() && self.models.contains(&hex) {
+            return Ok(format!("sha256:{hex}"));
+        }
         let inspector = self.inspector.clone();
         let owned = bytes.to_vec();
         let checked = tokio::task::spawn_blocking(move || inspector.inspect(&owned))
             .await
             .map_err(|e| internal(format!("model check task failed: {e}")))?;
-        if let Err(reason) = checked {
-            return Err(ApiError::new(
+        let signature = checked.map_err(|reason| {
+            ApiError::new(
                 ErrorCode::InvalidInput,
                 format!("not a loadable ONNX model: {reason}"),
-            ));
-        }
+            )
+        })?;
         let hex = self
             .models
             .put(bytes)
             .await
             .map_err(|e| internal(format!("writing model failed: {e}")))?;
+        self.remember_signature(&hex, signature);
         Ok(format!("sha256:{hex}"))
+    }
+
+    /// The signature of a model this process has already loaded, by hex digest.
+    fn signature_of(&self, hex: &str) -> Option<ModelSignature> {
+        self.signatures
+            .read()
+            .expect("signatures lock")
+            .get(hex)
+            .cloned()
+    }
+
+    fn remember_signature(&self, hex: &str, signature: ModelSignature) {
+        let mut signatures = self.signatures.write().expect("signatures lock");
+        if signatures.len() >= MAX_CACHED_SIGNATURES {
+            signatures.clear();
+        }
+        signatures.insert(hex.to_string(), signature);
     }
 
     /// Parses, checks and stores a definition as the next version of its function.
@@ -154,23 +250,31 @@ impl Registry {
                 ),
             )));
         }
-        let bytes = self
-            .models
-            .get(&hex)
-            .await
-            .map_err(|e| internal(format!("reading model failed: {e}")))?;
-        let inspector = self.inspector.clone();
-        let signature = tokio::task::spawn_blocking(move || inspector.inspect(&bytes))
-            .await
-            .map_err(|e| internal(format!("model check task failed: {e}")))?
-            .map_err(|reason| {
-                definition_error(DefinitionError::one(
-                    "/model",
-                    format!("model does not load: {reason}"),
-                ))
-            })?;
+        let signature = match self.signature_of(&hex) {
+            Some(known) => known,
+            None => {
+                let bytes = self
+                    .models
+                    .get(&hex)
+                    .await
+                    .map_err(|e| internal(format!("reading model failed: {e}")))?;
+                let inspector = self.inspector.clone();
+                let signature = tokio::task::spawn_blocking(move || inspector.inspect(&bytes))
+                    .await
+                    .map_err(|e| internal(format!("model check task failed: {e}")))?
+                    .map_err(|reason| {
+                        definition_error(DefinitionError::one(
+                            "/model",
+                            format!("model does not load: {reason}"),
+                        ))
+                    })?;
+                self.remember_signature(&hex, signature.clone());
+                signature
+            }
+        };
         let (inputs, outputs) = bind(&definition, &signature)
             .map_err(|violations| definition_error(DefinitionError { violations }))?;
+        self.check_tokenizers(&definition).await?;
         let schema_violations: Vec<_> = [
             ("/input_schema", &definition.input_schema),
             ("/output_schema", &definition.output_schema),

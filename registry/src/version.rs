@@ -3,7 +3,8 @@
 use policies::tensor::{DType, Violation};
 use serde::{Deserialize, Serialize};
 
-use crate::definition::{Take, TaskDefinition};
+use crate::definition::{InputSpec, OutputSpec, Take, TaskDefinition};
+use crate::processing::{self, InputKind};
 
 /// Element type as the model declares it: a supported [`DType`] or the raw name of another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,12 +46,41 @@ pub trait ModelInspector: Send + Sync + 'static {
 }
 
 /// A JSON input field bound to a model input tensor, with its resolved type and shape.
+///
+/// A text input binds up to three tensors (ids, attention mask, type ids), each
+/// its own binding with the same `field`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InputBinding {
     pub field: String,
     pub tensor: String,
     pub dtype: DType,
     pub shape: Vec<i64>,
+    /// How the field becomes this tensor (JSON numbers unless preprocessed).
+    #[serde(default, skip_serializing_if = "InputSource::is_json")]
+    pub source: InputSource,
+}
+
+/// Where an input tensor's values come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputSource {
+    /// JSON numbers mapped onto the tensor.
+    #[default]
+    Json,
+    /// Token ids of a text input.
+    TextIds,
+    /// Attention mask of a text input.
+    TextAttentionMask,
+    /// Token type ids of a text input.
+    TextTypeIds,
+    /// Pixels of a decoded image.
+    Image,
+}
+
+impl InputSource {
+    pub fn is_json(&self) -> bool {
+        *self == InputSource::Json
+    }
 }
 
 /// A model output tensor bound to a JSON output field.
@@ -98,6 +128,16 @@ impl FunctionVersion {
     pub fn input_by_tensor(&self, tensor: &str) -> Option<&InputBinding> {
         self.inputs.iter().find(|b| b.tensor == tensor)
     }
+
+    /// The definition of an input field.
+    pub fn input_spec(&self, field: &str) -> Option<&InputSpec> {
+        self.definition.inputs.get(field)
+    }
+
+    /// The definition of an output field.
+    pub fn output_spec(&self, field: &str) -> Option<&OutputSpec> {
+        self.definition.outputs.get(field)
+    }
 }
 
 /// Resolves the definition's declared tensors against the model's signature.
@@ -110,14 +150,47 @@ pub fn bind(
 ) -> Result<(Vec<InputBinding>, Vec<OutputBinding>), Vec<Violation>> {
     let mut violations = Vec::new();
     let mut inputs = Vec::new();
+    // Model input tensors each declared input feeds, for the exactly-once check.
+    let mut fed: Vec<String> = Vec::new();
     for (field, spec) in &definition.inputs {
         let pointer = format!("/inputs/{field}");
-        let Some(info) = signature.inputs.iter().find(|t| t.name == spec.tensor) else {
+        let tensor_name = match spec.kind() {
+            InputKind::Text(text) => {
+                fed.extend(
+                    processing::text_tensors(spec, signature)
+                        .into_iter()
+                        .map(|(_, t)| t),
+                );
+                inputs.extend(processing::bind_text(
+                    field,
+                    spec,
+                    text,
+                    signature,
+                    &mut violations,
+                ));
+                continue;
+            }
+            InputKind::Image(image) => {
+                let tensor = spec.tensor.clone().unwrap_or_default();
+                fed.push(tensor.clone());
+                inputs.extend(processing::bind_image(
+                    field,
+                    &tensor,
+                    image,
+                    signature,
+                    &mut violations,
+                ));
+                continue;
+            }
+            InputKind::Tensor => spec.tensor.clone().unwrap_or_default(),
+        };
+        fed.push(tensor_name.clone());
+        let Some(info) = signature.inputs.iter().find(|t| t.name == tensor_name) else {
             violations.push(Violation::new(
                 format!("{pointer}/tensor"),
                 format!(
                     "the model has no input tensor {:?} (it has {})",
-                    spec.tensor,
+                    tensor_name,
                     names(&signature.inputs)
                 ),
             ));
@@ -137,7 +210,7 @@ pub fn bind(
                             "declared shape {} is incompatible with the model's {} for tensor {:?}",
                             policies::tensor::shape_display(declared),
                             policies::tensor::shape_display(&model_shape),
-                            spec.tensor
+                            tensor_name
                         ),
                     ));
                     continue;
@@ -147,17 +220,14 @@ pub fn bind(
         };
         inputs.push(InputBinding {
             field: field.clone(),
-            tensor: spec.tensor.clone(),
+            tensor: tensor_name,
             dtype,
             shape,
+            source: Default::default(),
         });
     }
     for info in &signature.inputs {
-        let fed = definition
-            .inputs
-            .values()
-            .filter(|s| s.tensor == info.name)
-            .count();
+        let fed = fed.iter().filter(|t| **t == info.name).count();
         if fed == 0 {
             violations.push(Violation::new(
                 "/inputs",
@@ -170,6 +240,11 @@ pub fn bind(
             ));
         }
     }
+    let masks: Vec<String> = inputs
+        .iter()
+        .filter(|b| b.source == InputSource::TextAttentionMask)
+        .map(|b| b.tensor.clone())
+        .collect();
     let mut outputs = Vec::new();
     for (field, spec) in &definition.outputs {
         let pointer = format!("/outputs/{field}");
@@ -187,6 +262,7 @@ pub fn bind(
         let Some(dtype) = resolve_dtype(info, spec.dtype, &pointer, &mut violations) else {
             continue;
         };
+        processing::check_post(field, spec, info, dtype, &masks, &mut violations);
         outputs.push(OutputBinding {
             field: field.clone(),
             tensor: spec.tensor.clone(),

@@ -5,6 +5,7 @@ pub mod batch;
 pub mod engine;
 pub mod metrics;
 pub mod ortenv;
+pub mod prepost;
 pub mod server;
 pub mod session;
 

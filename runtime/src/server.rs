@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
@@ -23,6 +24,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::engine::{Engine, Priority};
+use crate::prepost::{self, Prepost};
 
 /// Header that orders a call in its function's queue: `high`, `normal` or `low`.
 pub const PRIORITY_HEADER: &str = "x-taskmesh-priority";
@@ -69,12 +71,17 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Out
 
 struct Node {
     engine: Arc<Engine>,
+    prepost: Prepost,
     node_id: String,
 }
 
 /// The node's routes.
 pub fn router(engine: Arc<Engine>, node_id: String) -> Router {
-    let node = Arc::new(Node { engine, node_id });
+    let node = Arc::new(Node {
+        prepost: Prepost::new(engine.registry().clone()),
+        engine,
+        node_id,
+    });
     Router::new()
         .route("/v1/functions/{name}/invoke", post(invoke))
         .route(
@@ -203,13 +210,23 @@ async fn invoke(
         .await?;
         node.engine
             .precheck(&version, priority(&headers)?, budget(&headers))?;
+        // Preprocessing counts against the same deadline as the run.
+        let limit = Duration::from_millis(version.definition.timeout_ms);
+        let deadline = Instant::now() + budget(&headers).map_or(limit, |b| b.min(limit));
         let input = json_body(&version, body).await?;
-        let inputs = protocol::invoke_inputs(&version, &input)?;
+        let checked = protocol::invoke_inputs(&version, &input)?;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let prepared = tokio::time::timeout(left(), node.prepost.prepare(&version, checked))
+            .await
+            .map_err(|_| deadline_passed(&version, limit))??;
+        if left().is_zero() {
+            return Err(deadline_passed(&version, limit));
+        }
         let outcome = node
             .engine
-            .run(&version, inputs, budget(&headers), priority(&headers)?)
+            .run(&version, prepared.inputs, Some(left()), priority(&headers)?)
             .await?;
-        let output = protocol::invoke_outputs(&version, &outcome.outputs)?;
+        let output = prepost::invoke_outputs(&version, &outcome.outputs, &prepared.masks)?;
         if let Some(validator) = version.output_validator() {
             let violations = registry::schema::violations(&validator, &output);
             if !violations.is_empty() {
@@ -231,6 +248,19 @@ async fn invoke(
     }
     .await;
     finish(result, &name, &id)
+}
+
+/// The answer when an invocation's time runs out before its run starts.
+fn deadline_passed(version: &FunctionVersion, limit: Duration) -> ApiError {
+    ApiError::new(
+        policies::ErrorCode::Timeout,
+        format!(
+            "function {} version {} did not finish within its deadline (timeout_ms {})",
+            version.name,
+            version.version,
+            limit.as_millis()
+        ),
+    )
 }
 
 async fn infer(
