@@ -41,6 +41,7 @@ pub async fn run(config: Config) -> Result<()> {
         EngineConfig {
             session: SessionOptions {
                 intra_threads: config.session_threads,
+                gpu: false,
             },
             memory_budget_bytes: config.memory_budget_mb.saturating_mul(1 << 20),
             ..EngineConfig::default()
@@ -72,7 +73,16 @@ pub async fn run(config: Config) -> Result<()> {
         node_app,
         stopped(stop_rx.clone()),
     ));
+    let cuda = runtime::session::cuda_available();
+    if cuda {
+        tracing::info!("CUDA execution provider available: GPU functions run on the GPU");
+    } else {
+        tracing::info!(
+            "no CUDA execution provider: this node refuses GPU functions (resources.gpu)"
+        );
+    }
     let directory: Arc<dyn registry::api::NodeDirectory> = Arc::new(LocalNode {
+        gpus: u32::from(cuda),
         engine: engine.clone(),
         id: format!("node-{}", node_addr.port()),
         address: node_addr.to_string(),
@@ -246,6 +256,7 @@ async fn warm_stored_versions(registry: &Registry, engine: &Arc<Engine>) {
 
 /// The in-process node, as `GET /v1/nodes` shows it.
 struct LocalNode {
+    gpus: u32,
     engine: Arc<Engine>,
     id: String,
     address: String,
@@ -261,7 +272,7 @@ impl registry::api::NodeDirectory for LocalNode {
             "id": self.id,
             "address": self.address,
             "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
-            "gpus": 0,
+            "gpus": self.gpus,
             "memory_budget_bytes": snapshot.memory_budget_bytes,
             "memory_used_bytes": snapshot.memory_used_bytes,
             "in_flight": snapshot.in_flight,

@@ -224,7 +224,7 @@ async fn a_saturated_slow_function_neither_starves_a_light_one_nor_hangs() {
     register_slow(
         &p,
         "slow",
-        json!({"timeout_ms": 3000, "scaling": {"max_instances": 1, "concurrency": 2}}),
+        json!({"timeout_ms": 3000, "retry": {"max_attempts": 1}, "scaling": {"max_instances": 1, "concurrency": 2}}),
     )
     .await;
     let client = p.client();
@@ -245,13 +245,13 @@ async fn a_saturated_slow_function_neither_starves_a_light_one_nor_hangs() {
     }
     let baseline = median_latency(&client, &digits_url).await;
 
-    // 24 concurrent heavy calls against one instance and a queue of two.
-    let heavy: Vec<_> = (0..24)
+    // 12 concurrent heavy calls against one instance and a queue of two.
+    let heavy: Vec<_> = (0..12)
         .map(|_| {
             let (client, url) = (client.clone(), slow_url.clone());
             tokio::spawn(async move {
                 let started = Instant::now();
-                let reply = client.post_json(&url, &rows(128)).await;
+                let reply = client.post_json(&url, &rows(64)).await;
                 (
                     reply.status.as_u16(),
                     reply.json()["error"]["code"].clone(),
@@ -280,7 +280,7 @@ async fn a_saturated_slow_function_neither_starves_a_light_one_nor_hangs() {
         }
     }
     assert!(
-        served >= 1 && refused >= 10,
+        served >= 1 && refused >= 6,
         "served {served}, refused {refused}"
     );
     let factor = during.as_secs_f64() / baseline.as_secs_f64();
@@ -494,4 +494,34 @@ async fn a_node_that_is_overloaded_is_retried_then_reported() {
     );
     assert_eq!(blocker.await.unwrap(), 200);
     assert_eq!(queued.await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn a_node_without_a_gpu_says_it_cannot_serve_gpu_functions() {
+    let p = Platform::start(&["--no-examples"]);
+    register_as(
+        &p,
+        "digits-gpu",
+        "examples/digits/function.json",
+        "examples/digits/model.onnx",
+        json!({"resources": {"gpu": true}}),
+    )
+    .await;
+    let client = p.client();
+    let nodes = client.get(&p.admin_url("/v1/nodes")).await.json();
+    assert_eq!(
+        nodes["nodes"][0]["gpus"], 0,
+        "CI machines have no GPU: {nodes}"
+    );
+    let err = client
+        .post_json(&p.router_url("/v1/functions/digits-gpu/invoke"), &sample())
+        .await
+        .expect_error(503, "unavailable");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot serve GPU functions"),
+        "{err}"
+    );
 }

@@ -500,7 +500,7 @@ impl Engine {
             tracing::info!(
                 function = %version.name,
                 version = version.version,
-                provider = "cpu",
+                provider = if version.definition.resources.gpu { "cuda" } else { "cpu" },
                 fetch_ms = parts.fetch.as_secs_f64() * 1e3,
                 load_ms = parts.load.as_secs_f64() * 1e3,
                 first_run_ms = first_run.as_secs_f64() * 1e3,
@@ -900,6 +900,20 @@ async fn load_instance(
         ApiError::new(ErrorCode::Unavailable, format!("model {} is not available on this node", version.definition.model)).with_retry_after(1)
     })?;
     let fetch = started.elapsed();
+    let options = SessionOptions {
+        gpu: version.definition.resources.gpu,
+        ..options
+    };
+    if options.gpu && !session::cuda_available() {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "function {} needs a GPU and this node has no CUDA execution provider; it cannot serve GPU functions",
+                version.name
+            ),
+        )
+        .with_retry_after(1));
+    }
     let session = tokio::task::spawn_blocking(move || session::build_session(&bytes, options))
         .await
         .map_err(|e| {

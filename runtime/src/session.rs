@@ -14,28 +14,59 @@ use crate::ortenv;
 #[derive(Debug, Clone, Copy)]
 pub struct SessionOptions {
     pub intra_threads: usize,
+    /// Run on ONNX Runtime's CUDA execution provider (`resources.gpu`).
+    pub gpu: bool,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { intra_threads: 1 }
+        SessionOptions {
+            intra_threads: 1,
+            gpu: false,
+        }
     }
 }
 
-/// Builds a CPU session from model bytes.
+/// Whether the loaded ONNX Runtime library has a usable CUDA execution provider
+/// (the `onnxruntime-gpu` wheel's library on a machine with an NVIDIA GPU).
+pub fn cuda_available() -> bool {
+    use ort::ep::ExecutionProvider;
+    ortenv::environment().is_ok() && ort::ep::CUDA::is_available().unwrap_or(false)
+}
+
+/// The execution provider a session with these options runs on.
+pub fn provider_name(options: SessionOptions) -> &'static str {
+    if options.gpu {
+        "cuda"
+    } else {
+        "cpu"
+    }
+}
+
+/// Builds a session from model bytes, on the CPU or (with `gpu`) on CUDA.
+///
+/// A GPU session never falls back to the CPU silently: without a usable CUDA
+/// provider it fails, saying so.
 pub fn build_session(bytes: &[u8], options: SessionOptions) -> Result<Session, String> {
     let env = ortenv::environment()?;
     let err = |e: ort::Error<ort::session::builder::SessionBuilder>| e.to_string();
-    Session::builder(env)
+    let mut builder = Session::builder(env)
         .map_err(|e| e.to_string())?
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(err)?
         .with_intra_threads(options.intra_threads)
         .map_err(err)?
         .with_inter_threads(1)
-        .map_err(err)?
-        .commit_from_memory(bytes)
-        .map_err(|e| e.to_string())
+        .map_err(err)?;
+    if options.gpu {
+        if !cuda_available() {
+            return Err("this node has no usable CUDA execution provider, so it cannot serve GPU functions (install the onnxruntime-gpu library and run on an NVIDIA GPU)".into());
+        }
+        builder = builder
+            .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+            .map_err(err)?;
+    }
+    builder.commit_from_memory(bytes).map_err(|e| e.to_string())
 }
 
 fn dtype_of(ty: TensorElementType) -> ModelType {
