@@ -1,0 +1,54 @@
+"""Micro-benchmarks: criterion benches in policies/benches/, folded into the summary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from common import ROOT, log, pinned
+
+
+def target_dir():
+    meta = subprocess.run(
+        ["cargo", "metadata", "--format-version", "1", "--no-deps"],
+        capture_output=True, text=True, cwd=ROOT, check=True,
+    )  # fmt: skip
+    from pathlib import Path
+
+    return Path(json.loads(meta.stdout)["target_directory"])
+
+
+def run(ctx) -> dict:
+    # Build first, unpinned (compiling on one core would be slow), then measure pinned.
+    subprocess.run(["cargo", "bench", "-p", "taskmesh-policies", "--bench", "hot_paths", "--no-run"],
+                   cwd=ROOT, check=True)  # fmt: skip
+    args = ["--warm-up-time", str(ctx.micro_warmup), "--measurement-time", str(ctx.micro_measure)]
+    if ctx.quick:
+        args.append("--quick")
+    cmd = ["cargo", "bench", "-p", "taskmesh-policies", "--bench", "hot_paths", "--", *args, "--noplot"]
+    p = subprocess.run(pinned(cmd, ctx.server_cpus[:1]), cwd=ROOT, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"cargo bench failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    root = target_dir() / "criterion"
+    out = {"benches": {}}
+    for est in sorted(root.glob("*/*/new/estimates.json")):
+        group, bench = est.parts[-4], est.parts[-3]
+        if not (root / group / bench / "new" / "benchmark.json").exists():
+            continue
+        info = json.loads((root / group / bench / "new" / "benchmark.json").read_text())
+        if info.get("group_id") not in GROUPS:
+            continue
+        e = json.loads(est.read_text())
+        name = f"{info['group_id']}/{info.get('function_id') or bench}"
+        out["benches"][name] = {
+            "median_ns": e["median"]["point_estimate"],
+            "median_ci_ns": [e["median"]["confidence_interval"]["lower_bound"],
+                             e["median"]["confidence_interval"]["upper_bound"]],  # fmt: skip
+            "mean_ns": e["mean"]["point_estimate"],
+            "throughput": info.get("throughput"),
+        }
+        log(f"micro: {name:45s} {e['median']['point_estimate']:10.1f} ns")
+    return out
+
+
+GROUPS = {"tensor_from_json", "parse_body", "input_schema", "ratelimit_check", "breaker"}

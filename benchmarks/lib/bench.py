@@ -1,0 +1,155 @@
+"""Runs the benchmark scenarios of benchmarks/cases/ and writes the results.
+
+Called by benchmarks/run.sh (which installs the tools first):
+    python3 benchmarks/lib/bench.py [--quick] [--only a,b] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import BENCH, TASKMESH_BIN, cpu_split, log, machine_info  # noqa: E402
+
+# Scenario order: cheap and independent first. `batching` (#4) and `ring` (#5)
+# are documented stubs until those capabilities exist.
+SCENARIOS = ["micro", "floor", "router-overhead", "vs-mlserver", "cold-start"]
+TODO = {
+    "batching": "needs dynamic batching (issue #4)",
+    "ring": "needs the consistent-hash ring with bounded load (issue #5)",
+}
+
+
+@dataclass
+class Ctx:
+    quick: bool
+    workdir: Path
+    loadgen_cpus: list[int]
+    server_cpus: list[int]
+    reps: int
+    duration: float
+    warmup: float
+    conns: int = 4
+    streams: int = 32
+    mlserver_concurrency: list[int] = field(default_factory=lambda: [1, 16])
+    floor_calls: int = 20000
+    floor_seconds: float = 5.0
+    warm_calls: int = 20
+    micro_warmup: float = 1.0
+    micro_measure: float = 3.0
+
+
+def make_ctx(quick: bool, workdir: Path) -> Ctx:
+    loadgen, servers = cpu_split()
+    if quick:
+        return Ctx(quick=True, workdir=workdir, loadgen_cpus=loadgen, server_cpus=servers,
+                   reps=1, duration=2, warmup=0.5, floor_calls=2000, floor_seconds=1.0,
+                   warm_calls=5, micro_warmup=0.2, micro_measure=0.5)  # fmt: skip
+    # Five short repetitions rather than three long ones: on a shared, noisy
+    # machine a median of five shrugs off two disturbed runs.
+    return Ctx(quick=False, workdir=workdir, loadgen_cpus=loadgen, server_cpus=servers,
+               reps=5, duration=5, warmup=1)  # fmt: skip
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "?"
+
+
+def load_case(name: str):
+    path = BENCH / "cases" / name / "case.py"
+    spec = importlib.util.spec_from_file_location(f"case_{name.replace('-', '_')}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="a few seconds per scenario; writes results/quick/")
+    ap.add_argument("--only", default="", help="comma-separated scenarios (default: all)")
+    ap.add_argument("--out", default="", help="results folder (default: benchmarks/results[/quick])")
+    args = ap.parse_args()
+
+    out = Path(args.out) if args.out else BENCH / "results" / ("quick" if args.quick else "")
+    out = out.resolve()
+    only = [s for s in args.only.split(",") if s]
+    unknown = [s for s in only if s not in SCENARIOS and s not in TODO]
+    if unknown:
+        ap.error(f"unknown scenario(s) {unknown}; known: {SCENARIOS + list(TODO)}")
+    chosen = [s for s in SCENARIOS if not only or s in only]
+    if not TASKMESH_BIN.exists():
+        ap.error(f"{TASKMESH_BIN} is missing: run `cargo build --release -p taskmesh` (run.sh does)")
+
+    workdir = out / "tmp"
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    ctx = make_ctx(args.quick, workdir)
+    machine = machine_info()
+    log(f"{'quick' if args.quick else 'full'} run: {', '.join(chosen)}; "
+        f"load generator on CPU {ctx.loadgen_cpus}, servers on CPUs {ctx.server_cpus}; "
+        f"{machine['nproc']} × {machine['cpu_model']}")  # fmt: skip
+
+    results = {
+        "mode": "quick" if args.quick else "full",
+        "machine": machine,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in ctx.__dict__.items()},
+        "loadavg_start": _loadavg(),
+        "scenarios": {},
+        "errors": {},
+        "todo": TODO,
+    }
+    # A partial run (--only) keeps the other scenarios of an earlier run.
+    previous = out / "results.json"
+    if only and previous.exists():
+        try:
+            old = json.loads(previous.read_text())
+            if old.get("mode") == results["mode"]:
+                results["scenarios"] = {k: v for k, v in old.get("scenarios", {}).items() if k not in chosen}
+                results["carried_over"] = sorted(results["scenarios"])
+        except (OSError, ValueError):
+            pass
+
+    t_all = time.monotonic()
+    for name in chosen:
+        t0 = time.monotonic()
+        log(f"=== {name}")
+        try:
+            res = load_case(name).run(ctx)
+            res["elapsed_s"] = round(time.monotonic() - t0, 1)
+            results["scenarios"][name] = res
+            log(f"=== {name} done in {res['elapsed_s']} s")
+        except Exception as e:  # noqa: BLE001 - record, go on, fail at the end
+            traceback.print_exc()
+            results["errors"][name] = f"{type(e).__name__}: {e}"[:4000]
+            log(f"=== {name} FAILED: {e}")
+    results["elapsed_s"] = round(time.monotonic() - t_all, 1)
+    results["loadavg_end"] = _loadavg()
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    import report  # after the runs: it needs matplotlib, which only plots need
+
+    report.write(results, out)
+    log(f"results in {out} ({results['elapsed_s']} s)")
+    if results["errors"]:
+        log(f"failed scenarios: {', '.join(results['errors'])}")
+        return 1
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
