@@ -525,3 +525,36 @@ async fn a_node_without_a_gpu_says_it_cannot_serve_gpu_functions() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn abandoned_calls_never_leak_an_instance() {
+    let p = Platform::start(&["--no-examples"]);
+    register_slow(&p, "slow", json!({"timeout_ms": 150, "retry": {"max_attempts": 1}, "circuit_breaker": {"minimum_calls": 100000}, "scaling": {"max_instances": 1, "concurrency": 64}})).await;
+    let client = p.client();
+    let url = p.router_url("/v1/functions/slow/invoke");
+    assert_eq!(client.post_json(&url, &rows(1)).await.status, 200);
+    // Many calls whose deadlines pass while they wait or run: each gives up
+    // somewhere between the queue, the grant and the run.
+    for _ in 0..3 {
+        let calls: Vec<_> = (0..40)
+            .map(|i| {
+                let (client, url) = (client.clone(), url.clone());
+                tokio::spawn(
+                    async move { client.post_json(&url, &rows(40 + i)).await.status.as_u16() },
+                )
+            })
+            .collect();
+        for call in calls {
+            let status = call.await.unwrap();
+            assert!([200, 503, 504].contains(&status), "{status}");
+        }
+    }
+    // The instance is free again: nothing is busy, and a small call is served.
+    wait_for(&p, "slow", "idle", |f| f["busy"] == 0 && f["queued"] == 0).await;
+    // Under this burst the router may have ejected the node for a moment
+    // (connections that timed out within the calls' short deadlines); it
+    // comes back after its 2 s open period.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let reply = client.post_json(&url, &rows(1)).await;
+    assert_eq!(reply.status, 200, "{}", reply.json());
+}

@@ -124,8 +124,11 @@ struct Slot {
     last_used: Instant,
 }
 
+/// An instance handed to one call. Its lease returns the instance to the pool
+/// when dropped, wherever that happens (even if the call went away before it
+/// received the grant), so a slot can never leak.
 struct Grant {
-    instance: Arc<Instance>,
+    lease: Lease,
     cold: bool,
 }
 
@@ -171,7 +174,7 @@ impl Pool {
     }
 
     /// Hands idle instances to waiting calls, best priority first.
-    fn dispatch(&mut self) {
+    fn dispatch(&mut self, engine: &Arc<Engine>, key: &VersionKey) {
         while let Some(index) = self.slots.iter().position(|s| !s.busy) {
             let Some(best) = best_waiter(&self.queue) else {
                 return;
@@ -179,12 +182,17 @@ impl Pool {
             let waiter = self.queue.remove(best);
             let slot = &mut self.slots[index];
             let grant = Grant {
-                instance: slot.instance.clone(),
+                lease: Lease::new(engine, key, &slot.instance),
                 cold: slot.fresh,
             };
-            if waiter.tx.send(Ok(grant)).is_ok() {
-                slot.busy = true;
-                slot.fresh = false;
+            match waiter.tx.send(Ok(grant)) {
+                Ok(()) => {
+                    slot.busy = true;
+                    slot.fresh = false;
+                }
+                // The caller is gone: the slot stays idle (and the pool is locked here).
+                Err(Ok(unsent)) => unsent.lease.disarm(),
+                Err(Err(_)) => {}
             }
         }
     }
@@ -441,10 +449,11 @@ impl Engine {
             return self.run_batched(version, inputs, deadline, priority).await;
         }
         let grant = self.acquire(version, deadline, priority).await?;
-        let outputs = self.execute(version, &grant, inputs).await?;
+        let cold_start = grant.cold;
+        let outputs = self.execute(version, grant, inputs).await?;
         Ok(Outcome {
             outputs,
-            cold_start: grant.cold,
+            cold_start,
         })
     }
 
@@ -452,15 +461,11 @@ impl Engine {
     async fn execute(
         self: &Arc<Self>,
         version: &Arc<FunctionVersion>,
-        grant: &Grant,
+        grant: Grant,
         inputs: TensorInputs,
     ) -> Result<TensorOutputs, ApiError> {
-        let lease = Lease {
-            engine: self.clone(),
-            key: key_of(version),
-            instance: grant.instance.clone(),
-            started: Instant::now(),
-        };
+        let mut lease = grant.lease;
+        lease.started = Instant::now();
         let options =
             Arc::new(RunOptions::new().map_err(|e| {
                 ApiError::new(ErrorCode::FunctionFailed, format!("run options: {e}"))
@@ -468,7 +473,7 @@ impl Engine {
         // If this call is abandoned (its deadline passed), the run is terminated
         // inside ONNX Runtime, so the instance is free for the next call.
         let _terminate = TerminateOnDrop(options.clone());
-        let instance = grant.instance.clone();
+        let instance = lease.instance.clone();
         let run_started = Instant::now();
         let outputs = tokio::task::spawn_blocking(move || {
             let mut session = instance.session.lock().unwrap_or_else(|p| p.into_inner());
@@ -488,7 +493,7 @@ impl Engine {
             )
         })?;
         let first_run = run_started.elapsed();
-        if let Some(parts) = grant
+        if let Some(parts) = lease
             .instance
             .cold
             .lock()
@@ -530,7 +535,7 @@ impl Engine {
                 slot.busy = true;
                 let cold = std::mem::replace(&mut slot.fresh, false);
                 return Ok(Grant {
-                    instance: slot.instance.clone(),
+                    lease: Lease::new(self, &key, &slot.instance),
                     cold,
                 });
             }
@@ -614,6 +619,7 @@ impl Engine {
                 on_demand,
             )
             .await;
+            let dispatch_key = key.clone();
             let mut state = engine.lock();
             let pool = state
                 .pools
@@ -628,7 +634,7 @@ impl Engine {
                         fresh: on_demand,
                         last_used: Instant::now(),
                     });
-                    pool.dispatch();
+                    pool.dispatch(&engine, &dispatch_key);
                 }
                 Err(e) => {
                     // Nothing will serve these calls: tell them why.
@@ -678,7 +684,7 @@ impl Engine {
         Ok(())
     }
 
-    fn release(&self, key: &VersionKey, instance: &Instance, took: Duration) {
+    fn release(self: &Arc<Self>, key: &VersionKey, instance: &Instance, took: Duration) {
         let mut state = self.lock();
         if let Some(pool) = state.pools.get_mut(key) {
             pool.record_run(took);
@@ -686,7 +692,7 @@ impl Engine {
                 slot.busy = false;
                 slot.last_used = Instant::now();
             }
-            pool.dispatch();
+            pool.dispatch(self, key);
         }
     }
 
@@ -798,9 +804,10 @@ impl Engine {
         }
         let work = async {
             let grant = self.acquire(&version, first_deadline, priority).await?;
+            let cold = grant.cold;
             let merged = batch::concat(inputs)?;
-            let outputs = self.execute(&version, &grant, merged).await?;
-            Ok::<_, ApiError>((batch::split(&outputs, &rows)?, grant.cold))
+            let outputs = self.execute(&version, grant, merged).await?;
+            Ok::<_, ApiError>((batch::split(&outputs, &rows)?, cold))
         };
         // Nobody waits past the latest caller's deadline: stop (and terminate) then.
         let result = match tokio::time::timeout_at(deadline.into(), work).await {
@@ -953,12 +960,32 @@ struct Lease {
     key: VersionKey,
     instance: Arc<Instance>,
     started: Instant,
+    armed: bool,
+}
+
+impl Lease {
+    fn new(engine: &Arc<Engine>, key: &VersionKey, instance: &Arc<Instance>) -> Self {
+        Lease {
+            engine: engine.clone(),
+            key: key.clone(),
+            instance: instance.clone(),
+            started: Instant::now(),
+            armed: true,
+        }
+    }
+
+    /// Drops the lease without returning the instance (the caller already has).
+    fn disarm(mut self) {
+        self.armed = false;
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.engine
-            .release(&self.key, &self.instance, self.started.elapsed());
+        if self.armed {
+            self.engine
+                .release(&self.key, &self.instance, self.started.elapsed());
+        }
     }
 }
 
