@@ -561,7 +561,21 @@ async fn a_clients_plan_and_in_flight_limit_apply() {
                 .status
         })
     };
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    // Wait until the long call holds the instance (so it is the one in flight).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let nodes = operator.get(&p.admin_url("/v1/nodes")).await.json();
+        let busy = nodes["nodes"][0]["warm"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|f| f["function"] == "slow" && f["busy"] == 1);
+        if busy {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the long call never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let mut refused = false;
     for _ in 0..20 {
         let reply = operator
