@@ -1,5 +1,9 @@
 //! Header names of the invocation contract, shared by router and node.
 
+use serde::Serialize;
+
+use crate::ApiError;
+
 /// The function version that served the call.
 pub const VERSION: &str = "x-taskmesh-version";
 /// `true` when the call waited for an instance to load.
@@ -15,3 +19,47 @@ pub const TENANT: &str = "x-taskmesh-tenant";
 pub const ERROR_CODE: &str = "x-taskmesh-error-code";
 /// Router → node: milliseconds left of the invocation's deadline.
 pub const DEADLINE_MS: &str = "x-taskmesh-deadline-ms";
+/// Caller → router → node: the call's place in its function's queue.
+pub const PRIORITY: &str = "x-taskmesh-priority";
+
+/// Order of service in a queue; also who is shed first when it is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Low,
+    Normal,
+    High,
+}
+
+impl Priority {
+    /// Reads `x-taskmesh-priority` (absent or empty means normal).
+    pub fn from_header(value: Option<&str>) -> Result<Self, ApiError> {
+        match value.map(str::trim) {
+            None | Some("") | Some("normal") => Ok(Priority::Normal),
+            Some("high") => Ok(Priority::High),
+            Some("low") => Ok(Priority::Low),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "{PRIORITY} must be high, normal or low, got {other:?}"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priority_accepts_the_three_levels_and_refuses_the_rest() {
+        assert_eq!(Priority::from_header(None).unwrap(), Priority::Normal);
+        assert_eq!(
+            Priority::from_header(Some(" high ")).unwrap(),
+            Priority::High
+        );
+        assert_eq!(Priority::from_header(Some("low")).unwrap(), Priority::Low);
+        assert!(Priority::High > Priority::Normal && Priority::Normal > Priority::Low);
+        let err = Priority::from_header(Some("urgent")).unwrap_err();
+        assert_eq!(err.status(), 400);
+        assert!(err.message.contains("urgent"));
+    }
+}

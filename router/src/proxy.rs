@@ -279,6 +279,14 @@ impl TaskmeshProxy {
                         ),
                     )
                 };
+                // Checked at the edge so a bad header never costs a node a stream.
+                headers::Priority::from_header(
+                    session
+                        .req_header()
+                        .headers
+                        .get(headers::PRIORITY)
+                        .and_then(|v| v.to_str().ok()),
+                )?;
                 ctx.upstream_path = Some(path);
                 ctx.body_kind = Some(kind);
                 ctx.deadline =

@@ -44,28 +44,7 @@ use crate::session::{self, SessionOptions};
 
 type VersionKey = (String, String, u32);
 
-/// Order of service in a queue; also who is shed first when it is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Priority {
-    Low,
-    Normal,
-    High,
-}
-
-impl Priority {
-    /// Reads `x-taskmesh-priority` (absent means normal).
-    pub fn from_header(value: Option<&str>) -> Result<Self, ApiError> {
-        match value.map(str::trim) {
-            None | Some("") | Some("normal") => Ok(Priority::Normal),
-            Some("high") => Ok(Priority::High),
-            Some("low") => Ok(Priority::Low),
-            Some(other) => Err(ApiError::bad_request(format!(
-                "x-taskmesh-priority must be high, normal or low, got {other:?}"
-            ))),
-        }
-    }
-}
+pub use policies::headers::Priority;
 
 /// Node-wide settings of the engine.
 #[derive(Debug, Clone, Copy)]
@@ -1028,13 +1007,6 @@ mod tests {
             Some(1),
             "the newest of the lowest is shed first"
         );
-    }
-
-    #[test]
-    fn priority_header() {
-        assert_eq!(Priority::from_header(None).unwrap(), Priority::Normal);
-        assert_eq!(Priority::from_header(Some("high")).unwrap(), Priority::High);
-        assert!(Priority::from_header(Some("urgent")).is_err());
     }
 
     #[test]

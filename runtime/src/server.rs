@@ -27,7 +27,7 @@ use crate::engine::{Engine, Priority};
 use crate::prepost::{self, Prepost};
 
 /// Header that orders a call in its function's queue: `high`, `normal` or `low`.
-pub const PRIORITY_HEADER: &str = "x-taskmesh-priority";
+pub const PRIORITY_HEADER: &str = policies::headers::PRIORITY;
 
 pub use policies::headers;
 
@@ -201,15 +201,19 @@ async fn invoke(
 ) -> Response {
     let id = invocation_id(&headers);
     let result: Result<Response, ApiError> = async {
-        let version = resolve(
-            &node,
-            &headers,
-            &name,
-            &Qualifier::from_query(query.as_deref())?,
-        )
-        .await?;
-        node.engine
-            .precheck(&version, priority(&headers)?, budget(&headers))?;
+        let early = async {
+            let version = resolve(
+                &node,
+                &headers,
+                &name,
+                &Qualifier::from_query(query.as_deref())?,
+            )
+            .await?;
+            node.engine
+                .precheck(&version, priority(&headers)?, budget(&headers))?;
+            Ok(version)
+        };
+        let (version, body) = refuse_early(early.await, body).await?;
         // Preprocessing counts against the same deadline as the run.
         let limit = Duration::from_millis(version.definition.timeout_ms);
         let deadline = Instant::now() + budget(&headers).map_or(limit, |b| b.min(limit));
@@ -250,6 +254,30 @@ async fn invoke(
     finish(result, &name, &id)
 }
 
+/// Bodies up to this size are read to their end before an early refusal.
+const EARLY_DRAIN_BYTES: usize = 64 * 1024;
+/// How long an early refusal waits for such a body.
+const EARLY_DRAIN_WAIT: Duration = Duration::from_millis(50);
+
+/// Passes the body on when the checks before it passed; otherwise refuses
+/// without running anything.
+///
+/// A refusal sent while the request body is still arriving ends the HTTP/2
+/// stream with `RST_STREAM(NO_ERROR)`, and a proxy still writing that body may
+/// report a failed stream instead of this answer. A small body (the router's
+/// replayable ones) is therefore read to its end first, within a short wait;
+/// a large one is not, since not reading it is the point of refusing early.
+async fn refuse_early<T>(checked: Result<T, ApiError>, body: Body) -> Result<(T, Body), ApiError> {
+    match checked {
+        Ok(value) => Ok((value, body)),
+        Err(err) => {
+            let _ =
+                tokio::time::timeout(EARLY_DRAIN_WAIT, read_body(body, EARLY_DRAIN_BYTES)).await;
+            Err(err)
+        }
+    }
+}
+
 /// The answer when an invocation's time runs out before its run starts.
 fn deadline_passed(version: &FunctionVersion, limit: Duration) -> ApiError {
     ApiError::new(
@@ -272,9 +300,13 @@ async fn infer(
     let id = invocation_id(&headers);
     let name = params.get("name").cloned().unwrap_or_default();
     let result: Result<Response, ApiError> = async {
-        let version = resolve(&node, &headers, &name, &path_qualifier(&params)?).await?;
-        node.engine
-            .precheck(&version, priority(&headers)?, budget(&headers))?;
+        let early = async {
+            let version = resolve(&node, &headers, &name, &path_qualifier(&params)?).await?;
+            node.engine
+                .precheck(&version, priority(&headers)?, budget(&headers))?;
+            Ok(version)
+        };
+        let (version, body) = refuse_early(early.await, body).await?;
         let input = json_body(&version, body).await?;
         let mut request = protocol::oip_inputs(&version, &input)?;
         let inputs = std::mem::take(&mut request.inputs);
