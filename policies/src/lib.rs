@@ -12,6 +12,7 @@ pub mod limits;
 pub mod quota;
 pub mod ratelimit;
 pub mod retry;
+pub mod ring;
 pub mod tensor;
 
 mod window;
