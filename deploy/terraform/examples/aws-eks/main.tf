@@ -15,6 +15,7 @@ module "aws" {
   certificate_arn                      = var.certificate_arn
   cluster_endpoint_public_access_cidrs = var.cluster_endpoint_public_access_cidrs
   deletion_protection                  = var.deletion_protection
+  force_destroy                        = var.force_destroy
   kubernetes_namespace                 = "taskmesh"
   kubernetes_service_account           = "taskmesh"
   router_node_port                     = 30080

@@ -38,6 +38,12 @@ variable "deletion_protection" {
   default     = true
 }
 
+variable "force_destroy" {
+  description = "Let terraform destroy delete the buckets and ECR repositories with their contents; only for tearing down."
+  type        = bool
+  default     = false
+}
+
 variable "deploy_workloads" {
   description = "Deploy the Kubernetes objects. false for the first apply (the cluster must exist before the kubernetes provider can plan), true afterwards; see deploy/README.md."
   type        = bool

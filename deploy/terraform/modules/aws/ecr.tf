@@ -6,7 +6,7 @@ resource "aws_ecr_repository" "this" {
   for_each             = toset(["taskmesh", "taskmesh-gpu"])
   name                 = "${var.name}/${each.value}"
   image_tag_mutability = "IMMUTABLE"
-  force_delete         = false
+  force_delete         = var.force_destroy
 
   image_scanning_configuration {
     scan_on_push = true

@@ -7,7 +7,7 @@ resource "aws_s3_bucket" "models" {
   #checkov:skip=CKV_AWS_144:Cross-region replication is left to the operator: models are content-addressed copies of files the operator uploads and keeps, and a second region doubles storage cost. Versioning protects against loss here.
   #checkov:skip=CKV2_AWS_62:Nothing consumes bucket events: the registry records every upload in Redis itself.
   bucket        = local.model_bucket_name
-  force_destroy = false
+  force_destroy = var.force_destroy
   tags          = local.tags
 }
 
@@ -123,7 +123,7 @@ resource "aws_s3_bucket" "logs" {
   #checkov:skip=CKV_AWS_145:S3 server access logging and load balancer access logs can only be delivered to buckets encrypted with SSE-S3 (AES256), not SSE-KMS; the bucket uses SSE-S3.
   #checkov:skip=CKV2_AWS_62:Nothing consumes events of the log bucket.
   bucket        = local.log_bucket_name
-  force_destroy = false
+  force_destroy = var.force_destroy
   tags          = local.tags
 }
 

@@ -238,6 +238,12 @@ variable "deletion_protection" {
   default     = true
 }
 
+variable "force_destroy" {
+  description = "Let terraform destroy delete the buckets and ECR repositories with their contents (every model version, every image). Keep false except to tear down."
+  type        = bool
+  default     = false
+}
+
 variable "log_retention_days" {
   description = "Retention of the CloudWatch log groups (EKS control plane, VPC flow logs) and of the access logs in the log bucket."
   type        = number
