@@ -5,8 +5,8 @@
 #   1. Debian packages (cmake, redis-server, nghttp2-client, curl, pkg-config,
 #      libssl-dev, build-essential), installed only when missing.
 #   2. Python packages (onnxruntime, onnx, skl2onnx, scikit-learn, numpy,
-#      tokenizers, Pillow, pinned) into the project-local folder .deps/python
-#      (nothing system-wide).
+#      tokenizers, Pillow, and moto[server] for the S3 tests, pinned) into the
+#      project-local folder .deps/python (nothing system-wide).
 #   3. .deps/lib/libonnxruntime.so -> the ONNX Runtime library from that wheel
 #      (for the `ort` crate's load-dynamic: ORT_DYLIB_PATH).
 #   4. Real model sources, pinned and sha256-checked, downloads cached in
@@ -45,6 +45,67 @@ PY_REQUIREMENTS=(
   "narwhals==2.29.0"
   "cloudpickle==3.1.2"
   "pillow==13.0.0"
+  # Tests only: moto's S3 server, the object store of registry/tests/models_remote.rs
+  # (started as `python3 -m moto.server`), and everything moto[server] pulls in.
+  "moto[server]==5.2.5"
+  "annotated-types==0.8.0"
+  "antlr4-python3-runtime==4.13.2"
+  "attrs==26.1.0"
+  "aws-xray-sdk==2.15.0"
+  "blinker==1.9.0"
+  "boto3==1.44.5"
+  "botocore==1.44.5"
+  "certifi==2026.10.18"
+  "cffi==2.1.1"
+  "cfn-lint==1.58.0"
+  "charset-normalizer==3.5.2"
+  "click==8.5.1"
+  "cryptography==50.0.2"
+  "docker==7.2.0"
+  "flask-cors==6.0.5"
+  "flask==3.1.3"
+  "graphql-core==3.3.2"
+  "idna==3.20"
+  "itsdangerous==2.2.0"
+  "jinja2==3.1.6"
+  "jmespath==1.1.0"
+  "joserfc==1.8.0"
+  "jsonpatch==1.47"
+  "jsonpath-ng==1.16.0"
+  "jsonpointer==3.12"
+  "jsonschema-path==0.5.0"
+  "jsonschema-specifications==2025.9.1"
+  "jsonschema==4.26.0"
+  "lazy-object-proxy==1.13.0"
+  "markupsafe==3.0.4"
+  "mpmath==1.3.0"
+  "networkx==3.6.1"
+  "openapi-schema-validator==0.9.0"
+  "openapi-spec-validator==0.9.0"
+  "pathable==0.6.0"
+  "py-partiql-parser==0.6.3"
+  "pycparser==3.12"
+  "pydantic-settings==2.16.3"
+  "pydantic==2.14.3"
+  "pydantic-core==2.50.4"
+  "pyparsing==3.3.3"
+  "python-dateutil==2.9.0.post0"
+  "python-dotenv==1.2.4"
+  "pyyaml==6.0.3"
+  "referencing==0.37.0"
+  "regex==2026.11.15"
+  "requests==2.34.2"
+  "responses==0.26.3"
+  "rfc3339-validator==0.1.4"
+  "rpds-py==2026.9.1"
+  "s3transfer==0.19.3"
+  "six==1.17.0"
+  "sympy==1.14.0"
+  "typing-inspection==0.4.5"
+  "urllib3==2.8.0"
+  "werkzeug==3.1.9"
+  "wrapt==2.5.2"
+  "xmltodict==1.0.4"
 )
 # Installed with --no-deps: tokenizers declares huggingface-hub (and a dozen
 # packages under it) only for Tokenizer.from_pretrained, which is never used;

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::definition::{QuotaPolicy, RateLimitPolicy};
+use crate::service::store_error;
 use crate::store::Store;
 
 /// What a key may do.
@@ -149,7 +150,7 @@ impl Auth {
             .store
             .get_client(OPERATOR_CLIENT_ID)
             .await
-            .map_err(internal)?
+            .map_err(store_error)?
             .is_some()
         {
             return Ok(None);
@@ -164,7 +165,7 @@ impl Auth {
             plan: Plan::default(),
             created_at_ms: crate::service::now_ms(),
         };
-        self.store.put_client(&record).await.map_err(internal)?;
+        self.store.put_client(&record).await.map_err(store_error)?;
         Ok(Some(key))
     }
 
@@ -205,7 +206,7 @@ impl Auth {
         if let Some(hit) = self.cache.read().expect("auth cache").get(id) {
             return Ok(Some(hit.clone()));
         }
-        let Some(record) = self.store.get_client(id).await.map_err(internal)? else {
+        let Some(record) = self.store.get_client(id).await.map_err(store_error)? else {
             return Ok(None);
         };
         let record = Arc::new(record);
@@ -273,15 +274,10 @@ impl Auth {
             plan: request.plan,
             created_at_ms: crate::service::now_ms(),
         };
-        self.store.put_client(&record).await.map_err(internal)?;
+        self.store.put_client(&record).await.map_err(store_error)?;
         tracing::info!(client_id = %record.client_id, tenant = %record.tenant, "client created");
         Ok((record, key))
     }
-}
-
-fn internal(e: crate::store::StoreError) -> ApiError {
-    tracing::error!(error = %e, "auth store error");
-    ApiError::new(ErrorCode::Internal, "internal registry error")
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod definition;
 pub mod models;
 pub mod processing;
 pub mod protocol;
+pub mod redis_store;
 pub mod schema;
 pub mod service;
 pub mod store;
@@ -14,9 +15,10 @@ pub mod version;
 
 pub use auth::{Auth, Principal, Scope};
 pub use definition::{Take, TaskDefinition};
-pub use models::ModelStore;
+pub use models::{ModelRemote, ModelStore};
+pub use redis_store::{RedisOptions, RedisStore};
 pub use service::{Qualifier, Registry, DEFAULT_TENANT};
-pub use store::{EmbeddedStore, Store};
+pub use store::{EmbeddedStore, FunctionSummary, Store, StoreError};
 pub use version::{
     FunctionVersion, InputBinding, InputSource, ModelInspector, ModelSignature, ModelType,
     OutputBinding, TensorInfo,

@@ -151,7 +151,12 @@ impl Registry {
             };
             let pointer = format!("/inputs/{}/text/tokenizer", processing::escape(field));
             let hex = text.tokenizer.trim_start_matches("sha256:");
-            if !self.artifacts.contains(hex) {
+            let stored = self
+                .artifacts
+                .stat(hex)
+                .await
+                .map_err(|e| internal(format!("looking up artifact failed: {e}")))?;
+            if stored.is_none() {
                 violations.push(Violation::new(
                     pointer,
                     format!(
@@ -192,20 +197,23 @@ impl Registry {
             ));
         }
         let hex = crate::models::sha256_hex(bytes);
-        if self.signature_of(&hex).is_some() && self.models.contains(&hex) {
-            return Ok(format!("sha256:{hex}"));
-        }
-        let inspector = self.inspector.clone();
-        let owned = bytes.to_vec();
-        let checked = tokio::task::spawn_blocking(move || inspector.inspect(&owned))
-            .await
-            .map_err(|e| internal(format!("model check task failed: {e}")))?;
-        let signature = checked.map_err(|reason| {
-            ApiError::new(
-                ErrorCode::InvalidInput,
-                format!("not a loadable ONNX model: {reason}"),
-            )
-        })?;
+        let signature = match self.signature_of(&hex) {
+            Some(known) => known,
+            None => {
+                let inspector = self.inspector.clone();
+                let owned = bytes.to_vec();
+                let checked = tokio::task::spawn_blocking(move || inspector.inspect(&owned))
+                    .await
+                    .map_err(|e| internal(format!("model check task failed: {e}")))?;
+                checked.map_err(|reason| {
+                    ApiError::new(
+                        ErrorCode::InvalidInput,
+                        format!("not a loadable ONNX model: {reason}"),
+                    )
+                })?
+            }
+        };
+        // A no-op when the model is already stored (locally and in the remote).
         let hex = self
             .models
             .put(bytes)
@@ -241,15 +249,20 @@ impl Registry {
     ) -> Result<Arc<FunctionVersion>, ApiError> {
         let definition = definition::parse(body, syntax).map_err(definition_error)?;
         let hex = definition.model.trim_start_matches("sha256:").to_string();
-        if !self.models.contains(&hex) {
-            return Err(definition_error(DefinitionError::one(
-                "/model",
-                format!(
-                    "model {} has not been uploaded (POST /v1/models)",
-                    definition.model
-                ),
-            )));
-        }
+        let model_size_bytes = self
+            .models
+            .stat(&hex)
+            .await
+            .map_err(|e| internal(format!("looking up model failed: {e}")))?
+            .ok_or_else(|| {
+                definition_error(DefinitionError::one(
+                    "/model",
+                    format!(
+                        "model {} has not been uploaded (POST /v1/models)",
+                        definition.model
+                    ),
+                ))
+            })?;
         let signature = match self.signature_of(&hex) {
             Some(known) => known,
             None => {
@@ -300,6 +313,7 @@ impl Registry {
             signature,
             inputs,
             outputs,
+            model_size_bytes,
             schemas: Default::default(),
         };
         let _guard = self.register_lock.lock().await;
@@ -394,11 +408,39 @@ fn definition_error(err: DefinitionError) -> ApiError {
     .with_details(json!(err.violations))
 }
 
-fn store_error(err: StoreError) -> ApiError {
-    internal(err.to_string())
+/// The contract's answer to a store failure: an unreachable or failing
+/// backend is 503 `unavailable` with `retry-after: 1` (the caller may try
+/// again shortly); a corrupt record is a 500 `internal`. Both are logged.
+pub(crate) fn store_error(err: StoreError) -> ApiError {
+    match err {
+        StoreError::Backend(message) => {
+            tracing::error!(%message, "registry store unavailable");
+            ApiError::new(ErrorCode::Unavailable, "the registry store is unavailable")
+                .with_retry_after(1)
+        }
+        StoreError::Corrupt(_) => internal(err.to_string()),
+    }
 }
 
 fn internal(message: String) -> ApiError {
     tracing::error!(%message, "registry internal error");
     ApiError::new(ErrorCode::Internal, "internal registry error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unavailable_store_is_503_with_retry_after_and_corruption_is_500() {
+        let err = store_error(StoreError::Backend("connection refused".into()));
+        assert_eq!(err.code, ErrorCode::Unavailable);
+        assert_eq!(err.status(), 503);
+        assert_eq!(err.retry_after_s, Some(1));
+        assert!(!err.message.contains("refused"), "{}", err.message);
+        let err = store_error(StoreError::Corrupt("bad json".into()));
+        assert_eq!(err.code, ErrorCode::Internal);
+        assert_eq!(err.status(), 500);
+        assert_eq!(err.retry_after_s, None);
+    }
 }

@@ -292,6 +292,7 @@ mod tests {
             },
             inputs: vec![],
             outputs: vec![],
+            model_size_bytes: 0,
             schemas: Default::default(),
         }
     }

@@ -103,6 +103,11 @@ pub struct FunctionVersion {
     pub signature: ModelSignature,
     pub inputs: Vec<InputBinding>,
     pub outputs: Vec<OutputBinding>,
+    /// Size in bytes of the model, recorded at registration, so that a node
+    /// can budget an instance's memory before the model is in its local cache
+    /// (cluster mode). 0 in versions stored before the size was recorded.
+    #[serde(default)]
+    pub model_size_bytes: u64,
     /// Compiled schemas, built on first use in this process.
     #[serde(skip)]
     pub schemas: crate::schema::CompiledSchemas,

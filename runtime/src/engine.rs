@@ -576,7 +576,7 @@ impl Engine {
             .registry
             .models()
             .size_of(version.model_hex())
-            .unwrap_or(0);
+            .unwrap_or(version.model_size_bytes);
         let need = instance_memory_estimate(model_bytes);
         self.make_room(state, need)?;
         state.memory_used += need;

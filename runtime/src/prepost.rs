@@ -798,6 +798,7 @@ mod tests {
             signature,
             inputs,
             outputs,
+            model_size_bytes: 0,
             schemas: Default::default(),
         }
     }

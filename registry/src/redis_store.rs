@@ -1,0 +1,595 @@
+//! The Redis backend of the registry's [`Store`], for cluster mode: every
+//! router, node and registry process shares one Redis (7.0 or later,
+//! standalone or a managed primary; not Redis Cluster).
+//!
+//! # Key layout
+//!
+//! Every key starts with a prefix, `tm:` by default ([`RedisOptions::prefix`]).
+//! Tenant and function names are key segments in which `%`, `:`, `{` and `}`
+//! are percent-encoded, so two different (tenant, name) pairs never share a key.
+//! Valid names contain none of these characters, so real keys read as written.
+//!
+//! | key                                 | type    | holds                                |
+//! |-------------------------------------|---------|--------------------------------------|
+//! | `tm:{<tenant>}:fn:<name>:versions`  | hash    | field `<n>` → JSON of version `n`    |
+//! | `tm:{<tenant>}:fn:<name>:latest`    | string  | the latest version number            |
+//! | `tm:{<tenant>}:functions`           | set     | the names of the tenant's functions  |
+//! | `tm:client:<client id>`             | string  | JSON of a [`ClientRecord`]           |
+//! | `tm:counter:<counter key>`          | integer | a quota counter (plain `INCRBY`)     |
+//!
+//! The `{<tenant>}` hash tag keeps the three keys of one registration in one
+//! hash slot. Versions are numbered 1, 2, 3, … with no gaps and are never
+//! removed, so a function's versions are `1..=latest`.
+//!
+//! # Appending a version
+//!
+//! One Lua script ([`APPEND_SCRIPT`], run with EVALSHA, and EVAL when the
+//! server does not know it yet) reads the latest pointer, writes version
+//! `latest + 1` into the hash, adds the name to the tenant's set and moves the
+//! pointer. Redis runs one script at a time, so appends from any number of
+//! processes get distinct, consecutive numbers. Nothing is ever half written:
+//! - The script starts with a `#!lua` shebang, so Redis refuses it *before it
+//!   runs* when it is over `maxmemory` (it has no `allow-oom` flag).
+//! - Every check that could fail (a key of the wrong type, a corrupt pointer,
+//!   an existing field) comes before the first write, and the writes
+//!   themselves cannot fail.
+//! - Redis records a script's effects in the AOF as one MULTI/EXEC block,
+//!   which it replays whole, or drops when a crash cut the file inside it.
+//!
+//! The record's JSON is stored exactly as serde wrote it: the script never
+//! decodes it (re-encoding with cjson would change how floats such as `0.1`
+//! are written). Rust serialises the record with `version: 0`; the number is
+//! the hash field's name, and a read sets `version` from it and checks the
+//! tenant and name inside the JSON against the key.
+//!
+//! # Counters
+//!
+//! Counters are plain Redis integers, so other components may `INCRBY` them
+//! too. [`Store::add_counters`] applies all deltas in one script
+//! ([`ADD_COUNTERS_SCRIPT`]): it first checks that every counter holds an
+//! integer that the delta cannot overflow, then runs the `INCRBY`s, so the
+//! deltas are applied all together or not at all.
+//!
+//! # Failures
+//!
+//! Connecting is bounded by [`RedisOptions::connect_timeout`] and each reply by
+//! [`RedisOptions::response_timeout`] (1 s each by default), and every call as
+//! a whole by their sum: when Redis is unreachable, every method returns
+//! [`StoreError::Backend`] within that time instead of hanging (the registry
+//! answers it with 503 `unavailable`). A connection that fails (an I/O error
+//! or a timeout) is dropped, and the next call connects again, so the same
+//! store works again as soon as Redis is back. A read that fails on a reused
+//! connection that turned out to be dead is retried once on a new one. A
+//! write is never retried, since it may have been applied before the reply was
+//! lost; instead, a write on a reused connection first checks it with a PING,
+//! so the first write after an outage does not fail on a connection that died
+//! during it.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, RedisError, RedisResult, Script};
+
+use crate::auth::ClientRecord;
+use crate::store::{FunctionSummary, Store, StoreError};
+use crate::version::FunctionVersion;
+
+/// Appends one version. KEYS: latest pointer, versions hash, the tenant's
+/// function set. ARGV: function name, record JSON. Returns the new number.
+pub const APPEND_SCRIPT: &str = r#"#!lua
+local latest = redis.call('GET', KEYS[1])
+local n = 1
+if latest then
+  n = tonumber(latest)
+  if not n or n < 0 or n % 1 ~= 0 then
+    return redis.error_reply('TMCORRUPT latest version pointer ' .. KEYS[1] .. ' holds ' .. latest)
+  end
+  n = n + 1
+end
+if redis.call('HEXISTS', KEYS[2], n) == 1 then
+  return redis.error_reply('TMCORRUPT version ' .. n .. ' already exists in ' .. KEYS[2])
+end
+local index_type = redis.call('TYPE', KEYS[3])['ok']
+if index_type ~= 'none' and index_type ~= 'set' then
+  return redis.error_reply('TMCORRUPT ' .. KEYS[3] .. ' is a ' .. index_type .. ', not a set')
+end
+redis.call('HSET', KEYS[2], n, ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('SET', KEYS[1], n)
+return n
+"#;
+
+/// Adds `ARGV[i]` to counter `KEYS[i]` for every i, or to none of them.
+pub const ADD_COUNTERS_SCRIPT: &str = r#"#!lua
+for i, key in ipairs(KEYS) do
+  local value = redis.call('GET', key)
+  if value then
+    if not string.match(value, '^%-?%d+$') then
+      return redis.error_reply('TMCORRUPT counter ' .. key .. ' holds ' .. value)
+    end
+    if tonumber(value) + tonumber(ARGV[i]) > 9.0e18 then
+      return redis.error_reply('TMCORRUPT counter ' .. key .. ' would overflow')
+    end
+  end
+end
+for i, key in ipairs(KEYS) do
+  redis.call('INCRBY', key, ARGV[i])
+end
+return #KEYS
+"#;
+
+/// Settings of a [`RedisStore`].
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// Prefix of every key (default `tm:`).
+    pub prefix: String,
+    /// Bound on establishing a connection (default 1 s).
+    pub connect_timeout: Duration,
+    /// Bound on waiting for each reply (default 1 s).
+    pub response_timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            prefix: "tm:".into(),
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The registry's store in Redis. Cheap to clone; clones share one
+/// multiplexed connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    config: AsyncConnectionConfig,
+    options: RedisOptions,
+    /// The current connection; `None` after a failure, until the next call.
+    link: tokio::sync::Mutex<Option<Link>>,
+    next_link: AtomicU64,
+    append: Script,
+    add_counters: Script,
+}
+
+#[derive(Clone)]
+struct Link {
+    id: u64,
+    conn: MultiplexedConnection,
+}
+
+/// Whether a failed call may be sent again on a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Reads and overwrites: sending twice does no harm.
+    Idempotent,
+    /// Appends and increments: never sent twice.
+    Never,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: show only where it points.
+        let addr = self.inner.client.get_connection_info().addr().to_string();
+        f.debug_struct("RedisStore")
+            .field("addr", &addr)
+            .field("options", &self.inner.options)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://host:port/db`) with the default options and
+    /// checks that Redis answers.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, RedisOptions::default()).await
+    }
+
+    /// Connects with `options` and checks that Redis answers (within the
+    /// options' timeouts).
+    pub async fn connect_with(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
+        // The error says what is wrong with the URL without repeating it (it
+        // may hold a password).
+        let client = Client::open(url)
+            .map_err(|e| StoreError::Backend(format!("invalid redis url: {e}")))?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout));
+        let store = RedisStore {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                options,
+                link: tokio::sync::Mutex::new(None),
+                next_link: AtomicU64::new(0),
+                append: Script::new(APPEND_SCRIPT),
+                add_counters: Script::new(ADD_COUNTERS_SCRIPT),
+            }),
+        };
+        store.ping().await?;
+        Ok(store)
+    }
+
+    /// Checks that Redis answers (a PING, within the call's bound).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.call(Retry::Idempotent, |mut c| async move {
+            redis::cmd("PING").query_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    pub fn options(&self) -> &RedisOptions {
+        &self.inner.options
+    }
+
+    fn function_key(&self, tenant: &str, name: &str, what: &str) -> String {
+        format!(
+            "{}{{{}}}:fn:{}:{what}",
+            self.inner.options.prefix,
+            segment(tenant),
+            segment(name)
+        )
+    }
+
+    fn index_key(&self, tenant: &str) -> String {
+        format!(
+            "{}{{{}}}:functions",
+            self.inner.options.prefix,
+            segment(tenant)
+        )
+    }
+
+    fn client_key(&self, client_id: &str) -> String {
+        format!("{}client:{client_id}", self.inner.options.prefix)
+    }
+
+    /// The Redis key of quota counter `key`, for components that update
+    /// counters themselves (they are plain integers).
+    pub fn counter_key_of(&self, key: &str) -> String {
+        format!("{}counter:{key}", self.inner.options.prefix)
+    }
+
+    /// Runs `op` on this store's connection, for other cluster state kept in
+    /// the same Redis (membership, shared limits), with the same bounds and
+    /// reconnection as the store's own calls. `idempotent`: whether `op` may
+    /// be sent again on a new connection when the reused one turned out to be
+    /// dead (a read, an overwrite); otherwise the connection is checked with a
+    /// PING first and `op` is sent at most once.
+    pub async fn run<T, F, Fut>(&self, idempotent: bool, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let retry = if idempotent {
+            Retry::Idempotent
+        } else {
+            Retry::Never
+        };
+        self.call(retry, op).await
+    }
+
+    /// Runs `op` on a connection, within `connect_timeout + response_timeout`.
+    async fn call<T, F, Fut>(&self, retry: Retry, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let budget = self.inner.options.connect_timeout + self.inner.options.response_timeout;
+        match tokio::time::timeout(budget, self.attempt(retry, op)).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Backend(format!(
+                "redis did not answer within {} ms",
+                budget.as_millis()
+            ))),
+        }
+    }
+
+    async fn attempt<T, F, Fut>(&self, retry: Retry, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        // At most two tries: a reused connection may turn out to be dead; a
+        // new one is not tried twice.
+        for _ in 0..2 {
+            let (link, reused) = self.link().await?;
+            if reused && retry == Retry::Never {
+                let mut probe = link.conn.clone();
+                if let Err(e) = redis::cmd("PING").query_async::<()>(&mut probe).await {
+                    if broken(&e) {
+                        self.forget(link.id).await;
+                        continue;
+                    }
+                    return Err(redis_error(e));
+                }
+            }
+            match op(link.conn.clone()).await {
+                Ok(value) => return Ok(value),
+                Err(e) if broken(&e) => {
+                    self.forget(link.id).await;
+                    if !(reused && retry == Retry::Idempotent) {
+                        return Err(redis_error(e));
+                    }
+                }
+                Err(e) => return Err(redis_error(e)),
+            }
+        }
+        Err(StoreError::Backend(
+            "redis connection failed twice in a row".into(),
+        ))
+    }
+
+    /// The current connection (and `true`), or a new one (and `false`).
+    async fn link(&self) -> Result<(Link, bool), StoreError> {
+        let mut slot = self.inner.link.lock().await;
+        if let Some(link) = slot.as_ref() {
+            return Ok((link.clone(), true));
+        }
+        let conn = self
+            .inner
+            .client
+            .get_multiplexed_async_connection_with_config(&self.inner.config)
+            .await
+            .map_err(|e| StoreError::Backend(format!("connecting to redis failed: {e}")))?;
+        let link = Link {
+            id: self.inner.next_link.fetch_add(1, Ordering::Relaxed),
+            conn,
+        };
+        *slot = Some(link.clone());
+        Ok((link, false))
+    }
+
+    /// Drops connection `id` unless it was already replaced.
+    async fn forget(&self, id: u64) {
+        let mut slot = self.inner.link.lock().await;
+        if slot.as_ref().is_some_and(|l| l.id == id) {
+            tracing::warn!("redis connection failed; reconnecting on the next call");
+            *slot = None;
+        }
+    }
+}
+
+/// A failure that says the connection itself is unusable.
+fn broken(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_unrecoverable_error() || e.is_timeout()
+}
+
+fn redis_error(e: RedisError) -> StoreError {
+    if e.code() == Some("TMCORRUPT") || e.code() == Some("WRONGTYPE") {
+        StoreError::Corrupt(e.detail().unwrap_or_default().to_string())
+    } else {
+        StoreError::Backend(format!("redis: {e}"))
+    }
+}
+
+/// A name as a key segment: `%`, `:`, `{` and `}` percent-encoded.
+fn segment(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            ':' => out.push_str("%3A"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+/// Decodes the stored JSON of `tenant`/`name` version `version`.
+fn decode_version(
+    bytes: &[u8],
+    tenant: &str,
+    name: &str,
+    version: u32,
+) -> Result<FunctionVersion, StoreError> {
+    let mut record: FunctionVersion = serde_json::from_slice(bytes).map_err(corrupt)?;
+    if record.tenant != tenant || record.name != name {
+        return Err(StoreError::Corrupt(format!(
+            "version {version} of {tenant}/{name} holds a record of {}/{}",
+            record.tenant, record.name
+        )));
+    }
+    record.version = version;
+    Ok(record)
+}
+
+fn parse_number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, StoreError> {
+    value
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("{key} holds {value:?}, not a number")))
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn append_version(
+        &self,
+        mut record: FunctionVersion,
+    ) -> Result<FunctionVersion, StoreError> {
+        record.version = 0;
+        let json = serde_json::to_vec(&record)
+            .map_err(|e| StoreError::Backend(format!("encoding the version failed: {e}")))?;
+        let keys = [
+            self.function_key(&record.tenant, &record.name, "latest"),
+            self.function_key(&record.tenant, &record.name, "versions"),
+            self.index_key(&record.tenant),
+        ];
+        let (script, keys, name, json) = (&self.inner.append, &keys, &record.name, &json);
+        let version: u32 = self
+            .call(Retry::Never, |mut c| async move {
+                let mut invocation = script.prepare_invoke();
+                invocation.key(&keys[..]).arg(name).arg(json);
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        record.version = version;
+        Ok(record)
+    }
+
+    async fn get_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<FunctionVersion>, StoreError> {
+        let key = self.function_key(tenant, name, "versions");
+        let key = &key;
+        let bytes: Option<Vec<u8>> = self
+            .call(Retry::Idempotent, |mut c| async move {
+                redis::cmd("HGET")
+                    .arg(key)
+                    .arg(version)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        bytes
+            .map(|b| decode_version(&b, tenant, name, version))
+            .transpose()
+    }
+
+    async fn latest_version(&self, tenant: &str, name: &str) -> Result<Option<u32>, StoreError> {
+        let key = self.function_key(tenant, name, "latest");
+        let key_ref = &key;
+        let value: Option<String> = self
+            .call(Retry::Idempotent, |mut c| async move {
+                redis::cmd("GET").arg(key_ref).query_async(&mut c).await
+            })
+            .await?;
+        value.map(|v| parse_number(&key, &v)).transpose()
+    }
+
+    async fn list_functions(&self, tenant: &str) -> Result<Vec<FunctionSummary>, StoreError> {
+        let index = self.index_key(tenant);
+        let index = &index;
+        let mut names: Vec<String> = self
+            .call(Retry::Idempotent, |mut c| async move {
+                redis::cmd("SMEMBERS").arg(index).query_async(&mut c).await
+            })
+            .await?;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        names.sort();
+        let keys: Vec<String> = names
+            .iter()
+            .map(|n| self.function_key(tenant, n, "latest"))
+            .collect();
+        let keys_ref = &keys;
+        let latest: Vec<Option<String>> = self
+            .call(Retry::Idempotent, |mut c| async move {
+                redis::cmd("MGET").arg(keys_ref).query_async(&mut c).await
+            })
+            .await?;
+        names
+            .into_iter()
+            .zip(keys.iter().zip(latest))
+            .map(|(name, (key, latest))| {
+                let latest: u32 = match latest {
+                    Some(v) => parse_number(key, &v)?,
+                    None => {
+                        return Err(StoreError::Corrupt(format!(
+                            "function {name:?} is listed but {key} is missing"
+                        )))
+                    }
+                };
+                Ok(FunctionSummary {
+                    name,
+                    latest_version: latest,
+                    versions: (1..=latest).collect(),
+                })
+            })
+            .collect()
+    }
+
+    async fn put_client(&self, client: &ClientRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(client)
+            .map_err(|e| StoreError::Backend(format!("encoding the client failed: {e}")))?;
+        let key = self.client_key(&client.client_id);
+        let (key, json) = (&key, &json);
+        self.call(Retry::Idempotent, |mut c| async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(json)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn get_client(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        let key = self.client_key(client_id);
+        let key = &key;
+        let bytes: Option<Vec<u8>> = self
+            .call(Retry::Idempotent, |mut c| async move {
+                redis::cmd("GET").arg(key).query_async(&mut c).await
+            })
+            .await?;
+        bytes
+            .map(|b| serde_json::from_slice(&b).map_err(corrupt))
+            .transpose()
+    }
+
+    async fn add_counters(&self, deltas: Vec<(String, u64)>) -> Result<(), StoreError> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let mut keys = Vec::with_capacity(deltas.len());
+        let mut amounts = Vec::with_capacity(deltas.len());
+        for (key, delta) in &deltas {
+            let delta = i64::try_from(*delta).map_err(|_| {
+                StoreError::Backend(format!("counter delta {delta} for {key} is out of range"))
+            })?;
+            keys.push(self.counter_key_of(key));
+            amounts.push(delta);
+        }
+        let (script, keys, amounts) = (&self.inner.add_counters, &keys, &amounts);
+        self.call(Retry::Never, |mut c| async move {
+            let mut invocation = script.prepare_invoke();
+            invocation.key(&keys[..]).arg(&amounts[..]);
+            invocation.invoke_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    async fn get_counter(&self, key: &str) -> Result<u64, StoreError> {
+        let key = self.counter_key_of(key);
+        let key_ref = &key;
+        let value: Option<String> = self
+            .call(Retry::Idempotent, |mut c| async move {
+                redis::cmd("GET").arg(key_ref).query_async(&mut c).await
+            })
+            .await?;
+        value.map_or(Ok(0), |v| parse_number(&key, &v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_segments_cannot_collide() {
+        assert_eq!(segment("digits"), "digits");
+        assert_eq!(segment("a:b"), "a%3Ab");
+        assert_eq!(segment("{x}%"), "%7Bx%7D%25");
+        assert_ne!(
+            format!("{}:{}", segment("a:b"), segment("c")),
+            format!("{}:{}", segment("a"), segment("b:c"))
+        );
+    }
+}
