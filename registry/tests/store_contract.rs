@@ -802,3 +802,45 @@ async fn prefixes_keep_stores_on_one_server_apart() {
         vec![1]
     );
 }
+
+/// Never asked: the test registers nothing.
+struct NoInspector;
+
+impl taskmesh_registry::ModelInspector for NoInspector {
+    fn inspect(&self, _bytes: &[u8]) -> Result<ModelSignature, String> {
+        Err("not used".into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_registry_answers_503_unavailable_with_retry_after_while_redis_is_down() {
+    let mut server = RedisServer::start();
+    let store = Arc::new(RedisStore::connect(&server.url()).await.unwrap());
+    let models = tempfile::tempdir().unwrap();
+    let registry = taskmesh_registry::Registry::new(
+        store.clone(),
+        taskmesh_registry::ModelStore::open(models.path()).unwrap(),
+        Arc::new(NoInspector),
+    );
+    let auth = taskmesh_registry::Auth::new(store, None);
+    server.kill9();
+
+    let key = format!("Bearer tm_0123456789abcdef_{}", "a".repeat(64));
+    let errors = [
+        registry.list("default").await.unwrap_err(),
+        registry
+            .resolve("default", "f", &taskmesh_registry::Qualifier::Default)
+            .await
+            .unwrap_err(),
+        auth.authenticate(Some(&key)).await.unwrap_err(),
+    ];
+    for err in errors {
+        assert_eq!(err.code.as_str(), "unavailable", "{err}");
+        let response = taskmesh_registry::api::error_response(&err);
+        assert_eq!(response.status().as_u16(), 503);
+        assert_eq!(response.headers().get("retry-after").unwrap(), "1");
+    }
+
+    server.restart();
+    assert!(registry.list("default").await.unwrap().is_empty());
+}
