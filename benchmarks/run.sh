@@ -5,6 +5,7 @@
 #   bash benchmarks/run.sh                 full run (~10 min): 5 repetitions, medians,
 #                                          writes benchmarks/results/
 #   bash benchmarks/run.sh --quick         a few seconds per scenario (CI): 1 repetition,
+#                                          debug build (the one scripts/test.sh leaves),
 #                                          writes benchmarks/results/quick/ (git-ignored)
 #   bash benchmarks/run.sh --only router-overhead,floor   a subset of scenarios
 #   bash benchmarks/run.sh --skip-install  assume the tools are there already
@@ -14,7 +15,7 @@
 #   - the Debian packages nghttp2-client (h2load), haproxy, nginx;
 #   - the pinned Python packages of benchmarks/requirements.txt (MLServer,
 #     onnxruntime, matplotlib) into .deps/bench-python (pip --target);
-#   - `cargo build --release -p taskmesh`.
+#   - `cargo build --release -p taskmesh` (`cargo build -p taskmesh` with --quick).
 # Nothing here asserts speed: the run fails only when a scenario cannot run.
 set -euo pipefail
 
@@ -23,16 +24,27 @@ ROOT="$(pwd)"
 PYTHON="${PYTHON:-python3}"
 
 install=1
+quick=0
 args=()
 for a in "$@"; do
   case "$a" in
     --skip-install) install=0 ;;
-    -h | --help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --quick) quick=1; args+=("$a") ;;
+    -h | --help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) args+=("$a") ;;
   esac
 done
 
 log() { printf '[bench] %s\n' "$*"; }
+
+# Quick mode checks that every scenario still runs, not how fast: it uses the
+# debug build, which scripts/test.sh has already made, instead of a release
+# build from scratch (minutes on a small CI machine).
+if ((quick)); then
+  export TASKMESH_BENCH_PROFILE="${TASKMESH_BENCH_PROFILE:-debug}"
+else
+  export TASKMESH_BENCH_PROFILE="${TASKMESH_BENCH_PROFILE:-release}"
+fi
 
 BENCH_PY="$ROOT/.deps/bench-python"
 if ((install)); then
@@ -78,8 +90,13 @@ if ((install)); then
   fi
 
   # --- Taskmesh --------------------------------------------------------------
-  log "cargo: building taskmesh (release)"
-  cargo build --release -p taskmesh
+  if [[ "$TASKMESH_BENCH_PROFILE" == release ]]; then
+    log "cargo: building taskmesh (release)"
+    cargo build --release -p taskmesh
+  else
+    log "cargo: building taskmesh (debug)"
+    cargo build -p taskmesh
+  fi
 fi
 
 # The harness and every Python child (MLServer, the floor) see the bench

@@ -18,15 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH, TASKMESH_BIN, cpu_split, log, machine_info  # noqa: E402
+from common import BENCH, PROFILE, TASKMESH_BIN, cpu_split, log, machine_info  # noqa: E402
 
-# Scenario order: cheap and independent first. `batching` (#4) and `ring` (#5)
-# are documented stubs until those capabilities exist.
-SCENARIOS = ["micro", "floor", "router-overhead", "vs-mlserver", "cold-start"]
-TODO = {
-    "batching": "needs dynamic batching (issue #4)",
-    "ring": "needs the consistent-hash ring with bounded load (issue #5)",
-}
+# Scenario order: cheap and independent first.
+SCENARIOS = ["micro", "ring", "floor", "router-overhead", "vs-mlserver", "cold-start", "batching"]
 
 
 @dataclass
@@ -46,6 +41,9 @@ class Ctx:
     warm_calls: int = 20
     micro_warmup: float = 1.0
     micro_measure: float = 3.0
+    batching_levels: list[int] = field(default_factory=lambda: [1, 8, 64])
+    batching_duration: float = 5.0
+    batching_warmup: float = 1.0
 
 
 def make_ctx(quick: bool, workdir: Path) -> Ctx:
@@ -53,7 +51,8 @@ def make_ctx(quick: bool, workdir: Path) -> Ctx:
     if quick:
         return Ctx(quick=True, workdir=workdir, loadgen_cpus=loadgen, server_cpus=servers,
                    reps=1, duration=2, warmup=0.5, floor_calls=2000, floor_seconds=1.0,
-                   warm_calls=5, micro_warmup=0.2, micro_measure=0.5)  # fmt: skip
+                   warm_calls=5, micro_warmup=0.2, micro_measure=0.5,
+                   batching_duration=1.0, batching_warmup=0.3)  # fmt: skip
     # Five short repetitions rather than three long ones: on a shared, noisy
     # machine a median of five shrugs off two disturbed runs.
     return Ctx(quick=False, workdir=workdir, loadgen_cpus=loadgen, server_cpus=servers,
@@ -65,6 +64,18 @@ def _loadavg() -> str:
         return " ".join(open("/proc/loadavg").read().split()[:3])
     except OSError:
         return "?"
+
+
+def _measured(machine: dict, profile: str, load_start, load_end) -> dict:
+    """When and at which commit a scenario was measured (kept across partial runs)."""
+    return {
+        "date_utc": machine.get("date_utc"),
+        "git_commit": machine.get("git_commit"),
+        "git_dirty": machine.get("git_dirty"),
+        "profile": profile,
+        "loadavg_start": load_start,
+        "loadavg_end": load_end,
+    }
 
 
 def load_case(name: str):
@@ -85,12 +96,17 @@ def main() -> int:
     out = Path(args.out) if args.out else BENCH / "results" / ("quick" if args.quick else "")
     out = out.resolve()
     only = [s for s in args.only.split(",") if s]
-    unknown = [s for s in only if s not in SCENARIOS and s not in TODO]
+    unknown = [s for s in only if s not in SCENARIOS]
     if unknown:
-        ap.error(f"unknown scenario(s) {unknown}; known: {SCENARIOS + list(TODO)}")
+        ap.error(f"unknown scenario(s) {unknown}; known: {SCENARIOS}")
+    committed = (BENCH / "results").resolve()
+    if args.quick and out == committed:
+        ap.error("a quick run never writes the committed results (benchmarks/results/); use results/quick/")
     chosen = [s for s in SCENARIOS if not only or s in only]
-    if not TASKMESH_BIN.exists():
-        ap.error(f"{TASKMESH_BIN} is missing: run `cargo build --release -p taskmesh` (run.sh does)")
+    needs_binary = {"floor", "router-overhead", "vs-mlserver", "cold-start", "batching"}
+    if needs_binary & set(chosen) and not TASKMESH_BIN.exists():
+        how = "cargo build --release -p taskmesh" if PROFILE == "release" else "cargo build -p taskmesh"
+        ap.error(f"{TASKMESH_BIN} is missing: run `{how}` (run.sh does)")
 
     workdir = out / "tmp"
     if workdir.exists():
@@ -98,7 +114,7 @@ def main() -> int:
     workdir.mkdir(parents=True)
     ctx = make_ctx(args.quick, workdir)
     machine = machine_info()
-    log(f"{'quick' if args.quick else 'full'} run: {', '.join(chosen)}; "
+    log(f"{'quick' if args.quick else 'full'} run ({PROFILE} build): {', '.join(chosen)}; "
         f"load generator on CPU {ctx.loadgen_cpus}, servers on CPUs {ctx.server_cpus}; "
         f"{machine['nproc']} × {machine['cpu_model']}")  # fmt: skip
 
@@ -107,19 +123,33 @@ def main() -> int:
         "machine": machine,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in ctx.__dict__.items()},
         "loadavg_start": _loadavg(),
+        "profile": PROFILE,
         "scenarios": {},
         "errors": {},
-        "todo": TODO,
+        "notes": [],
     }
-    # A partial run (--only) keeps the other scenarios of an earlier run.
+    if PROFILE != "release":
+        results["notes"].append(
+            f"Built with the `{PROFILE}` profile (unoptimised), as quick mode does: these numbers only show "
+            "that every scenario runs; they say nothing about speed."
+        )
+    # A partial run (--only) keeps the other scenarios of an earlier run of the
+    # same mode, each with the date and commit it was measured at, so the
+    # summary is always written from every scenario's latest result.
     previous = out / "results.json"
     if only and previous.exists():
         try:
             old = json.loads(previous.read_text())
             if old.get("mode") == results["mode"]:
-                results["scenarios"] = {k: v for k, v in old.get("scenarios", {}).items() if k not in chosen}
+                for k, v in old.get("scenarios", {}).items():
+                    if k in chosen:
+                        continue
+                    if "measured" not in v:
+                        v["measured"] = _measured(old["machine"], old.get("profile", "release"),
+                                                  old.get("loadavg_start"), old.get("loadavg_end"))  # fmt: skip
+                    results["scenarios"][k] = v
                 results["carried_over"] = sorted(results["scenarios"])
-        except (OSError, ValueError):
+        except (OSError, ValueError, KeyError):
             pass
 
     t_all = time.monotonic()
@@ -127,8 +157,10 @@ def main() -> int:
         t0 = time.monotonic()
         log(f"=== {name}")
         try:
+            load0 = _loadavg()
             res = load_case(name).run(ctx)
             res["elapsed_s"] = round(time.monotonic() - t0, 1)
+            res["measured"] = _measured(machine, PROFILE, load0, _loadavg())
             results["scenarios"][name] = res
             log(f"=== {name} done in {res['elapsed_s']} s")
         except Exception as e:  # noqa: BLE001 - record, go on, fail at the end

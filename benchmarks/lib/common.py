@@ -24,7 +24,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
-TASKMESH_BIN = ROOT / "target" / "release" / "taskmesh"
+# The cargo profile whose builds the harness runs: `release` for real numbers;
+# `debug` in quick mode (run.sh sets it), which only checks that the harness
+# works and reuses the debug build that scripts/test.sh leaves behind.
+PROFILE = os.environ.get("TASKMESH_BENCH_PROFILE", "release")
+if PROFILE not in ("release", "debug"):
+    raise SystemExit(f"TASKMESH_BENCH_PROFILE must be release or debug, not {PROFILE!r}")
+TASKMESH_BIN = ROOT / "target" / PROFILE / "taskmesh"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

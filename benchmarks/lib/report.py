@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -195,6 +196,109 @@ def _plots(results: dict, out: Path) -> list[str]:
         fig.savefig(out / "micro.png")
         plt.close(fig)
         made.append("micro.png")
+
+    ba = sc.get("batching")
+    if ba and ba.get("models"):
+        models = list(ba["models"])
+        levels = [str(c) for c in ba["levels"]]
+        fig, axes = plt.subplots(2, len(models), figsize=(5 * len(models), 6.4), squeeze=False)
+        vcolors = {"unbatched": "#7f7f7f", "batched": "#1f77b4"}
+        w = 0.38
+        for j, m in enumerate(models):
+            lv = ba["models"][m]["levels"]
+            xs = range(len(levels))
+            a1, a2 = axes[0][j], axes[1][j]
+            for i, variant in enumerate(("unbatched", "batched")):
+                off = (i - 0.5) * w
+                rps = [lv[c][variant]["rps"] for c in levels]
+                a1.bar([x + off for x in xs], rps, w, label=variant, color=vcolors[variant])
+                for x, v, c in zip(xs, rps, levels):
+                    lbl = f"{v:,.0f}"
+                    if variant == "batched":
+                        mb = lv[c]["batched"].get("mean_batch_size")
+                        lbl += f"\n×{lv[c]['ratio']['throughput']:.2f}" + (f"\nbatch {mb:.1f}" if mb == mb and mb else "")
+                    a1.text(x + off, v, lbl, ha="center", va="bottom", fontsize=6.5)
+                p50 = [lv[c][variant]["p50_us"] / 1e3 for c in levels]
+                p99 = [lv[c][variant]["p99_us"] / 1e3 for c in levels]
+                a2.bar([x + off for x in xs], p50, w, color=vcolors[variant], label=f"{variant} p50")
+                a2.scatter([x + off for x in xs], p99, marker="_", s=300, color=vcolors[variant],
+                           label=f"{variant} p99", zorder=3)  # fmt: skip
+                for x, v in zip(xs, p50):
+                    a2.text(x + off, v, f"{v:.2f}" if v < 10 else f"{v:.0f}", ha="center", va="bottom", fontsize=6.5)
+            b = ba["models"][m]["batching"]
+            a1.set_title(f"{m}: throughput (batching: max {b['max_batch_size']}, {b['max_delay_us']} µs)")
+            a1.set_xticks(list(xs), [f"c={c}" for c in levels])
+            a1.set_ylabel("requests/s")
+            a1.margins(y=0.3)
+            a1.legend(fontsize=7, loc="upper left")
+            a2.set_yscale("log")
+            a2.set_xticks(list(xs), [f"c={c}" for c in levels])
+            a2.set_ylabel("latency, ms (log): bars p50, dashes p99")
+            a2.set_title(f"{m}: latency")
+            a2.margins(y=0.3)
+            a2.legend(fontsize=6, loc="upper left")
+        fig.suptitle("Dynamic batching through the router: the same function with and without `batching` "
+                     "(c = concurrent calls)")  # fmt: skip
+        fig.tight_layout()
+        fig.savefig(out / "batching.png")
+        plt.close(fig)
+        made.append("batching.png")
+
+    rg = sc.get("ring")
+    if rg and rg.get("balance"):
+        fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(13, 3.9))
+        ns = [b["nodes"] for b in rg["balance"]]
+        a1.plot(ns, [b["ring"]["max_over_avg"] for b in rg["balance"]], "o-", color="#1f77b4",
+                label=f"ring ({rg['vnodes_per_node']} vnodes/node): max")  # fmt: skip
+        a1.plot(ns, [b["ring"]["min_over_avg"] for b in rg["balance"]], "o--", color="#1f77b4", alpha=0.6,
+                label="ring: min")  # fmt: skip
+        a1.plot(ns, [b["mod_n"]["max_over_avg"] for b in rg["balance"]], "s:", color="#ff7f0e",
+                label="hash mod N: max")  # fmt: skip
+        a1.axhline(1.0, color="#999", lw=0.8)
+        for n, b in zip(ns, rg["balance"]):
+            a1.annotate(f"{b['ring']['max_over_avg']:.2f}", (n, b["ring"]["max_over_avg"]), fontsize=7,
+                        textcoords="offset points", xytext=(0, 5), ha="center")  # fmt: skip
+        a1.set_xscale("log")
+        a1.set_xlabel("nodes")
+        a1.set_ylabel("functions owned ÷ average")
+        a1.set_title(f"Balance: {rg['functions']:,} functions")
+        a1.legend(fontsize=7)
+        mv = rg["movement"]
+        nm = [m["nodes"] for m in mv]
+        a2.plot(nm, [m["join"]["fraction"] * 100 for m in mv], "o-", color="#1f77b4", label="ring: join")
+        a2.plot(nm, [m["leave"]["fraction"] * 100 for m in mv], "^-", color="#2ca02c", label="ring: leave")
+        a2.plot(nm, [m["join"]["ideal"] * 100 for m in mv], "k--", lw=0.8, label="ideal: 1/(N+1)")
+        a2.plot(nm, [m["join"]["mod_n_fraction"] * 100 for m in mv], "s:", color="#ff7f0e", label="hash mod N: join")
+        a2.set_xscale("log")
+        a2.set_yscale("log")
+        a2.set_xlabel("nodes before the change")
+        a2.set_ylabel("functions whose owner changes, %")
+        a2.set_title("Movement when one node joins or leaves")
+        a2.legend(fontsize=7)
+        bl = rg.get("bounded_load") or []
+        if bl:
+            nb = [x["nodes"] for x in bl]
+            a3.plot(nb, [x["plain"]["max_over_avg"] for x in bl], "s:", color="#d62728", label="plain (ε huge): max/avg")
+            a3.plot(nb, [x["bounded"]["max_over_avg"] for x in bl], "o-", color="#1f77b4",
+                    label=f"bounded (ε={rg['workload']['default_bounds']['epsilon']}): max/avg")  # fmt: skip
+            for n, x in zip(nb, bl):
+                a3.annotate(f"{x['bounded']['hottest_function_nodes']} nodes", (n, x["bounded"]["max_over_avg"]),
+                            fontsize=6.5, textcoords="offset points", xytext=(0, -11), ha="center")  # fmt: skip
+                a3.annotate(f"{x['plain']['max_over_avg']:.1f}", (n, x["plain"]["max_over_avg"]), fontsize=6.5,
+                            textcoords="offset points", xytext=(0, 5), ha="center")  # fmt: skip
+            a3.set_xscale("log")
+            a3.set_yscale("log")
+            a3.set_xlabel("nodes")
+            a3.set_ylabel("calls in flight on the busiest node ÷ average")
+            w = rg["workload"]
+            a3.set_title(f"Bounded load, Zipf(s={w['zipf_s']}) calls in flight\n(labels: nodes the hottest function uses)",
+                         fontsize=8)  # fmt: skip
+            a3.legend(fontsize=7)
+        fig.suptitle("Scale on paper: the placement ring (policies::ring::Ring), simulated nodes")
+        fig.tight_layout()
+        fig.savefig(out / "ring.png")
+        plt.close(fig)
+        made.append("ring.png")
     return made
 
 
@@ -245,8 +349,23 @@ def write(results: dict, out: Path) -> None:
         md.append("\n## Failed scenarios\n")
         for k, v in results["errors"].items():
             md.append(f"- **{k}**: `{v.splitlines()[0]}`\n")
+    for note in results.get("notes") or []:
+        md.append(f"\n**Note.** {note}\n")
     if results.get("carried_over"):
-        md.append(f"\nCarried over from the previous run of this mode (not re-measured): {', '.join(results['carried_over'])}.\n")
+        md.append(
+            "\n**Partial run.** This run measured "
+            + ", ".join(k for k in sc if k not in results["carried_over"])
+            + "; the other scenarios are carried over from earlier runs of this mode (not re-measured), "
+            "so compare ratios within a scenario, not absolute numbers across scenarios. "
+            "The machine table above describes this run; when each scenario was measured:\n"
+        )
+        rows = []
+        for k, v in sc.items():
+            ms = v.get("measured") or {}
+            rows.append([k, ms.get("date_utc", "?"), f"`{str(ms.get('git_commit', '?'))[:12]}`"
+                         + (" (dirty)" if ms.get("git_dirty") else ""),
+                         ms.get("loadavg_start", "?"), "carried over" if k in results["carried_over"] else "this run"])  # fmt: skip
+        md.append(_table(["scenario", "measured (UTC)", "commit", "load average at its start", ""], rows))
 
     md += _headlines(sc)
 
@@ -393,8 +512,45 @@ def write(results: dict, out: Path) -> None:
         if "cold_start.png" in plots:
             md.append("\n![cold start](cold_start.png)\n")
 
-    md.append("\n## 5. Dynamic batching ([case](../cases/batching/README.md))\n")
-    md.append(f"\nNot measured: {results['todo']['batching']}.\n")
+    ba = sc.get("batching")
+    if ba:
+        md.append("\n## 5. Dynamic batching ([case](../cases/batching/README.md))\n")
+        rows = []
+        for m, row in ba["models"].items():
+            for c, lv in row["levels"].items():
+                u, b, r = lv["unbatched"], lv["batched"], lv["ratio"]
+                rows.append([
+                    f"**{m}**", c,
+                    _f(u["rps"]), _f(b["rps"]), _x(r["throughput"]),
+                    _f(u["p50_us"]), _f(b["p50_us"]), _x(r["p50"]),
+                    _f(u["p99_us"]), _f(b["p99_us"]), _x(r["p99"]),
+                    _f(b.get("mean_batch_size"), 1),
+                ])  # fmt: skip
+        md.append(
+            _table(
+                ["model", "concurrent calls", "req/s unbatched", "req/s batched", "throughput batched ÷ unbatched",
+                 "p50 µs unbatched", "p50 µs batched", "p50 ratio", "p99 µs unbatched", "p99 µs batched",
+                 "p99 ratio", "mean calls per run (batched)"],
+                rows,
+            )  # fmt: skip
+        )
+        settings = "; ".join(
+            f"{m}: `{json.dumps(row['batching'])}`" for m, row in ba["models"].items()
+        )
+        md.append(
+            f"\nThrough the router (h2c), h2load with N connections × 1 stream, {_f(ba['duration_s'], 1)} s measured "
+            f"after {_f(ba['warmup_s'], 1)} s of warm-up per run. Each model is registered twice, identical but for "
+            f"`batching` ({settings}); both have `scaling` `{json.dumps(ba['scaling'])}`, so that concurrent "
+            "calls meet at one instance. The same request body every time (the example's `sample.json`): for "
+            "MiniLM every call has the same token count, which is what lets calls batch (see the case's README). "
+            "`mean calls per run` is from the node's `taskmesh_runtime_batch_size` histogram over the run. Ratios "
+            "above 1× in throughput and below 1× in latency favour batching.\n"
+        )
+        if ba.get("incidents"):
+            md.append(f"\n**Incidents** ({len(ba['incidents'])}): a function stopped answering; the stack was restarted.\n")
+            md.append(_table(["after", "before", "what"], [[i["after"], i["before"], i["what"]] for i in ba["incidents"]]))
+        if "batching.png" in plots:
+            md.append("\n![batching](batching.png)\n")
 
     mi = sc.get("micro")
     if mi:
@@ -412,8 +568,73 @@ def write(results: dict, out: Path) -> None:
         if "micro.png" in plots:
             md.append("\n![micro](micro.png)\n")
 
-    md.append("\n## 7. Scale on paper: ring balance ([case](../cases/ring/README.md))\n")
-    md.append(f"\nNot measured: {results['todo']['ring']}.\n")
+    rg = sc.get("ring")
+    if rg:
+        md.append("\n## 7. Scale on paper: ring balance ([case](../cases/ring/README.md))\n")
+        md.append(
+            f"\n`policies::ring::Ring` with {rg['vnodes_per_node']} virtual nodes per node, {rg['functions']:,} "
+            f"function versions keyed like `{rg['key_example']}`, nodes `node-0` … `node-{{N-1}}`; "
+            f"`policies/examples/ring_scale.rs` ({rg['profile']} build). Deterministic: another run gives the "
+            "same placements.\n"
+        )
+        md.append("\n**Balance and movement**\n")
+        rows = []
+        for b, m in zip(rg["balance"], rg["movement"]):
+            j, lv = m["join"], m["leave"]
+            rows.append([
+                b["nodes"], _f(b["ring"]["avg"], 1), _x(b["ring"]["max_over_avg"]), _x(b["ring"]["min_over_avg"]),
+                _x(b["mod_n"]["max_over_avg"]),
+                f"{j['fraction']:.2%} ({j['fraction'] / j['ideal']:.2f}× ideal)", j["moved_between_old_nodes"],
+                f"{lv['fraction']:.2%} ({lv['fraction'] / lv['ideal']:.2f}× ideal)", lv["moved_not_from_leaver"],
+                f"{j['mod_n_fraction']:.1%}", _f(b["owner_lookup_ns"]), _f(b["ring_build_ms"], 1),
+            ])  # fmt: skip
+        md.append(
+            _table(
+                ["nodes", "functions per node (avg)", "owned max ÷ avg", "owned min ÷ avg", "hash mod N max ÷ avg",
+                 "moved on join", "moved between staying nodes", "moved on leave", "moved not from the leaver",
+                 "hash mod N moved on join", "owner lookup ns", "ring build ms"],
+                rows,
+            )  # fmt: skip
+        )
+        md.append(
+            "\nIdeal movement is the newcomer's fair share 1/(N+1) on a join and 1/N on a leave (the middle node "
+            "leaves; what moves is exactly what it owned). At 1,000 nodes there are only 10 functions per node, "
+            "so max ÷ avg is dominated by chance, for `hash mod N` as much as for the ring.\n"
+        )
+        bl = rg.get("bounded_load") or []
+        if bl:
+            w = rg["workload"]
+            md.append("\n**Bounded load under a skewed workload**\n")
+            rows = []
+            for x in bl:
+                b, p = x["bounded"], x["plain"]
+                rows.append([
+                    x["nodes"], _f(x["calls_in_flight"]), f"{x['hottest_function_calls']} ({x['hottest_function_share']:.1%})",
+                    _f(b["avg"], 1), f"{_f(p['max'])} ({_x(p['max_over_avg'])})", f"{_f(b['max'])} ({_x(b['max_over_avg'])})",
+                    p["hottest_function_nodes"], b["hottest_function_nodes"], f"{b['off_owner_fraction']:.1%}",
+                    _f(b["place_us_per_call"], 1),
+                ])  # fmt: skip
+            md.append(
+                _table(
+                    ["nodes", "calls in flight", "hottest function's calls", "avg in flight per node",
+                     "max in flight: plain (÷ avg)", "max in flight: bounded (÷ avg)",
+                     "nodes the hottest function uses: plain", "… bounded", "calls placed off their owner (bounded)",
+                     "µs per `place` (bounded, wall clock)"],
+                    rows,
+                )  # fmt: skip
+            )
+            d = w["default_bounds"]
+            md.append(
+                f"\nCalls in flight at once: {w['calls_per_node']} per node on average, at least {w['min_calls']:,}; "
+                f"each picks its function from a Zipf(s = {w['zipf_s']}) distribution over the {rg['functions']:,} "
+                "functions, and is placed with `Ring::place` given every earlier call's node (none finishes). "
+                f"*bounded* is `Bounds::default()` (ε = {d['epsilon']}, floor {d['floor']}); *plain* is ε = 10⁹, "
+                "which never skips the owner: plain consistent hashing. The `place` time is a wall-clock average "
+                "including the simulation's bookkeeping; criterion's numbers are in the micro table "
+                "(`ring_place/*`).\n"
+            )
+        if "ring.png" in plots:
+            md.append("\n![ring](ring.png)\n")
     # One blank line between blocks, so every heading, paragraph and table renders.
     (out / "summary.md").write_text("\n".join(x.strip("\n") + "\n" for x in md))
 
@@ -460,6 +681,40 @@ def _headlines(sc: dict) -> list[str]:
         parts = [f"{n} {_f(v['first_ms'], 1)} ms vs {_f(v['warm_p50_ms'], 2)} ms ({_x(v['first_vs_warm'], 0)})"
                  for n, v in cs["models"].items()]  # fmt: skip
         h.append("- **Cold start** (first call vs warm p50): " + "; ".join(parts) + ".")
+    ba = sc.get("batching")
+    if ba and ba.get("models"):
+        parts = []
+        for m, row in ba["models"].items():
+            lv = row["levels"]
+            hi, lo = str(max(ba["levels"])), str(min(ba["levels"]))
+            parts.append(
+                f"{m} at c={hi}: {_x(lv[hi]['ratio']['throughput'])} the throughput, p50 {_x(lv[hi]['ratio']['p50'])} "
+                f"(mean batch {_f(lv[hi]['batched'].get('mean_batch_size'), 1)}); at c={lo}: p50 "
+                f"{_f(lv[lo]['unbatched']['p50_us'])} → {_f(lv[lo]['batched']['p50_us'])} µs "
+                f"(+{_f(lv[lo]['ratio']['added_p50_us'])} µs, max_delay_us {row['batching']['max_delay_us']})"
+            )
+        h.append("- **Dynamic batching** (batched ÷ unbatched): " + "; ".join(parts) + ".")
+    rg = sc.get("ring")
+    if rg and rg.get("balance"):
+        bal = "; ".join(f"{b['nodes']} nodes {_x(b['ring']['max_over_avg'])}" for b in rg["balance"])
+        mv = "; ".join(f"{m['nodes']}→{m['nodes'] + 1} {m['join']['fraction']:.2%} (ideal {m['join']['ideal']:.2%})"
+                       for m in rg["movement"])  # fmt: skip
+        h.append(f"- **Ring** ({rg['functions']:,} functions): owned max ÷ avg {bal}. Moved on join: {mv}; "
+                 "none between nodes that stayed.")  # fmt: skip
+        bl = rg.get("bounded_load") or []
+        if bl:
+            x = bl[-1]
+            h.append(
+                f"  - Bounded load, {x['nodes']} nodes, Zipf calls in flight: busiest node {_x(x['bounded']['max_over_avg'])} "
+                f"the average with `Bounds::default()` vs {_x(x['plain']['max_over_avg'])} with plain consistent "
+                f"hashing; the hottest function uses {x['bounded']['hottest_function_nodes']} nodes instead of 1, "
+                f"and {x['bounded']['off_owner_fraction']:.0%} of calls land off their owner."
+            )
+    mi = sc.get("micro")
+    if mi and any(k.startswith("ring_place/") for k in mi.get("benches", {})):
+        parts = [f"{k.split('/', 1)[1].replace('_', ' ')} {_f(v['median_ns'] / 1000, 2)} µs"
+                 for k, v in mi["benches"].items() if k.startswith("ring_place/")]  # fmt: skip
+        h.append("- **Ring lookup** (criterion): " + "; ".join(parts) + ".")
     if not h:
         return []
     return ["## Headlines", "\n".join(h)]

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use taskmesh_policies::breaker::{BreakerConfig, CircuitBreaker, Outcome};
 use taskmesh_policies::json::parse_body;
 use taskmesh_policies::ratelimit::{KeyedLimiter, RateLimitConfig};
+use taskmesh_policies::ring::{Bounds, Member, Ring, DEFAULT_VNODES};
 use taskmesh_policies::tensor::{tensor_from_json, DType};
 
 /// Same depth limit as the router and node (`policies::limits`).
@@ -164,12 +165,59 @@ fn breaker(c: &mut Criterion) {
     group.finish();
 }
 
+fn ring_place(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ring_place");
+    // 1,000 function versions, keyed as the router keys them; each iteration
+    // places the next one, so no single key's path through the ring is cached.
+    let keys: Vec<String> = (0..1000)
+        .map(|i| format!("tenant-{}/fn-{i}@1", i % 7))
+        .collect();
+    for nodes in [10usize, 100] {
+        let ids: Vec<String> = (0..nodes).map(|i| format!("node-{i}")).collect();
+        let ring = Ring::new(
+            ids.iter().map(|id| Member {
+                id: id.clone(),
+                gpu: false,
+            }),
+            DEFAULT_VNODES,
+        );
+        // In-flight counts looked up by node id, as the router does (a map of
+        // its live nodes): a busy cluster with 6 calls per node on average
+        // and every fourth node at the bound, so some calls skip their owner.
+        let load: std::collections::HashMap<String, u64> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), if i % 4 == 0 { 9 } else { 5 }))
+            .collect();
+        let bounds = Bounds::default();
+        let mut i = 0usize;
+        group.bench_function(format!("place_{nodes}_nodes"), |b| {
+            b.iter(|| {
+                i = (i + 1) % keys.len();
+                black_box(ring.place(black_box(&keys[i]), false, bounds, |id| {
+                    load.get(id).copied().unwrap_or(0)
+                }))
+            })
+        });
+        // The owner alone (no load): the first candidate only.
+        let mut j = 0usize;
+        group.bench_function(format!("owner_{nodes}_nodes"), |b| {
+            b.iter(|| {
+                j = (j + 1) % keys.len();
+                black_box(ring.owner(black_box(&keys[j]), false))
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     json_to_tensor,
     json_parse,
     schema_check,
     rate_limit,
-    breaker
+    breaker,
+    ring_place
 );
 criterion_main!(benches);

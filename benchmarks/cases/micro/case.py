@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from common import ROOT, log, pinned
+from common import PROFILE, ROOT, log, pinned
 
 
 def target_dir():
@@ -20,17 +20,20 @@ def target_dir():
 
 def run(ctx) -> dict:
     # Build first, unpinned (compiling on one core would be slow), then measure pinned.
-    subprocess.run(["cargo", "bench", "-p", "taskmesh-policies", "--bench", "hot_paths", "--no-run"],
+    # In quick mode (debug profile) the bench is built without optimisations,
+    # reusing the dependencies scripts/test.sh built: it only checks the wiring.
+    profile = [] if PROFILE == "release" else ["--profile", "dev"]
+    subprocess.run(["cargo", "bench", "-p", "taskmesh-policies", "--bench", "hot_paths", *profile, "--no-run"],
                    cwd=ROOT, check=True)  # fmt: skip
     args = ["--warm-up-time", str(ctx.micro_warmup), "--measurement-time", str(ctx.micro_measure)]
     if ctx.quick:
         args.append("--quick")
-    cmd = ["cargo", "bench", "-p", "taskmesh-policies", "--bench", "hot_paths", "--", *args, "--noplot"]
+    cmd = ["cargo", "bench", "-p", "taskmesh-policies", "--bench", "hot_paths", *profile, "--", *args, "--noplot"]
     p = subprocess.run(pinned(cmd, ctx.server_cpus[:1]), cwd=ROOT, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"cargo bench failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     root = target_dir() / "criterion"
-    out = {"benches": {}}
+    out = {"benches": {}, "profile": "bench" if PROFILE == "release" else "dev (unoptimised: quick mode)"}
     for est in sorted(root.glob("*/*/new/estimates.json")):
         group, bench = est.parts[-4], est.parts[-3]
         if not (root / group / bench / "new" / "benchmark.json").exists():
@@ -51,4 +54,4 @@ def run(ctx) -> dict:
     return out
 
 
-GROUPS = {"tensor_from_json", "parse_body", "input_schema", "ratelimit_check", "breaker"}
+GROUPS = {"tensor_from_json", "parse_body", "input_schema", "ratelimit_check", "breaker", "ring_place"}
