@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Config {
-    /// Router (data plane) listener.
-    pub listen: SocketAddr,
+    /// The process's main listener: the router's (default 127.0.0.1:8080),
+    /// or in cluster mode the registry's (8081) or the node's (9000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
     /// Registry admin API listener.
     pub admin_listen: SocketAddr,
     /// Runtime node listener (internal traffic; port 0 picks a free port).
@@ -36,12 +38,29 @@ pub struct Config {
     pub memory_budget_mb: u64,
     /// ONNX Runtime intra-op threads per session.
     pub session_threads: usize,
+    /// ε of bounded-load placement: a node may carry (1 + ε) × the average load.
+    pub placement_epsilon: f64,
+    /// Below this many calls in flight a node is never passed over.
+    pub placement_floor: u64,
+    /// Cluster mode: Redis URL of the registry, membership and limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
+    /// Cluster mode: where models live, `file:///path` or `s3://bucket/prefix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_store: Option<String>,
+    /// Cluster mode: the `host:port` routers reach this node at (default: the listener).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// Runtime node: run GPU functions with the CUDA execution provider.
+    pub gpu: bool,
+    /// How long a node finishes in-flight calls after SIGTERM, in seconds.
+    pub drain_timeout_s: u64,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: "127.0.0.1:8080".parse().expect("static address"),
+            listen: None,
             admin_listen: "127.0.0.1:8081".parse().expect("static address"),
             node_listen: "127.0.0.1:0".parse().expect("static address"),
             data_dir: PathBuf::from(".taskmesh"),
@@ -53,6 +72,13 @@ impl Default for Config {
             router_threads: 2,
             session_threads: 1,
             memory_budget_mb: 4096,
+            placement_epsilon: policies::ring::Bounds::default().epsilon,
+            placement_floor: policies::ring::Bounds::default().floor,
+            redis: None,
+            model_store: None,
+            advertise: None,
+            gpu: false,
+            drain_timeout_s: 30,
         }
     }
 }
@@ -90,6 +116,20 @@ impl Config {
         Ok(config)
     }
 
+    /// The main listener, or the role's default.
+    pub fn listen_or(&self, default: &str) -> SocketAddr {
+        self.listen
+            .unwrap_or_else(|| default.parse().expect("static default address"))
+    }
+
+    /// Placement bounds for the router.
+    pub fn bounds(&self) -> policies::ring::Bounds {
+        policies::ring::Bounds {
+            epsilon: self.placement_epsilon,
+            floor: self.placement_floor,
+        }
+    }
+
     /// The key the CLI sends: configured, else the local operator key.
     pub fn key(&self) -> Option<String> {
         self.api_key.clone().or_else(|| {
@@ -102,6 +142,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.router_threads == 0 || self.session_threads == 0 {
             return Err("router_threads and session_threads must be at least 1".into());
+        }
+        if !(0.0..=10.0).contains(&self.placement_epsilon) {
+            return Err("placement_epsilon must be between 0 and 10".into());
         }
         Ok(())
     }
@@ -130,7 +173,7 @@ mod tests {
         let mut flags = figment::value::Dict::new();
         flags.insert("data_dir".into(), "/tmp/x".into());
         let c = Config::load(Some(&file), &env, flags).unwrap();
-        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.listen_or("127.0.0.1:8080").port(), 9000);
         assert_eq!(c.router_threads, 4);
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.admin_listen.port(), 8081);

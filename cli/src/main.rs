@@ -1,6 +1,7 @@
 //! `taskmesh`: run the platform and talk to it.
 
 mod client;
+mod cluster;
 mod config;
 mod up;
 
@@ -42,6 +43,44 @@ enum Command {
     },
     /// Invoke a function through the router over HTTP/2.
     Invoke(InvokeArgs),
+    /// Cluster mode: the registry (admin API) on Redis and a model store.
+    Registry(ClusterArgs),
+    /// Cluster mode: a runtime node that joins the cluster through Redis.
+    Node(ClusterArgs),
+    /// Cluster mode: a router that follows membership in Redis.
+    Router(ClusterArgs),
+}
+
+/// Flags of the cluster processes (each also `TASKMESH_<FLAG>` or in taskmesh.toml).
+#[derive(Args, Default)]
+struct ClusterArgs {
+    /// Listener (defaults: router 127.0.0.1:8080, registry 127.0.0.1:8081, node 127.0.0.1:9000).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Redis URL, e.g. redis://127.0.0.1:6379/0.
+    #[arg(long)]
+    redis: Option<String>,
+    /// Model store: file:///shared/folder or s3://bucket/prefix (registry and node).
+    #[arg(long)]
+    model_store: Option<String>,
+    /// Node: the host:port routers reach it at (default: the listener).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Local data directory (node: model cache; default ./.taskmesh).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Node: memory for loaded instances, in MiB (default 4096).
+    #[arg(long)]
+    memory_budget_mb: Option<u64>,
+    /// Node: run GPU functions with the CUDA execution provider.
+    #[arg(long)]
+    gpu: bool,
+    /// Node: seconds to finish in-flight calls after SIGTERM (default 30).
+    #[arg(long)]
+    drain_timeout_s: Option<u64>,
+    /// Router: ε of bounded-load placement (default 0.25).
+    #[arg(long)]
+    placement_epsilon: Option<f64>,
 }
 
 #[derive(Args, Default)]
@@ -183,6 +222,23 @@ fn main() -> Result<()> {
             flag(&mut flags, "admin_url", admin_url.clone());
         }
         Command::Invoke(a) => flag(&mut flags, "router_url", a.router_url.clone()),
+        Command::Registry(a) | Command::Node(a) | Command::Router(a) => {
+            flag(&mut flags, "listen", a.listen.clone());
+            flag(&mut flags, "redis", a.redis.clone());
+            flag(&mut flags, "model_store", a.model_store.clone());
+            flag(&mut flags, "advertise", a.advertise.clone());
+            flag(
+                &mut flags,
+                "data_dir",
+                a.data_dir.as_ref().map(|p| p.display().to_string()),
+            );
+            flag(&mut flags, "memory_budget_mb", a.memory_budget_mb);
+            flag(&mut flags, "drain_timeout_s", a.drain_timeout_s);
+            flag(&mut flags, "placement_epsilon", a.placement_epsilon);
+            if a.gpu {
+                flags.insert("gpu".into(), true.into());
+            }
+        }
     }
     let mut config =
         Config::load(cli.config.as_deref(), &env, flags).context("invalid configuration")?;
@@ -205,6 +261,9 @@ fn main() -> Result<()> {
             command: FnCommand::List { .. },
         } => runtime.block_on(list(&config)),
         Command::Invoke(args) => runtime.block_on(invoke(&config, &args)),
+        Command::Registry(_) => runtime.block_on(cluster::registry(config)),
+        Command::Node(_) => runtime.block_on(cluster::node(config)),
+        Command::Router(_) => runtime.block_on(cluster::router(config)),
     }
 }
 

@@ -13,6 +13,9 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 
+/// The router's listener unless configured.
+pub const DEFAULT_ROUTER_LISTEN: &str = "127.0.0.1:8080";
+
 pub async fn run(config: Config) -> Result<()> {
     runtime::ortenv::environment().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.data_dir)
@@ -99,7 +102,7 @@ pub async fn run(config: Config) -> Result<()> {
     }
     warm_stored_versions(&registry, &engine).await;
 
-    let listen = config.listen;
+    let listen = config.listen_or(DEFAULT_ROUTER_LISTEN);
     let router_threads = config.router_threads;
     let extra_nodes = config.extra_nodes.clone();
     let node_metrics = engine.clone();
@@ -107,13 +110,14 @@ pub async fn run(config: Config) -> Result<()> {
         registry,
         auth,
         store,
+        nodes: Arc::new(fixed_nodes(node_addr, cuda, &extra_nodes, config.bounds())),
         extra_metrics: Some(Arc::new(move || node_metrics.metrics().encode())),
+        limits: None,
     };
     let router = tokio::task::spawn_blocking(move || {
         router::start(
             router::RouterOptions {
                 listen,
-                nodes: std::iter::once(node_addr).chain(extra_nodes).collect(),
                 threads: router_threads,
             },
             deps,
@@ -143,6 +147,28 @@ pub async fn run(config: Config) -> Result<()> {
     let _ = node_task.await;
     let _ = admin_task.await;
     Ok(())
+}
+
+/// The in-process node (with a GPU when CUDA is available) and any extra
+/// nodes given on the command line (taken as CPU nodes).
+fn fixed_nodes(
+    local: std::net::SocketAddr,
+    cuda: bool,
+    extra: &[std::net::SocketAddr],
+    bounds: policies::ring::Bounds,
+) -> router::placement::NodeSet {
+    let set = router::placement::NodeSet::new(bounds);
+    let node = |addr: std::net::SocketAddr, gpu| router::placement::NodeInfo {
+        id: format!("node-{}", addr.port()),
+        addr,
+        gpu,
+    };
+    set.update(
+        std::iter::once(node(local, cuda))
+            .chain(extra.iter().map(|a| node(*a, false)))
+            .collect(),
+    );
+    set
 }
 
 async fn wait_for_signal() {
@@ -262,13 +288,17 @@ struct LocalNode {
     address: String,
 }
 
+#[async_trait::async_trait]
 impl registry::api::NodeDirectory for LocalNode {
-    fn nodes(&self, tenant: Option<&str>) -> Vec<serde_json::Value> {
+    async fn nodes(
+        &self,
+        tenant: Option<&str>,
+    ) -> Result<Vec<serde_json::Value>, policies::ApiError> {
         let mut snapshot = self.engine.snapshot();
         if let Some(tenant) = tenant {
             snapshot.functions.retain(|f| f.tenant == tenant);
         }
-        vec![serde_json::json!({
+        Ok(vec![serde_json::json!({
             "id": self.id,
             "address": self.address,
             "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -277,6 +307,6 @@ impl registry::api::NodeDirectory for LocalNode {
             "memory_used_bytes": snapshot.memory_used_bytes,
             "in_flight": snapshot.in_flight,
             "warm": snapshot.functions,
-        })]
+        })])
     }
 }

@@ -24,9 +24,10 @@ pub struct AdminState {
 }
 
 /// The live runtime nodes, as `GET /v1/nodes` shows them.
+#[async_trait::async_trait]
 pub trait NodeDirectory: Send + Sync {
     /// One JSON object per node; `tenant` limits the functions shown (None: all).
-    fn nodes(&self, tenant: Option<&str>) -> Vec<Value>;
+    async fn nodes(&self, tenant: Option<&str>) -> Result<Vec<Value>, ApiError>;
 }
 
 type State_ = State<Arc<AdminState>>;
@@ -273,11 +274,10 @@ async fn list_nodes(State(state): State_, headers: HeaderMap) -> ApiResult {
         async {
             let principal = admin(&state, &headers).await?;
             let tenant = (!principal.has(Scope::Operator)).then_some(principal.tenant.as_str());
-            let nodes = state
-                .nodes
-                .as_ref()
-                .map(|d| d.nodes(tenant))
-                .unwrap_or_default();
+            let nodes = match &state.nodes {
+                Some(directory) => directory.nodes(tenant).await?,
+                None => Vec::new(),
+            };
             Ok(json_response(StatusCode::OK, &json!({ "nodes": nodes })))
         }
         .await,

@@ -4,9 +4,11 @@
 pub mod api;
 pub mod auth;
 pub mod definition;
+pub mod membership;
 pub mod models;
 pub mod processing;
 pub mod protocol;
+pub mod redis_limits;
 pub mod redis_store;
 pub mod schema;
 pub mod service;

@@ -65,6 +65,11 @@ fn positive(s: &str) -> Option<u32> {
 
 type VersionKey = (String, String, u32);
 
+/// How long a process trusts the latest version it read: a registration
+/// made through another process is served everywhere within this time (the
+/// process that registers it serves it at once).
+pub const LATEST_TTL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Model signatures kept in memory; the map is cleared when it grows past this.
 const MAX_CACHED_SIGNATURES: usize = 1024;
 
@@ -79,6 +84,8 @@ pub struct Registry {
     artifacts: ModelStore,
     inspector: Arc<dyn ModelInspector>,
     cache: RwLock<HashMap<VersionKey, Arc<FunctionVersion>>>,
+    /// Latest version per (tenant, function) and when it was read.
+    latest: RwLock<HashMap<(String, String), (u32, std::time::Instant)>>,
     /// Serialises registrations so the model check and the append see one order.
     register_lock: tokio::sync::Mutex<()>,
     /// Signatures of models loaded by this process, so that an upload followed
@@ -103,6 +110,7 @@ impl Registry {
             models,
             inspector,
             cache: RwLock::new(HashMap::new()),
+            latest: RwLock::new(HashMap::new()),
             register_lock: tokio::sync::Mutex::new(()),
             signatures: RwLock::new(HashMap::new()),
             listeners: RwLock::new(Vec::new()),
@@ -324,6 +332,10 @@ impl Registry {
                 .map_err(store_error)?,
         );
         self.remember(stored.clone());
+        self.latest.write().expect("latest lock").insert(
+            (stored.tenant.clone(), stored.name.clone()),
+            (stored.version, std::time::Instant::now()),
+        );
         for listener in self.listeners.read().expect("listeners lock").iter() {
             listener(&stored);
         }
@@ -340,16 +352,41 @@ impl Registry {
     ) -> Result<Arc<FunctionVersion>, ApiError> {
         let version = match qualifier {
             Qualifier::Version(v) => *v,
-            Qualifier::Default => self
-                .store
-                .latest_version(tenant, name)
-                .await
-                .map_err(store_error)?
-                .ok_or_else(|| ApiError::not_found(format!("function {name:?} not found")))?,
+            Qualifier::Default => self.latest(tenant, name).await?,
         };
         self.get(tenant, name, version).await?.ok_or_else(|| {
             ApiError::not_found(format!("function {name:?} has no version {version}"))
         })
+    }
+
+    /// The latest version number, read from the store at most once per
+    /// [`LATEST_TTL`] per function; while the store is unreachable the last
+    /// number read keeps serving (so do the immutable versions cached).
+    async fn latest(&self, tenant: &str, name: &str) -> Result<u32, ApiError> {
+        let key = (tenant.to_string(), name.to_string());
+        let cached = self.latest.read().expect("latest lock").get(&key).copied();
+        if let Some((version, read_at)) = cached {
+            if read_at.elapsed() < LATEST_TTL {
+                return Ok(version);
+            }
+        }
+        match self.store.latest_version(tenant, name).await {
+            Ok(Some(version)) => {
+                self.latest
+                    .write()
+                    .expect("latest lock")
+                    .insert(key, (version, std::time::Instant::now()));
+                Ok(version)
+            }
+            Ok(None) => Err(ApiError::not_found(format!("function {name:?} not found"))),
+            Err(e) => match cached {
+                Some((version, _)) => {
+                    tracing::debug!(error = %e, "store unreachable; serving the cached latest version");
+                    Ok(version)
+                }
+                None => Err(store_error(e)),
+            },
+        }
     }
 
     /// One version by number.

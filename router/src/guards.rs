@@ -42,8 +42,26 @@ pub struct Admission {
     in_flight_key: Option<(String, FunctionKey)>,
 }
 
+/// Limits shared by every router of a cluster (Redis in cluster mode).
+///
+/// Both calls are one atomic round trip. When they fail (Redis unreachable)
+/// the router falls back to its own limiter and counters, so limits then hold
+/// per router rather than cluster-wide until Redis is back.
+#[async_trait::async_trait]
+pub trait SharedLimits: Send + Sync {
+    /// One GCRA step for `key`: is one more call within `config`?
+    async fn rate(&self, key: &str, config: &RateLimitConfig) -> Result<RateDecision, String>;
+
+    /// Counts one call in every window `(counter key, limit, ttl_s)` if none is
+    /// used up; returns the index of a used-up window instead.
+    async fn admit_quota(&self, windows: &[(String, u64, u64)]) -> Result<Option<usize>, String>;
+}
+
 pub struct Guards {
     store: Arc<dyn Store>,
+    shared: Option<Arc<dyn SharedLimits>>,
+    /// Set while the shared limits fail, so the fallback is logged once.
+    shared_down: std::sync::atomic::AtomicBool,
     limiters: Mutex<HashMap<LimiterKey, Arc<KeyedLimiter<String>>>>,
     counters: Mutex<HashMap<String, Counter>>,
     in_flight: Mutex<HashMap<(String, FunctionKey), u32>>,
@@ -111,10 +129,44 @@ pub fn retry_policy(version: &FunctionVersion) -> Option<RetryPolicy> {
     })
 }
 
+/// The counter of one client's calls of one function in one quota window.
+fn quota_key(
+    principal: &Principal,
+    version: &FunctionVersion,
+    window: QuotaWindow,
+    now: u64,
+) -> String {
+    format!(
+        "{}/{}/{}/{}",
+        version.tenant,
+        version.name,
+        principal.client_id,
+        quota::window_label(window, now)
+    )
+}
+
+fn quota_exhausted(window: QuotaWindow, limit: u64, now: u64) -> ApiError {
+    let retry_after_s = match quota::decide(window, limit, limit, now) {
+        QuotaDecision::Exhausted { retry_after_s } => retry_after_s,
+        _ => 1,
+    };
+    let period = match window {
+        QuotaWindow::Day => "daily",
+        QuotaWindow::Month => "monthly",
+    };
+    ApiError::new(
+        ErrorCode::QuotaExceeded,
+        format!("{period} quota of {limit} calls is used up"),
+    )
+    .with_retry_after(retry_after_s)
+}
+
 impl Guards {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn Store>, shared: Option<Arc<dyn SharedLimits>>) -> Self {
         Guards {
             store,
+            shared,
+            shared_down: std::sync::atomic::AtomicBool::new(false),
             limiters: Mutex::default(),
             counters: Mutex::default(),
             in_flight: Mutex::default(),
@@ -139,7 +191,8 @@ impl Guards {
             .as_ref()
             .or(version.definition.rate_limit.as_ref());
         if let Some(rate) = rate {
-            self.rate_limit(principal, version, rate, rate_headers)?;
+            self.rate_limit(principal, version, rate, rate_headers)
+                .await?;
         }
         let quota = principal
             .plan
@@ -191,7 +244,7 @@ impl Guards {
         Ok(admission)
     }
 
-    fn rate_limit(
+    async fn rate_limit(
         &self,
         principal: &Principal,
         version: &FunctionVersion,
@@ -206,14 +259,29 @@ impl Guards {
             rate_bits: config.per_second.to_bits(),
             burst: config.burst,
         };
-        let limiter = self
-            .limiters
-            .lock()
-            .expect("limiters lock")
-            .entry(key)
-            .or_insert_with(|| Arc::new(KeyedLimiter::new(&config)))
-            .clone();
-        let decision = limiter.check(&principal.client_id);
+        let shared = match &self.shared {
+            Some(shared) => {
+                let shared_key = format!(
+                    "{}/{}/{}/{:x}/{}",
+                    version.tenant, version.name, principal.client_id, key.rate_bits, key.burst
+                );
+                self.shared_result(shared.rate(&shared_key, &config).await)
+            }
+            None => None,
+        };
+        let decision = match shared {
+            Some(decision) => decision,
+            None => {
+                let limiter = self
+                    .limiters
+                    .lock()
+                    .expect("limiters lock")
+                    .entry(key)
+                    .or_insert_with(|| Arc::new(KeyedLimiter::new(&config)))
+                    .clone();
+                limiter.check(&principal.client_id)
+            }
+        };
         *rate_headers = rate_limit_headers(&version.name, &decision, &config);
         match decision {
             RateDecision::Allowed { .. } => Ok(()),
@@ -245,16 +313,35 @@ impl Guards {
             (QuotaWindow::Day, quota.per_day),
             (QuotaWindow::Month, quota.per_month),
         ];
+        if let Some(shared) = &self.shared {
+            let counted: Vec<_> = windows
+                .iter()
+                .filter_map(|(window, limit)| Some((*window, (*limit)?)))
+                .collect();
+            let keys: Vec<(String, u64, u64)> = counted
+                .iter()
+                .map(|(window, limit)| {
+                    let ttl = match window {
+                        QuotaWindow::Day => 2 * 86_400,
+                        QuotaWindow::Month => 32 * 86_400,
+                    };
+                    (quota_key(principal, version, *window, now), *limit, ttl)
+                })
+                .collect();
+            if let Some(outcome) = self.shared_result(shared.admit_quota(&keys).await) {
+                return match outcome {
+                    None => Ok(()),
+                    Some(i) => {
+                        let (window, limit) = counted[i.min(counted.len() - 1)];
+                        Err(quota_exhausted(window, limit, now))
+                    }
+                };
+            }
+        }
         let mut keys = Vec::new();
         for (window, limit) in windows {
             let Some(limit) = limit else { continue };
-            let key = format!(
-                "{}/{}/{}/{}",
-                version.tenant,
-                version.name,
-                principal.client_id,
-                quota::window_label(window, now)
-            );
+            let key = quota_key(principal, version, window, now);
             let known = self
                 .counters
                 .lock()
@@ -281,18 +368,8 @@ impl Guards {
         let mut counters = self.counters.lock().expect("counters lock");
         for (window, limit, key) in &keys {
             let used = counters.get(key).map_or(0, |c| c.count);
-            if let QuotaDecision::Exhausted { retry_after_s } =
-                quota::decide(*window, used, *limit, now)
-            {
-                let period = match window {
-                    QuotaWindow::Day => "daily",
-                    QuotaWindow::Month => "monthly",
-                };
-                return Err(ApiError::new(
-                    ErrorCode::QuotaExceeded,
-                    format!("{period} quota of {limit} calls is used up"),
-                )
-                .with_retry_after(retry_after_s));
+            if let QuotaDecision::Exhausted { .. } = quota::decide(*window, used, *limit, now) {
+                return Err(quota_exhausted(*window, *limit, now));
             }
         }
         for (_, _, key) in &keys {
@@ -301,6 +378,25 @@ impl Guards {
             counter.unflushed += 1;
         }
         Ok(())
+    }
+
+    /// The shared limits' answer, or `None` (use the local ones) when they failed.
+    fn shared_result<T>(&self, result: Result<T, String>) -> Option<T> {
+        use std::sync::atomic::Ordering;
+        match result {
+            Ok(value) => {
+                if self.shared_down.swap(false, Ordering::Relaxed) {
+                    tracing::info!("shared limits reachable again");
+                }
+                Some(value)
+            }
+            Err(e) => {
+                if !self.shared_down.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "shared limits unreachable; enforcing limits per router");
+                }
+                None
+            }
+        }
     }
 
     /// Ends an admission: frees its in-flight slot and reports the outcome to the breaker.

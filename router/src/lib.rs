@@ -6,8 +6,10 @@
 
 pub mod guards;
 pub mod metrics;
+pub mod placement;
 pub mod proxy;
 pub mod routes;
+mod shared;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,7 +31,6 @@ pub use proxy::{RouterState, TaskmeshProxy};
 #[derive(Debug, Clone)]
 pub struct RouterOptions {
     pub listen: SocketAddr,
-    pub nodes: Vec<SocketAddr>,
     pub threads: usize,
 }
 
@@ -38,6 +39,10 @@ pub struct RouterDeps {
     pub registry: Arc<Registry>,
     pub auth: Arc<Auth>,
     pub store: Arc<dyn Store>,
+    /// The runtime nodes; kept current by membership in cluster mode.
+    pub nodes: Arc<placement::NodeSet>,
+    /// Cluster-wide rate limits and quotas (Redis); None keeps them per router.
+    pub limits: Option<Arc<dyn guards::SharedLimits>>,
     /// More Prometheus text for `/metrics` (the in-process node's metrics).
     pub extra_metrics: Option<proxy::MetricsSource>,
 }
@@ -103,7 +108,13 @@ impl ShutdownSignalWatch for StopSignal {
 /// Starts the router on its own thread (Pingora runs its own runtimes) and
 /// returns once the listener accepts connections.
 pub fn start(options: RouterOptions, deps: RouterDeps) -> anyhow::Result<RouterHandle> {
-    let mut state = RouterState::new(deps.registry, deps.auth, deps.store, options.nodes.clone());
+    let mut state = RouterState::new(
+        deps.registry,
+        deps.auth,
+        deps.store,
+        deps.nodes,
+        deps.limits,
+    );
     state.extra_metrics = deps.extra_metrics;
     let state = Arc::new(state);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();

@@ -31,6 +31,7 @@ use serde_json::{json, Value};
 
 use crate::guards::{Admission, Guards};
 use crate::metrics::Metrics;
+use crate::placement::{InFlight, NodeSet};
 use crate::routes::{self, Route};
 
 pub use policies::headers;
@@ -55,7 +56,7 @@ pub struct RouterState {
     pub registry: Arc<Registry>,
     pub auth: Arc<Auth>,
     pub guards: Guards,
-    pub nodes: Vec<SocketAddr>,
+    pub nodes: Arc<NodeSet>,
     pub metrics: Metrics,
 }
 
@@ -64,13 +65,14 @@ impl RouterState {
         registry: Arc<Registry>,
         auth: Arc<Auth>,
         store: Arc<dyn Store>,
-        nodes: Vec<SocketAddr>,
+        nodes: Arc<NodeSet>,
+        shared: Option<Arc<dyn crate::guards::SharedLimits>>,
     ) -> Self {
         RouterState {
             extra_metrics: None,
             registry,
             auth,
-            guards: Guards::new(store),
+            guards: Guards::new(store, shared),
             nodes,
             metrics: Metrics::new(),
         }
@@ -109,6 +111,10 @@ pub struct Ctx {
     upstream_error: Option<ErrorCode>,
     /// The node of the attempt in progress and its node-breaker permit.
     node_permit: Option<(SocketAddr, policies::breaker::Permit)>,
+    /// The attempt in progress, counted in its node's load until dropped.
+    in_flight: Option<InFlight>,
+    /// Nodes earlier attempts of this call went to.
+    tried: Vec<String>,
 }
 
 pub struct TaskmeshProxy {
@@ -426,6 +432,8 @@ impl ProxyHttp for TaskmeshProxy {
             rate_headers: Vec::new(),
             node_permit: None,
             upstream_error: None,
+            in_flight: None,
+            tried: Vec::new(),
         }
     }
 
@@ -506,26 +514,36 @@ impl ProxyHttp for TaskmeshProxy {
             .function
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no function resolved"))?;
-        // The first candidate whose node breaker lets a call through, starting
-        // after the candidates earlier attempts used.
-        let candidates = candidates(&self.state.nodes, &version.name, version.version);
-        let chosen = (0..candidates.len())
-            .map(|i| candidates[(i + ctx.attempts as usize) % candidates.len()])
-            .find_map(|node| {
-                self.state
-                    .guards
-                    .acquire_node(node)
-                    .map(|permit| (node, permit))
-            });
+        // Placement: ring order under bounded load. A retry goes to the first
+        // candidate not tried yet (all tried: start over); a node whose breaker
+        // is open is passed over.
+        let candidates = self
+            .state
+            .nodes
+            .place(&placement_key(version), version.definition.resources.gpu);
+        let untried = candidates
+            .iter()
+            .filter(|n| !ctx.tried.contains(&n.info.id));
+        let chosen = untried.chain(candidates.iter()).find_map(|node| {
+            self.state
+                .guards
+                .acquire_node(node.info.addr)
+                .map(|permit| (node, permit))
+        });
         let Some((node, permit)) = chosen else {
-            return Err(Error::explain(
-                ErrorType::ConnectNoRoute,
-                "no runtime node is available",
-            ));
+            let reason = if version.definition.resources.gpu {
+                "no runtime node with a GPU is available: CPU-only nodes cannot serve GPU functions (resources.gpu)"
+            } else {
+                "no runtime node is available"
+            };
+            ctx.refusal = Some(ApiError::new(ErrorCode::Unavailable, reason).with_retry_after(1));
+            return Err(Error::explain(ErrorType::ConnectNoRoute, reason));
         };
-        ctx.node_permit = Some((node, permit));
+        ctx.node_permit = Some((node.info.addr, permit));
+        ctx.tried.push(node.info.id.clone());
+        ctx.in_flight = Some(node.begin());
         ctx.attempts += 1;
-        let mut peer = HttpPeer::new(node, false, String::new());
+        let mut peer = HttpPeer::new(node.info.addr, false, String::new());
         peer.options.set_http_version(2, 2);
         peer.options.max_h2_streams = UPSTREAM_MAX_H2_STREAMS;
         peer.options.connection_timeout = Some(Duration::from_secs(2).min(left));
@@ -663,6 +681,16 @@ impl ProxyHttp for TaskmeshProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         self.settle_node(ctx, Outcome::Failure);
+        // A refused connection takes the node out of the ring at once (its
+        // heartbeat expiring is the backstop); a timeout may be our deadline.
+        if let Some(attempt) = ctx.in_flight.take() {
+            if matches!(
+                e.etype(),
+                ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError
+            ) {
+                self.state.nodes.eject(&attempt.node().info.id);
+            }
+        }
         if self.plan_retry(ctx, FailureKind::ConnectRefused) {
             e.set_retry(true);
         } else {
@@ -796,18 +824,7 @@ fn classify(e: &Error) -> ApiError {
     }
 }
 
-/// The nodes for a function version in preference order: a stable owner by
-/// hash, then the next nodes (placement grows into the consistent-hash ring
-/// with bounded load in cluster mode).
-fn candidates(nodes: &[SocketAddr], name: &str, version: u32) -> Vec<SocketAddr> {
-    use std::hash::{Hash, Hasher};
-    if nodes.is_empty() {
-        return Vec::new();
-    }
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (name, version).hash(&mut hasher);
-    let first = (hasher.finish() % nodes.len() as u64) as usize;
-    (0..nodes.len())
-        .map(|i| nodes[(first + i) % nodes.len()])
-        .collect()
+/// What a function version is placed by on the ring: `tenant/name@version`.
+pub fn placement_key(version: &FunctionVersion) -> String {
+    format!("{}/{}@{}", version.tenant, version.name, version.version)
 }

@@ -1,0 +1,359 @@
+//! Cluster mode: `taskmesh registry`, `taskmesh node` and `taskmesh router` as
+//! separate processes sharing Redis (definitions, clients, counters,
+//! membership) and a model store (a shared folder or S3).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use axum::http::StatusCode;
+use axum::routing::get;
+use registry::membership::{Membership, NodeRecord, HEARTBEAT};
+use registry::models::ModelRemote;
+use registry::{Auth, ModelStore, RedisStore, Registry};
+use runtime::engine::EngineConfig;
+use runtime::session::SessionOptions;
+use runtime::{Engine, OrtInspector};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+
+/// How often routers read membership.
+const MEMBERSHIP_POLL: Duration = Duration::from_millis(250);
+
+/// Connects to Redis, waiting (and saying so) while it is not there yet.
+async fn connect_redis(config: &Config) -> Result<RedisStore> {
+    let url = config
+        .redis
+        .as_deref()
+        .context("cluster mode needs --redis URL (or TASKMESH_REDIS)")?;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match RedisStore::connect(url).await {
+            Ok(store) => return Ok(store),
+            Err(e @ registry::StoreError::Corrupt(_)) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "redis is not reachable yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The local model cache in front of the shared model store.
+fn model_store(config: &Config) -> Result<ModelStore> {
+    let url = config
+        .model_store
+        .as_deref()
+        .context("cluster mode needs --model-store file:///path or s3://bucket/prefix")?;
+    let remote = ModelRemote::from_url(url).with_context(|| format!("model store {url}"))?;
+    ModelStore::open_with_remote(config.data_dir.join("models"), remote)
+        .context("opening the model cache")
+}
+
+fn operator_key() -> Result<String> {
+    match std::env::var("TASKMESH_ADMIN_KEY") {
+        Ok(key) if !key.trim().is_empty() => Ok(key),
+        _ => bail!("cluster mode takes the operator key from TASKMESH_ADMIN_KEY, which is not set"),
+    }
+}
+
+/// `/readyz` for a process (its app serves `/healthz`); readiness turns false while draining.
+fn probes(ready: Arc<AtomicBool>) -> axum::Router {
+    axum::Router::new().route(
+        "/readyz",
+        get(move || {
+            let ready = ready.load(Ordering::Relaxed);
+            async move {
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                registry::api::json_response(status, &json!({"ready": ready}))
+            }
+        }),
+    )
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
+}
+
+/// Resolves when SIGTERM or Ctrl-C arrives.
+async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// `GET /v1/nodes` from membership.
+struct ClusterNodes(Membership);
+
+#[async_trait::async_trait]
+impl registry::api::NodeDirectory for ClusterNodes {
+    async fn nodes(
+        &self,
+        tenant: Option<&str>,
+    ) -> Result<Vec<serde_json::Value>, policies::ApiError> {
+        let live = self.0.live().await.map_err(|e| {
+            tracing::error!(error = %e, "reading membership failed");
+            policies::ApiError::new(
+                policies::ErrorCode::Unavailable,
+                "membership is unavailable",
+            )
+            .with_retry_after(1)
+        })?;
+        Ok(live.iter().map(|n| n.view(tenant)).collect())
+    }
+}
+
+/// `taskmesh registry`: the admin API over Redis and the model store.
+pub async fn registry(config: Config) -> Result<()> {
+    runtime::ortenv::environment().map_err(anyhow::Error::msg)?;
+    let key = operator_key()?;
+    let listen = config.listen_or("127.0.0.1:8081");
+    let redis = connect_redis(&config).await?;
+    let store: Arc<dyn registry::Store> = Arc::new(redis.clone());
+    let registry = Arc::new(Registry::new(
+        store.clone(),
+        model_store(&config)?,
+        Arc::new(OrtInspector),
+    ));
+    let auth = Arc::new(Auth::new(store, Some(&key)));
+    let ready = Arc::new(AtomicBool::new(true));
+    let app = registry::api::router(
+        registry,
+        auth,
+        Some(Arc::new(ClusterNodes(Membership::new(redis)))),
+    )
+    .merge(probes(ready.clone()));
+    let listener = bind(listen).await?;
+    println!(
+        "taskmesh registry listening on http://{}",
+        listener.local_addr()?
+    );
+    let drained = async move {
+        terminated().await;
+        ready.store(false, Ordering::Relaxed);
+    };
+    runtime::server::serve(listener, app, drained).await;
+    Ok(())
+}
+
+/// `taskmesh node`: a runtime node that heartbeats into membership.
+pub async fn node(config: Config) -> Result<()> {
+    runtime::ortenv::environment().map_err(anyhow::Error::msg)?;
+    let listen = config.listen_or("127.0.0.1:9000");
+    let redis = connect_redis(&config).await?;
+    let store: Arc<dyn registry::Store> = Arc::new(redis.clone());
+    let registry = Arc::new(Registry::new(
+        store,
+        model_store(&config)?,
+        Arc::new(OrtInspector),
+    ));
+    let cuda = config.gpu && runtime::session::cuda_available();
+    if config.gpu && !cuda {
+        tracing::warn!(
+            "--gpu given but no CUDA execution provider is available: serving CPU functions only"
+        );
+    }
+    let engine = Engine::new(
+        registry,
+        EngineConfig {
+            session: SessionOptions {
+                intra_threads: config.session_threads,
+                gpu: cuda,
+            },
+            memory_budget_bytes: config.memory_budget_mb.saturating_mul(1 << 20),
+            ..EngineConfig::default()
+        },
+    );
+    let listener = bind(listen).await?;
+    let local = listener.local_addr()?;
+    let address = match &config.advertise {
+        Some(a) => a.clone(),
+        None if local.ip().is_unspecified() => {
+            bail!("the node listens on {local}: give --advertise HOST:PORT so routers can reach it")
+        }
+        None => local.to_string(),
+    };
+    let id = format!("node-{address}");
+    let membership = Membership::new(redis);
+    let ready = Arc::new(AtomicBool::new(true));
+    let app = runtime::server::router(engine.clone(), id.clone()).merge(probes(ready.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(runtime::server::serve(listener, app, {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }));
+    let record = {
+        let (engine, id, address) = (engine.clone(), id.clone(), address.clone());
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        move |draining: bool| {
+            let snapshot = engine.snapshot();
+            NodeRecord {
+                id: id.clone(),
+                address: address.clone(),
+                cores,
+                gpus: u32::from(cuda),
+                memory_budget_bytes: snapshot.memory_budget_bytes,
+                memory_used_bytes: snapshot.memory_used_bytes,
+                in_flight: snapshot.in_flight as u64,
+                draining,
+                warm: snapshot
+                    .functions
+                    .iter()
+                    .filter_map(|f| serde_json::to_value(f).ok())
+                    .collect(),
+            }
+        }
+    };
+    let heartbeat = {
+        let (membership, record) = (membership.clone(), record.clone());
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                match membership.heartbeat(&record(false)).await {
+                    Ok(()) if failing => {
+                        tracing::info!("membership heartbeat restored");
+                        failing = false;
+                    }
+                    Ok(()) => {}
+                    Err(e) if !failing => {
+                        tracing::warn!(error = %e, "membership heartbeat failed; still serving");
+                        failing = true;
+                    }
+                    Err(_) => {}
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(HEARTBEAT) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        })
+    };
+    println!("taskmesh node {id} listening on http://{local}");
+    terminated().await;
+    // Leave membership first so routers stop sending, then finish what is in flight.
+    ready.store(false, Ordering::Relaxed);
+    heartbeat.abort();
+    let _ = membership.heartbeat(&record(true)).await;
+    let _ = membership.leave(&id).await;
+    let grace = Duration::from_secs(config.drain_timeout_s);
+    let deadline = tokio::time::Instant::now() + grace;
+    // Calls already routed here may still arrive for a moment.
+    tokio::time::sleep(Duration::from_millis(300).min(grace)).await;
+    while engine.snapshot().in_flight > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = engine.snapshot().in_flight;
+    if left > 0 {
+        tracing::warn!(
+            in_flight = left,
+            "drain timeout passed with calls in flight"
+        );
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    tracing::info!("node stopped");
+    Ok(())
+}
+
+/// `taskmesh router`: the data plane, following membership in Redis.
+pub async fn router(config: Config) -> Result<()> {
+    let listen = config.listen_or(crate::up::DEFAULT_ROUTER_LISTEN);
+    let redis = connect_redis(&config).await?;
+    let store: Arc<dyn registry::Store> = Arc::new(redis.clone());
+    // The router never loads models; the registry wants a model store anyway.
+    let registry = Arc::new(Registry::new(
+        store.clone(),
+        ModelStore::open(config.data_dir.join("router-models"))?,
+        Arc::new(OrtInspector),
+    ));
+    let auth = Arc::new(Auth::new(
+        store.clone(),
+        std::env::var("TASKMESH_ADMIN_KEY").ok().as_deref(),
+    ));
+    let nodes = Arc::new(router::placement::NodeSet::new(config.bounds()));
+    let membership = Membership::new(redis.clone());
+    // The first view of membership before taking traffic.
+    if let Ok(live) = membership.live().await {
+        nodes.update(node_infos(&live));
+    }
+    let watcher = {
+        let nodes = nodes.clone();
+        tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                tokio::time::sleep(MEMBERSHIP_POLL).await;
+                match membership.live().await {
+                    Ok(live) => {
+                        if failing {
+                            tracing::info!("membership readable again");
+                            failing = false;
+                        }
+                        nodes.update(node_infos(&live));
+                    }
+                    // Keep routing to the last known nodes while Redis is away.
+                    Err(e) if !failing => {
+                        tracing::warn!(error = %e, "membership unreadable; keeping the last known nodes");
+                        failing = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+        })
+    };
+    let deps = router::RouterDeps {
+        registry,
+        auth,
+        store,
+        nodes,
+        extra_metrics: None,
+        limits: Some(Arc::new(redis)),
+    };
+    let threads = config.router_threads;
+    let handle = tokio::task::spawn_blocking(move || {
+        router::start(router::RouterOptions { listen, threads }, deps)
+    })
+    .await??;
+    println!("taskmesh router listening on http://{listen}");
+    terminated().await;
+    watcher.abort();
+    tokio::task::spawn_blocking(move || handle.shutdown()).await?;
+    Ok(())
+}
+
+/// Routable members: those not draining, with a parseable address.
+fn node_infos(live: &[NodeRecord]) -> Vec<router::placement::NodeInfo> {
+    live.iter()
+        .filter(|n| !n.draining)
+        .filter_map(|n| {
+            let addr = match n.address.parse::<SocketAddr>() {
+                Ok(addr) => addr,
+                Err(_) => {
+                    use std::net::ToSocketAddrs;
+                    n.address.to_socket_addrs().ok()?.next()?
+                }
+            };
+            Some(router::placement::NodeInfo {
+                id: n.id.clone(),
+                addr,
+                gpu: n.gpus > 0,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,640 @@
+//! Cluster mode with real processes over loopback: one registry, runtime
+//! nodes and routers as separate `taskmesh` processes, a real `redis-server`
+//! and a shared model folder.
+
+mod support;
+
+#[path = "../../registry/tests/support/redis.rs"]
+mod redis_support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use policies::ring::{Member, Ring, DEFAULT_VNODES};
+use redis_support::RedisServer;
+use serde_json::{json, Value};
+use support::{free_addr, generated, generated_json, repo_root, TestClient};
+
+const OPERATOR_KEY: &str =
+    "tm_c1c2c3c4c5c6c7c8_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// One `taskmesh` process of the cluster, killed on drop.
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn signal(&self, sig: i32) {
+        extern "C" {
+            fn kill(pid: i32, sig: i32) -> i32;
+        }
+        // SAFETY: signalling our own child process.
+        unsafe { kill(self.child.id() as i32, sig) };
+    }
+
+    /// SIGTERM, then waits for the exit (at most `within`).
+    fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        self.signal(15);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct Cluster {
+    redis: RedisServer,
+    dir: tempfile::TempDir,
+    registry: Proc,
+    nodes: Vec<Proc>,
+    routers: Vec<Proc>,
+    spawned: usize,
+}
+
+impl Cluster {
+    fn start(nodes: usize, routers: usize) -> Cluster {
+        let redis = RedisServer::start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("shared")).unwrap();
+        let mut cluster = Cluster {
+            registry: spawn(&redis, dir.path(), "registry", 0, &[]),
+            redis,
+            dir,
+            nodes: Vec::new(),
+            routers: Vec::new(),
+            spawned: 1,
+        };
+        for _ in 0..nodes {
+            cluster.add_node();
+        }
+        for _ in 0..routers {
+            cluster.spawned += 1;
+            let router = spawn(
+                &cluster.redis,
+                cluster.dir.path(),
+                "router",
+                cluster.spawned,
+                &[],
+            );
+            cluster.routers.push(router);
+        }
+        for p in std::iter::once(&cluster.registry)
+            .chain(&cluster.nodes)
+            .chain(&cluster.routers)
+        {
+            wait_healthy(p);
+        }
+        cluster
+    }
+
+    fn add_node(&mut self) -> usize {
+        self.spawned += 1;
+        let node = spawn(&self.redis, self.dir.path(), "node", self.spawned, &[]);
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    fn client(&self) -> TestClient {
+        TestClient::h2c().with_key(OPERATOR_KEY)
+    }
+
+    /// Live nodes as `GET /v1/nodes` lists them.
+    async fn listed_nodes(&self) -> Vec<String> {
+        let reply = self.client().get(&self.registry.url("/v1/nodes")).await;
+        assert_eq!(reply.status, 200, "{}", reply.json());
+        let mut ids: Vec<String> = reply.json()["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Waits until `GET /v1/nodes` lists `n` nodes and every router routes to
+    /// them; returns how long it took.
+    async fn wait_for_nodes(&self, n: usize, within: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let listed = self.listed_nodes().await;
+            if listed.len() == n {
+                let mut routed = true;
+                for router in &self.routers {
+                    let ready = self.client().get(&router.url("/readyz")).await.json();
+                    routed &= ready["nodes"] == n;
+                }
+                if routed {
+                    return start.elapsed();
+                }
+            }
+            assert!(
+                start.elapsed() < within,
+                "expected {n} nodes, listed {listed:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn upload_digits(&self) -> String {
+        let reply = self
+            .client()
+            .send(
+                http::Method::POST,
+                &self.registry.url("/v1/models"),
+                &[("content-type", "application/octet-stream")],
+                generated("examples/digits/model.onnx"),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.json());
+        reply.json()["digest"].as_str().unwrap().to_string()
+    }
+
+    async fn register(&self, doc: &Value) -> u64 {
+        let reply = self
+            .client()
+            .post_json(&self.registry.url("/v1/functions"), doc)
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.json());
+        reply.json()["version"].as_u64().unwrap()
+    }
+
+    /// Registers the digits model as function `name`.
+    async fn digits(&self, digest: &str, name: &str, extra: Value) {
+        let mut doc = generated_json("examples/digits/function.json");
+        doc["name"] = json!(name);
+        doc["model"] = json!(digest);
+        for (k, v) in extra.as_object().unwrap() {
+            doc[k] = v.clone();
+        }
+        self.register(&doc).await;
+    }
+}
+
+fn spawn(redis: &RedisServer, dir: &std::path::Path, role: &str, n: usize, extra: &[&str]) -> Proc {
+    let addr = free_addr();
+    let data = dir.join(format!("{role}-{n}"));
+    std::fs::create_dir_all(&data).unwrap();
+    let log = dir.join(format!("{role}-{n}.log"));
+    let child = Command::new(env!("CARGO_BIN_EXE_taskmesh"))
+        .arg(role)
+        .args(["--listen", &addr.to_string(), "--redis", &redis.url()])
+        .args(["--data-dir"])
+        .arg(&data)
+        .args(if role == "router" {
+            Vec::new()
+        } else {
+            vec![
+                "--model-store".to_string(),
+                format!("file://{}", dir.join("shared").display()),
+            ]
+        })
+        .args(extra)
+        .current_dir(repo_root())
+        .env("TASKMESH_ADMIN_KEY", OPERATOR_KEY)
+        .env(
+            "TASKMESH_LOG",
+            "info,ort=warn,pingora_core=warn,pingora_proxy=warn",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .expect("start taskmesh");
+    Proc { child, addr, log }
+}
+
+fn wait_healthy(p: &Proc) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(p.addr) {
+            use std::io::{Read, Write};
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if out.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never became healthy: {}",
+            p.log.display(),
+            std::fs::read_to_string(&p.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sample() -> Value {
+    generated_json("examples/digits/sample.json")
+}
+
+fn node_id(p: &Proc) -> String {
+    format!("node-{}", p.addr)
+}
+
+/// The owner the ring assigns `name`@1 among `nodes`.
+fn owner_of(nodes: &[&Proc], name: &str) -> String {
+    let ring = Ring::new(
+        nodes.iter().map(|p| Member {
+            id: node_id(p),
+            gpu: false,
+        }),
+        DEFAULT_VNODES,
+    );
+    ring.owner(&format!("default/{name}@1"), false)
+        .unwrap()
+        .to_string()
+}
+
+/// Invokes `name` through `router` until it answers 200 (new functions reach
+/// routers through Redis); returns the node that served it.
+async fn served_by(client: &TestClient, router: &Proc, name: &str) -> String {
+    let url = router.url(&format!("/v1/functions/{name}/invoke"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = client.post_json(&url, &sample()).await;
+        if reply.status == 200 {
+            return reply.header("x-taskmesh-node").unwrap().to_string();
+        }
+        eprintln!("{name} not served yet: {} {}", reply.status, reply.json());
+        assert!(
+            Instant::now() < deadline,
+            "{name}: {} {}",
+            reply.status,
+            reply.json()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owner_fails_no_invocation_and_leaves_within_two_seconds() {
+    let mut cluster = Cluster::start(3, 1);
+    let listed = cluster.wait_for_nodes(3, Duration::from_secs(10)).await;
+    let nodes: Vec<&Proc> = cluster.nodes.iter().collect();
+    let mut expected: Vec<String> = nodes.iter().map(|p| node_id(p)).collect();
+    expected.sort();
+    assert_eq!(cluster.listed_nodes().await, expected, "after {listed:?}");
+
+    let digest = cluster.upload_digits().await;
+    cluster.digits(&digest, "digits", json!({})).await;
+    let client = cluster.client();
+    let router = &cluster.routers[0];
+    let owner = owner_of(&nodes, "digits");
+    for _ in 0..5 {
+        assert_eq!(served_by(&client, router, "digits").await, owner);
+    }
+
+    // Steady HTTP/2 load: 4 connections × 8 streams for 5 s.
+    let body = cluster.dir.path().join("sample.json");
+    std::fs::write(&body, serde_json::to_vec(&sample()).unwrap()).unwrap();
+    let load = Command::new("h2load")
+        .args(["-D", "5", "-c", "4", "-m", "8", "-t", "1"])
+        .arg("-d")
+        .arg(&body)
+        .args(["-H", &format!("authorization: Bearer {OPERATOR_KEY}")])
+        .args(["-H", "content-type: application/json"])
+        .arg(router.url("/v1/functions/digits/invoke"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("h2load (nghttp2-client, installed by scripts/setup.sh)");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let victim = cluster
+        .nodes
+        .iter()
+        .position(|p| node_id(p) == owner)
+        .unwrap();
+    cluster.nodes[victim].kill9();
+    let killed = Instant::now();
+    let left = loop {
+        if cluster.listed_nodes().await.len() == 2 {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "the killed node stayed listed"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let output = tokio::task::spawn_blocking(move || load.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout).to_string();
+    eprintln!("{report}");
+    let (succeeded, failed, errored, statuses) = h2load_counts(&report);
+    assert!(
+        succeeded > 100,
+        "too little load to mean anything: {report}"
+    );
+    assert_eq!((failed, errored), (0, 0), "{report}");
+    assert_eq!(
+        statuses,
+        [succeeded, 0, 0, 0],
+        "every answer a 2xx: {report}"
+    );
+    assert!(
+        left <= Duration::from_secs(2),
+        "the killed node left GET /v1/nodes after {left:?}"
+    );
+    // The function now lives on its next candidate.
+    let survivors: Vec<&Proc> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+        .map(|(_, p)| p)
+        .collect();
+    let next = owner_of(&survivors, "digits");
+    assert_eq!(
+        served_by(&client, &cluster.routers[0], "digits").await,
+        next
+    );
+}
+
+/// (succeeded, failed, errored, [2xx, 3xx, 4xx, 5xx]) from an h2load report.
+fn h2load_counts(report: &str) -> (u64, u64, u64, [u64; 4]) {
+    let numbers = |line: &str| -> Vec<u64> {
+        line.split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| s.parse().ok())
+            .collect()
+    };
+    let requests = report
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .map(numbers)
+        .unwrap_or_default();
+    let statuses = report
+        .lines()
+        .find(|l| l.starts_with("status codes:"))
+        .map(numbers)
+        .unwrap_or_default();
+    // requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout
+    let at = |v: &Vec<u64>, i: usize| v.get(i).copied().unwrap_or(u64::MAX);
+    (
+        at(&requests, 3),
+        at(&requests, 4),
+        at(&requests, 5),
+        [
+            at(&statuses, 0),
+            at(&statuses, 2),
+            at(&statuses, 4),
+            at(&statuses, 6),
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_and_leaving_move_only_the_functions_of_that_node() {
+    let mut cluster = Cluster::start(3, 1);
+    cluster.wait_for_nodes(3, Duration::from_secs(10)).await;
+    let digest = cluster.upload_digits().await;
+    let names: Vec<String> = (0..30).map(|i| format!("fn-{i}")).collect();
+    for name in &names {
+        cluster.digits(&digest, name, json!({})).await;
+    }
+    let client = cluster.client();
+    let mut before = HashMap::new();
+    for name in &names {
+        before.insert(
+            name.clone(),
+            served_by(&client, &cluster.routers[0], name).await,
+        );
+    }
+    let ids: Vec<String> = cluster.nodes.iter().map(node_id).collect();
+    assert!(before.values().all(|n| ids.contains(n)));
+
+    let joined = cluster.add_node();
+    wait_healthy(&cluster.nodes[joined]);
+    cluster.wait_for_nodes(4, Duration::from_secs(10)).await;
+    // The router reads membership every 250 ms.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let newcomer = node_id(&cluster.nodes[joined]);
+    let mut stayed = 0;
+    let mut moved_to_newcomer = 0;
+    for name in &names {
+        let now = served_by(&client, &cluster.routers[0], name).await;
+        if now == before[name] {
+            stayed += 1;
+        } else {
+            assert_eq!(now, newcomer, "{name} moved between old nodes");
+            moved_to_newcomer += 1;
+        }
+    }
+    assert!(stayed * 100 >= (names.len() - moved_to_newcomer) * 95);
+    assert!(moved_to_newcomer > 0, "the new node took no function");
+
+    // It leaves cleanly (SIGTERM): its functions go back where they were.
+    let status = cluster.nodes[joined].terminate(Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "{status:?}: {}",
+        cluster.nodes[joined].logs()
+    );
+    cluster.wait_for_nodes(3, Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for name in &names {
+        assert_eq!(
+            served_by(&client, &cluster.routers[0], name).await,
+            before[name]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_across_two_routers() {
+    let cluster = Cluster::start(1, 2);
+    cluster.wait_for_nodes(1, Duration::from_secs(10)).await;
+    let digest = cluster.upload_digits().await;
+    cluster
+        .digits(
+            &digest,
+            "limited",
+            json!({"rate_limit": {"per_second": 40, "burst": 10}}),
+        )
+        .await;
+    cluster
+        .digits(&digest, "metered", json!({"quota": {"per_day": 25}}))
+        .await;
+    let client = cluster.client();
+    for router in &cluster.routers {
+        served_by(&client, router, "metered").await;
+    }
+    // Quota: 25 a day in all, whichever router is asked (2 used above).
+    let mut admitted = 2;
+    for i in 0..60 {
+        let router = &cluster.routers[i % 2];
+        let reply = client
+            .post_json(&router.url("/v1/functions/metered/invoke"), &sample())
+            .await;
+        match reply.status.as_u16() {
+            200 => admitted += 1,
+            429 => {
+                reply.expect_error(429, "quota_exceeded");
+            }
+            other => panic!("{other}: {}", reply.json()),
+        }
+    }
+    assert_eq!(admitted, 25);
+
+    // Rate: 40 per second across both routers, 16 concurrent callers for 3 s.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = Instant::now();
+    let window = Duration::from_secs(3);
+    let callers: Vec<_> = (0..16)
+        .map(|i| {
+            let client = client.clone();
+            let url = cluster.routers[i % 2].url("/v1/functions/limited/invoke");
+            tokio::spawn(async move {
+                let (mut ok, mut limited) = (0u64, 0u64);
+                while start.elapsed() < window {
+                    let reply = client.post_json(&url, &sample()).await;
+                    match reply.status.as_u16() {
+                        200 => ok += 1,
+                        429 => limited += 1,
+                        other => panic!("{other}"),
+                    }
+                }
+                (ok, limited)
+            })
+        })
+        .collect();
+    let (mut ok, mut limited) = (0, 0);
+    for caller in callers {
+        let (o, l) = caller.await.unwrap();
+        ok += o;
+        limited += l;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    // GCRA admits the burst, then one call per 1/40 s.
+    let expected = 40.0 * elapsed + 10.0;
+    let error = (ok as f64 - expected).abs() / expected;
+    eprintln!("admitted {ok} (expected {expected:.0}), refused {limited}, over {elapsed:.2} s");
+    assert!(
+        limited > ok,
+        "the load did not exceed the limit: {ok} ok, {limited} limited"
+    );
+    assert!(error <= 0.05, "admitted {ok}, expected {expected:.0} ± 5 %");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_loss_keeps_cached_functions_serving_and_loses_no_definition() {
+    let mut cluster = Cluster::start(1, 1);
+    cluster.wait_for_nodes(1, Duration::from_secs(10)).await;
+    let digest = cluster.upload_digits().await;
+    for name in ["a", "b", "c"] {
+        cluster.digits(&digest, name, json!({})).await;
+    }
+    cluster
+        .digits(&digest, "a", json!({"description": "second"}))
+        .await;
+    let client = cluster.client();
+    for name in ["a", "b", "c"] {
+        served_by(&client, &cluster.routers[0], name).await;
+    }
+
+    cluster.redis.kill9();
+    // Cached functions keep serving while Redis is down.
+    for _ in 0..3 {
+        for name in ["a", "b", "c"] {
+            let reply = client
+                .post_json(
+                    &cluster.routers[0].url(&format!("/v1/functions/{name}/invoke")),
+                    &sample(),
+                )
+                .await;
+            assert_eq!(reply.status, 200, "{name}: {}", reply.json());
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    // Admin writes fail fast with 503.
+    let started = Instant::now();
+    let mut doc = generated_json("examples/digits/function.json");
+    doc["name"] = json!("d");
+    doc["model"] = json!(digest);
+    let reply = client
+        .post_json(&cluster.registry.url("/v1/functions"), &doc)
+        .await;
+    reply.expect_error(503, "unavailable");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    cluster.redis.restart();
+    // Everything reconnects by itself, and every acknowledged write is there.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = client.get(&cluster.registry.url("/v1/functions/a")).await;
+        if reply.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "registry never reconnected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let listed = client
+        .get(&cluster.registry.url("/v1/functions"))
+        .await
+        .json();
+    let mut versions: Vec<(String, Value)> = listed["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap().to_string(),
+                f["versions"].clone(),
+            )
+        })
+        .collect();
+    versions.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        versions,
+        vec![
+            ("a".to_string(), json!([1, 2])),
+            ("b".to_string(), json!([1])),
+            ("c".to_string(), json!([1]))
+        ]
+    );
+    cluster.register(&doc).await;
+    cluster.wait_for_nodes(1, Duration::from_secs(5)).await;
+    served_by(&client, &cluster.routers[0], "d").await;
+    let reply = client
+        .post_json(&cluster.routers[0].url("/v1/functions/a/invoke"), &sample())
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-taskmesh-version"), Some("2"));
+}
