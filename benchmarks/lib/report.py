@@ -48,6 +48,7 @@ def _plots(results: dict, out: Path) -> list[str]:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return []
     made = []
@@ -283,11 +284,14 @@ def _plots(results: dict, out: Path) -> list[str]:
                     label=f"bounded (ε={rg['workload']['default_bounds']['epsilon']}): max/avg")  # fmt: skip
             for n, x in zip(nb, bl):
                 a3.annotate(f"{x['bounded']['hottest_function_nodes']} nodes", (n, x["bounded"]["max_over_avg"]),
-                            fontsize=6.5, textcoords="offset points", xytext=(0, -11), ha="center")  # fmt: skip
+                            fontsize=6.5, textcoords="offset points", xytext=(0, 6), ha="center")  # fmt: skip
                 a3.annotate(f"{x['plain']['max_over_avg']:.1f}", (n, x["plain"]["max_over_avg"]), fontsize=6.5,
                             textcoords="offset points", xytext=(0, 5), ha="center")  # fmt: skip
             a3.set_xscale("log")
             a3.set_yscale("log")
+            a3.set_ylim(0.8, max(x["plain"]["max_over_avg"] for x in bl) * 2)
+            a3.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            a3.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             a3.set_xlabel("nodes")
             a3.set_ylabel("calls in flight on the busiest node ÷ average")
             w = rg["workload"]
@@ -351,6 +355,9 @@ def write(results: dict, out: Path) -> None:
             md.append(f"- **{k}**: `{v.splitlines()[0]}`\n")
     for note in results.get("notes") or []:
         md.append(f"\n**Note.** {note}\n")
+    for k, v in sc.items():
+        if v.get("skipped"):
+            md.append(f"\n**Skipped in {k}:** {v['skipped']}.\n")
     if results.get("carried_over"):
         md.append(
             "\n**Partial run.** This run measured "

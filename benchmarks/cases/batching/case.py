@@ -20,7 +20,7 @@ MODELS = {
         "example": "digits",
         # Batching needs a dynamic first dimension; the unbatched twin gets it too.
         "inputs": {"pixels": {"tensor": "float_input", "dtype": "float32", "shape": [-1, 64]}},
-        "batching": {"max_batch_size": 64, "max_delay_us": 1000},
+        "batching": {"max_batch_size": 64, "max_delay_us": 500},
     },
     "minilm": {
         "example": "minilm-embed",

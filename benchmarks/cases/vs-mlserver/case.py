@@ -97,10 +97,12 @@ def run(ctx) -> dict:
             "taskmesh": {"url": tm.router + path, "headers": tm_headers, "cpu": tm.cpu,
                          "what": "Taskmesh router + node (one process), OIP v2 infer with an API key"},
         }  # fmt: skip
+        skipped = None
         try:
             import mlserver  # noqa: F401
         except ImportError:
-            log("vs-mlserver: mlserver is not installed (.deps/bench-python); peer skipped")
+            skipped = "MLServer is not installed (.deps/bench-python, installed by run.sh); only Taskmesh was measured"
+            log(f"vs-mlserver: SKIPPED the peer: {skipped}")
         else:
             for name, settings in MLSERVER_VARIANTS.items():
                 p, url, logp = start_mlserver(work, name, settings, ctx.server_cpus)
@@ -144,7 +146,10 @@ def run(ctx) -> dict:
                     reps.setdefault(name, {}).setdefault(kind, []).append(r)
                     log(f"vs-mlserver rep {rep + 1}/{ctx.reps} {name:15s} {kind:7s} "
                         f"{r['rps']:8.0f} req/s  p50 {r['p50_us']:7.0f} µs  p99 {r['p99_us']:7.0f} µs")  # fmt: skip
-        return summarize(servers, reps, answers)
+        res = summarize(servers, reps, answers)
+        if skipped:
+            res["skipped"] = skipped
+        return res
     finally:
         for p in procs:
             stop(p)
