@@ -266,14 +266,21 @@ pub async fn node(config: Config) -> Result<()> {
             "drain timeout passed with calls in flight"
         );
     }
+    // Connections get GOAWAY; whatever is still open at the deadline is closed.
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    let last = deadline.max(tokio::time::Instant::now() + Duration::from_millis(200));
+    let _ = tokio::time::timeout_at(last, server).await;
     tracing::info!("node stopped");
     Ok(())
 }
 
 /// `taskmesh router`: the data plane, following membership in Redis.
-pub async fn router(config: Config) -> Result<()> {
+///
+/// SIGTERM (or Ctrl-C): readiness turns false, listeners close, open
+/// connections get GOAWAY and `drain_timeout_s` to finish. SIGQUIT: the
+/// listening socket goes to the new router started with `--upgrade` (on the
+/// same upgrade socket), then the same graceful stop.
+pub async fn router(config: Config, upgrade: bool) -> Result<()> {
     let listen = config.listen_or(crate::up::DEFAULT_ROUTER_LISTEN);
     let redis = connect_redis(&config).await?;
     let store: Arc<dyn registry::Store> = Arc::new(redis.clone());
@@ -325,15 +332,35 @@ pub async fn router(config: Config) -> Result<()> {
         extra_metrics: None,
         limits: Some(Arc::new(redis)),
     };
-    let threads = config.router_threads;
-    let handle = tokio::task::spawn_blocking(move || {
-        router::start(router::RouterOptions { listen, threads }, deps)
-    })
-    .await??;
+    let options = router::RouterOptions {
+        listen,
+        threads: config.router_threads,
+        upgrade,
+        upgrade_sock: Some(
+            config
+                .upgrade_sock
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("router-upgrade.sock")),
+        ),
+        grace: Duration::from_secs(config.drain_timeout_s),
+    };
+    std::fs::create_dir_all(&config.data_dir)?;
+    let handle = tokio::task::spawn_blocking(move || router::start(options, deps)).await??;
     println!("taskmesh router listening on http://{listen}");
-    terminated().await;
+    let how = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut quit = signal(SignalKind::quit())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => router::Stop::Graceful,
+            _ = term.recv() => router::Stop::Graceful,
+            _ = quit.recv() => router::Stop::Upgrade,
+        }
+    };
+    tracing::info!(?how, "router stopping");
     watcher.abort();
-    tokio::task::spawn_blocking(move || handle.shutdown()).await?;
+    tokio::task::spawn_blocking(move || handle.stop(how)).await?;
+    tracing::info!("router stopped");
     Ok(())
 }
 

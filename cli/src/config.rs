@@ -53,8 +53,12 @@ pub struct Config {
     pub advertise: Option<String>,
     /// Runtime node: run GPU functions with the CUDA execution provider.
     pub gpu: bool,
-    /// How long a node finishes in-flight calls after SIGTERM, in seconds.
+    /// How long a node finishes in-flight calls after SIGTERM, and a router
+    /// lets open connections finish after GOAWAY, in seconds.
     pub drain_timeout_s: u64,
+    /// Router: the Unix socket of the graceful upgrade (default <data-dir>/router-upgrade.sock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_sock: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -79,6 +83,7 @@ impl Default for Config {
             advertise: None,
             gpu: false,
             drain_timeout_s: 30,
+            upgrade_sock: None,
         }
     }
 }

@@ -81,6 +81,13 @@ struct ClusterArgs {
     /// Router: ε of bounded-load placement (default 0.25).
     #[arg(long)]
     placement_epsilon: Option<f64>,
+    /// Router: take the listening socket over from the running router (which
+    /// hands it over on SIGQUIT) instead of binding it.
+    #[arg(long)]
+    upgrade: bool,
+    /// Router: the Unix socket of the upgrade hand-over (default <data-dir>/router-upgrade.sock).
+    #[arg(long)]
+    upgrade_sock: Option<PathBuf>,
 }
 
 #[derive(Args, Default)]
@@ -235,6 +242,11 @@ fn main() -> Result<()> {
             flag(&mut flags, "memory_budget_mb", a.memory_budget_mb);
             flag(&mut flags, "drain_timeout_s", a.drain_timeout_s);
             flag(&mut flags, "placement_epsilon", a.placement_epsilon);
+            flag(
+                &mut flags,
+                "upgrade_sock",
+                a.upgrade_sock.as_ref().map(|p| p.display().to_string()),
+            );
             if a.gpu {
                 flags.insert("gpu".into(), true.into());
             }
@@ -263,7 +275,7 @@ fn main() -> Result<()> {
         Command::Invoke(args) => runtime.block_on(invoke(&config, &args)),
         Command::Registry(_) => runtime.block_on(cluster::registry(config)),
         Command::Node(_) => runtime.block_on(cluster::node(config)),
-        Command::Router(_) => runtime.block_on(cluster::router(config)),
+        Command::Router(args) => runtime.block_on(cluster::router(config, args.upgrade)),
     }
 }
 

@@ -115,13 +115,7 @@ pub async fn run(config: Config) -> Result<()> {
         limits: None,
     };
     let router = tokio::task::spawn_blocking(move || {
-        router::start(
-            router::RouterOptions {
-                listen,
-                threads: router_threads,
-            },
-            deps,
-        )
+        router::start(router::RouterOptions::new(listen, router_threads), deps)
     })
     .await??;
 

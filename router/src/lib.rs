@@ -32,6 +32,38 @@ pub use proxy::{RouterState, TaskmeshProxy};
 pub struct RouterOptions {
     pub listen: SocketAddr,
     pub threads: usize,
+    /// Take the listening socket over from a running router (Pingora's
+    /// graceful upgrade) through `upgrade_sock` instead of binding it.
+    pub upgrade: bool,
+    /// Unix socket the listening sockets are handed over through.
+    pub upgrade_sock: Option<std::path::PathBuf>,
+    /// How long a graceful stop lets open connections finish (after GOAWAY).
+    pub grace: Duration,
+}
+
+impl RouterOptions {
+    /// A router on `listen` that stops at once (single-process mode).
+    pub fn new(listen: SocketAddr, threads: usize) -> Self {
+        RouterOptions {
+            listen,
+            threads,
+            upgrade: false,
+            upgrade_sock: None,
+            grace: Duration::ZERO,
+        }
+    }
+}
+
+/// How a router stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Close everything now.
+    Fast,
+    /// Stop accepting, send GOAWAY, let open streams finish within the grace period.
+    Graceful,
+    /// Hand the listening socket to the new process waiting on the upgrade
+    /// socket, then stop gracefully.
+    Upgrade,
 }
 
 /// The shared services the router works with.
@@ -76,16 +108,26 @@ impl BackgroundService for Upkeep {
 
 /// A running router; dropping it does not stop it, `shutdown` does.
 pub struct RouterHandle {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<Stop>>,
     thread: Option<std::thread::JoinHandle<()>>,
     pub state: Arc<RouterState>,
 }
 
 impl RouterHandle {
     /// Stops accepting, closes connections and waits for the server thread.
-    pub fn shutdown(mut self) {
+    pub fn shutdown(self) {
+        self.stop(Stop::Fast)
+    }
+
+    /// Stops as `how` says and waits for the server thread.
+    pub fn stop(mut self, how: Stop) {
+        if how != Stop::Fast {
+            self.state
+                .draining
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(how);
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -93,15 +135,20 @@ impl RouterHandle {
     }
 }
 
-struct StopSignal(tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>);
+struct StopSignal(tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<Stop>>>);
 
 #[async_trait]
 impl ShutdownSignalWatch for StopSignal {
     async fn recv(&self) -> ShutdownSignal {
-        if let Some(rx) = self.0.lock().await.take() {
-            let _ = rx.await;
+        let how = match self.0.lock().await.take() {
+            Some(rx) => rx.await.unwrap_or(Stop::Fast),
+            None => Stop::Fast,
+        };
+        match how {
+            Stop::Fast => ShutdownSignal::FastShutdown,
+            Stop::Graceful => ShutdownSignal::GracefulTerminate,
+            Stop::Upgrade => ShutdownSignal::GracefulUpgrade,
         }
-        ShutdownSignal::FastShutdown
     }
 }
 
@@ -122,16 +169,26 @@ pub fn start(options: RouterOptions, deps: RouterDeps) -> anyhow::Result<RouterH
     let upkeep_state = state.clone();
     let listen = options.listen;
     let threads = options.threads;
+    let upgrade = options.upgrade;
+    let upgrade_sock = options.upgrade_sock.clone();
+    let grace = options.grace.as_secs();
     let thread = std::thread::Builder::new()
         .name("taskmesh-router".into())
         .spawn(move || {
-            let conf = ServerConf {
+            let mut conf = ServerConf {
                 threads,
-                grace_period_seconds: Some(0),
+                grace_period_seconds: Some(grace),
                 graceful_shutdown_timeout_seconds: Some(1),
                 ..ServerConf::default()
             };
-            let mut server = Server::new_with_opt_and_conf(None, conf);
+            if let Some(sock) = &upgrade_sock {
+                conf.upgrade_sock = sock.display().to_string();
+            }
+            let opt = pingora_core::server::configuration::Opt {
+                upgrade,
+                ..Default::default()
+            };
+            let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
             server.bootstrap();
             let mut service = pingora_proxy::http_proxy_service(
                 &server.configuration,

@@ -58,6 +58,8 @@ pub struct RouterState {
     pub guards: Guards,
     pub nodes: Arc<NodeSet>,
     pub metrics: Metrics,
+    /// Set when a graceful stop begins: `/readyz` turns 503 so balancers move on.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl RouterState {
@@ -75,6 +77,7 @@ impl RouterState {
             guards: Guards::new(store, shared),
             nodes,
             metrics: Metrics::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -224,10 +227,18 @@ impl TaskmeshProxy {
         let (name, qualifier) = match &route {
             Route::Health => return Ok(Some((200, json!({"status": "ok"})))),
             Route::Ready => {
-                return Ok(Some((
-                    200,
-                    json!({"status": "ready", "nodes": self.state.nodes.len()}),
-                )))
+                let nodes = self.state.nodes.len();
+                return Ok(Some(
+                    if self
+                        .state
+                        .draining
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                    {
+                        (503, json!({"status": "draining", "nodes": nodes}))
+                    } else {
+                        (200, json!({"status": "ready", "nodes": nodes}))
+                    },
+                ));
             }
             Route::Live => return Ok(Some((200, json!({"live": true})))),
             Route::ServerReady => return Ok(Some((200, json!({"ready": true})))),

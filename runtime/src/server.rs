@@ -31,14 +31,28 @@ pub const PRIORITY_HEADER: &str = policies::headers::PRIORITY;
 
 pub use policies::headers;
 
-/// Serves `app` on `listener` with explicit HTTP/2 limits until `shutdown` resolves.
+/// How long open connections get to finish after `shutdown` resolves (they
+/// are sent GOAWAY, or `connection: close` on HTTP/1.1, first).
+pub const CONNECTION_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves `app` on `listener` with explicit HTTP/2 limits until `shutdown`
+/// resolves, then closes open connections gracefully (within [`CONNECTION_DRAIN`]).
 ///
 /// Connections speak HTTP/1.1 or h2c with prior knowledge (detected from the preface).
 pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .max_concurrent_streams(limits::H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(limits::H2_MAX_HEADER_LIST_BYTES)
+        .initial_stream_window_size(limits::H2_INITIAL_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(limits::H2_INITIAL_CONNECTION_WINDOW_BYTES);
+    builder.http1().max_buf_size(64 * 1024);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (stream, _) = tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -50,22 +64,22 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Out
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http2()
-                .max_concurrent_streams(limits::H2_MAX_CONCURRENT_STREAMS)
-                .max_header_list_size(limits::H2_MAX_HEADER_LIST_BYTES)
-                .initial_stream_window_size(limits::H2_INITIAL_STREAM_WINDOW_BYTES)
-                .initial_connection_window_size(limits::H2_INITIAL_CONNECTION_WINDOW_BYTES);
-            builder.http1().max_buf_size(64 * 1024);
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
+    }
+    drop(listener);
+    if tokio::time::timeout(CONNECTION_DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain time; closing them");
     }
 }
 

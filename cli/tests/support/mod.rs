@@ -288,6 +288,37 @@ impl TestClient {
         }
     }
 
+    /// Like `post_json`, but a failed request (refused, reset, hung for 30 s)
+    /// is an `Err` instead of a panic.
+    pub async fn try_post_json(&self, url: &str, body: &Value) -> Result<Reply, String> {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(url)
+            .header("content-type", "application/json");
+        if let Some(key) = &self.key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        let request = request
+            .body(Full::new(Bytes::from(serde_json::to_vec(body).unwrap())))
+            .map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(Duration::from_secs(30), self.inner.request(request))
+            .await
+            .map_err(|_| format!("request to {url} hung"))?
+            .map_err(|e| format!("request to {url} failed: {e:?}"))?;
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("body of {url} failed: {e:?}"))?
+            .to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            version: parts.version,
+        })
+    }
+
     pub async fn get(&self, url: &str) -> Reply {
         self.send(Method::GET, url, &[], Bytes::new()).await
     }

@@ -1,0 +1,373 @@
+//! Cluster test harness: one registry, runtime nodes and routers as separate
+//! `taskmesh` processes over loopback, with a real `redis-server` and a shared
+//! model folder. Included by test crates with
+//! `#[path = "support/cluster.rs"] mod cluster_support;` next to `mod support;`
+//! and `#[path = "../../registry/tests/support/redis.rs"] mod redis_support;`.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use policies::ring::{Member, Ring, DEFAULT_VNODES};
+use serde_json::{json, Value};
+
+use crate::redis_support::RedisServer;
+use crate::support::{free_addr, generated, generated_json, repo_root, TestClient};
+
+pub const OPERATOR_KEY: &str =
+    "tm_c1c2c3c4c5c6c7c8_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// One `taskmesh` process of the cluster, killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, sig: i32) {
+        extern "C" {
+            fn kill(pid: i32, sig: i32) -> i32;
+        }
+        // SAFETY: signalling our own child process.
+        unsafe { kill(self.child.id() as i32, sig) };
+    }
+
+    /// SIGTERM, then waits for the exit (at most `within`).
+    pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        self.signal(15);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Cluster {
+    pub redis: RedisServer,
+    pub dir: tempfile::TempDir,
+    pub registry: Proc,
+    pub nodes: Vec<Proc>,
+    pub routers: Vec<Proc>,
+    pub spawned: usize,
+    /// Extra flags for nodes and routers started by this cluster.
+    pub node_args: Vec<String>,
+    pub router_args: Vec<String>,
+}
+
+impl Cluster {
+    pub fn start(nodes: usize, routers: usize) -> Cluster {
+        Self::start_with(nodes, routers, &[], &[])
+    }
+
+    pub fn start_with(
+        nodes: usize,
+        routers: usize,
+        node_args: &[&str],
+        router_args: &[&str],
+    ) -> Cluster {
+        let redis = RedisServer::start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("shared")).unwrap();
+        let mut cluster = Cluster {
+            registry: spawn(&redis, dir.path(), "registry", 0, &[]),
+            redis,
+            dir,
+            nodes: Vec::new(),
+            routers: Vec::new(),
+            spawned: 1,
+            node_args: node_args.iter().map(|a| a.to_string()).collect(),
+            router_args: router_args.iter().map(|a| a.to_string()).collect(),
+        };
+        for _ in 0..nodes {
+            cluster.add_node();
+        }
+        for _ in 0..routers {
+            let router = cluster.spawn_router(None, &[]);
+            cluster.routers.push(router);
+        }
+        for p in std::iter::once(&cluster.registry)
+            .chain(&cluster.nodes)
+            .chain(&cluster.routers)
+        {
+            wait_healthy(p);
+        }
+        cluster
+    }
+
+    /// Starts a router (on `addr` when given, e.g. to take over with `--upgrade`).
+    pub fn spawn_router(&mut self, addr: Option<SocketAddr>, extra: &[&str]) -> Proc {
+        self.spawned += 1;
+        let mut args: Vec<&str> = self.router_args.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        spawn_at(
+            &self.redis,
+            self.dir.path(),
+            "router",
+            self.spawned,
+            addr.unwrap_or_else(free_addr),
+            &args,
+        )
+    }
+
+    pub fn add_node(&mut self) -> usize {
+        self.spawned += 1;
+        let args: Vec<&str> = self.node_args.iter().map(String::as_str).collect();
+        let node = spawn(&self.redis, self.dir.path(), "node", self.spawned, &args);
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    pub fn client(&self) -> TestClient {
+        TestClient::h2c().with_key(OPERATOR_KEY)
+    }
+
+    /// Live nodes as `GET /v1/nodes` lists them.
+    pub async fn listed_nodes(&self) -> Vec<String> {
+        let reply = self.client().get(&self.registry.url("/v1/nodes")).await;
+        assert_eq!(reply.status, 200, "{}", reply.json());
+        let mut ids: Vec<String> = reply.json()["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Waits until `GET /v1/nodes` lists `n` nodes and every router routes to
+    /// them; returns how long it took.
+    pub async fn wait_for_nodes(&self, n: usize, within: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let listed = self.listed_nodes().await;
+            if listed.len() == n {
+                let mut routed = true;
+                for router in &self.routers {
+                    let ready = self.client().get(&router.url("/readyz")).await.json();
+                    routed &= ready["nodes"] == n;
+                }
+                if routed {
+                    return start.elapsed();
+                }
+            }
+            assert!(
+                start.elapsed() < within,
+                "expected {n} nodes, listed {listed:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn upload_digits(&self) -> String {
+        let reply = self
+            .client()
+            .send(
+                http::Method::POST,
+                &self.registry.url("/v1/models"),
+                &[("content-type", "application/octet-stream")],
+                generated("examples/digits/model.onnx"),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.json());
+        reply.json()["digest"].as_str().unwrap().to_string()
+    }
+
+    pub async fn register(&self, doc: &Value) -> u64 {
+        let reply = self
+            .client()
+            .post_json(&self.registry.url("/v1/functions"), doc)
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.json());
+        reply.json()["version"].as_u64().unwrap()
+    }
+
+    /// Registers the digits model as function `name`.
+    pub async fn digits(&self, digest: &str, name: &str, extra: Value) {
+        let mut doc = generated_json("examples/digits/function.json");
+        doc["name"] = json!(name);
+        doc["model"] = json!(digest);
+        for (k, v) in extra.as_object().unwrap() {
+            doc[k] = v.clone();
+        }
+        self.register(&doc).await;
+    }
+}
+
+pub fn spawn(
+    redis: &RedisServer,
+    dir: &std::path::Path,
+    role: &str,
+    n: usize,
+    extra: &[&str],
+) -> Proc {
+    spawn_at(redis, dir, role, n, free_addr(), extra)
+}
+
+pub fn spawn_at(
+    redis: &RedisServer,
+    dir: &std::path::Path,
+    role: &str,
+    n: usize,
+    addr: SocketAddr,
+    extra: &[&str],
+) -> Proc {
+    let data = dir.join(format!("{role}-{n}"));
+    std::fs::create_dir_all(&data).unwrap();
+    let log = dir.join(format!("{role}-{n}.log"));
+    let child = Command::new(env!("CARGO_BIN_EXE_taskmesh"))
+        .arg(role)
+        .args(["--listen", &addr.to_string(), "--redis", &redis.url()])
+        .args(["--data-dir"])
+        .arg(&data)
+        .args(if role == "router" {
+            Vec::new()
+        } else {
+            vec![
+                "--model-store".to_string(),
+                format!("file://{}", dir.join("shared").display()),
+            ]
+        })
+        .args(extra)
+        .current_dir(repo_root())
+        .env("TASKMESH_ADMIN_KEY", OPERATOR_KEY)
+        .env(
+            "TASKMESH_LOG",
+            "info,ort=warn,pingora_core=warn,pingora_proxy=warn",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .expect("start taskmesh");
+    Proc { child, addr, log }
+}
+
+pub fn wait_healthy(p: &Proc) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(p.addr) {
+            use std::io::{Read, Write};
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if out.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never became healthy: {}",
+            p.log.display(),
+            std::fs::read_to_string(&p.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn sample() -> Value {
+    generated_json("examples/digits/sample.json")
+}
+
+pub fn node_id(p: &Proc) -> String {
+    format!("node-{}", p.addr)
+}
+
+/// The owner the ring assigns `name`@1 among `nodes`.
+pub fn owner_of(nodes: &[&Proc], name: &str) -> String {
+    let ring = Ring::new(
+        nodes.iter().map(|p| Member {
+            id: node_id(p),
+            gpu: false,
+        }),
+        DEFAULT_VNODES,
+    );
+    ring.owner(&format!("default/{name}@1"), false)
+        .unwrap()
+        .to_string()
+}
+
+/// Invokes `name` through `router` until it answers 200 (new functions reach
+/// routers through Redis); returns the node that served it.
+pub async fn served_by(client: &TestClient, router: &Proc, name: &str) -> String {
+    let url = router.url(&format!("/v1/functions/{name}/invoke"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = client.post_json(&url, &sample()).await;
+        if reply.status == 200 {
+            return reply.header("x-taskmesh-node").unwrap().to_string();
+        }
+        eprintln!("{name} not served yet: {} {}", reply.status, reply.json());
+        assert!(
+            Instant::now() < deadline,
+            "{name}: {} {}",
+            reply.status,
+            reply.json()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// (succeeded, failed, errored, [2xx, 3xx, 4xx, 5xx]) from an h2load report.
+pub fn h2load_counts(report: &str) -> (u64, u64, u64, [u64; 4]) {
+    let numbers = |line: &str| -> Vec<u64> {
+        line.split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| s.parse().ok())
+            .collect()
+    };
+    let requests = report
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .map(numbers)
+        .unwrap_or_default();
+    let statuses = report
+        .lines()
+        .find(|l| l.starts_with("status codes:"))
+        .map(numbers)
+        .unwrap_or_default();
+    // requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout
+    let at = |v: &Vec<u64>, i: usize| v.get(i).copied().unwrap_or(u64::MAX);
+    (
+        at(&requests, 3),
+        at(&requests, 4),
+        at(&requests, 5),
+        [
+            at(&statuses, 0),
+            at(&statuses, 2),
+            at(&statuses, 4),
+            at(&statuses, 6),
+        ],
+    )
+}
