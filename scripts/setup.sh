@@ -113,7 +113,7 @@ PY_REQUIREMENTS=(
 PY_NODEPS_REQUIREMENTS=(
   "tokenizers==0.23.3"
 )
-DEB_PACKAGES=(cmake redis-server nghttp2-client curl pkg-config libssl-dev build-essential)
+DEB_PACKAGES=(cmake redis-server nghttp2-client curl pkg-config libssl-dev build-essential openssl)
 
 PY_DIR="$ROOT/.deps/python"
 LIB_DIR="$ROOT/.deps/lib"
