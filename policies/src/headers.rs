@@ -21,6 +21,8 @@ pub const ERROR_CODE: &str = "x-taskmesh-error-code";
 pub const DEADLINE_MS: &str = "x-taskmesh-deadline-ms";
 /// Caller → router → node: the call's place in its function's queue.
 pub const PRIORITY: &str = "x-taskmesh-priority";
+/// Request: the key an alias's split hashes (else the client id, else the invocation id).
+pub const ROUTING_KEY: &str = "x-taskmesh-routing-key";
 
 /// Order of service in a queue; also who is shed first when it is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

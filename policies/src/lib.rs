@@ -13,6 +13,8 @@ pub mod quota;
 pub mod ratelimit;
 pub mod retry;
 pub mod ring;
+pub mod rollout;
+pub mod split;
 pub mod tensor;
 
 mod window;

@@ -6,7 +6,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use policies::limits::{MAX_ARTIFACT_BYTES, MAX_DEFINITION_BYTES, MAX_MODEL_BYTES};
 use policies::{ApiError, ErrorCode};
@@ -102,6 +102,11 @@ pub fn router(
         .route("/v1/functions", post(register_function).get(list_functions))
         .route("/v1/functions/{name}", get(get_function))
         .route("/v1/functions/{name}/versions/{version}", get(get_version))
+        .route("/v1/functions/{name}/aliases", get(list_aliases))
+        .route(
+            "/v1/functions/{name}/aliases/{alias}",
+            put(put_alias).get(get_alias).delete(delete_alias),
+        )
         .route(
             "/healthz",
             get(|| async { json_response(StatusCode::OK, &json!({"status": "ok"})) }),
@@ -248,6 +253,95 @@ async fn get_version(
                 .resolve(&principal.tenant, &name, &crate::Qualifier::Version(number))
                 .await?;
             Ok(json_response(StatusCode::OK, &version_json(&found)))
+        }
+        .await,
+    )
+}
+
+async fn list_aliases(
+    State(state): State_,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    ApiResult(
+        async {
+            let principal = admin(&state, &headers).await?;
+            let aliases = state
+                .registry
+                .list_aliases(&principal.tenant, &name)
+                .await?;
+            let aliases: Vec<Value> = aliases.iter().map(|a| a.to_json()).collect();
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({ "aliases": aliases }),
+            ))
+        }
+        .await,
+    )
+}
+
+async fn put_alias(
+    State(state): State_,
+    headers: HeaderMap,
+    Path((name, alias)): Path<(String, String)>,
+    body: Body,
+) -> ApiResult {
+    ApiResult(
+        async {
+            let principal = admin(&state, &headers).await?;
+            crate::aliases::check_name(&alias)?;
+            let bytes = read_body(body, 64 * 1024).await?;
+            let routes = crate::aliases::parse_body(&bytes)?;
+            let record = state
+                .registry
+                .put_alias(&principal.tenant, &name, &alias, routes)
+                .await?;
+            Ok(json_response(StatusCode::OK, &record.to_json()))
+        }
+        .await,
+    )
+}
+
+async fn get_alias(
+    State(state): State_,
+    headers: HeaderMap,
+    Path((name, alias)): Path<(String, String)>,
+) -> ApiResult {
+    ApiResult(
+        async {
+            let principal = admin(&state, &headers).await?;
+            state
+                .registry
+                .require_function(&principal.tenant, &name)
+                .await?;
+            let record = state
+                .registry
+                .store()
+                .get_alias(&principal.tenant, &name, &alias)
+                .await
+                .map_err(crate::service::store_error)?
+                .ok_or_else(|| {
+                    ApiError::not_found(format!("function {name:?} has no alias {alias:?}"))
+                })?;
+            Ok(json_response(StatusCode::OK, &record.to_json()))
+        }
+        .await,
+    )
+}
+
+async fn delete_alias(
+    State(state): State_,
+    headers: HeaderMap,
+    Path((name, alias)): Path<(String, String)>,
+) -> ApiResult {
+    ApiResult(
+        async {
+            let principal = admin(&state, &headers).await?;
+            state
+                .registry
+                .delete_alias(&principal.tenant, &name, &alias)
+                .await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
         }
         .await,
     )

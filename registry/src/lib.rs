@@ -1,6 +1,7 @@
 //! The registry: versioned task definitions, the content-addressed model store,
 //! storage backends and the admin HTTP API.
 
+pub mod aliases;
 pub mod api;
 pub mod auth;
 pub mod definition;
@@ -10,6 +11,7 @@ pub mod processing;
 pub mod protocol;
 pub mod redis_limits;
 pub mod redis_store;
+pub mod rollouts;
 pub mod schema;
 pub mod service;
 pub mod store;

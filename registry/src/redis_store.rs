@@ -16,6 +16,18 @@
 //! | `tm:{<tenant>}:functions`           | set     | the names of the tenant's functions  |
 //! | `tm:client:<client id>`             | string  | JSON of a [`ClientRecord`]           |
 //! | `tm:counter:<counter key>`          | integer | a quota counter (plain `INCRBY`)     |
+//! | `tm:{<tenant>}:fn:<name>:aliases`   | hash    | field `<alias>` → JSON of the alias  |
+//! | `tm:{<tenant>}:fn:<name>:rollouts`  | hash    | field `<id>` → JSON of a rollout     |
+//! | `tm:rollouts:active`                | hash    | `<tenant>:<name>:<alias>` → rollout id |
+//! | `tm:lease:<name>`                   | string  | the holder of a lease (with a TTL)   |
+//!
+//! Rollouts are created and updated by scripts ([`CREATE_ROLLOUT_SCRIPT`],
+//! [`UPDATE_ROLLOUT_SCRIPT`]): creating checks and sets the alias's active
+//! rollout together; updating compares the stored record's `revision` (the
+//! script decodes the JSON only to read it, and stores the new JSON as Rust
+//! wrote it) and frees the alias when the rollout ended. A lease
+//! ([`LEASE_SCRIPT`]) is taken with `SET PX` when free and renewed only by
+//! its holder, on Redis's clock.
 //!
 //! The `{<tenant>}` hash tag keeps the three keys of one registration in one
 //! hash slot. Versions are numbered 1, 2, 3, … with no gaps and are never
@@ -74,7 +86,9 @@ use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError, RedisResult, Script};
 
+use crate::aliases::AliasRecord;
 use crate::auth::ClientRecord;
+use crate::rollouts::RolloutRecord;
 use crate::store::{FunctionSummary, Store, StoreError};
 use crate::version::FunctionVersion;
 
@@ -123,6 +137,44 @@ return #KEYS
 "#;
 
 /// Settings of a [`RedisStore`].
+pub const CREATE_ROLLOUT_SCRIPT: &str = r#"#!lua
+local existing = redis.call('HGET', KEYS[1], ARGV[1])
+if existing then
+  return existing
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return ''
+"#;
+
+pub const UPDATE_ROLLOUT_SCRIPT: &str = r#"#!lua
+local current = redis.call('HGET', KEYS[2], ARGV[2])
+if not current then
+  return 0
+end
+local ok, decoded = pcall(cjson.decode, current)
+if not ok or type(decoded) ~= 'table' then
+  return redis.error_reply('TMCORRUPT rollout ' .. ARGV[2] .. ' in ' .. KEYS[2] .. ' is not JSON')
+end
+if decoded['revision'] ~= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
+if ARGV[5] == '0' and redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 1
+"#;
+
+pub const LEASE_SCRIPT: &str = r#"#!lua
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#;
+
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
     /// Prefix of every key (default `tm:`).
@@ -159,6 +211,9 @@ struct Inner {
     next_link: AtomicU64,
     append: Script,
     add_counters: Script,
+    create_rollout: Script,
+    update_rollout: Script,
+    lease: Script,
 }
 
 #[derive(Clone)]
@@ -213,6 +268,9 @@ impl RedisStore {
                 next_link: AtomicU64::new(0),
                 append: Script::new(APPEND_SCRIPT),
                 add_counters: Script::new(ADD_COUNTERS_SCRIPT),
+                create_rollout: Script::new(CREATE_ROLLOUT_SCRIPT),
+                update_rollout: Script::new(UPDATE_ROLLOUT_SCRIPT),
+                lease: Script::new(LEASE_SCRIPT),
             }),
         };
         store.ping().await?;
@@ -254,6 +312,19 @@ impl RedisStore {
 
     /// The Redis key of quota counter `key`, for components that update
     /// counters themselves (they are plain integers).
+    fn active_rollouts_key(&self) -> String {
+        format!("{}rollouts:active", self.inner.options.prefix)
+    }
+
+    fn active_field(tenant: &str, function: &str, alias: &str) -> String {
+        format!(
+            "{}:{}:{}",
+            segment(tenant),
+            segment(function),
+            segment(alias)
+        )
+    }
+
     pub fn counter_key_of(&self, key: &str) -> String {
         format!("{}counter:{key}", self.inner.options.prefix)
     }
@@ -384,6 +455,15 @@ fn segment(name: &str) -> String {
         }
     }
     out
+}
+
+/// Undoes [`segment`].
+fn unsegment(segment: &str) -> String {
+    segment
+        .replace("%7D", "}")
+        .replace("%7B", "{")
+        .replace("%3A", ":")
+        .replace("%25", "%")
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
@@ -575,6 +655,238 @@ impl Store for RedisStore {
             })
             .await?;
         value.map_or(Ok(0), |v| parse_number(&key, &v))
+    }
+    async fn get_counters(&self, keys: &[String]) -> Result<Vec<u64>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let full: Vec<String> = keys.iter().map(|k| self.counter_key_of(k)).collect();
+        let full = &full;
+        let values: Vec<Option<String>> = self
+            .call(Retry::Idempotent, |mut c| async move {
+                redis::cmd("MGET").arg(full).query_async(&mut c).await
+            })
+            .await?;
+        full.iter()
+            .zip(values)
+            .map(|(key, v)| v.map_or(Ok(0), |v| parse_number(key, &v)))
+            .collect()
+    }
+
+    async fn put_alias(&self, alias: &AliasRecord) -> Result<(), StoreError> {
+        let key = self.function_key(&alias.tenant, &alias.function, "aliases");
+        let json = serde_json::to_vec(alias)
+            .map_err(|e| StoreError::Backend(format!("encoding the alias failed: {e}")))?;
+        let (key, field, json) = (&key, &alias.name, &json);
+        self.call(Retry::Idempotent, |mut c| async move {
+            redis::cmd("HSET")
+                .arg(key)
+                .arg(field)
+                .arg(json)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn get_alias(
+        &self,
+        tenant: &str,
+        function: &str,
+        alias: &str,
+    ) -> Result<Option<AliasRecord>, StoreError> {
+        let key = self.function_key(tenant, function, "aliases");
+        let key = &key;
+        let bytes: Option<Vec<u8>> = self
+            .call(Retry::Idempotent, |mut c| async move {
+                redis::cmd("HGET")
+                    .arg(key)
+                    .arg(alias)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        bytes
+            .map(|b| serde_json::from_slice(&b).map_err(corrupt))
+            .transpose()
+    }
+
+    async fn delete_alias(
+        &self,
+        tenant: &str,
+        function: &str,
+        alias: &str,
+    ) -> Result<bool, StoreError> {
+        let key = self.function_key(tenant, function, "aliases");
+        let key = &key;
+        let removed: u32 = self
+            .call(Retry::Idempotent, |mut c| async move {
+                redis::cmd("HDEL")
+                    .arg(key)
+                    .arg(alias)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(removed > 0)
+    }
+
+    async fn list_aliases(
+        &self,
+        tenant: &str,
+        function: &str,
+    ) -> Result<Vec<AliasRecord>, StoreError> {
+        let key = self.function_key(tenant, function, "aliases");
+        let key = &key;
+        let all: Vec<(String, Vec<u8>)> = self
+            .call(Retry::Idempotent, |mut c| async move {
+                redis::cmd("HGETALL").arg(key).query_async(&mut c).await
+            })
+            .await?;
+        let mut out: Vec<AliasRecord> = all
+            .iter()
+            .map(|(_, b)| serde_json::from_slice(b).map_err(corrupt))
+            .collect::<Result<_, _>>()?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn create_rollout(&self, record: &RolloutRecord) -> Result<Option<String>, StoreError> {
+        let json = serde_json::to_vec(record)
+            .map_err(|e| StoreError::Backend(format!("encoding the rollout failed: {e}")))?;
+        let keys = [
+            self.active_rollouts_key(),
+            self.function_key(&record.tenant, &record.function, "rollouts"),
+        ];
+        let field = Self::active_field(&record.tenant, &record.function, &record.alias);
+        let (script, keys, field, id, json) =
+            (&self.inner.create_rollout, &keys, &field, &record.id, &json);
+        let existing: String = self
+            .call(Retry::Never, |mut c| async move {
+                let mut invocation = script.prepare_invoke();
+                invocation.key(&keys[..]).arg(field).arg(id).arg(json);
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok((!existing.is_empty()).then_some(existing))
+    }
+
+    async fn update_rollout(
+        &self,
+        record: &RolloutRecord,
+    ) -> Result<Option<RolloutRecord>, StoreError> {
+        let mut next = record.clone();
+        next.revision = record.revision + 1;
+        next.updated_at_ms = crate::service::now_ms();
+        let json = serde_json::to_vec(&next)
+            .map_err(|e| StoreError::Backend(format!("encoding the rollout failed: {e}")))?;
+        let keys = [
+            self.active_rollouts_key(),
+            self.function_key(&record.tenant, &record.function, "rollouts"),
+        ];
+        let field = Self::active_field(&record.tenant, &record.function, &record.alias);
+        let active = if next.is_active() { "1" } else { "0" };
+        let (script, keys, field, id, json, revision) = (
+            &self.inner.update_rollout,
+            &keys,
+            &field,
+            &record.id,
+            &json,
+            record.revision,
+        );
+        let written: u32 = self
+            .call(Retry::Never, |mut c| async move {
+                let mut invocation = script.prepare_invoke();
+                invocation
+                    .key(&keys[..])
+                    .arg(field)
+                    .arg(id)
+                    .arg(revision)
+                    .arg(json)
+                    .arg(active);
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok((written == 1).then_some(next))
+    }
+
+    async fn get_rollout(
+        &self,
+        tenant: &str,
+        function: &str,
+        id: &str,
+    ) -> Result<Option<RolloutRecord>, StoreError> {
+        let key = self.function_key(tenant, function, "rollouts");
+        let key = &key;
+        let bytes: Option<Vec<u8>> = self
+            .call(Retry::Idempotent, |mut c| async move {
+                redis::cmd("HGET")
+                    .arg(key)
+                    .arg(id)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        bytes
+            .map(|b| serde_json::from_slice(&b).map_err(corrupt))
+            .transpose()
+    }
+
+    async fn list_rollouts(
+        &self,
+        tenant: &str,
+        function: &str,
+    ) -> Result<Vec<RolloutRecord>, StoreError> {
+        let key = self.function_key(tenant, function, "rollouts");
+        let key = &key;
+        let all: Vec<(String, Vec<u8>)> = self
+            .call(Retry::Idempotent, |mut c| async move {
+                redis::cmd("HGETALL").arg(key).query_async(&mut c).await
+            })
+            .await?;
+        let mut out: Vec<RolloutRecord> = all
+            .iter()
+            .map(|(_, b)| serde_json::from_slice(b).map_err(corrupt))
+            .collect::<Result<_, _>>()?;
+        out.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        Ok(out)
+    }
+
+    async fn active_rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
+        let key = self.active_rollouts_key();
+        let key = &key;
+        let all: Vec<(String, String)> = self
+            .call(Retry::Idempotent, |mut c| async move {
+                redis::cmd("HGETALL").arg(key).query_async(&mut c).await
+            })
+            .await?;
+        let mut out = Vec::new();
+        for (field, id) in all {
+            let mut parts = field.split(':');
+            let (Some(tenant), Some(function)) = (parts.next(), parts.next()) else {
+                return Err(StoreError::Corrupt(format!(
+                    "{key} has the field {field:?}"
+                )));
+            };
+            let (tenant, function) = (unsegment(tenant), unsegment(function));
+            if let Some(record) = self.get_rollout(&tenant, &function, &id).await? {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn try_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<bool, StoreError> {
+        let key = format!("{}lease:{name}", self.inner.options.prefix);
+        let (script, key) = (&self.inner.lease, &key);
+        let granted: u32 = self
+            .call(Retry::Never, |mut c| async move {
+                let mut invocation = script.prepare_invoke();
+                invocation.key(key).arg(holder).arg(ttl_ms);
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(granted == 1)
     }
 }
 

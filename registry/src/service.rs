@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use policies::{ApiError, ErrorCode};
 use serde_json::json;
 
+use crate::aliases::{self, AliasRecord, ALIAS_TTL};
 use crate::definition::{self, DefinitionError, Syntax, TaskDefinition};
 use crate::models::ModelStore;
 use crate::processing::{self, InputKind};
@@ -20,13 +21,15 @@ pub const DEFAULT_TENANT: &str = "default";
 /// Which version of a function a call asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Qualifier {
-    /// The latest version.
+    /// The alias `live` when it exists, else the latest version.
     Default,
     Version(u32),
+    /// An alias: its routes pick the version by routing key.
+    Alias(String),
 }
 
 impl Qualifier {
-    /// Reads `?version=N` from a query string (`?alias=NAME` arrives with rollouts).
+    /// Reads `?version=N` or `?alias=NAME` from a query string (not both: 400).
     pub fn from_query(query: Option<&str>) -> Result<Self, ApiError> {
         let mut qualifier = Qualifier::Default;
         for pair in query
@@ -42,9 +45,22 @@ impl Qualifier {
                             "version must be a positive integer, got {value:?}"
                         ))
                     })?;
+                    if matches!(qualifier, Qualifier::Alias(_)) {
+                        return Err(ApiError::bad_request("give ?version= or ?alias=, not both"));
+                    }
                     qualifier = Qualifier::Version(n);
                 }
-                "alias" => return Err(ApiError::not_found(format!("alias {value:?} not found"))),
+                "alias" => {
+                    if !crate::aliases::valid_name(value) {
+                        return Err(ApiError::bad_request(format!(
+                            "alias must be a lowercase letter then a-z 0-9 - _, got {value:?}"
+                        )));
+                    }
+                    if matches!(qualifier, Qualifier::Version(_)) {
+                        return Err(ApiError::bad_request("give ?version= or ?alias=, not both"));
+                    }
+                    qualifier = Qualifier::Alias(value.to_string());
+                }
                 _ => {}
             }
         }
@@ -93,7 +109,12 @@ pub struct Registry {
     signatures: RwLock<HashMap<String, ModelSignature>>,
     /// Called with each newly registered version (the node warms `min_instances`).
     listeners: RwLock<Vec<RegisterListener>>,
+    /// Aliases (and their absence) per (tenant, function, alias), and when read.
+    aliases: RwLock<HashMap<AliasKey, CachedAlias>>,
 }
+
+type AliasKey = (String, String, String);
+type CachedAlias = (Option<Arc<AliasRecord>>, std::time::Instant);
 
 /// A callback run after each registration.
 pub type RegisterListener = Box<dyn Fn(&Arc<FunctionVersion>) + Send + Sync>;
@@ -114,7 +135,13 @@ impl Registry {
             register_lock: tokio::sync::Mutex::new(()),
             signatures: RwLock::new(HashMap::new()),
             listeners: RwLock::new(Vec::new()),
+            aliases: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// The store behind this registry.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// Registers a callback for each new version.
@@ -343,20 +370,211 @@ impl Registry {
         Ok(stored)
     }
 
-    /// Resolves a function and qualifier to a version, or 404.
+    /// Resolves a function and qualifier to a version, or 404. An alias
+    /// picks with an empty routing key; calls use [`Registry::resolve_routed`].
     pub async fn resolve(
         &self,
         tenant: &str,
         name: &str,
         qualifier: &Qualifier,
     ) -> Result<Arc<FunctionVersion>, ApiError> {
-        let version = match qualifier {
-            Qualifier::Version(v) => *v,
-            Qualifier::Default => self.latest(tenant, name).await?,
+        self.resolve_routed(tenant, name, qualifier, "")
+            .await
+            .map(|(version, _)| version)
+    }
+
+    /// Resolves a call: an alias (named, or `live` for the default) picks its
+    /// version by hashing `routing_key` with the alias name
+    /// (`policies::split`). Returns the version and the alias used, if any.
+    pub async fn resolve_routed(
+        &self,
+        tenant: &str,
+        name: &str,
+        qualifier: &Qualifier,
+        routing_key: &str,
+    ) -> Result<(Arc<FunctionVersion>, Option<String>), ApiError> {
+        let (version, alias) = match qualifier {
+            Qualifier::Version(v) => (*v, None),
+            Qualifier::Alias(alias) => match self.alias(tenant, name, alias).await? {
+                Some(record) => (pick(&record, routing_key)?, Some(alias.clone())),
+                None => {
+                    return Err(ApiError::not_found(format!(
+                        "function {name:?} has no alias {alias:?}"
+                    )))
+                }
+            },
+            Qualifier::Default => match self.alias(tenant, name, aliases::LIVE).await? {
+                Some(record) => (pick(&record, routing_key)?, Some(aliases::LIVE.to_string())),
+                None => (self.latest(tenant, name).await?, None),
+            },
         };
-        self.get(tenant, name, version).await?.ok_or_else(|| {
+        let found = self.get(tenant, name, version).await?.ok_or_else(|| {
             ApiError::not_found(format!("function {name:?} has no version {version}"))
-        })
+        })?;
+        Ok((found, alias))
+    }
+
+    /// An alias, read from the store at most once per [`ALIAS_TTL`]; while
+    /// the store is unreachable the last value read keeps serving.
+    pub async fn alias(
+        &self,
+        tenant: &str,
+        function: &str,
+        alias: &str,
+    ) -> Result<Option<Arc<AliasRecord>>, ApiError> {
+        let key = (tenant.to_string(), function.to_string(), alias.to_string());
+        let cached = self
+            .aliases
+            .read()
+            .expect("aliases lock")
+            .get(&key)
+            .cloned();
+        if let Some((record, read_at)) = &cached {
+            if read_at.elapsed() < ALIAS_TTL {
+                return Ok(record.clone());
+            }
+        }
+        match self.store.get_alias(tenant, function, alias).await {
+            Ok(found) => {
+                let found = found.map(Arc::new);
+                self.aliases
+                    .write()
+                    .expect("aliases lock")
+                    .insert(key, (found.clone(), std::time::Instant::now()));
+                Ok(found)
+            }
+            Err(e) => match cached {
+                Some((record, _)) => {
+                    tracing::debug!(error = %e, "store unreachable; serving the cached alias");
+                    Ok(record)
+                }
+                None => Err(store_error(e)),
+            },
+        }
+    }
+
+    /// Checks that a function exists in the tenant (404 otherwise).
+    pub async fn require_function(&self, tenant: &str, function: &str) -> Result<u32, ApiError> {
+        match self.store.latest_version(tenant, function).await {
+            Ok(Some(latest)) => Ok(latest),
+            Ok(None) => Err(ApiError::not_found(format!(
+                "function {function:?} not found"
+            ))),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    /// Creates or replaces an alias after checking its routes (422) and that
+    /// no rollout is moving it (409).
+    pub async fn put_alias(
+        &self,
+        tenant: &str,
+        function: &str,
+        alias: &str,
+        routes: Vec<policies::split::Route>,
+    ) -> Result<AliasRecord, ApiError> {
+        aliases::check_name(alias)?;
+        aliases::check_routes(&routes)?;
+        let latest = self.require_function(tenant, function).await?;
+        let missing: Vec<usize> = routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.version > latest)
+            .map(|(i, _)| i)
+            .collect();
+        if !missing.is_empty() {
+            return Err(aliases::missing_versions(&routes, &missing));
+        }
+        self.refuse_during_rollout(tenant, function, alias).await?;
+        self.write_alias(tenant, function, alias, routes).await
+    }
+
+    /// Writes an alias without the rollout check (the rollout driver's path).
+    pub async fn write_alias(
+        &self,
+        tenant: &str,
+        function: &str,
+        alias: &str,
+        routes: Vec<policies::split::Route>,
+    ) -> Result<AliasRecord, ApiError> {
+        let record = AliasRecord {
+            tenant: tenant.to_string(),
+            function: function.to_string(),
+            name: alias.to_string(),
+            routes,
+            updated_at_ms: now_ms(),
+        };
+        self.store.put_alias(&record).await.map_err(store_error)?;
+        self.aliases.write().expect("aliases lock").insert(
+            (tenant.to_string(), function.to_string(), alias.to_string()),
+            (Some(Arc::new(record.clone())), std::time::Instant::now()),
+        );
+        tracing::info!(tenant, function, alias, routes = ?record.routes, "alias set");
+        Ok(record)
+    }
+
+    /// 409 while an active rollout moves the alias.
+    async fn refuse_during_rollout(
+        &self,
+        tenant: &str,
+        function: &str,
+        alias: &str,
+    ) -> Result<(), ApiError> {
+        let rollouts = self
+            .store
+            .list_rollouts(tenant, function)
+            .await
+            .map_err(store_error)?;
+        if let Some(active) = rollouts.iter().find(|r| r.is_active() && r.alias == alias) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "alias {alias:?} is being moved by rollout {}; abort it first",
+                    active.id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Removes an alias (404 when there is none; 409 during a rollout).
+    pub async fn delete_alias(
+        &self,
+        tenant: &str,
+        function: &str,
+        alias: &str,
+    ) -> Result<(), ApiError> {
+        self.require_function(tenant, function).await?;
+        self.refuse_during_rollout(tenant, function, alias).await?;
+        let removed = self
+            .store
+            .delete_alias(tenant, function, alias)
+            .await
+            .map_err(store_error)?;
+        self.aliases.write().expect("aliases lock").insert(
+            (tenant.to_string(), function.to_string(), alias.to_string()),
+            (None, std::time::Instant::now()),
+        );
+        if removed {
+            Ok(())
+        } else {
+            Err(ApiError::not_found(format!(
+                "function {function:?} has no alias {alias:?}"
+            )))
+        }
+    }
+
+    /// A function's aliases (404 for an unknown function).
+    pub async fn list_aliases(
+        &self,
+        tenant: &str,
+        function: &str,
+    ) -> Result<Vec<AliasRecord>, ApiError> {
+        self.require_function(tenant, function).await?;
+        self.store
+            .list_aliases(tenant, function)
+            .await
+            .map_err(store_error)
     }
 
     /// The latest version number, read from the store at most once per
@@ -425,6 +643,11 @@ impl Registry {
     }
 }
 
+fn pick(record: &AliasRecord, routing_key: &str) -> Result<u32, ApiError> {
+    policies::split::pick(&record.routes, &record.name, routing_key)
+        .ok_or_else(|| ApiError::not_found(format!("alias {:?} routes to no version", record.name)))
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -448,7 +671,7 @@ fn definition_error(err: DefinitionError) -> ApiError {
 /// The contract's answer to a store failure: an unreachable or failing
 /// backend is 503 `unavailable` with `retry-after: 1` (the caller may try
 /// again shortly); a corrupt record is a 500 `internal`. Both are logged.
-pub(crate) fn store_error(err: StoreError) -> ApiError {
+pub fn store_error(err: StoreError) -> ApiError {
     match err {
         StoreError::Backend(message) => {
             tracing::error!(%message, "registry store unavailable");

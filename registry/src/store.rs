@@ -11,7 +11,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::aliases::AliasRecord;
 use crate::auth::ClientRecord;
+use crate::rollouts::RolloutRecord;
 use crate::version::FunctionVersion;
 
 /// (tenant, function name, version) → JSON of a [`FunctionVersion`].
@@ -20,6 +22,15 @@ const VERSIONS: TableDefinition<(&str, &str, u32), &[u8]> = TableDefinition::new
 const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients_v1");
 /// quota counter key → calls counted.
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters_v1");
+/// (tenant, function, alias) → JSON of an [`AliasRecord`].
+const ALIASES: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("aliases_v1");
+/// (tenant, function, rollout id) → JSON of a [`RolloutRecord`].
+const ROLLOUTS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("rollouts_v1");
+/// (tenant, function, alias) → id of the alias's active rollout.
+const ACTIVE_ROLLOUTS: TableDefinition<(&str, &str, &str), &str> =
+    TableDefinition::new("active_rollouts_v1");
+/// lease name → `<expires at, ms since the epoch> <holder>`.
+const LEASES: TableDefinition<&str, &str> = TableDefinition::new("leases_v1");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -64,6 +75,79 @@ pub trait Store: Send + Sync + 'static {
     async fn add_counters(&self, deltas: Vec<(String, u64)>) -> Result<(), StoreError>;
 
     async fn get_counter(&self, key: &str) -> Result<u64, StoreError>;
+
+    /// Reads many counters at once (0 for a missing one), in the order given.
+    async fn get_counters(&self, keys: &[String]) -> Result<Vec<u64>, StoreError>;
+
+    /// Creates or replaces an alias.
+    async fn put_alias(&self, alias: &AliasRecord) -> Result<(), StoreError>;
+
+    async fn get_alias(
+        &self,
+        tenant: &str,
+        function: &str,
+        alias: &str,
+    ) -> Result<Option<AliasRecord>, StoreError>;
+
+    /// Removes an alias; false when there was none.
+    async fn delete_alias(
+        &self,
+        tenant: &str,
+        function: &str,
+        alias: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// A function's aliases, by name.
+    async fn list_aliases(
+        &self,
+        tenant: &str,
+        function: &str,
+    ) -> Result<Vec<AliasRecord>, StoreError>;
+
+    /// Stores a new (active) rollout unless its alias already has an active
+    /// one, atomically; returns the id of that one instead.
+    async fn create_rollout(&self, record: &RolloutRecord) -> Result<Option<String>, StoreError>;
+
+    /// Replaces a rollout if the stored one still has `record.revision`,
+    /// storing it with the revision bumped (returned); `None` when another
+    /// write came first. A record that is no longer active frees its alias.
+    async fn update_rollout(
+        &self,
+        record: &RolloutRecord,
+    ) -> Result<Option<RolloutRecord>, StoreError>;
+
+    async fn get_rollout(
+        &self,
+        tenant: &str,
+        function: &str,
+        id: &str,
+    ) -> Result<Option<RolloutRecord>, StoreError>;
+
+    /// A function's rollouts, oldest first.
+    async fn list_rollouts(
+        &self,
+        tenant: &str,
+        function: &str,
+    ) -> Result<Vec<RolloutRecord>, StoreError>;
+
+    /// Every active rollout of every tenant (for the driver).
+    async fn active_rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError>;
+
+    /// Takes or renews the lease `name` for `holder` for `ttl_ms`; false while
+    /// another holder's lease is unexpired.
+    async fn try_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<bool, StoreError>;
+}
+
+fn encode_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Backend(format!("encoding failed: {e}")))
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn now_ms() -> u64 {
+    crate::service::now_ms()
 }
 
 /// The embedded store: one redb file in the data directory.
@@ -79,6 +163,10 @@ impl EmbeddedStore {
         txn.open_table(VERSIONS).map_err(backend)?;
         txn.open_table(CLIENTS).map_err(backend)?;
         txn.open_table(COUNTERS).map_err(backend)?;
+        txn.open_table(ALIASES).map_err(backend)?;
+        txn.open_table(ROLLOUTS).map_err(backend)?;
+        txn.open_table(ACTIVE_ROLLOUTS).map_err(backend)?;
+        txn.open_table(LEASES).map_err(backend)?;
         txn.commit().map_err(backend)?;
         Ok(EmbeddedStore { db: Arc::new(db) })
     }
@@ -264,6 +352,290 @@ impl Store for EmbeddedStore {
                 .get(key.as_str())
                 .map_err(backend)?
                 .map_or(0, |g| g.value()))
+        })
+        .await
+    }
+    async fn get_counters(&self, keys: &[String]) -> Result<Vec<u64>, StoreError> {
+        let keys = keys.to_vec();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(COUNTERS).map_err(backend)?;
+            keys.iter()
+                .map(|k| {
+                    Ok(table
+                        .get(k.as_str())
+                        .map_err(backend)?
+                        .map_or(0, |g| g.value()))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn put_alias(&self, alias: &AliasRecord) -> Result<(), StoreError> {
+        let bytes = encode_json(alias)?;
+        let alias = alias.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            txn.open_table(ALIASES)
+                .map_err(backend)?
+                .insert(
+                    (
+                        alias.tenant.as_str(),
+                        alias.function.as_str(),
+                        alias.name.as_str(),
+                    ),
+                    bytes.as_slice(),
+                )
+                .map_err(backend)?;
+            txn.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn get_alias(
+        &self,
+        tenant: &str,
+        function: &str,
+        alias: &str,
+    ) -> Result<Option<AliasRecord>, StoreError> {
+        let key = (tenant.to_string(), function.to_string(), alias.to_string());
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(ALIASES).map_err(backend)?;
+            let found = table
+                .get((key.0.as_str(), key.1.as_str(), key.2.as_str()))
+                .map_err(backend)?;
+            found.map(|g| decode_json(g.value())).transpose()
+        })
+        .await
+    }
+
+    async fn delete_alias(
+        &self,
+        tenant: &str,
+        function: &str,
+        alias: &str,
+    ) -> Result<bool, StoreError> {
+        let key = (tenant.to_string(), function.to_string(), alias.to_string());
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            let removed = txn
+                .open_table(ALIASES)
+                .map_err(backend)?
+                .remove((key.0.as_str(), key.1.as_str(), key.2.as_str()))
+                .map_err(backend)?
+                .is_some();
+            txn.commit().map_err(backend)?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn list_aliases(
+        &self,
+        tenant: &str,
+        function: &str,
+    ) -> Result<Vec<AliasRecord>, StoreError> {
+        let (tenant, function) = (tenant.to_string(), function.to_string());
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(ALIASES).map_err(backend)?;
+            let mut out = Vec::new();
+            for entry in table
+                .range((tenant.as_str(), function.as_str(), "")..)
+                .map_err(backend)?
+            {
+                let (key, value) = entry.map_err(backend)?;
+                let (t, f, _) = key.value();
+                if t != tenant || f != function {
+                    break;
+                }
+                out.push(decode_json(value.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn create_rollout(&self, record: &RolloutRecord) -> Result<Option<String>, StoreError> {
+        let bytes = encode_json(record)?;
+        let record = record.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            let alias_key = (
+                record.tenant.as_str(),
+                record.function.as_str(),
+                record.alias.as_str(),
+            );
+            {
+                let mut active = txn.open_table(ACTIVE_ROLLOUTS).map_err(backend)?;
+                if let Some(existing) = active.get(alias_key).map_err(backend)? {
+                    return Ok(Some(existing.value().to_string()));
+                }
+                active
+                    .insert(alias_key, record.id.as_str())
+                    .map_err(backend)?;
+                txn.open_table(ROLLOUTS)
+                    .map_err(backend)?
+                    .insert(
+                        (
+                            record.tenant.as_str(),
+                            record.function.as_str(),
+                            record.id.as_str(),
+                        ),
+                        bytes.as_slice(),
+                    )
+                    .map_err(backend)?;
+            }
+            txn.commit().map_err(backend)?;
+            Ok(None)
+        })
+        .await
+    }
+
+    async fn update_rollout(
+        &self,
+        record: &RolloutRecord,
+    ) -> Result<Option<RolloutRecord>, StoreError> {
+        let mut next = record.clone();
+        next.revision = record.revision + 1;
+        next.updated_at_ms = now_ms();
+        let bytes = encode_json(&next)?;
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            {
+                let mut table = txn.open_table(ROLLOUTS).map_err(backend)?;
+                let key = (
+                    next.tenant.as_str(),
+                    next.function.as_str(),
+                    next.id.as_str(),
+                );
+                let current: Option<RolloutRecord> = table
+                    .get(key)
+                    .map_err(backend)?
+                    .map(|g| decode_json(g.value()))
+                    .transpose()?;
+                match current {
+                    Some(c) if c.revision + 1 == next.revision => {}
+                    _ => return Ok(None),
+                }
+                table.insert(key, bytes.as_slice()).map_err(backend)?;
+                if !next.is_active() {
+                    let mut active = txn.open_table(ACTIVE_ROLLOUTS).map_err(backend)?;
+                    let alias_key = (
+                        next.tenant.as_str(),
+                        next.function.as_str(),
+                        next.alias.as_str(),
+                    );
+                    let ours = active
+                        .get(alias_key)
+                        .map_err(backend)?
+                        .is_some_and(|g| g.value() == next.id);
+                    if ours {
+                        active.remove(alias_key).map_err(backend)?;
+                    }
+                }
+            }
+            txn.commit().map_err(backend)?;
+            Ok(Some(next))
+        })
+        .await
+    }
+
+    async fn get_rollout(
+        &self,
+        tenant: &str,
+        function: &str,
+        id: &str,
+    ) -> Result<Option<RolloutRecord>, StoreError> {
+        let key = (tenant.to_string(), function.to_string(), id.to_string());
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(ROLLOUTS).map_err(backend)?;
+            let found = table
+                .get((key.0.as_str(), key.1.as_str(), key.2.as_str()))
+                .map_err(backend)?;
+            found.map(|g| decode_json(g.value())).transpose()
+        })
+        .await
+    }
+
+    async fn list_rollouts(
+        &self,
+        tenant: &str,
+        function: &str,
+    ) -> Result<Vec<RolloutRecord>, StoreError> {
+        let (tenant, function) = (tenant.to_string(), function.to_string());
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(ROLLOUTS).map_err(backend)?;
+            let mut out: Vec<RolloutRecord> = Vec::new();
+            for entry in table
+                .range((tenant.as_str(), function.as_str(), "")..)
+                .map_err(backend)?
+            {
+                let (key, value) = entry.map_err(backend)?;
+                let (t, f, _) = key.value();
+                if t != tenant || f != function {
+                    break;
+                }
+                out.push(decode_json(value.value())?);
+            }
+            out.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn active_rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let active = txn.open_table(ACTIVE_ROLLOUTS).map_err(backend)?;
+            let rollouts = txn.open_table(ROLLOUTS).map_err(backend)?;
+            let mut out = Vec::new();
+            for entry in active.iter().map_err(backend)? {
+                let (key, id) = entry.map_err(backend)?;
+                let (tenant, function, _) = key.value();
+                if let Some(g) = rollouts
+                    .get((tenant, function, id.value()))
+                    .map_err(backend)?
+                {
+                    out.push(decode_json(g.value())?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn try_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<bool, StoreError> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        self.blocking(move |db| {
+            let now = now_ms();
+            let txn = db.begin_write().map_err(backend)?;
+            let granted = {
+                let mut table = txn.open_table(LEASES).map_err(backend)?;
+                let current = table
+                    .get(name.as_str())
+                    .map_err(backend)?
+                    .map(|g| g.value().to_string());
+                let free = match current.as_deref().and_then(|v| v.split_once(' ')) {
+                    Some((expires, who)) => {
+                        who == holder || expires.parse::<u64>().map_or(true, |e| e <= now)
+                    }
+                    None => true,
+                };
+                if free {
+                    let value = format!("{} {holder}", now + ttl_ms);
+                    table
+                        .insert(name.as_str(), value.as_str())
+                        .map_err(backend)?;
+                }
+                free
+            };
+            txn.commit().map_err(backend)?;
+            Ok(granted)
         })
         .await
     }

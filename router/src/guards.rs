@@ -348,11 +348,24 @@ impl Guards {
                 .expect("counters lock")
                 .contains_key(&key);
             if !known {
-                let stored = self.store.get_counter(&key).await.map_err(|e| {
-                    tracing::error!(error = %e, "reading a quota counter failed");
-                    ApiError::new(ErrorCode::Unavailable, "quota state is unavailable")
-                        .with_retry_after(1)
-                })?;
+                let stored = match self.store.get_counter(&key).await {
+                    Ok(stored) => stored,
+                    // Cluster mode with Redis away: count from zero here and add
+                    // the calls to the shared counter when it is back (the
+                    // documented per-router fallback), rather than refuse.
+                    Err(e) if self.shared.is_some() => {
+                        tracing::debug!(error = %e, "quota counter unreadable; counting locally");
+                        0
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading a quota counter failed");
+                        return Err(ApiError::new(
+                            ErrorCode::Unavailable,
+                            "quota state is unavailable",
+                        )
+                        .with_retry_after(1));
+                    }
+                };
                 self.counters
                     .lock()
                     .expect("counters lock")
@@ -478,6 +491,26 @@ impl Guards {
                 (name.clone(), *version, state)
             })
             .collect()
+    }
+
+    /// Counts a call of a version for rollouts: its calls, errors and latency
+    /// bucket are added to the store with the quota counters' next flush
+    /// (keys from `registry::rollouts::call_deltas`), so a rollout driver in
+    /// any process reads what every router served.
+    pub fn record_call(&self, version: &FunctionVersion, failed: bool, seconds: f64) {
+        let keys = registry::rollouts::call_deltas(
+            &version.tenant,
+            &version.name,
+            version.version,
+            failed,
+            seconds * 1000.0,
+        );
+        let mut counters = self.counters.lock().expect("counters lock");
+        for key in keys {
+            let counter = counters.entry(key).or_default();
+            counter.count += 1;
+            counter.unflushed += 1;
+        }
     }
 
     /// Writes counted quota calls to the store. A crash loses at most the calls

@@ -36,8 +36,20 @@ pub struct VersionLabels {
     pub version: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionErrorLabels {
+    pub function: String,
+    pub version: String,
+    pub kind: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// Calls per version that reached a node or failed on the server side.
+    pub version_calls: Family<VersionLabels, Counter>,
+    /// Of those, the ones answered with a 5xx, by error code.
+    pub version_errors: Family<VersionErrorLabels, Counter>,
+    pub version_latency: Family<VersionLabels, Histogram>,
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<FunctionLabels, Histogram>,
     pub refusals: Family<RefusalLabels, Counter>,
@@ -87,8 +99,32 @@ impl Metrics {
             "Circuit breaker state by function and version: 0 closed, 1 open, 2 half-open",
             breaker_state.clone(),
         );
+        let version_calls = Family::<VersionLabels, Counter>::default();
+        registry.register(
+            "version_calls",
+            "Calls per function version that reached a node or failed on the server side",
+            version_calls.clone(),
+        );
+        let version_errors = Family::<VersionErrorLabels, Counter>::default();
+        registry.register(
+            "version_errors",
+            "Calls per function version answered with a 5xx, by error code (kind)",
+            version_errors.clone(),
+        );
+        let version_latency = Family::<VersionLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register_with_unit(
+            "version_latency",
+            "Latency of the calls in version_calls, by function version",
+            prometheus_client::registry::Unit::Seconds,
+            version_latency.clone(),
+        );
         Metrics {
             registry,
+            version_calls,
+            version_errors,
+            version_latency,
             requests,
             duration,
             refusals,
@@ -111,6 +147,26 @@ impl Metrics {
                 function: function.to_string(),
             })
             .observe(seconds);
+    }
+
+    /// One call of a version for the per-version metrics; `error` is the
+    /// error code of a failed call.
+    pub fn record_version(&self, function: &str, version: u32, error: Option<&str>, seconds: f64) {
+        let labels = VersionLabels {
+            function: function.to_string(),
+            version: version.to_string(),
+        };
+        self.version_calls.get_or_create(&labels).inc();
+        self.version_latency.get_or_create(&labels).observe(seconds);
+        if let Some(kind) = error {
+            self.version_errors
+                .get_or_create(&VersionErrorLabels {
+                    function: labels.function,
+                    version: labels.version,
+                    kind: kind.to_string(),
+                })
+                .inc();
+        }
     }
 
     pub fn refused(&self, function: &str, version: Option<u32>, code: &str) {

@@ -190,6 +190,9 @@ impl TaskmeshProxy {
         if let Some(s) = err.retry_after_s {
             extra.push(("retry-after", s.to_string()));
         }
+        if let Some(version) = &ctx.function {
+            extra.push((headers::VERSION, version.version.to_string()));
+        }
         extra.extend(
             ctx.rate_headers
                 .iter()
@@ -254,11 +257,25 @@ impl TaskmeshProxy {
             | Route::Infer { name, qualifier } => (name.clone(), qualifier.clone()),
         };
         let principal = self.authenticate(session, Scope::Invoke).await?;
+        // An alias splits by routing key: the caller's own, else its client id,
+        // else this invocation's id (so one caller sticks to one version).
+        let routing_key = session
+            .req_header()
+            .headers
+            .get(headers::ROUTING_KEY)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .unwrap_or(if principal.client_id.is_empty() {
+                ctx.invocation_id.as_str()
+            } else {
+                principal.client_id.as_str()
+            })
+            .to_string();
         // Another tenant's function is simply not there (404, never 403).
-        let version = self
+        let (version, _alias) = self
             .state
             .registry
-            .resolve(&principal.tenant, &name, &qualifier)
+            .resolve_routed(&principal.tenant, &name, &qualifier, &routing_key)
             .await?;
         ctx.function = Some(version.clone());
         match route {
@@ -760,6 +777,9 @@ impl ProxyHttp for TaskmeshProxy {
                 if let Some(s) = err.retry_after_s {
                     let _ = header.insert_header("retry-after", s.to_string());
                 }
+                if let Some(version) = &ctx.function {
+                    let _ = header.insert_header(headers::VERSION, version.version.to_string());
+                }
                 let _ = header.set_content_length(body.len());
                 let _ = session
                     .as_downstream_mut()
@@ -800,6 +820,22 @@ impl ProxyHttp for TaskmeshProxy {
         self.state
             .metrics
             .record(function, version, status, seconds);
+        // Per-version evidence for rollouts: calls that reached a node or
+        // failed on the server side (a 4xx is the caller's, not the version's).
+        if let (Some(served), Some(_)) = (&ctx.function, ctx.body_kind) {
+            if status >= 500 || (ctx.principal.is_some() && status > 0 && status < 400) {
+                let failed = status >= 500;
+                self.state.guards.record_call(served, failed, seconds);
+                let kind = failed.then(|| {
+                    ctx.error_code
+                        .or(ctx.upstream_error)
+                        .map_or("function_failed", |c| c.as_str())
+                });
+                self.state
+                    .metrics
+                    .record_version(&served.name, served.version, kind, seconds);
+            }
+        }
         if let Some(code) = ctx.error_code.or(ctx.upstream_error) {
             self.state.metrics.refused(function, version, code.as_str());
         }
