@@ -15,7 +15,8 @@
 #   - the Debian packages nghttp2-client (h2load), haproxy, nginx;
 #   - the pinned Python packages of benchmarks/requirements.txt (MLServer,
 #     onnxruntime, matplotlib) into .deps/bench-python (pip --target);
-#   - `cargo build --release -p taskmesh` (`cargo build -p taskmesh` with --quick).
+#   - `cargo build --release -p taskmesh` (with --quick: `cargo test --workspace
+#     --locked --no-run`, the debug build scripts/test.sh has already made).
 # Nothing here asserts speed: the run fails only when a scenario cannot run.
 set -euo pipefail
 
@@ -30,7 +31,7 @@ for a in "$@"; do
   case "$a" in
     --skip-install) install=0 ;;
     --quick) quick=1; args+=("$a") ;;
-    -h | --help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) args+=("$a") ;;
   esac
 done
@@ -94,8 +95,12 @@ if ((install)); then
     log "cargo: building taskmesh (release)"
     cargo build --release -p taskmesh
   else
-    log "cargo: building taskmesh (debug)"
-    cargo build -p taskmesh
+    # The same build as scripts/test.sh (same packages, same features, dev
+    # dependencies included), so after the tests it is already fresh: a plain
+    # `cargo build -p taskmesh` resolves features without the dev
+    # dependencies and would rebuild part of the dependency graph.
+    log "cargo: building taskmesh (debug, as scripts/test.sh builds it)"
+    cargo test --workspace --locked --no-run
   fi
 fi
 

@@ -21,14 +21,14 @@ def target_dir():
 def run(ctx) -> dict:
     # Build first, unpinned (compiling on one core would be slow), then measure pinned.
     # In quick mode (debug profile) the bench is built without optimisations,
-    # reusing the dependencies scripts/test.sh built: it only checks the wiring.
-    profile = [] if PROFILE == "release" else ["--profile", "dev"]
-    subprocess.run(["cargo", "bench", "-p", "taskmesh-policies", "--bench", "hot_paths", *profile, "--no-run"],
-                   cwd=ROOT, check=True)  # fmt: skip
+    # with the workspace's features, so it reuses the dependencies that
+    # scripts/test.sh built: it only checks the wiring.
+    profile = ["-p", "taskmesh-policies"] if PROFILE == "release" else ["--workspace", "--profile", "dev"]
+    subprocess.run(["cargo", "bench", *profile, "--bench", "hot_paths", "--no-run"], cwd=ROOT, check=True)
     args = ["--warm-up-time", str(ctx.micro_warmup), "--measurement-time", str(ctx.micro_measure)]
     if ctx.quick:
         args.append("--quick")
-    cmd = ["cargo", "bench", "-p", "taskmesh-policies", "--bench", "hot_paths", *profile, "--", *args, "--noplot"]
+    cmd = ["cargo", "bench", *profile, "--bench", "hot_paths", "--", *args, "--noplot"]
     p = subprocess.run(pinned(cmd, ctx.server_cpus[:1]), cwd=ROOT, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"cargo bench failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")

@@ -12,9 +12,11 @@ from common import PROFILE, ROOT, log, pinned
 
 def run(ctx) -> dict:
     release = PROFILE == "release"
-    build = ["cargo", "build", "-p", "taskmesh-policies", "--example", "ring_scale"]
     # Build first, unpinned (compiling on one core would be slow), then run pinned.
-    subprocess.run(build + (["--release"] if release else []), cwd=ROOT, check=True)
+    # The debug build (quick mode) takes the workspace's features, so it reuses
+    # the dependencies scripts/test.sh built.
+    scope = ["--release", "-p", "taskmesh-policies"] if release else ["--workspace"]
+    subprocess.run(["cargo", "build", *scope, "--example", "ring_scale"], cwd=ROOT, check=True)
     exe = ROOT / "target" / ("release" if release else "debug") / "examples" / "ring_scale"
     args = ["--quick"] if ctx.quick else []
     p = subprocess.run(pinned([str(exe), *args], ctx.server_cpus[:1]), cwd=ROOT, capture_output=True, text=True)
