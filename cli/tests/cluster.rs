@@ -248,15 +248,23 @@ async fn redis_loss_keeps_cached_functions_serving_and_loses_no_definition() {
     cluster
         .digits(&digest, "a", json!({"description": "second"}))
         .await;
+    // Guard rails fall back to per-router state while Redis is away.
+    cluster
+        .digits(
+            &digest,
+            "limited",
+            json!({"quota": {"per_day": 1000}, "rate_limit": {"per_second": 1000, "burst": 100}}),
+        )
+        .await;
     let client = cluster.client();
-    for name in ["a", "b", "c"] {
+    for name in ["a", "b", "c", "limited"] {
         served_by(&client, &cluster.routers[0], name).await;
     }
 
     cluster.redis.kill9();
     // Cached functions keep serving while Redis is down.
     for _ in 0..3 {
-        for name in ["a", "b", "c"] {
+        for name in ["a", "b", "c", "limited"] {
             let reply = client
                 .post_json(
                     &cluster.routers[0].url(&format!("/v1/functions/{name}/invoke")),
@@ -310,7 +318,8 @@ async fn redis_loss_keeps_cached_functions_serving_and_loses_no_definition() {
         vec![
             ("a".to_string(), json!([1, 2])),
             ("b".to_string(), json!([1])),
-            ("c".to_string(), json!([1]))
+            ("c".to_string(), json!([1])),
+            ("limited".to_string(), json!([1]))
         ]
     );
     cluster.register(&doc).await;
