@@ -11,7 +11,6 @@ mod redis_support;
 mod cluster_support;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cluster_support::*;
@@ -37,19 +36,11 @@ async fn a_killed_owner_fails_no_invocation_and_leaves_within_two_seconds() {
     }
 
     // Steady HTTP/2 load: 4 connections × 8 streams for 5 s.
-    let body = cluster.dir.path().join("sample.json");
-    std::fs::write(&body, serde_json::to_vec(&sample()).unwrap()).unwrap();
-    let load = Command::new("h2load")
-        .args(["-D", "5", "-c", "4", "-m", "8", "-t", "1"])
-        .arg("-d")
-        .arg(&body)
-        .args(["-H", &format!("authorization: Bearer {OPERATOR_KEY}")])
-        .args(["-H", "content-type: application/json"])
-        .arg(router.url("/v1/functions/digits/invoke"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("h2load (nghttp2-client, installed by scripts/setup.sh)");
+    let load = start_h2load(
+        &cluster,
+        &cluster.routers[0].url("/v1/functions/digits/invoke"),
+        5,
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let victim = cluster
         .nodes
@@ -68,23 +59,7 @@ async fn a_killed_owner_fails_no_invocation_and_leaves_within_two_seconds() {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
-    let output = tokio::task::spawn_blocking(move || load.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let report = String::from_utf8_lossy(&output.stdout).to_string();
-    eprintln!("{report}");
-    let (succeeded, failed, errored, statuses) = h2load_counts(&report);
-    assert!(
-        succeeded > 100,
-        "too little load to mean anything: {report}"
-    );
-    assert_eq!((failed, errored), (0, 0), "{report}");
-    assert_eq!(
-        statuses,
-        [succeeded, 0, 0, 0],
-        "every answer a 2xx: {report}"
-    );
+    expect_no_failed_call(load).await;
     assert!(
         left <= Duration::from_secs(2),
         "the killed node left GET /v1/nodes after {left:?}"

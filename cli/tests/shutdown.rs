@@ -11,7 +11,6 @@ mod redis_support;
 #[path = "support/cluster.rs"]
 mod cluster_support;
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,19 +30,11 @@ async fn sigterm_of_one_of_two_nodes_under_load_fails_no_invocation() {
     let client = cluster.client();
     let owner = served_by(&client, &cluster.routers[0], "digits").await;
 
-    let body = cluster.dir.path().join("sample.json");
-    std::fs::write(&body, serde_json::to_vec(&sample()).unwrap()).unwrap();
-    let load = Command::new("h2load")
-        .args(["-D", "5", "-c", "4", "-m", "8", "-t", "1"])
-        .arg("-d")
-        .arg(&body)
-        .args(["-H", &format!("authorization: Bearer {OPERATOR_KEY}")])
-        .args(["-H", "content-type: application/json"])
-        .arg(cluster.routers[0].url("/v1/functions/digits/invoke"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("h2load (nghttp2-client, installed by scripts/setup.sh)");
+    let load = start_h2load(
+        &cluster,
+        &cluster.routers[0].url("/v1/functions/digits/invoke"),
+        5,
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let victim = cluster
         .nodes
@@ -58,22 +49,7 @@ async fn sigterm_of_one_of_two_nodes_under_load_fails_no_invocation() {
         "{status:?}: {}",
         cluster.nodes[victim].logs()
     );
-    let output = tokio::task::spawn_blocking(move || load.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let report = String::from_utf8_lossy(&output.stdout).to_string();
-    let (succeeded, failed, errored, statuses) = h2load_counts(&report);
-    assert!(
-        succeeded > 100,
-        "too little load to mean anything: {report}"
-    );
-    assert_eq!((failed, errored), (0, 0), "{report}");
-    assert_eq!(
-        statuses,
-        [succeeded, 0, 0, 0],
-        "every answer a 2xx: {report}"
-    );
+    expect_no_failed_call(load).await;
     assert!(
         took <= Duration::from_secs(drain + 1),
         "the node took {took:?} to exit (drain timeout {drain} s)"

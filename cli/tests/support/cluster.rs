@@ -339,6 +339,46 @@ pub async fn served_by(client: &TestClient, router: &Proc, name: &str) -> String
     }
 }
 
+/// Steady HTTP/2 load on `url` from h2load: 4 connections × 8 streams for
+/// `seconds`, sending the digits sample.
+pub fn start_h2load(cluster: &Cluster, url: &str, seconds: u32) -> Child {
+    let body = cluster.dir.path().join("sample.json");
+    std::fs::write(&body, serde_json::to_vec(&sample()).unwrap()).unwrap();
+    Command::new("h2load")
+        .args(["-D", &seconds.to_string(), "-c", "4", "-m", "8", "-t", "1"])
+        .arg("-d")
+        .arg(&body)
+        .args(["-H", &format!("authorization: Bearer {OPERATOR_KEY}")])
+        .args(["-H", "content-type: application/json"])
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("h2load (nghttp2-client, installed by scripts/setup.sh)")
+}
+
+/// Waits for an h2load run and asserts that every request succeeded with a
+/// 2xx and that there were enough of them to mean something.
+pub async fn expect_no_failed_call(load: Child) {
+    let output = tokio::task::spawn_blocking(move || load.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout).to_string();
+    eprintln!("{report}");
+    let (succeeded, failed, errored, statuses) = h2load_counts(&report);
+    assert!(
+        succeeded > 100,
+        "too little load to mean anything: {report}"
+    );
+    assert_eq!((failed, errored), (0, 0), "{report}");
+    assert_eq!(
+        statuses,
+        [succeeded, 0, 0, 0],
+        "every answer a 2xx: {report}"
+    );
+}
+
 /// (succeeded, failed, errored, [2xx, 3xx, 4xx, 5xx]) from an h2load report.
 pub fn h2load_counts(report: &str) -> (u64, u64, u64, [u64; 4]) {
     let numbers = |line: &str| -> Vec<u64> {
