@@ -708,8 +708,10 @@ def _headlines(sc: dict) -> list[str]:
         bal = "; ".join(f"{b['nodes']} nodes {_x(b['ring']['max_over_avg'])}" for b in rg["balance"])
         mv = "; ".join(f"{m['nodes']}→{m['nodes'] + 1} {m['join']['fraction']:.2%} (ideal {m['join']['ideal']:.2%})"
                        for m in rg["movement"])  # fmt: skip
+        stray = sum(m["join"]["moved_between_old_nodes"] + m["leave"]["moved_not_from_leaver"] for m in rg["movement"])
         h.append(f"- **Ring** ({rg['functions']:,} functions): owned max ÷ avg {bal}. Moved on join: {mv}; "
-                 "none between nodes that stayed.")  # fmt: skip
+                 + ("none between nodes that stayed, and a leave moved only the leaver's functions."
+                    if stray == 0 else f"**{stray} functions moved between nodes that stayed**."))  # fmt: skip
         bl = rg.get("bounded_load") or []
         if bl:
             x = bl[-1]
