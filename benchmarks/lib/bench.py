@@ -50,7 +50,7 @@ def make_ctx(quick: bool, workdir: Path) -> Ctx:
     loadgen, servers = cpu_split()
     if quick:
         return Ctx(quick=True, workdir=workdir, loadgen_cpus=loadgen, server_cpus=servers,
-                   reps=1, duration=2, warmup=0.5, floor_calls=2000, floor_seconds=1.0,
+                   reps=1, duration=1, warmup=0.3, floor_calls=2000, floor_seconds=1.0,
                    warm_calls=5, micro_warmup=0.2, micro_measure=0.5,
                    batching_duration=1.0, batching_warmup=0.3)  # fmt: skip
     # Five short repetitions rather than three long ones: on a shared, noisy
