@@ -131,10 +131,24 @@ pub async fn registry(config: Config) -> Result<()> {
     ));
     let auth = Arc::new(Auth::new(store, Some(&key)));
     let ready = Arc::new(AtomicBool::new(true));
-    let app = registry::api::router(
+    // Every registry process drives rollouts; a lease in Redis gives each to one.
+    let rollouts = Arc::new(registry::rollout_driver::Rollouts::new(
+        registry.clone(),
+        None,
+        format!(
+            "registry-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ),
+    ));
+    rollouts.clone().spawn();
+    let app = registry::api::router_with_rollouts(
         registry,
         auth,
         Some(Arc::new(ClusterNodes(Membership::new(redis)))),
+        Some(rollouts),
     )
     .merge(probes(ready.clone()));
     let listener = bind(listen).await?;

@@ -3,6 +3,7 @@
 mod client;
 mod cluster;
 mod config;
+mod rollout;
 mod up;
 
 use std::path::{Path, PathBuf};
@@ -43,6 +44,16 @@ enum Command {
     },
     /// Invoke a function through the router over HTTP/2.
     Invoke(InvokeArgs),
+    /// Aliases: named weighted routes to versions (talks to the admin API).
+    Alias {
+        #[command(subcommand)]
+        command: rollout::AliasCommand,
+    },
+    /// Automated canary rollouts of an alias to a version.
+    Rollout {
+        #[command(subcommand)]
+        command: rollout::RolloutCommand,
+    },
     /// Cluster mode: the registry (admin API) on Redis and a model store.
     Registry(ClusterArgs),
     /// Cluster mode: a runtime node that joins the cluster through Redis.
@@ -229,6 +240,8 @@ fn main() -> Result<()> {
             flag(&mut flags, "admin_url", admin_url.clone());
         }
         Command::Invoke(a) => flag(&mut flags, "router_url", a.router_url.clone()),
+        Command::Alias { command } => flag(&mut flags, "admin_url", command.admin_url()),
+        Command::Rollout { command } => flag(&mut flags, "admin_url", command.admin_url()),
         Command::Registry(a) | Command::Node(a) | Command::Router(a) => {
             flag(&mut flags, "listen", a.listen.clone());
             flag(&mut flags, "redis", a.redis.clone());
@@ -273,6 +286,8 @@ fn main() -> Result<()> {
             command: FnCommand::List { .. },
         } => runtime.block_on(list(&config)),
         Command::Invoke(args) => runtime.block_on(invoke(&config, &args)),
+        Command::Alias { command } => runtime.block_on(rollout::alias(&config, command)),
+        Command::Rollout { command } => runtime.block_on(rollout::rollout(&config, command)),
         Command::Registry(_) => runtime.block_on(cluster::registry(config)),
         Command::Node(_) => runtime.block_on(cluster::node(config)),
         Command::Router(args) => runtime.block_on(cluster::router(config, args.upgrade)),

@@ -90,7 +90,19 @@ pub async fn run(config: Config) -> Result<()> {
         id: format!("node-{}", node_addr.port()),
         address: node_addr.to_string(),
     });
-    let admin_app = registry::api::router(registry.clone(), auth.clone(), Some(directory));
+    // Rollouts are driven here; `up` is one process per data dir, so its lease holder is fixed.
+    let rollouts = Arc::new(registry::rollout_driver::Rollouts::new(
+        registry.clone(),
+        Some(Arc::new(crate::rollout::EngineWarmer(engine.clone()))),
+        "taskmesh-up".into(),
+    ));
+    rollouts.clone().spawn();
+    let admin_app = registry::api::router_with_rollouts(
+        registry.clone(),
+        auth.clone(),
+        Some(directory),
+        Some(rollouts.clone()),
+    );
     let admin_task = tokio::spawn(runtime::server::serve(
         admin_listener,
         admin_app,
@@ -111,7 +123,14 @@ pub async fn run(config: Config) -> Result<()> {
         auth,
         store,
         nodes: Arc::new(fixed_nodes(node_addr, cuda, &extra_nodes, config.bounds())),
-        extra_metrics: Some(Arc::new(move || node_metrics.metrics().encode())),
+        extra_metrics: Some(Arc::new(move || {
+            let mut text = node_metrics.metrics().encode();
+            text = text.trim_end().trim_end_matches("# EOF").to_string();
+            text.push('\n');
+            text.push_str(&rollouts.metrics_text());
+            text.push('\n');
+            text
+        })),
         limits: None,
     };
     let router = tokio::task::spawn_blocking(move || {

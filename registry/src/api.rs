@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use crate::auth::{Auth, NewClient, Principal, Scope};
 use crate::definition::Syntax;
+use crate::rollout_driver::{Action, Rollouts};
 use crate::service::Registry;
 
 /// What the admin handlers share.
@@ -21,6 +22,7 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     pub auth: Arc<Auth>,
     pub nodes: Option<Arc<dyn NodeDirectory>>,
+    pub rollouts: Option<Arc<Rollouts>>,
 }
 
 /// The live runtime nodes, as `GET /v1/nodes` shows them.
@@ -94,6 +96,17 @@ pub fn router(
     auth: Arc<Auth>,
     nodes: Option<Arc<dyn NodeDirectory>>,
 ) -> Router {
+    router_with_rollouts(registry, auth, nodes, None)
+}
+
+/// The admin API router, with the rollout routes served by `rollouts`
+/// (without it they answer 503 `unavailable`).
+pub fn router_with_rollouts(
+    registry: Arc<Registry>,
+    auth: Arc<Auth>,
+    nodes: Option<Arc<dyn NodeDirectory>>,
+    rollouts: Option<Arc<Rollouts>>,
+) -> Router {
     Router::new()
         .route("/v1/models", post(upload_model))
         .route("/v1/artifacts", post(upload_artifact))
@@ -108,6 +121,16 @@ pub fn router(
             put(put_alias).get(get_alias).delete(delete_alias),
         )
         .route(
+            "/v1/functions/{name}/rollouts",
+            post(start_rollout).get(list_rollouts),
+        )
+        .route("/v1/functions/{name}/rollouts/{id}", get(get_rollout))
+        .route(
+            "/v1/functions/{name}/rollouts/{id}/{action}",
+            post(control_rollout),
+        )
+        .route("/metrics", get(rollout_metrics))
+        .route(
             "/healthz",
             get(|| async { json_response(StatusCode::OK, &json!({"status": "ok"})) }),
         )
@@ -117,6 +140,7 @@ pub fn router(
             registry,
             auth,
             nodes,
+            rollouts,
         }))
 }
 
@@ -345,6 +369,99 @@ async fn delete_alias(
         }
         .await,
     )
+}
+
+fn rollouts(state: &AdminState) -> Result<&Arc<Rollouts>, ApiError> {
+    state.rollouts.as_ref().ok_or_else(|| {
+        ApiError::new(ErrorCode::Unavailable, "rollouts are not served here").with_retry_after(1)
+    })
+}
+
+async fn start_rollout(
+    State(state): State_,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Body,
+) -> ApiResult {
+    ApiResult(
+        async {
+            let principal = admin(&state, &headers).await?;
+            let bytes = read_body(body, 64 * 1024).await?;
+            let record = rollouts(&state)?
+                .start(&principal.tenant, &name, &bytes)
+                .await?;
+            Ok(json_response(StatusCode::CREATED, &record.to_json()))
+        }
+        .await,
+    )
+}
+
+async fn list_rollouts(
+    State(state): State_,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    ApiResult(
+        async {
+            let principal = admin(&state, &headers).await?;
+            let list = rollouts(&state)?.list(&principal.tenant, &name).await?;
+            let list: Vec<Value> = list.iter().map(|r| r.to_json()).collect();
+            Ok(json_response(StatusCode::OK, &json!({ "rollouts": list })))
+        }
+        .await,
+    )
+}
+
+async fn get_rollout(
+    State(state): State_,
+    headers: HeaderMap,
+    Path((name, id)): Path<(String, String)>,
+) -> ApiResult {
+    ApiResult(
+        async {
+            let principal = admin(&state, &headers).await?;
+            let record = rollouts(&state)?.get(&principal.tenant, &name, &id).await?;
+            Ok(json_response(StatusCode::OK, &record.to_json()))
+        }
+        .await,
+    )
+}
+
+async fn control_rollout(
+    State(state): State_,
+    headers: HeaderMap,
+    Path((name, id, action)): Path<(String, String, String)>,
+) -> ApiResult {
+    ApiResult(
+        async {
+            let principal = admin(&state, &headers).await?;
+            let action = Action::from_path(&action).ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "no rollout action {action:?} (pause, resume or abort)"
+                ))
+            })?;
+            let record = rollouts(&state)?
+                .control(&principal.tenant, &name, &id, action)
+                .await?;
+            Ok(json_response(StatusCode::OK, &record.to_json()))
+        }
+        .await,
+    )
+}
+
+async fn rollout_metrics(State(state): State_) -> Response {
+    let mut text = state
+        .rollouts
+        .as_ref()
+        .map(|r| r.metrics_text())
+        .unwrap_or_default();
+    text.push_str("\n# EOF\n");
+    let mut response = (StatusCode::OK, text).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
 }
 
 async fn create_client(State(state): State_, headers: HeaderMap, body: Body) -> ApiResult {

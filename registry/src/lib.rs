@@ -11,6 +11,7 @@ pub mod processing;
 pub mod protocol;
 pub mod redis_limits;
 pub mod redis_store;
+pub mod rollout_driver;
 pub mod rollouts;
 pub mod schema;
 pub mod service;

@@ -695,6 +695,10 @@ impl ProxyHttp for TaskmeshProxy {
         ctx.response_started = true;
         self.settle_node(ctx, Outcome::Success);
         response.insert_header(headers::INVOCATION_ID, ctx.invocation_id.as_str())?;
+        // The version the router resolved and pinned, on errors from the node too.
+        if let Some(version) = &ctx.function {
+            response.insert_header(headers::VERSION, version.version.to_string())?;
+        }
         for (name, value) in &ctx.rate_headers {
             response.insert_header(*name, value.as_str())?;
         }

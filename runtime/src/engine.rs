@@ -391,6 +391,16 @@ impl Engine {
     ///
     /// Time spent queued counts against the budget. When the caller gives up,
     /// the run is terminated inside ONNX Runtime so the instance is free at once.
+    /// Makes sure `version` has a loaded instance, cold-starting one if it has
+    /// none (a rollout warms its target before the first step, so the canary
+    /// is not judged on a cold start). The instance goes back to the pool.
+    pub async fn warm(self: &Arc<Self>, version: &Arc<FunctionVersion>) -> Result<(), ApiError> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let grant = self.acquire(version, deadline, Priority::Normal).await?;
+        drop(grant.lease);
+        Ok(())
+    }
+
     pub async fn run(
         self: &Arc<Self>,
         version: &Arc<FunctionVersion>,
