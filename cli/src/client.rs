@@ -34,7 +34,22 @@ impl H2Client {
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> Result<Reply> {
+        self.send_with(method, url, content_type, &[], body).await
+    }
+
+    /// `send` with extra headers.
+    pub async fn send_with(
+        &self,
+        method: Method,
+        url: &str,
+        content_type: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<Reply> {
         let mut request = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(key) = &self.key {
             request = request.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
         }

@@ -131,10 +131,30 @@ pub async fn registry(config: Config) -> Result<()> {
     ));
     let auth = Arc::new(Auth::new(store, Some(&key)));
     let ready = Arc::new(AtomicBool::new(true));
+    // Versions are warmed on their owner node: at registration when they
+    // keep `min_instances`, and before a rollout's first step.
+    let warmer = Arc::new(OwnerWarmer {
+        membership: Membership::new(redis.clone()),
+        client: crate::client::H2Client::new(None),
+    });
+    {
+        let warmer = warmer.clone();
+        registry.on_register(Box::new(move |version| {
+            if version.definition.scaling.min_instances > 0 {
+                let (warmer, version) = (warmer.clone(), version.clone());
+                tokio::spawn(async move {
+                    use registry::rollout_driver::Warmer;
+                    if let Err(e) = warmer.warm(&version).await {
+                        tracing::warn!(function = %version.name, version = version.version, error = %e, "warming min_instances failed");
+                    }
+                });
+            }
+        }));
+    }
     // Every registry process drives rollouts; a lease in Redis gives each to one.
     let rollouts = Arc::new(registry::rollout_driver::Rollouts::new(
         registry.clone(),
-        None,
+        Some(warmer),
         format!(
             "registry-{}-{}",
             std::process::id(),
@@ -376,6 +396,59 @@ pub async fn router(config: Config, upgrade: bool) -> Result<()> {
     tokio::task::spawn_blocking(move || handle.stop(how)).await?;
     tracing::info!("router stopped");
     Ok(())
+}
+
+/// Warms a version on the node that owns it (the first ring candidate among
+/// the live nodes, as routers place it).
+struct OwnerWarmer {
+    membership: Membership,
+    client: crate::client::H2Client,
+}
+
+#[async_trait::async_trait]
+impl registry::rollout_driver::Warmer for OwnerWarmer {
+    async fn warm(&self, version: &Arc<registry::FunctionVersion>) -> Result<(), String> {
+        let live = self.membership.live().await.map_err(|e| e.to_string())?;
+        let nodes = node_infos(&live);
+        let ring = policies::ring::Ring::new(
+            nodes.iter().map(|n| policies::ring::Member {
+                id: n.id.clone(),
+                gpu: n.gpu,
+            }),
+            policies::ring::DEFAULT_VNODES,
+        );
+        let key = router::proxy::placement_key(version);
+        let gpu = version.definition.resources.gpu;
+        let owner = ring
+            .owner(&key, gpu)
+            .and_then(|id| nodes.iter().find(|n| n.id == id))
+            .ok_or("no runtime node can take the version")?;
+        let url = format!(
+            "http://{}/v1/functions/{}/versions/{}/warm",
+            owner.addr, version.name, version.version
+        );
+        let reply = self
+            .client
+            .send_with(
+                http::Method::POST,
+                &url,
+                None,
+                &[(policies::headers::TENANT, version.tenant.as_str())],
+                Vec::new(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if !reply.status.is_success() {
+            return Err(format!(
+                "{} answered {}: {}",
+                owner.id,
+                reply.status,
+                String::from_utf8_lossy(&reply.body)
+            ));
+        }
+        tracing::info!(function = %version.name, version = version.version, node = %owner.id, "warmed on its owner");
+        Ok(())
+    }
 }
 
 /// Routable members: those not draining, with a parseable address.

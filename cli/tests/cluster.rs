@@ -306,3 +306,52 @@ async fn redis_loss_keeps_cached_functions_serving_and_loses_no_definition() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("x-taskmesh-version"), Some("2"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_instances_are_warmed_on_the_owner_at_registration() {
+    let cluster = Cluster::start(2, 1);
+    cluster.wait_for_nodes(2, Duration::from_secs(10)).await;
+    let digest = cluster.upload_digits().await;
+    cluster
+        .digits(
+            &digest,
+            "kept-warm",
+            json!({"scaling": {"min_instances": 1}}),
+        )
+        .await;
+    let nodes: Vec<&Proc> = cluster.nodes.iter().collect();
+    let owner = owner_of(&nodes, "kept-warm");
+    let client = cluster.client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = client.get(&cluster.registry.url("/v1/nodes")).await.json();
+        let warm_on: Vec<String> = listed["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| {
+                n["warm"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|f| f["function"] == "kept-warm" && f["instances"].as_u64() >= Some(1))
+            })
+            .map(|n| n["id"].as_str().unwrap().to_string())
+            .collect();
+        if !warm_on.is_empty() {
+            assert_eq!(warm_on, vec![owner.clone()]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never warmed: {listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reply = client
+        .post_json(
+            &cluster.routers[0].url("/v1/functions/kept-warm/invoke"),
+            &sample(),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-taskmesh-node"), Some(owner.as_str()));
+    assert_eq!(reply.header("x-taskmesh-cold-start"), Some("false"));
+}

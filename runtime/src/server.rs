@@ -112,6 +112,7 @@ pub fn router(engine: Arc<Engine>, node_id: String) -> Router {
         .route("/v2/models/{name}/versions/{version}/ready", get(ready))
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer))
+        .route("/v1/functions/{name}/versions/{version}/warm", post(warm))
         .route(
             "/metrics",
             get(|State(node): State<Arc<Node>>| async move { node.engine.metrics().encode() }),
@@ -361,6 +362,28 @@ async fn metadata(
         Ok(json_response(
             StatusCode::OK,
             &protocol::oip_metadata(&version, &versions),
+        ))
+    }
+    .await;
+    result.unwrap_or_else(|e: ApiError| error_response(&e))
+}
+
+/// Loads an instance of a version (and starts its `min_instances`) before
+/// traffic needs it: the registry calls it on the owner node at registration
+/// and before a rollout's first step. Answers once one instance is warm.
+async fn warm(
+    State(node): State<Arc<Node>>,
+    Path(params): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let name = params.get("name").cloned().unwrap_or_default();
+    let result = async {
+        let version = resolve(&node, &headers, &name, &path_qualifier(&params)?).await?;
+        node.engine.ensure_min_instances(&version);
+        node.engine.warm(&version).await?;
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({"name": version.name, "version": version.version, "warm": true}),
         ))
     }
     .await;
