@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Proves a GPU run on a machine with an NVIDIA GPU (CI has none; nothing runs this there).
 #
-#   1. installs the onnxruntime-gpu==1.31.1 wheel (and the CUDA/cuDNN runtime wheels it
-#      needs) into .deps/gpu-python, and points ORT_DYLIB_PATH at its libonnxruntime.so;
+#   1. installs the onnxruntime-gpu==1.31.1 wheel with the CUDA 13 and cuDNN 9 runtime
+#      wheels its `cuda` and `cudnn` extras name (that wheel is built for CUDA 13, so the
+#      host needs an NVIDIA driver >= 580) into .deps/gpu-python, and points
+#      ORT_DYLIB_PATH at its libonnxruntime.so;
 #   2. starts `taskmesh up`, registers the digits example twice: on the CPU and with
 #      "resources": {"gpu": true};
 #   3. invokes both with the same reference inputs and checks that the outputs agree
@@ -16,11 +18,10 @@ ROOT=$(pwd)
 bash scripts/setup.sh >/dev/null
 
 GPU_PY="$ROOT/.deps/gpu-python"
-if [[ ! -f "$GPU_PY/.stamp-ort-gpu-1.31.1" ]]; then
+if [[ ! -f "$GPU_PY/.stamp-ort-gpu-1.31.1-cu13" ]]; then
   python3 -m pip install --disable-pip-version-check -q --target "$GPU_PY" \
-    onnxruntime-gpu==1.31.1 "nvidia-cudnn-cu12==9.*" "nvidia-cublas-cu12" "nvidia-cuda-runtime-cu12" \
-    "nvidia-cufft-cu12" "nvidia-curand-cu12" "nvidia-cuda-nvrtc-cu12"
-  touch "$GPU_PY/.stamp-ort-gpu-1.31.1"
+    "onnxruntime-gpu[cuda,cudnn]==1.31.1"
+  touch "$GPU_PY/.stamp-ort-gpu-1.31.1-cu13"
 fi
 ORT_LIB=$(ls "$GPU_PY"/onnxruntime/capi/libonnxruntime.so.* | head -1)
 # The CUDA provider library and the CUDA/cuDNN libraries from the wheels.
