@@ -199,6 +199,21 @@ fn ring_place(c: &mut Criterion) {
                 }))
             })
         });
+        // What the router does per attempt: the first fit under the bound,
+        // without listing every candidate.
+        let mut k = 0usize;
+        group.bench_function(format!("pick_{nodes}_nodes"), |b| {
+            b.iter(|| {
+                k = (k + 1) % keys.len();
+                black_box(ring.pick(
+                    black_box(&keys[k]),
+                    false,
+                    bounds,
+                    |id| load.get(id).copied().unwrap_or(0),
+                    |_| true,
+                ))
+            })
+        });
         // The owner alone (no load): the first candidate only.
         let mut j = 0usize;
         group.bench_function(format!("owner_{nodes}_nodes"), |b| {

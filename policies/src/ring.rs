@@ -149,6 +149,47 @@ impl Ring {
     }
 }
 
+impl Ring {
+    /// The node one call goes to, under bounded load: the first candidate
+    /// under the bound that `accept` takes (e.g. not tried yet, breaker
+    /// closed), else the first candidate over the bound that it takes.
+    ///
+    /// The same choice as the first accepted entry of [`Ring::place`], without
+    /// listing every candidate: the bound needs one pass over the nodes'
+    /// loads, and the walk stops at the first fit, usually the owner.
+    pub fn pick<'r>(
+        &'r self,
+        key: &str,
+        gpu: bool,
+        bounds: Bounds,
+        in_flight: impl Fn(&str) -> u64,
+        mut accept: impl FnMut(&str) -> bool,
+    ) -> Option<&'r str> {
+        let (mut total, mut eligible) = (0u64, 0usize);
+        for node in self.ring.nodes() {
+            if !gpu || node.value {
+                total += in_flight(&node.key);
+                eligible += 1;
+            }
+        }
+        if eligible == 0 {
+            return None;
+        }
+        let bound = bounds.bound(total, eligible);
+        // `accept` is asked only about a candidate that is chosen if it
+        // accepts, so it may take a resource (a breaker permit) when it does.
+        let mut over = Vec::new();
+        for id in self.candidates(key, gpu) {
+            if in_flight(id) >= bound {
+                over.push(id);
+            } else if accept(id) {
+                return Some(id);
+            }
+        }
+        over.into_iter().find(|id| accept(id))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -242,6 +283,32 @@ mod tests {
             let ratio = max / (keys.len() as f64 / n as f64);
             assert!(ratio < 1.35, "{n} nodes: max/avg {ratio:.2}");
         }
+    }
+
+    #[test]
+    fn pick_agrees_with_place_and_honours_accept() {
+        let ring = Ring::new(members(0..7), DEFAULT_VNODES);
+        let bounds = Bounds::default();
+        let mut load: HashMap<String, u64> = HashMap::new();
+        for (i, key) in functions(300).iter().enumerate() {
+            let loads = |id: &str| load.get(id).copied().unwrap_or(0);
+            let placed = ring.place(key, false, bounds, loads);
+            let picked = ring.pick(key, false, bounds, loads, |_| true);
+            assert_eq!(picked, placed.first().copied(), "{key}");
+            // Refusing the first choice gives the next one in place's order.
+            let first = placed[0];
+            let second = ring.pick(key, false, bounds, loads, |id| id != first);
+            assert_eq!(second, Some(placed[1]));
+            *load.entry(picked.unwrap().to_string()).or_default() += (i % 3) as u64;
+        }
+        assert_eq!(
+            ring.pick("default/x@1", false, bounds, |_| 0, |_| false),
+            None
+        );
+        assert_eq!(
+            ring.pick("default/x@1", true, bounds, |_| 0, |_| true),
+            None
+        );
     }
 
     #[test]

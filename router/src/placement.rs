@@ -168,6 +168,24 @@ impl NodeSet {
             .collect()
     }
 
+    /// The node for one call of `key` under bounded load: the first candidate
+    /// under the bound that `accept` takes, else the first over it that it
+    /// takes (see [`Ring::pick`]); `accept` may take a resource when it says yes.
+    pub fn pick(
+        &self,
+        key: &str,
+        gpu: bool,
+        mut accept: impl FnMut(&Arc<Node>) -> bool,
+    ) -> Option<Arc<Node>> {
+        self.readmit_expired();
+        let snapshot = self.current();
+        let load = |id: &str| snapshot.nodes.get(id).map_or(0, |n| n.in_flight());
+        let id = snapshot.ring.pick(key, gpu, self.bounds, load, |id| {
+            snapshot.nodes.get(id).is_some_and(&mut accept)
+        })?;
+        snapshot.nodes.get(id).cloned()
+    }
+
     /// The owner of `key` (first candidate regardless of load).
     pub fn owner(&self, key: &str, gpu: bool) -> Option<Arc<Node>> {
         let snapshot = self.current();

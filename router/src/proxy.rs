@@ -545,19 +545,23 @@ impl ProxyHttp for TaskmeshProxy {
         // Placement: ring order under bounded load. A retry goes to the first
         // candidate not tried yet (all tried: start over); a node whose breaker
         // is open is passed over.
-        let candidates = self
+        let key = placement_key(version);
+        let gpu = version.definition.resources.gpu;
+        let mut permit = None;
+        let guards = &self.state.guards;
+        let mut take = |node: &Arc<crate::placement::Node>, untried_only: bool| {
+            if untried_only && ctx.tried.contains(&node.info.id) {
+                return false;
+            }
+            permit = guards.acquire_node(node.info.addr);
+            permit.is_some()
+        };
+        let chosen = self
             .state
             .nodes
-            .place(&placement_key(version), version.definition.resources.gpu);
-        let untried = candidates
-            .iter()
-            .filter(|n| !ctx.tried.contains(&n.info.id));
-        let chosen = untried.chain(candidates.iter()).find_map(|node| {
-            self.state
-                .guards
-                .acquire_node(node.info.addr)
-                .map(|permit| (node, permit))
-        });
+            .pick(&key, gpu, |n| take(n, true))
+            .or_else(|| self.state.nodes.pick(&key, gpu, |n| take(n, false)))
+            .zip(permit);
         let Some((node, permit)) = chosen else {
             let reason = if version.definition.resources.gpu {
                 "no runtime node with a GPU is available: CPU-only nodes cannot serve GPU functions (resources.gpu)"
