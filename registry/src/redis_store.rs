@@ -348,6 +348,26 @@ impl RedisStore {
         self.call(retry, op).await
     }
 
+    /// One JSON record from a hash field, if present.
+    async fn hget_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        field: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let bytes: Option<Vec<u8>> = self
+            .call(Retry::Idempotent, |mut c| async move {
+                redis::cmd("HGET")
+                    .arg(key)
+                    .arg(field)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        bytes
+            .map(|b| serde_json::from_slice(&b).map_err(corrupt))
+            .transpose()
+    }
+
     /// Runs `op` on a connection, within `connect_timeout + response_timeout`.
     async fn call<T, F, Fut>(&self, retry: Retry, op: F) -> Result<T, StoreError>
     where
@@ -695,20 +715,8 @@ impl Store for RedisStore {
         function: &str,
         alias: &str,
     ) -> Result<Option<AliasRecord>, StoreError> {
-        let key = self.function_key(tenant, function, "aliases");
-        let key = &key;
-        let bytes: Option<Vec<u8>> = self
-            .call(Retry::Idempotent, |mut c| async move {
-                redis::cmd("HGET")
-                    .arg(key)
-                    .arg(alias)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        bytes
-            .map(|b| serde_json::from_slice(&b).map_err(corrupt))
-            .transpose()
+        self.hget_json(&self.function_key(tenant, function, "aliases"), alias)
+            .await
     }
 
     async fn delete_alias(
@@ -816,20 +824,8 @@ impl Store for RedisStore {
         function: &str,
         id: &str,
     ) -> Result<Option<RolloutRecord>, StoreError> {
-        let key = self.function_key(tenant, function, "rollouts");
-        let key = &key;
-        let bytes: Option<Vec<u8>> = self
-            .call(Retry::Idempotent, |mut c| async move {
-                redis::cmd("HGET")
-                    .arg(key)
-                    .arg(id)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        bytes
-            .map(|b| serde_json::from_slice(&b).map_err(corrupt))
-            .transpose()
+        self.hget_json(&self.function_key(tenant, function, "rollouts"), id)
+            .await
     }
 
     async fn list_rollouts(
