@@ -142,6 +142,32 @@ fn encode_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Backend(format!("encoding failed: {e}")))
 }
 
+/// A table of JSON records keyed by (tenant, function, name).
+type JsonTable =
+    TableDefinition<'static, (&'static str, &'static str, &'static str), &'static [u8]>;
+
+impl EmbeddedStore {
+    /// One JSON record of a (tenant, function, name) table, if present.
+    async fn get_json<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        table: JsonTable,
+        tenant: &str,
+        function: &str,
+        name: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let key = (tenant.to_string(), function.to_string(), name.to_string());
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(table).map_err(backend)?;
+            let found = table
+                .get((key.0.as_str(), key.1.as_str(), key.2.as_str()))
+                .map_err(backend)?;
+            found.map(|g| decode_json(g.value())).transpose()
+        })
+        .await
+    }
+}
+
 fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -399,16 +425,7 @@ impl Store for EmbeddedStore {
         function: &str,
         alias: &str,
     ) -> Result<Option<AliasRecord>, StoreError> {
-        let key = (tenant.to_string(), function.to_string(), alias.to_string());
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(backend)?;
-            let table = txn.open_table(ALIASES).map_err(backend)?;
-            let found = table
-                .get((key.0.as_str(), key.1.as_str(), key.2.as_str()))
-                .map_err(backend)?;
-            found.map(|g| decode_json(g.value())).transpose()
-        })
-        .await
+        self.get_json(ALIASES, tenant, function, alias).await
     }
 
     async fn delete_alias(
@@ -549,16 +566,7 @@ impl Store for EmbeddedStore {
         function: &str,
         id: &str,
     ) -> Result<Option<RolloutRecord>, StoreError> {
-        let key = (tenant.to_string(), function.to_string(), id.to_string());
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(backend)?;
-            let table = txn.open_table(ROLLOUTS).map_err(backend)?;
-            let found = table
-                .get((key.0.as_str(), key.1.as_str(), key.2.as_str()))
-                .map_err(backend)?;
-            found.map(|g| decode_json(g.value())).transpose()
-        })
-        .await
+        self.get_json(ROLLOUTS, tenant, function, id).await
     }
 
     async fn list_rollouts(
