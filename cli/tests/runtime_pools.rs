@@ -442,21 +442,105 @@ async fn batched_answers_equal_unbatched_ones_under_48_concurrent_calls() {
         );
     }
     // Batching really happened: fewer runs than calls.
+    let (runs, calls) = batch_runs(&p, "batched").await;
+    assert_eq!(calls, 49.0);
+    assert!(runs < 40.0, "48 concurrent calls ran in {runs} runs");
+}
+
+/// Runs and calls of a batched function so far, from the node's
+/// `taskmesh_runtime_batch_size` histogram.
+async fn batch_runs(p: &Platform, function: &str) -> (f64, f64) {
     let metrics =
-        String::from_utf8_lossy(&client.get(&p.router_url("/metrics")).await.body).to_string();
+        String::from_utf8_lossy(&p.client().get(&p.router_url("/metrics")).await.body).to_string();
     let value = |name: &str| -> f64 {
         metrics
             .lines()
-            .find(|l| l.starts_with(&format!("{name}{{function=\"batched\"}}")))
+            .find(|l| l.starts_with(&format!("{name}{{function=\"{function}\"}}")))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
             .unwrap_or(0.0)
     };
-    let (runs, calls) = (
+    (
         value("taskmesh_runtime_batch_size_count"),
         value("taskmesh_runtime_batch_size_sum"),
+    )
+}
+
+#[tokio::test]
+async fn a_lone_batched_call_on_an_idle_instance_does_not_wait_for_company() {
+    let p = Platform::start(&["--no-examples"]);
+    // Waiting for max_delay_us (1 s) would take it past its 700 ms deadline.
+    register_as(
+        &p,
+        "lone",
+        "examples/digits/function.json",
+        "examples/digits/model.onnx",
+        json!({
+            "inputs": {"pixels": {"tensor": "float_input", "dtype": "float32", "shape": [-1, 64]}},
+            "batching": {"max_batch_size": 16, "max_delay_us": 1_000_000},
+            "timeout_ms": 700,
+            "retry": {"max_attempts": 1},
+            "scaling": {"min_instances": 1, "max_instances": 1, "concurrency": 4}
+        }),
+    )
+    .await;
+    wait_for(&p, "lone", "warm", |f| f["instances"] == 1).await;
+    let client = p.client();
+    let url = p.router_url("/v1/functions/lone/invoke");
+    for i in 0..5 {
+        let reply = client.post_json(&url, &sample()).await;
+        assert_eq!(reply.status, 200, "call {i}: {}", reply.json());
+        assert_eq!(reply.json()["label"], 2);
+    }
+    assert_eq!(batch_runs(&p, "lone").await, (5.0, 5.0));
+}
+
+#[tokio::test]
+async fn calls_that_arrive_while_the_instance_runs_are_batched_together() {
+    let p = Platform::start(&["--no-examples"]);
+    // max_delay_us 0: batches form only from calls that wait for the instance.
+    register_slow(
+        &p,
+        "gathered",
+        json!({
+            "batching": {"max_batch_size": 1024, "max_delay_us": 0},
+            "timeout_ms": 20_000,
+            "retry": {"max_attempts": 1},
+            "scaling": {"max_instances": 1, "concurrency": 4}
+        }),
+    )
+    .await;
+    let client = p.client();
+    let url = p.router_url("/v1/functions/gathered/invoke");
+    assert_eq!(client.post_json(&url, &rows(1)).await.status, 200);
+    // One long run (512 rows: hundreds of ms)...
+    let long = {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move { client.post_json(&url, &rows(512)).await.status })
+    };
+    wait_for(&p, "gathered", "busy", |f| f["busy"] == 1).await;
+    // ... and 8 calls that arrive one by one while it runs, 10 ms apart (so
+    // each finds the batcher with nothing else waiting).
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let (client, url) = (client.clone(), url.clone());
+        calls.push(tokio::spawn(async move {
+            client.post_json(&url, &rows(1)).await.status
+        }));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for call in calls {
+        assert_eq!(call.await.unwrap(), 200);
+    }
+    assert_eq!(long.await.unwrap(), 200);
+    let (runs, calls) = batch_runs(&p, "gathered").await;
+    assert_eq!(calls, 10.0);
+    // The warm-up, the long run, then the 8 in one run (two if one of them
+    // reached the node only after the long run ended).
+    assert!(
+        runs <= 4.0,
+        "8 calls that waited for the instance ran in {} runs",
+        runs - 2.0
     );
-    assert_eq!(calls, 49.0, "{metrics}");
-    assert!(runs < 40.0, "48 concurrent calls ran in {runs} runs");
 }
 
 #[tokio::test]

@@ -735,8 +735,10 @@ impl Engine {
         let rows = batch::rows(&inputs)?;
         let (tx, rx) = oneshot::channel();
         let item = BatchItem {
+            shape: batch::shape_key(&inputs),
             inputs,
             rows,
+            arrived: Instant::now(),
             deadline,
             priority,
             tx,
@@ -771,20 +773,34 @@ impl Engine {
         tx
     }
 
-    /// Runs one batch: concatenated inputs, one run, outputs split back per call.
-    async fn run_batch(self: Arc<Self>, version: Arc<FunctionVersion>, items: Vec<BatchItem>) {
+    /// Busy instances of `version` (for the batcher: is this version under load?).
+    fn busy_instances(&self, version: &FunctionVersion) -> usize {
+        self.lock()
+            .pools
+            .get(&key_of(version))
+            .map_or(0, |p| p.slots.iter().filter(|s| s.busy).count())
+    }
+
+    /// Runs one batch on a granted instance: concatenated inputs, one run,
+    /// outputs split back per call.
+    async fn run_batch(self: Arc<Self>, version: Arc<FunctionVersion>, grant: Grant, batch: Batch) {
+        // Calls whose callers gave up (their deadline passed while the batch
+        // waited for an instance) are not run.
+        let items: Vec<BatchItem> = batch
+            .items
+            .into_iter()
+            .filter(|i| !i.tx.is_closed())
+            .collect();
+        if items.is_empty() {
+            return;
+        }
         let deadline = items
             .iter()
             .map(|i| i.deadline)
             .max()
             .unwrap_or_else(Instant::now);
-        let first_deadline = items.iter().map(|i| i.deadline).min().unwrap_or(deadline);
-        let priority = items
-            .iter()
-            .map(|i| i.priority)
-            .max()
-            .unwrap_or(Priority::Normal);
         let calls = items.len();
+        let cold = grant.cold;
         let (mut inputs, mut rows, mut replies) = (Vec::new(), Vec::new(), Vec::new());
         for item in items {
             inputs.push(item.inputs);
@@ -792,11 +808,9 @@ impl Engine {
             replies.push(item.tx);
         }
         let work = async {
-            let grant = self.acquire(&version, first_deadline, priority).await?;
-            let cold = grant.cold;
             let merged = batch::concat(inputs)?;
             let outputs = self.execute(&version, grant, merged).await?;
-            Ok::<_, ApiError>((batch::split(&outputs, &rows)?, cold))
+            batch::split(&outputs, &rows)
         };
         // Nobody waits past the latest caller's deadline: stop (and terminate) then.
         let result = match tokio::time::timeout_at(deadline.into(), work).await {
@@ -808,11 +822,11 @@ impl Engine {
         };
         self.metrics.batch(&version.name, calls);
         match result {
-            Ok((parts, cold_start)) => {
+            Ok(parts) => {
                 for (reply, outputs) in replies.into_iter().zip(parts) {
                     let _ = reply.send(Ok(Outcome {
                         outputs,
-                        cold_start,
+                        cold_start: cold,
                     }));
                 }
             }
@@ -828,15 +842,125 @@ impl Engine {
 /// One call waiting to be batched.
 struct BatchItem {
     inputs: TensorInputs,
+    /// What calls must share to run together ([`batch::shape_key`]).
+    shape: Vec<(String, policies::tensor::DType, Vec<usize>)>,
     rows: usize,
+    arrived: Instant,
     deadline: Instant,
     priority: Priority,
     tx: oneshot::Sender<Result<Outcome, ApiError>>,
 }
 
-/// Collects calls into batches: the first call waits at most `max_delay_us`
-/// for others; a batch holds at most `max_batch_size` rows of calls whose
-/// tensors differ only in the first dimension.
+/// Calls gathered for one run: same shapes but the first dimension, at most
+/// `max_rows` rows, in arrival order.
+struct Batch {
+    items: Vec<BatchItem>,
+    rows: usize,
+    max_rows: usize,
+}
+
+impl Batch {
+    fn new(first: BatchItem, max_rows: usize) -> Self {
+        Batch {
+            rows: first.rows,
+            items: vec![first],
+            max_rows,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.rows >= self.max_rows
+    }
+
+    /// Takes `item` if it fits; otherwise hands it back (it opens the next
+    /// batch, and this one takes nothing more, so calls keep their order).
+    fn offer(&mut self, item: BatchItem) -> Option<BatchItem> {
+        if item.shape != self.items[0].shape || self.rows + item.rows > self.max_rows {
+            return Some(item);
+        }
+        self.rows += item.rows;
+        self.items.push(item);
+        None
+    }
+
+    fn first_arrival(&self) -> Instant {
+        self.items[0].arrived
+    }
+
+    fn earliest_deadline(&self) -> Instant {
+        self.items
+            .iter()
+            .map(|i| i.deadline)
+            .min()
+            .expect("a batch has a call")
+    }
+
+    fn priority(&self) -> Priority {
+        self.items
+            .iter()
+            .map(|i| i.priority)
+            .max()
+            .unwrap_or(Priority::Normal)
+    }
+
+    fn fail(self, error: ApiError) {
+        for item in self.items {
+            let _ = item.tx.send(Err(error.clone()));
+        }
+    }
+}
+
+/// A batch being gathered, and the call that did not fit in it.
+struct Gather<'a> {
+    rx: &'a mut mpsc::Receiver<BatchItem>,
+    batch: Batch,
+    next: Option<BatchItem>,
+}
+
+impl Gather<'_> {
+    /// Whether the batch still takes calls.
+    fn open(&self) -> bool {
+        self.next.is_none() && !self.batch.is_full()
+    }
+
+    fn take(&mut self, item: BatchItem) {
+        self.next = self.batch.offer(item);
+    }
+
+    /// Takes the calls already waiting, without waiting for more.
+    fn take_ready(&mut self) {
+        while self.open() {
+            match self.rx.try_recv() {
+                Ok(item) => self.take(item),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Takes calls as they arrive until `until`, or the batch closes.
+    async fn take_until(&mut self, until: Instant) {
+        while self.open() {
+            match tokio::time::timeout_at(until.into(), self.rx.recv()).await {
+                Ok(Some(item)) => self.take(item),
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Gathers a version's calls into batches and runs them ("gather while busy").
+///
+/// - A batch opens with the first waiting call and takes every call already
+///   waiting whose tensors differ only in the first dimension, up to
+///   `max_batch_size` rows.
+/// - It then asks the pool for an instance, and keeps taking calls while it
+///   waits (during a cold start, or while every instance runs another batch).
+/// - Holding an instance, it runs at once when it is full or when no other
+///   instance of the version is busy: an idle function runs a lone call with no
+///   delay, and a single busy instance runs everything that arrived during its
+///   last run. Only when other instances are busy (calls arrive faster than one
+///   instance serves them) does it wait for more, until `max_delay_us` after its
+///   first call arrived.
 async fn collect_batches(
     engine: std::sync::Weak<Engine>,
     version: Arc<FunctionVersion>,
@@ -847,37 +971,56 @@ async fn collect_batches(
     };
     let max_rows = policy.max_batch_size as usize;
     let delay = Duration::from_micros(policy.max_delay_us);
-    let mut pending: Option<BatchItem> = None;
+    let mut next: Option<BatchItem> = None;
     loop {
-        let first = match pending.take() {
+        let first = match next.take() {
             Some(item) => item,
             None => match rx.recv().await {
                 Some(item) => item,
                 None => return,
             },
         };
-        let key = batch::shape_key(&first.inputs);
-        let mut rows = first.rows;
-        let mut items = vec![first];
-        let until = tokio::time::Instant::now() + delay;
-        while rows < max_rows {
-            match tokio::time::timeout_at(until, rx.recv()).await {
-                Ok(Some(item)) => {
-                    if batch::shape_key(&item.inputs) != key || rows + item.rows > max_rows {
-                        // It starts the next batch.
-                        pending = Some(item);
-                        break;
-                    }
-                    rows += item.rows;
-                    items.push(item);
-                }
-                Ok(None) | Err(_) => break,
-            }
-        }
         let Some(engine) = engine.upgrade() else {
             return;
         };
-        tokio::spawn(engine.run_batch(version.clone(), items));
+        let mut gather = Gather {
+            rx: &mut rx,
+            batch: Batch::new(first, max_rows),
+            next: None,
+        };
+        gather.take_ready();
+        let (deadline, priority) = (gather.batch.earliest_deadline(), gather.batch.priority());
+        let grant = {
+            let acquire = engine.acquire(&version, deadline, priority);
+            tokio::pin!(acquire);
+            loop {
+                let open = gather.open();
+                tokio::select! {
+                    biased;
+                    grant = &mut acquire => break grant,
+                    item = gather.rx.recv(), if open => match item {
+                        Some(item) => gather.take(item),
+                        None => break (&mut acquire).await,
+                    },
+                }
+            }
+        };
+        match grant {
+            Err(e) => {
+                next = gather.next.take();
+                gather.batch.fail(e);
+            }
+            Ok(grant) => {
+                gather.take_ready();
+                if gather.open() && engine.busy_instances(&version) > 1 {
+                    gather
+                        .take_until(gather.batch.first_arrival() + delay)
+                        .await;
+                }
+                next = gather.next.take();
+                tokio::spawn(engine.run_batch(version.clone(), grant, gather.batch));
+            }
+        }
     }
 }
 
