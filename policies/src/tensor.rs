@@ -410,8 +410,11 @@ fn collect_leaves(
     };
     let mut data = TensorData::with_capacity(dtype, total);
     let mut violations = Vec::new();
-    let mut path = pointer.to_string();
-    walk(value, shape, &mut data, &mut path, &mut violations);
+    let mut at = Position {
+        base: pointer,
+        indices: Vec::with_capacity(shape.len()),
+    };
+    walk(value, shape, &mut data, &mut at, &mut violations);
     if violations.is_empty() {
         Ok(data)
     } else {
@@ -419,11 +422,31 @@ fn collect_leaves(
     }
 }
 
+/// Where `walk` is: the tensor's pointer and the indices below it. The JSON
+/// pointer is only written out for a violation, so a valid tensor costs no
+/// string work per element.
+struct Position<'a> {
+    base: &'a str,
+    indices: Vec<usize>,
+}
+
+impl Position<'_> {
+    fn pointer(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::with_capacity(self.base.len() + 4 * self.indices.len());
+        out.push_str(self.base);
+        for i in &self.indices {
+            let _ = write!(out, "/{i}");
+        }
+        out
+    }
+}
+
 fn walk(
     value: &Value,
     shape: &[usize],
     data: &mut TensorData,
-    path: &mut String,
+    at: &mut Position<'_>,
     violations: &mut Vec<Violation>,
 ) {
     if violations.len() >= MAX_VIOLATIONS {
@@ -432,27 +455,25 @@ fn walk(
     match (shape.split_first(), value) {
         (None, leaf) => {
             if let Err(message) = data.push(leaf) {
-                violations.push(Violation::new(path.clone(), message));
+                violations.push(Violation::new(at.pointer(), message));
             }
         }
         (Some((&n, rest)), Value::Array(items)) => {
             if items.len() != n {
                 violations.push(Violation::new(
-                    path.clone(),
+                    at.pointer(),
                     format!("ragged array: expected {n} items, got {}", items.len()),
                 ));
                 return;
             }
             for (i, item) in items.iter().enumerate() {
-                let len = path.len();
-                path.push('/');
-                path.push_str(&i.to_string());
-                walk(item, rest, data, path, violations);
-                path.truncate(len);
+                at.indices.push(i);
+                walk(item, rest, data, at, violations);
+                at.indices.pop();
             }
         }
         (Some(_), other) => violations.push(Violation::new(
-            path.clone(),
+            at.pointer(),
             format!("ragged array: expected an array, got {}", kind(other)),
         )),
     }
@@ -490,6 +511,15 @@ mod tests {
         let err =
             tensor_from_json(&json!([[1, 2], [3]]), DType::Float64, &[-1, 2], "/x").unwrap_err();
         assert_eq!(err[0].pointer, "/x/1");
+        let err = tensor_from_json(
+            &json!([[1, 2], [3, "y"], [true, 6]]),
+            DType::Float64,
+            &[-1, 2],
+            "/x",
+        )
+        .unwrap_err();
+        let pointers: Vec<&str> = err.iter().map(|v| v.pointer.as_str()).collect();
+        assert_eq!(pointers, ["/x/1/1", "/x/2/0"], "{err:?}");
     }
 
     #[test]
