@@ -214,6 +214,23 @@ fn ring_place(c: &mut Criterion) {
                 ))
             })
         });
+        // What the router does since it keeps a running total of its calls
+        // in flight: the bound in O(1), then the same walk.
+        let total: u64 = load.values().sum();
+        let mut w = 0usize;
+        group.bench_function(format!("pick_within_{nodes}_nodes"), |b| {
+            b.iter(|| {
+                w = (w + 1) % keys.len();
+                let bound = bounds.bound(black_box(total), ring.eligible(false));
+                black_box(ring.pick_within(
+                    black_box(&keys[w]),
+                    false,
+                    bound,
+                    |id| load.get(id).copied().unwrap_or(0),
+                    |_| true,
+                ))
+            })
+        });
         // The owner alone (no load): the first candidate only.
         let mut j = 0usize;
         group.bench_function(format!("owner_{nodes}_nodes"), |b| {

@@ -76,6 +76,7 @@ pub struct Member {
 /// A placement ring over a fixed set of members; rebuilt when membership changes.
 pub struct Ring {
     ring: StaticHashRing<'static, String, bool, DefaultHash>,
+    gpu_nodes: usize,
 }
 
 impl std::fmt::Debug for Ring {
@@ -93,8 +94,17 @@ impl Ring {
         let nodes = members
             .into_iter()
             .map(|m| Node::new(m.id).value(m.gpu).quantity(vnodes.max(1)));
-        Ring {
-            ring: StaticHashRing::new(DefaultHash, nodes),
+        let ring = StaticHashRing::new(DefaultHash, nodes);
+        let gpu_nodes = ring.nodes().iter().filter(|n| n.value).count();
+        Ring { ring, gpu_nodes }
+    }
+
+    /// Nodes that may serve a function (every node, or the GPU nodes).
+    pub fn eligible(&self, gpu: bool) -> usize {
+        if gpu {
+            self.gpu_nodes
+        } else {
+            self.ring.nodes().len()
         }
     }
 
@@ -156,26 +166,41 @@ impl Ring {
     ///
     /// The same choice as the first accepted entry of [`Ring::place`], without
     /// listing every candidate: the bound needs one pass over the nodes'
-    /// loads, and the walk stops at the first fit, usually the owner.
+    /// loads, and the walk stops at the first fit, usually the owner. A caller
+    /// that keeps a running total of calls in flight computes the bound in
+    /// O(1) and calls [`Ring::pick_within`] instead.
     pub fn pick<'r>(
         &'r self,
         key: &str,
         gpu: bool,
         bounds: Bounds,
         in_flight: impl Fn(&str) -> u64,
+        accept: impl FnMut(&str) -> bool,
+    ) -> Option<&'r str> {
+        let total: u64 = self
+            .ring
+            .nodes()
+            .iter()
+            .filter(|node| !gpu || node.value)
+            .map(|node| in_flight(&node.key))
+            .sum();
+        let bound = bounds.bound(total, self.eligible(gpu));
+        self.pick_within(key, gpu, bound, in_flight, accept)
+    }
+
+    /// [`Ring::pick`] with the bound given: `bounds.bound(total in flight on
+    /// the eligible nodes, self.eligible(gpu))`.
+    pub fn pick_within<'r>(
+        &'r self,
+        key: &str,
+        gpu: bool,
+        bound: u64,
+        in_flight: impl Fn(&str) -> u64,
         mut accept: impl FnMut(&str) -> bool,
     ) -> Option<&'r str> {
-        let (mut total, mut eligible) = (0u64, 0usize);
-        for node in self.ring.nodes() {
-            if !gpu || node.value {
-                total += in_flight(&node.key);
-                eligible += 1;
-            }
-        }
-        if eligible == 0 {
+        if self.eligible(gpu) == 0 {
             return None;
         }
-        let bound = bounds.bound(total, eligible);
         // `accept` is asked only about a candidate that is chosen if it
         // accepts, so it may take a resource (a breaker permit) when it does.
         let mut over = Vec::new();

@@ -30,11 +30,33 @@ pub struct NodeInfo {
     pub gpu: bool,
 }
 
+/// This router's calls in flight over all nodes, and over the GPU nodes: the
+/// running totals behind the bounded-load bound, so choosing a node never
+/// sums over the cluster. Calls still running on a node that has left (or
+/// was ejected) count until they end, which raises the bound a little for
+/// that long.
+#[derive(Debug, Default)]
+struct Totals {
+    all: AtomicU64,
+    gpu: AtomicU64,
+}
+
+impl Totals {
+    fn of(&self, gpu: bool) -> &AtomicU64 {
+        if gpu {
+            &self.gpu
+        } else {
+            &self.all
+        }
+    }
+}
+
 /// A live node with this router's in-flight count on it.
 #[derive(Debug)]
 pub struct Node {
     pub info: NodeInfo,
     in_flight: AtomicU64,
+    totals: Arc<Totals>,
 }
 
 impl Node {
@@ -45,6 +67,10 @@ impl Node {
     /// Counts one call on this node until the returned guard is dropped.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.totals.all.fetch_add(1, Ordering::Relaxed);
+        if self.info.gpu {
+            self.totals.gpu.fetch_add(1, Ordering::Relaxed);
+        }
         InFlight(self.clone())
     }
 }
@@ -61,13 +87,21 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let node = &self.0;
+        node.in_flight.fetch_sub(1, Ordering::Relaxed);
+        node.totals.all.fetch_sub(1, Ordering::Relaxed);
+        if node.info.gpu {
+            node.totals.gpu.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 struct Snapshot {
     ring: Ring,
     nodes: HashMap<String, Arc<Node>>,
+    /// When the first ejected node is due back (the hot path checks this
+    /// without taking the members lock).
+    readmit_at: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -83,6 +117,7 @@ struct Members {
 pub struct NodeSet {
     snapshot: RwLock<Arc<Snapshot>>,
     members: Mutex<Members>,
+    totals: Arc<Totals>,
     bounds: Bounds,
     vnodes: usize,
 }
@@ -102,8 +137,10 @@ impl NodeSet {
             snapshot: RwLock::new(Arc::new(Snapshot {
                 ring: Ring::new(Vec::new(), DEFAULT_VNODES),
                 nodes: HashMap::new(),
+                readmit_at: None,
             })),
             members: Mutex::new(Members::default()),
+            totals: Arc::default(),
             bounds,
             vnodes: DEFAULT_VNODES,
         }
@@ -156,8 +193,7 @@ impl NodeSet {
 
     /// Candidates for one call of `key`, preferred first (see [`Ring::place`]).
     pub fn place(&self, key: &str, gpu: bool) -> Vec<Arc<Node>> {
-        self.readmit_expired();
-        let snapshot = self.current();
+        let snapshot = self.current_readmitted();
         snapshot
             .ring
             .place(key, gpu, self.bounds, |id| {
@@ -177,10 +213,11 @@ impl NodeSet {
         gpu: bool,
         mut accept: impl FnMut(&Arc<Node>) -> bool,
     ) -> Option<Arc<Node>> {
-        self.readmit_expired();
-        let snapshot = self.current();
+        let snapshot = self.current_readmitted();
         let load = |id: &str| snapshot.nodes.get(id).map_or(0, |n| n.in_flight());
-        let id = snapshot.ring.pick(key, gpu, self.bounds, load, |id| {
+        let total = self.totals.of(gpu).load(Ordering::Relaxed);
+        let bound = self.bounds.bound(total, snapshot.ring.eligible(gpu));
+        let id = snapshot.ring.pick_within(key, gpu, bound, load, |id| {
             snapshot.nodes.get(id).is_some_and(&mut accept)
         })?;
         snapshot.nodes.get(id).cloned()
@@ -197,12 +234,19 @@ impl NodeSet {
         self.snapshot.read().expect("snapshot lock").clone()
     }
 
-    fn readmit_expired(&self) {
+    /// The current snapshot, rebuilt first when an ejected node is due back.
+    fn current_readmitted(&self) -> Arc<Snapshot> {
+        let snapshot = self.current();
         let now = Instant::now();
+        if snapshot.readmit_at.is_none_or(|at| at > now) {
+            return snapshot;
+        }
         let mut members = self.members.lock().expect("members lock");
         if members.ejected.values().any(|until| *until <= now) {
             self.rebuild(&mut members, now);
         }
+        drop(members);
+        self.current()
     }
 
     fn rebuild(&self, members: &mut Members, now: Instant) {
@@ -215,6 +259,7 @@ impl NodeSet {
                 _ => Arc::new(Node {
                     info: info.clone(),
                     in_flight: AtomicU64::new(0),
+                    totals: self.totals.clone(),
                 }),
             };
             members.known.insert(info.id.clone(), node.clone());
@@ -229,7 +274,12 @@ impl NodeSet {
             }),
             self.vnodes,
         );
-        *self.snapshot.write().expect("snapshot lock") = Arc::new(Snapshot { ring, nodes });
+        let readmit_at = members.ejected.values().min().copied();
+        *self.snapshot.write().expect("snapshot lock") = Arc::new(Snapshot {
+            ring,
+            nodes,
+            readmit_at,
+        });
     }
 }
 
@@ -267,6 +317,35 @@ mod tests {
     }
 
     #[test]
+    fn running_totals_follow_calls_across_rebuilds_and_set_the_bound() {
+        let set = NodeSet::new(Bounds {
+            epsilon: 0.0,
+            floor: 1,
+        });
+        set.update(vec![info(0), info(1), info(2)]);
+        let total = |gpu| set.totals.of(gpu).load(Ordering::Relaxed);
+        let owner = set.owner("t/f@1", false).unwrap();
+        let gpu = set.owner("t/g@1", true).unwrap();
+        let mut calls = vec![owner.begin(), owner.begin(), gpu.begin()];
+        assert_eq!((total(false), total(true)), (3, 1));
+        // The owner carries 2 of 3 calls; the bound is ceil(4 / 3) = 2, so
+        // the next call goes to the next candidate.
+        let picked = set.pick("t/f@1", false, |_| true).unwrap();
+        assert_ne!(picked.info.id, owner.info.id);
+        assert_eq!(
+            picked.info.id,
+            set.place("t/f@1", false)[0].info.id,
+            "pick agrees with place"
+        );
+        // A node that leaves keeps counting until its calls end.
+        set.update(vec![info(1), info(2)]);
+        assert_eq!(total(false), 3);
+        calls.clear();
+        assert_eq!((total(false), total(true)), (0, 0));
+        assert_eq!(set.pick("t/f@1", false, |_| true).unwrap().in_flight(), 0);
+    }
+
+    #[test]
     fn ejected_nodes_leave_at_once_and_return_after_the_ejection() {
         let set = NodeSet::new(Bounds::default());
         set.update(vec![info(0), info(1), info(3)]);
@@ -282,10 +361,14 @@ mod tests {
         assert_eq!(set.len(), 2);
         {
             let mut members = set.members.lock().unwrap();
+            let now = Instant::now();
             for until in members.ejected.values_mut() {
-                *until = Instant::now();
+                *until = now;
             }
+            // The snapshot learns when the node is due (as after an ejection).
+            set.rebuild(&mut members, now - Duration::from_millis(1));
         }
+        assert_eq!(set.len(), 2, "not readmitted before a call looks");
         assert_eq!(set.place("t/f@1", false)[0].info.id, owner.info.id);
         assert_eq!(set.len(), 3);
     }
