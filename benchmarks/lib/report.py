@@ -417,7 +417,7 @@ def write(results: dict, out: Path) -> None:
         if ro.get("incidents"):
             md.append(
                 f"\n**Incidents: the node stopped serving `{ro['function']}` {len(ro['incidents'])} time(s)** "
-                "(every call then timed out with 504, then was shed with 503, until restart). The harness "
+                "(no 200 within 3 s, twice, 2 s apart; `what` gives its answers and its pool). The harness "
                 "restarted the stack each time and measured on; the rows above are from healthy stacks only.\n"
             )
             md.append(_table(["after", "before", "what"], [[i["after"], i["before"], i["what"]] for i in ro["incidents"]]))

@@ -5,6 +5,7 @@ HTTP/1.1 behind). See README.md beside this file."""
 from __future__ import annotations
 
 import json
+import time
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from common import (
     descendants,
     free_port,
     h2c_post,
+    http,
     h2load,
     log,
     median,
@@ -98,6 +100,7 @@ class Stack:
 
     def __init__(self, ctx, work: Path):
         self.procs = []
+        self.why = ""
         self.tm = tm = Taskmesh(work / "taskmesh", ctx.server_cpus)
         try:
             digest = tm.upload_model(ROOT / "examples/digits/model.onnx")
@@ -133,8 +136,27 @@ class Stack:
             raise
 
     def healthy(self) -> bool:
-        """The node answers a call within 3 s."""
-        return h2c_post(self.tm.node + PATH, BODY, self.headers, timeout=3) == 200
+        """The node answers a call within 3 s (or, if not, within 3 s once
+        more after a 2 s pause: a node still draining the previous load is
+        slow, not wedged). When it does not, `self.why` says what it answered
+        and what its pool of digits-rl looked like."""
+        statuses = []
+        for attempt in (1, 2):
+            statuses.append(h2c_post(self.tm.node + PATH, BODY, self.headers, timeout=3))
+            if statuses[-1] == 200:
+                if attempt == 2:
+                    log(f"router-overhead: the node answered {statuses[0]}, then 200 after a pause (draining, not wedged)")
+                return True
+            if attempt == 1:
+                time.sleep(2)
+        try:
+            _, _, nodes = http("GET", self.tm.admin + "/v1/nodes", headers=self.tm.auth, timeout=3)
+            pool = [f for n in json.loads(nodes)["nodes"] for f in n.get("warm", []) if f["function"] == FUNCTION]
+        except Exception as e:  # noqa: BLE001 - a diagnosis, never a failure
+            pool = f"GET /v1/nodes failed: {e}"
+        self.why = f"answers {statuses} (0: no answer within 3 s), pool {pool}"
+        log(f"router-overhead: the node does not answer {FUNCTION}: {self.why}")
+        return False
 
     def stop(self):
         for p in self.procs:
@@ -172,7 +194,7 @@ def run(ctx) -> dict:
                     for attempt in (1, 2):
                         if not stack.healthy():
                             incidents.append({"after": last, "before": f"rep {rep + 1} {name} {kind}",
-                                              "what": "node stopped answering digits-rl (504/503); stack restarted"})  # fmt: skip
+                                              "what": f"node stopped answering digits-rl: {stack.why}; stack restarted"})  # fmt: skip
                             log(f"router-overhead: INCIDENT: the node stopped answering after {last}; restarting")
                             stack.stop()
                             stack = Stack(ctx, work)
@@ -199,7 +221,7 @@ def run(ctx) -> dict:
                         f"{r['rps']:9.0f} req/s  p50 {r['p50_us']:7.0f} µs  p99 {r['p99_us']:7.0f} µs")  # fmt: skip
         if not stack.healthy():
             incidents.append({"after": last, "before": "end",
-                              "what": "node stopped answering digits-rl (504/503)"})  # fmt: skip
+                              "what": f"node stopped answering digits-rl: {stack.why}"})  # fmt: skip
         out = summarize(targets, reps)
         out["incidents"] = incidents
         return out
