@@ -311,6 +311,13 @@ def _plots(results: dict, out: Path) -> list[str]:
 # --------------------------------------------------------------------------
 
 
+def _signed(v) -> str:
+    """A difference with its sign: +12 or −12 (a true minus sign)."""
+    if v is None:
+        return "–"
+    return ("+" if v >= 0 else "−") + _f(abs(v))
+
+
 def write(results: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     plots = _plots(results, out)
@@ -700,7 +707,7 @@ def _headlines(sc: dict) -> list[str]:
                 f"{m} at c={hi}: {_x(lv[hi]['ratio']['throughput'])} the throughput, p50 {_x(lv[hi]['ratio']['p50'])} "
                 f"(mean batch {_f(lv[hi]['batched'].get('mean_batch_size'), 1)}); at c={lo}: p50 "
                 f"{_f(lv[lo]['unbatched']['p50_us'])} → {_f(lv[lo]['batched']['p50_us'])} µs "
-                f"(+{_f(lv[lo]['ratio']['added_p50_us'])} µs, max_delay_us {row['batching']['max_delay_us']})"
+                f"({_signed(lv[lo]['ratio']['added_p50_us'])} µs, max_delay_us {row['batching']['max_delay_us']})"
             )
         h.append("- **Dynamic batching** (batched ÷ unbatched): " + "; ".join(parts) + ".")
     rg = sc.get("ring")
