@@ -368,7 +368,7 @@ pub async fn router(config: Config, upgrade: bool) -> Result<()> {
     };
     let options = router::RouterOptions {
         listen,
-        threads: config.router_threads,
+        threads: config.router_threads(false),
         upgrade,
         upgrade_sock: Some(
             config

@@ -32,8 +32,9 @@ pub struct Config {
     /// API key the CLI sends (never logged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
-    /// Router worker threads.
-    pub router_threads: usize,
+    /// Router worker threads (default: sized to the cores; see [`Config::router_threads`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_threads: Option<usize>,
     /// Memory the node may spend on loaded instances, in MiB.
     pub memory_budget_mb: u64,
     /// ONNX Runtime intra-op threads per session.
@@ -73,7 +74,7 @@ impl Default for Config {
             admin_url: "http://127.0.0.1:8081".into(),
             extra_nodes: Vec::new(),
             api_key: None,
-            router_threads: 2,
+            router_threads: None,
             session_threads: 1,
             memory_budget_mb: 4096,
             placement_epsilon: policies::ring::Bounds::default().epsilon,
@@ -144,8 +145,25 @@ impl Config {
         })
     }
 
+    /// Router worker threads: the setting, else one per core this process may
+    /// use (its CPU affinity and cgroup quota count), or half of them when the
+    /// router shares the process with a runtime node (`taskmesh up`), whose
+    /// tokio and ONNX Runtime threads need the rest. Each Pingora worker is a
+    /// thread with its own event loop; more workers than cores only adds
+    /// context switches (measured in `benchmarks/`, router-overhead).
+    pub fn router_threads(&self, shares_process_with_node: bool) -> usize {
+        self.router_threads.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if shares_process_with_node {
+                cores.div_ceil(2)
+            } else {
+                cores
+            }
+        })
+    }
+
     pub fn validate(&self) -> Result<(), String> {
-        if self.router_threads == 0 || self.session_threads == 0 {
+        if self.router_threads == Some(0) || self.session_threads == 0 {
             return Err("router_threads and session_threads must be at least 1".into());
         }
         if !(0.0..=10.0).contains(&self.placement_epsilon) {
@@ -179,9 +197,19 @@ mod tests {
         flags.insert("data_dir".into(), "/tmp/x".into());
         let c = Config::load(Some(&file), &env, flags).unwrap();
         assert_eq!(c.listen_or("127.0.0.1:8080").port(), 9000);
-        assert_eq!(c.router_threads, 4);
+        assert_eq!(c.router_threads, Some(4));
+        assert_eq!(c.router_threads(true), 4, "a setting wins over sizing");
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.admin_listen.port(), 8081);
+    }
+
+    #[test]
+    fn router_threads_default_to_the_cores() {
+        let c = Config::load(None, &[], figment::value::Dict::new()).unwrap();
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(c.router_threads(false), cores);
+        assert_eq!(c.router_threads(true), cores.div_ceil(2));
+        assert!(c.router_threads(true) >= 1);
     }
 
     #[test]

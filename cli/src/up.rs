@@ -115,7 +115,7 @@ pub async fn run(config: Config) -> Result<()> {
     warm_stored_versions(&registry, &engine).await;
 
     let listen = config.listen_or(DEFAULT_ROUTER_LISTEN);
-    let router_threads = config.router_threads;
+    let router_threads = config.router_threads(true);
     let extra_nodes = config.extra_nodes.clone();
     let node_metrics = engine.clone();
     let deps = router::RouterDeps {
