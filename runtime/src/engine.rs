@@ -895,6 +895,14 @@ impl Batch {
             .expect("a batch has a call")
     }
 
+    fn latest_deadline(&self) -> Instant {
+        self.items
+            .iter()
+            .map(|i| i.deadline)
+            .max()
+            .expect("a batch has a call")
+    }
+
     fn priority(&self) -> Priority {
         self.items
             .iter()
@@ -995,6 +1003,8 @@ async fn collect_batches(
             tokio::pin!(acquire);
             loop {
                 let open = gather.open();
+                // Nobody waits for an instance past the latest caller's deadline.
+                let latest = gather.batch.latest_deadline();
                 tokio::select! {
                     biased;
                     grant = &mut acquire => break grant,
@@ -1002,6 +1012,15 @@ async fn collect_batches(
                         Some(item) => gather.take(item),
                         None => break (&mut acquire).await,
                     },
+                    _ = tokio::time::sleep_until(latest.into()) => {
+                        break Err(ApiError::new(
+                            ErrorCode::Timeout,
+                            format!(
+                                "no instance of function {} was free before the batch's deadline",
+                                version.name
+                            ),
+                        ))
+                    }
                 }
             }
         };
