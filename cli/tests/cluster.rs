@@ -365,3 +365,165 @@ async fn min_instances_are_warmed_on_the_owner_at_registration() {
     assert_eq!(reply.header("x-taskmesh-node"), Some(owner.as_str()));
     assert_eq!(reply.header("x-taskmesh-cold-start"), Some("false"));
 }
+
+/// Polls a rollout on `registry` until it has an outcome, or panics after `limit`.
+async fn rollout_on(
+    client: &support::TestClient,
+    registry: &Proc,
+    id: &str,
+    done: impl Fn(&Value) -> bool,
+    limit: Duration,
+) -> Value {
+    let url = registry.url(&format!("/v1/functions/handover/rollouts/{id}"));
+    let deadline = Instant::now() + limit;
+    loop {
+        let reply = client.get(&url).await;
+        if reply.status == 200 && done(&reply.json()) {
+            return reply.json();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rollout did not get there: {} {}",
+            reply.status,
+            reply.json()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_outlives_the_registry_that_drove_it() {
+    let mut cluster = Cluster::start(1, 1);
+    cluster.wait_for_nodes(1, Duration::from_secs(10)).await;
+    let digest = cluster.upload_digits().await;
+    cluster.digits(&digest, "handover", json!({})).await;
+    cluster.digits(&digest, "handover", json!({})).await;
+    let client = cluster.client();
+    let reply = client
+        .send(
+            http::Method::PUT,
+            &cluster.registry.url("/v1/functions/handover/aliases/live"),
+            &[("content-type", "application/json")],
+            serde_json::to_vec(&json!({"routes": [{"version": 1, "weight": 100}]})).unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.json());
+
+    // Traffic through the router, one routing key per call so both versions
+    // get their share.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = cluster.routers[0].url("/v1/functions/handover/invoke");
+    let traffic: Vec<_> = (0..4)
+        .map(|c| {
+            let (client, url, stop) = (client.clone(), url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut i, mut statuses) = (0u64, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("k-{c}-{i}");
+                    let reply = client
+                        .send(
+                            http::Method::POST,
+                            &url,
+                            &[
+                                ("content-type", "application/json"),
+                                ("x-taskmesh-routing-key", key.as_str()),
+                            ],
+                            serde_json::to_vec(&sample()).unwrap(),
+                        )
+                        .await;
+                    statuses.push(reply.status.as_u16());
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                statuses
+            })
+        })
+        .collect();
+
+    // Registry A starts the rollout and drives its first step; it is the only
+    // registry, so it takes the rollout's lease and renews it every tick.
+    let reply = client
+        .post_json(
+            &cluster.registry.url("/v1/functions/handover/rollouts"),
+            &json!({"alias": "live", "to_version": 2, "steps": [10, 50, 100],
+                    "step_interval_s": 2, "min_calls_per_step": 5, "max_error_rate": 0.05,
+                    "max_p99_ms": 10000, "p99_ratio": 20}),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.json());
+    let id = reply.json()["id"].as_str().unwrap().to_string();
+    let driving = |r: &Value| r["steps"].as_array().is_some_and(|s| !s.is_empty());
+    rollout_on(
+        &client,
+        &cluster.registry,
+        &id,
+        driving,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    // Registry B joins (A keeps the lease while it lives), then A dies
+    // mid-rollout. B takes the rollout over once A's lease lapses.
+    let b = spawn(&cluster.redis, cluster.dir.path(), "registry", 90, &[]);
+    wait_healthy(&b);
+    let before = rollout_on(
+        &client,
+        &cluster.registry,
+        &id,
+        |_| true,
+        Duration::from_secs(5),
+    )
+    .await;
+    cluster.registry.kill9();
+    assert!(
+        before["outcome"].is_null(),
+        "finished too early: {before:#}"
+    );
+    let steps_by_a = before["steps"].as_array().unwrap().len();
+    assert!(steps_by_a < 3, "{before:#}");
+    let after = rollout_on(
+        &client,
+        &b,
+        &id,
+        |r| r["outcome"].is_string(),
+        Duration::from_secs(90),
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut statuses = Vec::new();
+    for t in traffic {
+        statuses.extend(t.await.unwrap());
+    }
+    assert_eq!(after["outcome"], "promoted", "{after:#}");
+    let steps = after["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3, "{after:#}");
+    for (step, percent) in steps.iter().zip([10, 50, 100]) {
+        assert_eq!(step["percent"], percent, "{after:#}");
+        assert_eq!(step["verdict"], "passed", "{after:#}");
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "calls failed while the registry changed hands: {:?}",
+        statuses.iter().filter(|s| **s != 200).fold(
+            HashMap::new(),
+            |mut m: HashMap<u16, usize>, s| {
+                *m.entry(*s).or_default() += 1;
+                m
+            }
+        )
+    );
+    let live = client
+        .get(&b.url("/v1/functions/handover/aliases/live"))
+        .await
+        .json();
+    assert_eq!(live["routes"], json!([{"version": 2, "weight": 100}]));
+    // B drove the rest: the steps A never began, and the promotion.
+    let logs = b.logs();
+    assert!(!logs.contains("panicked"), "{logs}");
+    assert!(logs.contains("rollout promoted"), "{logs}");
+    assert_eq!(
+        logs.matches("rollout step began").count(),
+        3 - steps_by_a,
+        "{logs}"
+    );
+}
