@@ -887,20 +887,12 @@ impl Batch {
         self.items[0].arrived
     }
 
-    fn earliest_deadline(&self) -> Instant {
-        self.items
-            .iter()
-            .map(|i| i.deadline)
-            .min()
-            .expect("a batch has a call")
-    }
-
-    fn latest_deadline(&self) -> Instant {
-        self.items
-            .iter()
-            .map(|i| i.deadline)
-            .max()
-            .expect("a batch has a call")
+    /// The earliest and the latest deadline of the batch's calls.
+    fn deadlines(&self) -> (Instant, Instant) {
+        let first = self.items[0].deadline;
+        self.items.iter().fold((first, first), |(lo, hi), i| {
+            (lo.min(i.deadline), hi.max(i.deadline))
+        })
     }
 
     fn priority(&self) -> Priority {
@@ -997,14 +989,14 @@ async fn collect_batches(
             next: None,
         };
         gather.take_ready();
-        let (deadline, priority) = (gather.batch.earliest_deadline(), gather.batch.priority());
+        let (deadline, priority) = (gather.batch.deadlines().0, gather.batch.priority());
         let grant = {
             let acquire = engine.acquire(&version, deadline, priority);
             tokio::pin!(acquire);
             loop {
                 let open = gather.open();
                 // Nobody waits for an instance past the latest caller's deadline.
-                let latest = gather.batch.latest_deadline();
+                let latest = gather.batch.deadlines().1;
                 tokio::select! {
                     biased;
                     grant = &mut acquire => break grant,
