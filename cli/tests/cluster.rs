@@ -36,17 +36,8 @@ async fn a_killed_owner_fails_no_invocation_and_leaves_within_two_seconds() {
     }
 
     // Steady HTTP/2 load: 4 connections × 8 streams for 5 s.
-    let load = start_h2load(
-        &cluster,
-        &cluster.routers[0].url("/v1/functions/digits/invoke"),
-        5,
-    );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let victim = cluster
-        .nodes
-        .iter()
-        .position(|p| node_id(p) == owner)
-        .unwrap();
+    let load = cluster.under_load("digits", 5).await;
+    let victim = cluster.node_index(&owner);
     cluster.nodes[victim].kill9();
     let killed = Instant::now();
     let left = loop {

@@ -30,17 +30,8 @@ async fn sigterm_of_one_of_two_nodes_under_load_fails_no_invocation() {
     let client = cluster.client();
     let owner = served_by(&client, &cluster.routers[0], "digits").await;
 
-    let load = start_h2load(
-        &cluster,
-        &cluster.routers[0].url("/v1/functions/digits/invoke"),
-        5,
-    );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let victim = cluster
-        .nodes
-        .iter()
-        .position(|p| node_id(p) == owner)
-        .unwrap();
+    let load = cluster.under_load("digits", 5).await;
+    let victim = cluster.node_index(&owner);
     let stopping = Instant::now();
     let status = cluster.nodes[victim].terminate(Duration::from_secs(drain + 10));
     let took = stopping.elapsed();

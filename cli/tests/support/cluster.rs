@@ -357,6 +357,25 @@ pub fn start_h2load(cluster: &Cluster, url: &str, seconds: u32) -> Child {
         .expect("h2load (nghttp2-client, installed by scripts/setup.sh)")
 }
 
+impl Cluster {
+    /// Starts [`start_h2load`] on the first router's invoke path of `function`
+    /// and returns it once the load has run 1.5 s (steady state).
+    pub async fn under_load(&self, function: &str, seconds: u32) -> Child {
+        let url = self.routers[0].url(&format!("/v1/functions/{function}/invoke"));
+        let load = start_h2load(self, &url, seconds);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        load
+    }
+
+    /// The index in `self.nodes` of the node with membership id `id`.
+    pub fn node_index(&self, id: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|p| node_id(p) == id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+}
+
 /// Waits for an h2load run and asserts that every request succeeded with a
 /// 2xx and that there were enough of them to mean something.
 pub async fn expect_no_failed_call(load: Child) {
