@@ -17,6 +17,14 @@ use crate::config::Config;
 pub const DEFAULT_ROUTER_LISTEN: &str = "127.0.0.1:8080";
 
 pub async fn run(config: Config) -> Result<()> {
+    // Refuse at once, before anything is written, when an address is taken.
+    for (what, addr) in [
+        ("router", config.listen_or(DEFAULT_ROUTER_LISTEN)),
+        ("admin API", config.admin_listen),
+    ] {
+        std::net::TcpListener::bind(addr)
+            .with_context(|| format!("the {what} cannot listen on {addr}"))?;
+    }
     runtime::ortenv::environment().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;

@@ -558,3 +558,50 @@ async fn the_cli_registers_lists_and_invokes_over_http2() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("unauthenticated"));
 }
+
+#[test]
+fn up_refuses_an_address_that_is_taken() {
+    // Pingora alone would retry in the background while `up` reported itself up.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    for flag in ["--listen", "--admin-listen"] {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_taskmesh"))
+            .args(["up", "--no-examples", "--data-dir"])
+            .arg(dir.path())
+            .args(if flag == "--listen" {
+                ["--listen", addr.as_str(), "--admin-listen", "127.0.0.1:0"]
+            } else {
+                ["--listen", "127.0.0.1:0", "--admin-listen", addr.as_str()]
+            })
+            .current_dir(repo_root())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // It must exit by itself; one still running after 30 s is killed (and fails).
+        let pid = child.id();
+        let watchdog = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        });
+        let out = child.wait_with_output().unwrap();
+        drop(watchdog);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(!out.status.success(), "{flag}: {stdout} {stderr}");
+        assert!(!stdout.contains("taskmesh is up"), "{flag}: {stdout}");
+        assert!(
+            stderr.contains(&format!("cannot listen on {addr}")),
+            "{flag}: {stderr}"
+        );
+    }
+    assert!(
+        !dir.path().join("admin.key").exists(),
+        "nothing is written before the addresses are checked"
+    );
+}

@@ -155,6 +155,13 @@ impl ShutdownSignalWatch for StopSignal {
 /// Starts the router on its own thread (Pingora runs its own runtimes) and
 /// returns once the listener accepts connections.
 pub fn start(options: RouterOptions, deps: RouterDeps) -> anyhow::Result<RouterHandle> {
+    // Pingora retries a taken address in the background and never says so to
+    // its caller: the process would report itself up with no listener. Refuse
+    // instead (an upgrade takes the old process's socket, so it is exempt).
+    if !options.upgrade {
+        std::net::TcpListener::bind(options.listen)
+            .map_err(|e| anyhow::anyhow!("the router cannot listen on {}: {e}", options.listen))?;
+    }
     let mut state = RouterState::new(
         deps.registry,
         deps.auth,

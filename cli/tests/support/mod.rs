@@ -59,12 +59,38 @@ impl Platform {
     }
 
     /// Starts on `data_dir` with a log filter; `capture` sends the logs to a file.
+    ///
+    /// The ports are picked free just before the process starts, so another
+    /// process may take one first; `taskmesh up` then exits, saying which
+    /// address is taken, and this tries again on fresh ports (3 tries).
     pub fn start_in(
-        data_dir: tempfile::TempDir,
+        mut data_dir: tempfile::TempDir,
         extra: &[&str],
         log: &str,
         capture: bool,
     ) -> Platform {
+        for attempt in 1..=3 {
+            let mut platform = Self::spawn(data_dir, extra, log, capture);
+            match platform.wait_for_line_or_exit("taskmesh is up", Duration::from_secs(60)) {
+                Ok(_) => {
+                    let key_path = platform.data_dir.path().join("admin.key");
+                    platform.admin_key = std::fs::read_to_string(&key_path)
+                        .expect("admin.key written")
+                        .trim()
+                        .to_string();
+                    return platform;
+                }
+                Err(why) if attempt < 3 && platform.child.try_wait().ok().flatten().is_some() => {
+                    eprintln!("taskmesh up exited early ({why}); retrying on fresh ports");
+                    data_dir = platform.stop();
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
+        unreachable!("the last attempt panics or returns")
+    }
+
+    fn spawn(data_dir: tempfile::TempDir, extra: &[&str], log: &str, capture: bool) -> Platform {
         let router = free_addr();
         let admin = free_addr();
         let log_file = capture.then(|| {
@@ -103,7 +129,7 @@ impl Platform {
                 }
             }
         });
-        let mut platform = Platform {
+        Platform {
             child,
             router,
             admin,
@@ -111,14 +137,7 @@ impl Platform {
             output: rx,
             admin_key: String::new(),
             log_file,
-        };
-        platform.wait_for_line("taskmesh is up", Duration::from_secs(60));
-        let key_path = platform.data_dir.path().join("admin.key");
-        platform.admin_key = std::fs::read_to_string(&key_path)
-            .expect("admin.key written")
-            .trim()
-            .to_string();
-        platform
+        }
     }
 
     /// An h2c client that sends the operator key.
@@ -136,6 +155,17 @@ impl Platform {
 
     /// Waits for a line of stdout containing `needle`; returns the lines seen.
     pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Vec<String> {
+        self.wait_for_line_or_exit(needle, timeout)
+            .unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// Like [`Platform::wait_for_line`], but says why it never came: the
+    /// process exited (its stdout closed) or the time ran out.
+    fn wait_for_line_or_exit(
+        &mut self,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<Vec<String>, String> {
         let deadline = std::time::Instant::now() + timeout;
         let mut seen = Vec::new();
         loop {
@@ -145,14 +175,22 @@ impl Platform {
                     let hit = line.contains(needle);
                     seen.push(line);
                     if hit {
-                        return seen;
+                        return Ok(seen);
                     }
                 }
                 Err(_) => {
-                    let status = self.child.try_wait().ok().flatten();
-                    panic!(
+                    // A closed stdout means the process is exiting: give it a moment.
+                    let mut status = None;
+                    for _ in 0..50 {
+                        status = self.child.try_wait().ok().flatten();
+                        if status.is_some() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    return Err(format!(
                         "taskmesh never printed {needle:?} (exit status {status:?}); saw {seen:?}"
-                    );
+                    ));
                 }
             }
         }
