@@ -17,6 +17,8 @@
 #   5. examples/*/model.onnx + reference.json built by examples/build_examples.py,
 #      which also builds the test-only tests/models/{slow,addpair}/model.onnx.
 #      Only the groups whose outputs are missing or older than their inputs.
+#   6. cargo-deny (pinned, crates.io, `cargo install --locked`) into
+#      .deps/cargo/bin, for .ci/run's `cargo deny check` (see deny.toml).
 #
 # Needs no stdin (works with CI=true). Run from anywhere.
 set -euo pipefail
@@ -406,6 +408,19 @@ if ((${#build_names[@]})); then
   log "examples: done ($(elapsed "$t0"))"
 else
   log "examples: all outputs newer than their inputs, skipped ($(elapsed "$t0"))"
+fi
+
+# --- 6. cargo-deny into .deps/cargo -------------------------------------------
+t0=$(now)
+CARGO_DENY_VERSION="0.20.2" # needs Rust 1.88+; a source build: ~4 min on 2 idle cores
+CARGO_DENY="$ROOT/.deps/cargo/bin/cargo-deny"
+if [[ "$("$CARGO_DENY" --version 2>/dev/null || true)" == "cargo-deny $CARGO_DENY_VERSION" ]]; then
+  log "cargo-deny: $CARGO_DENY_VERSION present, skipped ($(elapsed "$t0"))"
+else
+  log "cargo-deny: installing $CARGO_DENY_VERSION into .deps/cargo (cargo install --locked; a few minutes, once)"
+  cargo install --locked --quiet --force --root "$ROOT/.deps/cargo" \
+    cargo-deny --version "$CARGO_DENY_VERSION" </dev/null
+  log "cargo-deny: done ($(elapsed "$t0"))"
 fi
 
 # --- Summary -----------------------------------------------------------------

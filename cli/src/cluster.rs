@@ -74,7 +74,7 @@ fn probes(ready: Arc<AtomicBool>) -> axum::Router {
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
                 };
-                registry::api::json_response(status, &json!({"ready": ready}))
+                contract::http::json_response(status, &json!({"ready": ready}))
             }
         }),
     )
@@ -104,11 +104,11 @@ impl registry::api::NodeDirectory for ClusterNodes {
     async fn nodes(
         &self,
         tenant: Option<&str>,
-    ) -> Result<Vec<serde_json::Value>, policies::ApiError> {
+    ) -> Result<Vec<serde_json::Value>, contract::ApiError> {
         let live = self.0.live().await.map_err(|e| {
             tracing::error!(error = %e, "reading membership failed");
-            policies::ApiError::new(
-                policies::ErrorCode::Unavailable,
+            contract::ApiError::new(
+                contract::ErrorCode::Unavailable,
                 "membership is unavailable",
             )
             .with_retry_after(1)
@@ -202,7 +202,7 @@ pub async fn node(config: Config) -> Result<()> {
         );
     }
     let engine = Engine::new(
-        registry,
+        crate::wiring::node_sources(&registry),
         EngineConfig {
             session: SessionOptions {
                 intra_threads: config.session_threads,
@@ -359,12 +359,8 @@ pub async fn router(config: Config, upgrade: bool) -> Result<()> {
         })
     };
     let deps = router::RouterDeps {
-        registry,
-        auth,
-        store,
-        nodes,
-        extra_metrics: None,
         limits: Some(Arc::new(redis)),
+        ..crate::wiring::router_deps(registry, auth, store, nodes)
     };
     let options = router::RouterOptions {
         listen,
@@ -407,7 +403,7 @@ struct OwnerWarmer {
 
 #[async_trait::async_trait]
 impl registry::rollout_driver::Warmer for OwnerWarmer {
-    async fn warm(&self, version: &Arc<registry::FunctionVersion>) -> Result<(), String> {
+    async fn warm(&self, version: &Arc<contract::FunctionVersion>) -> Result<(), String> {
         let live = self.membership.live().await.map_err(|e| e.to_string())?;
         let nodes = node_infos(&live);
         let ring = policies::ring::Ring::new(
@@ -433,7 +429,7 @@ impl registry::rollout_driver::Warmer for OwnerWarmer {
                 http::Method::POST,
                 &url,
                 None,
-                &[(policies::headers::TENANT, version.tenant.as_str())],
+                &[(contract::headers::TENANT, version.tenant.as_str())],
                 Vec::new(),
             )
             .await

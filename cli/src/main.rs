@@ -5,6 +5,7 @@ mod cluster;
 mod config;
 mod rollout;
 mod up;
+mod wiring;
 
 use std::path::{Path, PathBuf};
 

@@ -18,7 +18,7 @@ pub struct EngineWarmer(pub Arc<Engine>);
 
 #[async_trait::async_trait]
 impl registry::rollout_driver::Warmer for EngineWarmer {
-    async fn warm(&self, version: &Arc<registry::FunctionVersion>) -> Result<(), String> {
+    async fn warm(&self, version: &Arc<contract::FunctionVersion>) -> Result<(), String> {
         self.0.warm(version).await.map_err(|e| e.message)
     }
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use registry::definition::Syntax;
+use contract::definition::Syntax;
 use registry::{Auth, EmbeddedStore, ModelStore, Registry, DEFAULT_TENANT};
 use runtime::engine::EngineConfig;
 use runtime::session::SessionOptions;
@@ -48,7 +48,7 @@ pub async fn run(config: Config) -> Result<()> {
     }
 
     let engine = Engine::new(
-        registry.clone(),
+        crate::wiring::node_sources(&registry),
         EngineConfig {
             session: SessionOptions {
                 intra_threads: config.session_threads,
@@ -127,10 +127,6 @@ pub async fn run(config: Config) -> Result<()> {
     let extra_nodes = config.extra_nodes.clone();
     let node_metrics = engine.clone();
     let deps = router::RouterDeps {
-        registry,
-        auth,
-        store,
-        nodes: Arc::new(fixed_nodes(node_addr, cuda, &extra_nodes, config.bounds())),
         extra_metrics: Some(Arc::new(move || {
             let mut text = node_metrics.metrics().encode();
             text = text.trim_end().trim_end_matches("# EOF").to_string();
@@ -139,7 +135,12 @@ pub async fn run(config: Config) -> Result<()> {
             text.push('\n');
             text
         })),
-        limits: None,
+        ..crate::wiring::router_deps(
+            registry,
+            auth,
+            store,
+            Arc::new(fixed_nodes(node_addr, cuda, &extra_nodes, config.bounds())),
+        )
     };
     let router = tokio::task::spawn_blocking(move || {
         router::start(router::RouterOptions::new(listen, router_threads), deps)
@@ -247,7 +248,7 @@ async fn register_examples(registry: &Registry, dir: &Path) -> Result<()> {
             }
         }
         let bytes = serde_json::to_vec(&doc)?;
-        let definition = registry::definition::parse(&bytes, Syntax::Json)
+        let definition = contract::definition::parse(&bytes, Syntax::Json)
             .map_err(|e| anyhow::anyhow!("{}: {:?}", file.display(), e.violations))?;
         let name = definition.name.clone();
         let latest = registry
@@ -314,7 +315,7 @@ impl registry::api::NodeDirectory for LocalNode {
     async fn nodes(
         &self,
         tenant: Option<&str>,
-    ) -> Result<Vec<serde_json::Value>, policies::ApiError> {
+    ) -> Result<Vec<serde_json::Value>, contract::ApiError> {
         let mut snapshot = self.engine.snapshot();
         if let Some(tenant) = tenant {
             snapshot.functions.retain(|f| f.tenant == tenant);

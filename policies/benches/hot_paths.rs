@@ -10,15 +10,15 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use contract::json::parse_body;
+use contract::tensor::{tensor_from_json, DType};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use serde_json::{json, Value};
 use taskmesh_policies::breaker::{BreakerConfig, CircuitBreaker, Outcome};
-use taskmesh_policies::json::parse_body;
 use taskmesh_policies::ratelimit::{KeyedLimiter, RateLimitConfig};
 use taskmesh_policies::ring::{Bounds, Member, Ring, DEFAULT_VNODES};
-use taskmesh_policies::tensor::{tensor_from_json, DType};
 
-/// Same depth limit as the router and node (`policies::limits`).
+/// Same depth limit as the router and node (`contract::limits`).
 const MAX_DEPTH: usize = 32;
 
 /// The digits sample (`examples/digits/sample.json`): 64 floats.

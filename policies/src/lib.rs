@@ -1,25 +1,21 @@
-//! Pure decision logic shared by the router, the registry and the runtime.
+//! Pure decision logic shared by the router, the registry and the runtime:
+//! breakers, retries, rate limits, quotas, placement, alias splits and
+//! rollout judgement. (The function contract, errors and limits are in
+//! `taskmesh-contract`.)
 //!
 //! Nothing in this crate performs I/O or knows about an HTTP framework: every
 //! function takes plain values and returns a decision, so it is tested with
 //! plain values. The other crates turn these decisions into responses.
 
 pub mod breaker;
-pub mod error;
-pub mod headers;
-pub mod json;
-pub mod limits;
 pub mod quota;
 pub mod ratelimit;
 pub mod retry;
 pub mod ring;
 pub mod rollout;
 pub mod split;
-pub mod tensor;
 
 mod window;
 
 #[cfg(test)]
 mod testing;
-
-pub use error::{ApiError, ErrorCode};

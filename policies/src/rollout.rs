@@ -321,6 +321,36 @@ pub fn routes_for_step(previous: &[Route], target: u32, percent: u32) -> Vec<Rou
         .collect()
 }
 
+/// The counter keys the routers add per-version stats to (see
+/// [`call_deltas`], which the routers use): `stats/<tenant>/<fn>/v<N>/calls`,
+/// `.../errors` and `.../lat/<bucket>` (buckets of [`bucket_of`]).
+pub fn stats_keys(tenant: &str, function: &str, version: u32) -> Vec<String> {
+    let base = format!("stats/{tenant}/{function}/v{version}");
+    let mut keys = vec![format!("{base}/calls"), format!("{base}/errors")];
+    keys.extend((0..LATENCY_BUCKETS).map(|i| format!("{base}/lat/{i}")));
+    keys
+}
+
+/// The stats counter keys one call adds to (the registry's rollout driver
+/// reads the same keys): calls, errors (when it failed) and its latency bucket.
+pub fn call_deltas(
+    tenant: &str,
+    function: &str,
+    version: u32,
+    failed: bool,
+    ms: f64,
+) -> Vec<String> {
+    let base = format!("stats/{tenant}/{function}/v{version}");
+    let mut keys = vec![
+        format!("{base}/calls"),
+        format!("{base}/lat/{}", bucket_of(ms)),
+    ];
+    if failed {
+        keys.push(format!("{base}/errors"));
+    }
+    keys
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,9 +6,9 @@
 //! process is followed everywhere within that time (the process that makes
 //! it follows at once).
 
+use contract::tensor::Violation;
+use contract::{ApiError, ErrorCode};
 use policies::split::{self, Route};
-use policies::tensor::Violation;
-use policies::{ApiError, ErrorCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 

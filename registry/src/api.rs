@@ -2,20 +2,21 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
-use policies::limits::{MAX_ARTIFACT_BYTES, MAX_DEFINITION_BYTES, MAX_MODEL_BYTES};
-use policies::{ApiError, ErrorCode};
+use contract::http::{error_response, json_response, read_body};
+use contract::limits::{MAX_ARTIFACT_BYTES, MAX_DEFINITION_BYTES, MAX_MODEL_BYTES};
+use contract::{ApiError, ErrorCode};
 use serde_json::{json, Value};
 
 use crate::auth::{Auth, NewClient, Principal, Scope};
-use crate::definition::Syntax;
 use crate::rollout_driver::{Action, Rollouts};
 use crate::service::Registry;
+use contract::definition::Syntax;
 
 /// What the admin handlers share.
 pub struct AdminState {
@@ -42,41 +43,6 @@ async fn admin(state: &AdminState, headers: &HeaderMap) -> Result<Principal, Api
     let principal = state.auth.authenticate(authorization).await?;
     principal.require(Scope::Admin)?;
     Ok(principal)
-}
-
-/// Renders an [`ApiError`] as the contract's JSON error response.
-pub fn error_response(err: &ApiError) -> Response {
-    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (status, err.body_bytes()).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Some(seconds) = err.retry_after_s {
-        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
-    response
-}
-
-/// A JSON response with a status.
-pub fn json_response(status: StatusCode, body: &Value) -> Response {
-    let mut response = (status, serde_json::to_vec(body).unwrap_or_default()).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// Reads a whole body up to `limit` bytes; beyond it, 413.
-pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("body is larger than {limit} bytes"),
-        )
-    })
 }
 
 struct ApiResult(Result<Response, ApiError>);
@@ -343,7 +309,7 @@ async fn get_alias(
                 .store()
                 .get_alias(&principal.tenant, &name, &alias)
                 .await
-                .map_err(crate::service::store_error)?
+                .map_err(crate::store::store_error)?
                 .ok_or_else(|| {
                     ApiError::not_found(format!("function {name:?} has no alias {alias:?}"))
                 })?;
@@ -496,7 +462,7 @@ async fn list_nodes(State(state): State_, headers: HeaderMap) -> ApiResult {
 }
 
 /// A version as the API shows it (the tenant is implied by the caller's key).
-pub fn version_json(v: &crate::FunctionVersion) -> Value {
+pub fn version_json(v: &contract::FunctionVersion) -> Value {
     json!({
         "name": v.name,
         "version": v.version,
@@ -505,6 +471,6 @@ pub fn version_json(v: &crate::FunctionVersion) -> Value {
         "signature": v.signature,
         "inputs": v.inputs,
         "outputs": v.outputs,
-        "effective_input_schema": v.definition.input_schema.clone().unwrap_or_else(|| crate::schema::derived_input_schema(&v.inputs)),
+        "effective_input_schema": v.definition.input_schema.clone().unwrap_or_else(|| contract::schema::derived_input_schema(&v.inputs)),
     })
 }

@@ -10,82 +10,15 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use policies::{ApiError, ErrorCode};
+use contract::{ApiError, ErrorCode};
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::definition::{QuotaPolicy, RateLimitPolicy};
-use crate::service::store_error;
-use crate::store::Store;
-
-/// What a key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// The platform operator: creates clients in any tenant.
-    Operator,
-    /// Registers functions and creates clients in its own tenant.
-    Admin,
-    /// Invokes functions of its tenant.
-    Invoke,
-}
-
-/// A client's plan: limits that replace the function's for this client.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Plan {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<RateLimitPolicy>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quota: Option<QuotaPolicy>,
-}
-
-/// A stored client. Holds the key's hash, never the key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClientRecord {
-    pub client_id: String,
-    pub name: String,
-    pub tenant: String,
-    pub scopes: Vec<Scope>,
-    /// Hex SHA-256 of the whole key.
-    pub key_sha256: String,
-    #[serde(default)]
-    pub plan: Plan,
-    pub created_at_ms: u64,
-}
-
-/// The authenticated caller of a request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Principal {
-    pub client_id: String,
-    pub tenant: String,
-    pub scopes: Vec<Scope>,
-    pub plan: Plan,
-}
-
-impl Principal {
-    pub fn has(&self, scope: Scope) -> bool {
-        self.scopes.contains(&scope) || self.scopes.contains(&Scope::Operator)
-    }
-
-    /// Refuses (403) unless the caller has `scope`.
-    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
-        if self.has(scope) {
-            Ok(())
-        } else {
-            let what = match scope {
-                Scope::Invoke => "invoke",
-                Scope::Admin | Scope::Operator => "admin",
-            };
-            Err(ApiError::new(
-                ErrorCode::Forbidden,
-                format!("this key lacks the {what} scope"),
-            ))
-        }
-    }
-}
+pub use crate::clients::ClientRecord;
+use crate::store::{store_error, Store};
+pub use contract::principal::{Plan, Principal, Scope};
 
 /// A client creation request (`POST /v1/clients`).
 #[derive(Debug, Clone, Deserialize)]
@@ -163,7 +96,7 @@ impl Auth {
             scopes: vec![Scope::Operator, Scope::Admin, Scope::Invoke],
             key_sha256: sha256_hex(key.as_bytes()),
             plan: Plan::default(),
-            created_at_ms: crate::service::now_ms(),
+            created_at_ms: crate::store::now_ms(),
         };
         self.store.put_client(&record).await.map_err(store_error)?;
         Ok(Some(key))
@@ -232,29 +165,32 @@ impl Auth {
             ));
         }
         let mut violations = Vec::new();
-        if !crate::definition::valid_name(&tenant) {
-            violations.push(policies::tensor::Violation::new(
+        if !contract::names::valid_name(&tenant) {
+            violations.push(contract::tensor::Violation::new(
                 "/tenant",
                 format!("invalid tenant {tenant:?}"),
             ));
         }
         if request.name.trim().is_empty() || request.name.len() > 128 {
-            violations.push(policies::tensor::Violation::new(
+            violations.push(contract::tensor::Violation::new(
                 "/name",
                 "a name of 1-128 characters is required",
             ));
         }
         if request.scopes.is_empty() || request.scopes.contains(&Scope::Operator) {
-            violations.push(policies::tensor::Violation::new(
+            violations.push(contract::tensor::Violation::new(
                 "/scopes",
                 "scopes must be [\"invoke\"] or [\"admin\", \"invoke\"]",
             ));
         }
         if let Some(rl) = &request.plan.rate_limit {
-            violations.extend(crate::definition::check_rate_limit(rl, "/plan/rate_limit"));
+            violations.extend(contract::definition::check_rate_limit(
+                rl,
+                "/plan/rate_limit",
+            ));
         }
         if let Some(q) = &request.plan.quota {
-            violations.extend(crate::definition::check_quota(q, "/plan/quota"));
+            violations.extend(contract::definition::check_quota(q, "/plan/quota"));
         }
         if !violations.is_empty() {
             return Err(ApiError::new(ErrorCode::InvalidInput, "invalid client")
@@ -272,11 +208,18 @@ impl Auth {
             scopes,
             key_sha256: sha256_hex(key.as_bytes()),
             plan: request.plan,
-            created_at_ms: crate::service::now_ms(),
+            created_at_ms: crate::store::now_ms(),
         };
         self.store.put_client(&record).await.map_err(store_error)?;
         tracing::info!(client_id = %record.client_id, tenant = %record.tenant, "client created");
         Ok((record, key))
+    }
+}
+
+#[async_trait::async_trait]
+impl contract::ports::Authenticator for Auth {
+    async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, ApiError> {
+        Auth::authenticate(self, authorization).await
     }
 }
 

@@ -332,6 +332,17 @@ impl ModelStore {
     }
 }
 
+#[async_trait::async_trait]
+impl contract::ports::Blobs for ModelStore {
+    async fn get(&self, hex: &str) -> std::io::Result<Vec<u8>> {
+        ModelStore::get(self, hex).await
+    }
+
+    fn size_of(&self, hex: &str) -> Option<u64> {
+        ModelStore::size_of(self, hex)
+    }
+}
+
 impl Remote {
     fn object(&self, store: &ModelStore, hex: &str) -> ObjectPath {
         self.folder.clone().join(store.file_name(hex))

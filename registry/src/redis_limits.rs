@@ -7,6 +7,11 @@
 //! (`add_counters`/`get_counter` read the same keys), checked and incremented
 //! in one script so concurrent routers never admit past the limit.
 
+use std::time::Duration;
+
+use contract::ports::SharedLimits;
+use policies::ratelimit::{RateDecision, RateLimitConfig};
+
 use crate::redis_store::RedisStore;
 use crate::store::StoreError;
 
@@ -107,5 +112,35 @@ impl RedisStore {
             })
             .await?;
         Ok((used_up > 0).then(|| used_up as usize - 1))
+    }
+}
+
+/// The cluster backend of the routers' shared limits.
+#[async_trait::async_trait]
+impl SharedLimits for RedisStore {
+    async fn rate(&self, key: &str, config: &RateLimitConfig) -> Result<RateDecision, String> {
+        let step = self
+            .gcra(key, config.per_second, config.burst)
+            .await
+            .map_err(|e| e.to_string())?;
+        let wait = Duration::from_micros(step.wait_us);
+        Ok(if step.allowed {
+            RateDecision::Allowed {
+                limit: config.burst,
+                remaining: step.remaining,
+                reset_after: wait,
+            }
+        } else {
+            RateDecision::Limited {
+                limit: config.burst,
+                retry_after: wait,
+            }
+        })
+    }
+
+    async fn admit_quota(&self, windows: &[(String, u64, u64)]) -> Result<Option<usize>, String> {
+        RedisStore::admit_quota(self, windows)
+            .await
+            .map_err(|e| e.to_string())
     }
 }

@@ -87,10 +87,10 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError, RedisResult, Script};
 
 use crate::aliases::AliasRecord;
-use crate::auth::ClientRecord;
+use crate::clients::ClientRecord;
 use crate::rollouts::RolloutRecord;
 use crate::store::{FunctionSummary, Store, StoreError};
-use crate::version::FunctionVersion;
+use contract::version::FunctionVersion;
 
 /// Appends one version. KEYS: latest pointer, versions hash, the tenant's
 /// function set. ARGV: function name, record JSON. Returns the new number.
@@ -785,7 +785,7 @@ impl Store for RedisStore {
     ) -> Result<Option<RolloutRecord>, StoreError> {
         let mut next = record.clone();
         next.revision = record.revision + 1;
-        next.updated_at_ms = crate::service::now_ms();
+        next.updated_at_ms = crate::store::now_ms();
         let json = serde_json::to_vec(&next)
             .map_err(|e| StoreError::Backend(format!("encoding the rollout failed: {e}")))?;
         let keys = [

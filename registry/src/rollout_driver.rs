@@ -25,10 +25,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use contract::tensor::Violation;
+use contract::{ApiError, ErrorCode};
 use policies::rollout::{self, RolloutSpec, Stats, Verdict};
 use policies::split::Route;
-use policies::tensor::Violation;
-use policies::{ApiError, ErrorCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -37,8 +37,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::rollouts::{stats_from, stats_keys, Evidence, RolloutRecord, RolloutState, StepRecord};
-use crate::service::{now_ms, store_error, Registry};
-use crate::FunctionVersion;
+use crate::service::Registry;
+use crate::store::{now_ms, store_error};
+use contract::FunctionVersion;
 
 /// How often the driver looks at active rollouts.
 pub const TICK: Duration = Duration::from_millis(250);

@@ -5,7 +5,7 @@
 //! written with compare-and-set on `revision` ([`crate::Store::update_rollout`]),
 //! so the driver and the API (pause, resume, abort) never lose each other's
 //! writes, and a restarted driver continues from the stored step. The driver
-//! is [`crate::rollout_driver`].
+//! is `rollout_driver`.
 
 use policies::rollout::{RolloutSpec, Stats};
 use policies::split::Route;
@@ -174,15 +174,7 @@ impl RolloutRecord {
     }
 }
 
-/// The counter keys the routers add per-version stats to (see
-/// `router::guards::Guards::record_call`): `stats/<tenant>/<fn>/v<N>/calls`,
-/// `.../errors` and `.../lat/<bucket>` (buckets of `policies::rollout`).
-pub fn stats_keys(tenant: &str, function: &str, version: u32) -> Vec<String> {
-    let base = format!("stats/{tenant}/{function}/v{version}");
-    let mut keys = vec![format!("{base}/calls"), format!("{base}/errors")];
-    keys.extend((0..policies::rollout::LATENCY_BUCKETS).map(|i| format!("{base}/lat/{i}")));
-    keys
-}
+pub use policies::rollout::stats_keys;
 
 /// Reads [`Stats`] back from the values of [`stats_keys`].
 pub fn stats_from(values: &[u64]) -> Stats {
@@ -191,23 +183,4 @@ pub fn stats_from(values: &[u64]) -> Stats {
         errors: values.get(1).copied().unwrap_or(0),
         latency: values.iter().skip(2).copied().collect(),
     }
-}
-
-/// The stats keys one call adds to: calls, errors (when it failed) and its latency bucket.
-pub fn call_deltas(
-    tenant: &str,
-    function: &str,
-    version: u32,
-    failed: bool,
-    ms: f64,
-) -> Vec<String> {
-    let base = format!("stats/{tenant}/{function}/v{version}");
-    let mut keys = vec![
-        format!("{base}/calls"),
-        format!("{base}/lat/{}", policies::rollout::bucket_of(ms)),
-    ];
-    if failed {
-        keys.push(format!("{base}/errors"));
-    }
-    keys
 }

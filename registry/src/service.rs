@@ -2,82 +2,18 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use policies::{ApiError, ErrorCode};
+use contract::definition::{self, DefinitionError, InputKind, Syntax, TaskDefinition};
+use contract::names::escape;
+use contract::ports::{Catalog, ModelInspector};
+use contract::tensor::Violation;
+use contract::version::{bind, FunctionVersion, ModelSignature};
+use contract::{ApiError, ErrorCode, Qualifier};
 use serde_json::json;
 
 use crate::aliases::{self, AliasRecord, ALIAS_TTL};
-use crate::definition::{self, DefinitionError, Syntax, TaskDefinition};
 use crate::models::ModelStore;
-use crate::processing::{self, InputKind};
-use crate::store::{FunctionSummary, Store, StoreError};
-use crate::version::{bind, FunctionVersion, ModelInspector, ModelSignature};
-use policies::tensor::Violation;
-
-/// The tenant used until API keys arrive; the operator acts in it.
-pub const DEFAULT_TENANT: &str = "default";
-
-/// Which version of a function a call asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Qualifier {
-    /// The alias `live` when it exists, else the latest version.
-    Default,
-    Version(u32),
-    /// An alias: its routes pick the version by routing key.
-    Alias(String),
-}
-
-impl Qualifier {
-    /// Reads `?version=N` or `?alias=NAME` from a query string (not both: 400).
-    pub fn from_query(query: Option<&str>) -> Result<Self, ApiError> {
-        let mut qualifier = Qualifier::Default;
-        for pair in query
-            .unwrap_or_default()
-            .split('&')
-            .filter(|p| !p.is_empty())
-        {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match key {
-                "version" => {
-                    let n = positive(value).ok_or_else(|| {
-                        ApiError::bad_request(format!(
-                            "version must be a positive integer, got {value:?}"
-                        ))
-                    })?;
-                    if matches!(qualifier, Qualifier::Alias(_)) {
-                        return Err(ApiError::bad_request("give ?version= or ?alias=, not both"));
-                    }
-                    qualifier = Qualifier::Version(n);
-                }
-                "alias" => {
-                    if !crate::aliases::valid_name(value) {
-                        return Err(ApiError::bad_request(format!(
-                            "alias must be a lowercase letter then a-z 0-9 - _, got {value:?}"
-                        )));
-                    }
-                    if matches!(qualifier, Qualifier::Version(_)) {
-                        return Err(ApiError::bad_request("give ?version= or ?alias=, not both"));
-                    }
-                    qualifier = Qualifier::Alias(value.to_string());
-                }
-                _ => {}
-            }
-        }
-        Ok(qualifier)
-    }
-
-    /// Reads the `{v}` of an OIP path such as `/v2/models/{name}/versions/{v}`.
-    pub fn from_path(segment: &str) -> Result<Self, ApiError> {
-        positive(segment)
-            .map(Qualifier::Version)
-            .ok_or_else(|| ApiError::not_found(format!("model version {segment:?} not found")))
-    }
-}
-
-fn positive(s: &str) -> Option<u32> {
-    s.parse::<u32>().ok().filter(|n| *n > 0)
-}
+use crate::store::{now_ms, store_error, FunctionSummary, Store};
 
 type VersionKey = (String, String, u32);
 
@@ -184,7 +120,7 @@ impl Registry {
             let InputKind::Text(text) = spec.kind() else {
                 continue;
             };
-            let pointer = format!("/inputs/{}/text/tokenizer", processing::escape(field));
+            let pointer = format!("/inputs/{}/text/tokenizer", escape(field));
             let hex = text.tokenizer.trim_start_matches("sha256:");
             let stored = self
                 .artifacts
@@ -207,11 +143,11 @@ impl Registry {
                 .await
                 .map_err(|e| internal(format!("reading artifact failed: {e}")))?;
             let text = text.clone();
-            let loaded = tokio::task::spawn_blocking(move || {
-                processing::configured_tokenizer(&bytes, &text).map(drop)
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("the tokenizer check failed: {e}")));
+            let inspector = self.inspector.clone();
+            let loaded =
+                tokio::task::spawn_blocking(move || inspector.check_tokenizer(&bytes, &text))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the tokenizer check failed: {e}")));
             if let Err(reason) = loaded {
                 violations.push(Violation::new(pointer, reason));
             }
@@ -331,7 +267,7 @@ impl Registry {
         .filter_map(|(pointer, schema)| {
             schema
                 .as_ref()
-                .and_then(|s| crate::schema::compile(s, pointer).err())
+                .and_then(|s| contract::schema::compile(s, pointer).err())
         })
         .collect();
         if !schema_violations.is_empty() {
@@ -643,15 +579,42 @@ impl Registry {
     }
 }
 
+/// The data plane's view of the registry (router and node).
+#[async_trait::async_trait]
+impl Catalog for Registry {
+    async fn resolve(
+        &self,
+        tenant: &str,
+        name: &str,
+        qualifier: &Qualifier,
+    ) -> Result<Arc<FunctionVersion>, ApiError> {
+        Registry::resolve(self, tenant, name, qualifier).await
+    }
+
+    async fn resolve_routed(
+        &self,
+        tenant: &str,
+        name: &str,
+        qualifier: &Qualifier,
+        routing_key: &str,
+    ) -> Result<(Arc<FunctionVersion>, Option<String>), ApiError> {
+        Registry::resolve_routed(self, tenant, name, qualifier, routing_key).await
+    }
+
+    async fn versions(&self, tenant: &str, name: &str) -> Result<Vec<u32>, ApiError> {
+        Ok(self
+            .list(tenant)
+            .await?
+            .into_iter()
+            .find(|f| f.name == name)
+            .map(|f| f.versions)
+            .unwrap_or_default())
+    }
+}
+
 fn pick(record: &AliasRecord, routing_key: &str) -> Result<u32, ApiError> {
     policies::split::pick(&record.routes, &record.name, routing_key)
         .ok_or_else(|| ApiError::not_found(format!("alias {:?} routes to no version", record.name)))
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn definition_error(err: DefinitionError) -> ApiError {
@@ -668,39 +631,7 @@ fn definition_error(err: DefinitionError) -> ApiError {
     .with_details(json!(err.violations))
 }
 
-/// The contract's answer to a store failure: an unreachable or failing
-/// backend is 503 `unavailable` with `retry-after: 1` (the caller may try
-/// again shortly); a corrupt record is a 500 `internal`. Both are logged.
-pub fn store_error(err: StoreError) -> ApiError {
-    match err {
-        StoreError::Backend(message) => {
-            tracing::error!(%message, "registry store unavailable");
-            ApiError::new(ErrorCode::Unavailable, "the registry store is unavailable")
-                .with_retry_after(1)
-        }
-        StoreError::Corrupt(_) => internal(err.to_string()),
-    }
-}
-
 fn internal(message: String) -> ApiError {
     tracing::error!(%message, "registry internal error");
     ApiError::new(ErrorCode::Internal, "internal registry error")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_unavailable_store_is_503_with_retry_after_and_corruption_is_500() {
-        let err = store_error(StoreError::Backend("connection refused".into()));
-        assert_eq!(err.code, ErrorCode::Unavailable);
-        assert_eq!(err.status(), 503);
-        assert_eq!(err.retry_after_s, Some(1));
-        assert!(!err.message.contains("refused"), "{}", err.message);
-        let err = store_error(StoreError::Corrupt("bad json".into()));
-        assert_eq!(err.code, ErrorCode::Internal);
-        assert_eq!(err.status(), 500);
-        assert_eq!(err.retry_after_s, None);
-    }
 }

@@ -8,13 +8,16 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use async_trait::async_trait;
+use contract::{ApiError, ErrorCode};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::aliases::AliasRecord;
-use crate::auth::ClientRecord;
+use crate::clients::ClientRecord;
 use crate::rollouts::RolloutRecord;
-use crate::version::FunctionVersion;
+use contract::version::FunctionVersion;
 
 /// (tenant, function name, version) → JSON of a [`FunctionVersion`].
 const VERSIONS: TableDefinition<(&str, &str, u32), &[u8]> = TableDefinition::new("versions_v1");
@@ -50,6 +53,32 @@ pub struct FunctionSummary {
 
 /// What the registry needs from a storage backend; implemented by the embedded
 /// store here and by Redis in cluster mode.
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The contract's answer to a store failure: an unreachable or failing
+/// backend is 503 `unavailable` with `retry-after: 1` (the caller may try
+/// again shortly); a corrupt record is a 500 `internal`. Both are logged.
+pub fn store_error(err: StoreError) -> ApiError {
+    match err {
+        StoreError::Backend(message) => {
+            tracing::error!(%message, "registry store unavailable");
+            ApiError::new(ErrorCode::Unavailable, "the registry store is unavailable")
+                .with_retry_after(1)
+        }
+        StoreError::Corrupt(_) => internal(err.to_string()),
+    }
+}
+
+fn internal(message: String) -> ApiError {
+    tracing::error!(%message, "registry internal error");
+    ApiError::new(ErrorCode::Internal, "internal registry error")
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores `record` as the next version of its function and returns it with
@@ -138,6 +167,20 @@ pub trait Store: Send + Sync + 'static {
     async fn try_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<bool, StoreError>;
 }
 
+/// A store's counters as the data plane sees them (quotas, rollout statistics).
+pub struct StoreCounters(pub Arc<dyn Store>);
+
+#[async_trait]
+impl contract::ports::Counters for StoreCounters {
+    async fn get_counter(&self, key: &str) -> Result<u64, String> {
+        self.0.get_counter(key).await.map_err(|e| e.to_string())
+    }
+
+    async fn add_counters(&self, deltas: Vec<(String, u64)>) -> Result<(), String> {
+        self.0.add_counters(deltas).await.map_err(|e| e.to_string())
+    }
+}
+
 fn encode_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Backend(format!("encoding failed: {e}")))
 }
@@ -170,10 +213,6 @@ impl EmbeddedStore {
 
 fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn now_ms() -> u64 {
-    crate::service::now_ms()
 }
 
 /// The embedded store: one redb file in the data directory.
@@ -652,8 +691,21 @@ impl Store for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::definition::{parse, Syntax};
-    use crate::version::ModelSignature;
+
+    #[test]
+    fn an_unavailable_store_is_503_with_retry_after_and_corruption_is_500() {
+        let err = store_error(StoreError::Backend("connection refused".into()));
+        assert_eq!(err.code, ErrorCode::Unavailable);
+        assert_eq!(err.status(), 503);
+        assert_eq!(err.retry_after_s, Some(1));
+        assert!(!err.message.contains("refused"), "{}", err.message);
+        let err = store_error(StoreError::Corrupt("bad json".into()));
+        assert_eq!(err.code, ErrorCode::Internal);
+        assert_eq!(err.status(), 500);
+        assert_eq!(err.retry_after_s, None);
+    }
+    use contract::definition::{parse, Syntax};
+    use contract::version::ModelSignature;
 
     fn record(tenant: &str, name: &str) -> FunctionVersion {
         let body = format!(

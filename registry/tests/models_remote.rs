@@ -9,16 +9,16 @@ use std::io::ErrorKind;
 use std::path::Path;
 use std::sync::Arc;
 
+use contract::definition::Syntax;
+use contract::processing::TextSpec;
+use contract::{ModelInspector, ModelSignature};
 use moto_support::MotoServer;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde_json::json;
-use taskmesh_registry::definition::Syntax;
 use taskmesh_registry::models::sha256_hex;
-use taskmesh_registry::{
-    EmbeddedStore, ModelInspector, ModelRemote, ModelSignature, ModelStore, Registry,
-};
+use taskmesh_registry::{EmbeddedStore, ModelRemote, ModelStore, Registry};
 
 /// A remote under test, and how to write behind the store's back.
 enum Remote {
@@ -265,6 +265,10 @@ impl ModelInspector for FakeInspector {
             "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 1]}],
         }))
         .unwrap())
+    }
+
+    fn check_tokenizer(&self, _bytes: &[u8], _text: &TextSpec) -> Result<(), String> {
+        Err("no text inputs here".into())
     }
 }
 

@@ -12,18 +12,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use contract::definition::{parse, Syntax};
+use contract::processing::TextSpec;
+use contract::{FunctionVersion, ModelSignature, ModelType, TensorInfo};
 use policies::rollout::RolloutSpec;
 use policies::split::Route;
 use redis_support::RedisServer;
 use serde_json::json;
 use taskmesh_registry::aliases::AliasRecord;
 use taskmesh_registry::auth::{ClientRecord, Plan, Scope};
-use taskmesh_registry::definition::{parse, Syntax};
 use taskmesh_registry::rollouts::{RolloutRecord, RolloutState};
-use taskmesh_registry::{
-    EmbeddedStore, FunctionVersion, ModelSignature, ModelType, RedisOptions, RedisStore, Store,
-    StoreError, TensorInfo,
-};
+use taskmesh_registry::{EmbeddedStore, RedisOptions, RedisStore, Store, StoreError};
 
 /// A store under test, and what it needs to be crashed and reopened.
 struct Fixture {
@@ -1079,8 +1078,12 @@ async fn prefixes_keep_stores_on_one_server_apart() {
 /// Never asked: the test registers nothing.
 struct NoInspector;
 
-impl taskmesh_registry::ModelInspector for NoInspector {
+impl contract::ModelInspector for NoInspector {
     fn inspect(&self, _bytes: &[u8]) -> Result<ModelSignature, String> {
+        Err("not used".into())
+    }
+
+    fn check_tokenizer(&self, _bytes: &[u8], _text: &TextSpec) -> Result<(), String> {
         Err("not used".into())
     }
 }
@@ -1109,7 +1112,7 @@ async fn the_registry_answers_503_unavailable_with_retry_after_while_redis_is_do
     ];
     for err in errors {
         assert_eq!(err.code.as_str(), "unavailable", "{err}");
-        let response = taskmesh_registry::api::error_response(&err);
+        let response = contract::http::error_response(&err);
         assert_eq!(response.status().as_u16(), 503);
         assert_eq!(response.headers().get("retry-after").unwrap(), "1");
     }

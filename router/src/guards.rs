@@ -7,13 +7,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use contract::definition::{QuotaPolicy, RateLimitPolicy};
+use contract::ports::{Counters, SharedLimits};
+use contract::{ApiError, ErrorCode};
+use contract::{FunctionVersion, Principal};
 use policies::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Outcome, Permit};
 use policies::quota::{self, QuotaDecision, QuotaWindow};
 use policies::ratelimit::{rate_limit_headers, KeyedLimiter, RateDecision, RateLimitConfig};
 use policies::retry::{Backoff, FailureKind, RetryBudget, RetryDecision, RetryPolicy};
-use policies::{ApiError, ErrorCode};
-use registry::definition::{QuotaPolicy, RateLimitPolicy};
-use registry::{FunctionVersion, Principal, Store};
 
 /// (tenant, function) — limits and quotas apply to a function across its versions.
 type FunctionKey = (String, String);
@@ -42,23 +43,9 @@ pub struct Admission {
     in_flight_key: Option<(String, FunctionKey)>,
 }
 
-/// Limits shared by every router of a cluster (Redis in cluster mode).
-///
-/// Both calls are one atomic round trip. When they fail (Redis unreachable)
-/// the router falls back to its own limiter and counters, so limits then hold
-/// per router rather than cluster-wide until Redis is back.
-#[async_trait::async_trait]
-pub trait SharedLimits: Send + Sync {
-    /// One GCRA step for `key`: is one more call within `config`?
-    async fn rate(&self, key: &str, config: &RateLimitConfig) -> Result<RateDecision, String>;
-
-    /// Counts one call in every window `(counter key, limit, ttl_s)` if none is
-    /// used up; returns the index of a used-up window instead.
-    async fn admit_quota(&self, windows: &[(String, u64, u64)]) -> Result<Option<usize>, String>;
-}
-
 pub struct Guards {
-    store: Arc<dyn Store>,
+    /// Durable counters (the store): quotas and per-version statistics.
+    durable: Arc<dyn Counters>,
     shared: Option<Arc<dyn SharedLimits>>,
     /// Set while the shared limits fail, so the fallback is logged once.
     shared_down: std::sync::atomic::AtomicBool,
@@ -162,9 +149,9 @@ fn quota_exhausted(window: QuotaWindow, limit: u64, now: u64) -> ApiError {
 }
 
 impl Guards {
-    pub fn new(store: Arc<dyn Store>, shared: Option<Arc<dyn SharedLimits>>) -> Self {
+    pub fn new(durable: Arc<dyn Counters>, shared: Option<Arc<dyn SharedLimits>>) -> Self {
         Guards {
-            store,
+            durable,
             shared,
             shared_down: std::sync::atomic::AtomicBool::new(false),
             limiters: Mutex::default(),
@@ -348,7 +335,7 @@ impl Guards {
                 .expect("counters lock")
                 .contains_key(&key);
             if !known {
-                let stored = match self.store.get_counter(&key).await {
+                let stored = match self.durable.get_counter(&key).await {
                     Ok(stored) => stored,
                     // Cluster mode with Redis away: count from zero here and add
                     // the calls to the shared counter when it is back (the
@@ -495,10 +482,10 @@ impl Guards {
 
     /// Counts a call of a version for rollouts: its calls, errors and latency
     /// bucket are added to the store with the quota counters' next flush
-    /// (keys from `registry::rollouts::call_deltas`), so a rollout driver in
+    /// (keys from `policies::rollout::call_deltas`), so a rollout driver in
     /// any process reads what every router served.
     pub fn record_call(&self, version: &FunctionVersion, failed: bool, seconds: f64) {
-        let keys = registry::rollouts::call_deltas(
+        let keys = policies::rollout::call_deltas(
             &version.tenant,
             &version.name,
             version.version,
@@ -527,7 +514,7 @@ impl Guards {
         if deltas.is_empty() {
             return;
         }
-        if let Err(e) = self.store.add_counters(deltas.clone()).await {
+        if let Err(e) = self.durable.add_counters(deltas.clone()).await {
             tracing::error!(error = %e, "flushing quota counters failed; will retry");
             let mut counters = self.counters.lock().expect("counters lock");
             for (key, delta) in deltas {

@@ -9,21 +9,20 @@ pub mod metrics;
 pub mod placement;
 pub mod proxy;
 pub mod routes;
-mod shared;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use contract::limits;
+use contract::ports::{Authenticator, Catalog, Counters, SharedLimits};
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::protocols::http::v2::server::default_h2_options;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
-use policies::limits;
-use registry::{Auth, Registry, Store};
 
 pub use proxy::{RouterState, TaskmeshProxy};
 
@@ -68,13 +67,16 @@ pub enum Stop {
 
 /// The shared services the router works with.
 pub struct RouterDeps {
-    pub registry: Arc<Registry>,
-    pub auth: Arc<Auth>,
-    pub store: Arc<dyn Store>,
+    /// Resolves function versions (the registry).
+    pub catalog: Arc<dyn Catalog>,
+    /// Checks API keys (the registry's clients).
+    pub auth: Arc<dyn Authenticator>,
+    /// Durable counters: quotas and per-version call statistics.
+    pub counters: Arc<dyn Counters>,
     /// The runtime nodes; kept current by membership in cluster mode.
     pub nodes: Arc<placement::NodeSet>,
     /// Cluster-wide rate limits and quotas (Redis); None keeps them per router.
-    pub limits: Option<Arc<dyn guards::SharedLimits>>,
+    pub limits: Option<Arc<dyn SharedLimits>>,
     /// More Prometheus text for `/metrics` (the in-process node's metrics).
     pub extra_metrics: Option<proxy::MetricsSource>,
 }
@@ -163,9 +165,9 @@ pub fn start(options: RouterOptions, deps: RouterDeps) -> anyhow::Result<RouterH
             .map_err(|e| anyhow::anyhow!("the router cannot listen on {}: {e}", options.listen))?;
     }
     let mut state = RouterState::new(
-        deps.registry,
+        deps.catalog,
         deps.auth,
-        deps.store,
+        deps.counters,
         deps.nodes,
         deps.limits,
     );

@@ -18,15 +18,16 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use contract::limits::{DEFAULT_MAX_BODY_BYTES, MAX_JSON_DEPTH, UPSTREAM_MAX_H2_STREAMS};
+use contract::ports::{Authenticator, Catalog, Counters, SharedLimits};
+use contract::{protocol, FunctionVersion, Principal, Scope};
+use contract::{ApiError, ErrorCode};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use policies::breaker::Outcome;
-use policies::limits::{DEFAULT_MAX_BODY_BYTES, MAX_JSON_DEPTH, UPSTREAM_MAX_H2_STREAMS};
 use policies::retry::{FailureKind, RetryDecision};
-use policies::{ApiError, ErrorCode};
-use registry::{protocol, Auth, FunctionVersion, Principal, Registry, Scope, Store};
 use serde_json::{json, Value};
 
 use crate::guards::{Admission, Guards};
@@ -34,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::placement::{InFlight, NodeSet};
 use crate::routes::{self, Route};
 
-pub use policies::headers;
+pub use contract::headers;
 
 /// Pingora keeps at most this much of a request body for replay; bodies up to
 /// it are validated before a node is chosen, larger ones while they stream.
@@ -53,8 +54,8 @@ pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
 
 pub struct RouterState {
     pub extra_metrics: Option<MetricsSource>,
-    pub registry: Arc<Registry>,
-    pub auth: Arc<Auth>,
+    pub catalog: Arc<dyn Catalog>,
+    pub auth: Arc<dyn Authenticator>,
     pub guards: Guards,
     pub nodes: Arc<NodeSet>,
     pub metrics: Metrics,
@@ -64,17 +65,17 @@ pub struct RouterState {
 
 impl RouterState {
     pub fn new(
-        registry: Arc<Registry>,
-        auth: Arc<Auth>,
-        store: Arc<dyn Store>,
+        catalog: Arc<dyn Catalog>,
+        auth: Arc<dyn Authenticator>,
+        counters: Arc<dyn Counters>,
         nodes: Arc<NodeSet>,
-        shared: Option<Arc<dyn crate::guards::SharedLimits>>,
+        shared: Option<Arc<dyn SharedLimits>>,
     ) -> Self {
         RouterState {
             extra_metrics: None,
-            registry,
+            catalog,
             auth,
-            guards: Guards::new(store, shared),
+            guards: Guards::new(counters, shared),
             nodes,
             metrics: Metrics::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
@@ -141,11 +142,11 @@ fn validate(
     kind: BodyKind,
     body: &[u8],
 ) -> std::result::Result<(), ApiError> {
-    let value = policies::json::parse_body(body, MAX_JSON_DEPTH)?;
+    let value = contract::json::parse_body(body, MAX_JSON_DEPTH)?;
     match kind {
         BodyKind::Invoke => {
             if let Some(validator) = version.input_validator() {
-                let violations = registry::schema::violations(&validator, &value);
+                let violations = contract::schema::violations(&validator, &value);
                 if !violations.is_empty() {
                     return Err(protocol::invalid_input(violations));
                 }
@@ -274,7 +275,7 @@ impl TaskmeshProxy {
         // Another tenant's function is simply not there (404, never 403).
         let (version, _alias) = self
             .state
-            .registry
+            .catalog
             .resolve_routed(&principal.tenant, &name, &qualifier, &routing_key)
             .await?;
         ctx.function = Some(version.clone());
@@ -282,13 +283,9 @@ impl TaskmeshProxy {
             Route::Metadata { .. } => {
                 let versions = self
                     .state
-                    .registry
-                    .list(&principal.tenant)
-                    .await?
-                    .into_iter()
-                    .find(|f| f.name == name)
-                    .map(|f| f.versions)
-                    .unwrap_or_default();
+                    .catalog
+                    .versions(&principal.tenant, &name)
+                    .await?;
                 Ok(Some((200, protocol::oip_metadata(&version, &versions))))
             }
             Route::ModelReady { .. } => Ok(Some((
@@ -603,7 +600,7 @@ impl ProxyHttp for TaskmeshProxy {
         let tenant = ctx
             .principal
             .as_ref()
-            .map_or(registry::DEFAULT_TENANT, |p| p.tenant.as_str());
+            .map_or(contract::DEFAULT_TENANT, |p| p.tenant.as_str());
         request.insert_header(headers::TENANT, tenant)?;
         request.insert_header(
             headers::DEADLINE_MS,

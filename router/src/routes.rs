@@ -1,9 +1,9 @@
 //! Matching the router's public paths (contract) to routes.
 
+use contract::ApiError;
+use contract::ErrorCode;
+use contract::Qualifier;
 use http::Method;
-use policies::ApiError;
-use policies::ErrorCode;
-use registry::Qualifier;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {

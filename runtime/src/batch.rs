@@ -1,11 +1,11 @@
 //! Concatenating calls into one batch along the first dimension, and splitting
-//! the outputs back. Pure functions over [`policies::tensor::Tensor`].
+//! the outputs back. Pure functions over [`contract::tensor::Tensor`].
 
 use std::collections::HashMap;
 
-use policies::tensor::{DType, Tensor, TensorData};
-use policies::{ApiError, ErrorCode};
-use registry::protocol::{TensorInputs, TensorOutputs};
+use contract::protocol::{TensorInputs, TensorOutputs};
+use contract::tensor::{DType, Tensor, TensorData};
+use contract::{ApiError, ErrorCode};
 
 /// Rows (first-dimension size) of a call; every input must agree on it.
 pub fn rows(inputs: &TensorInputs) -> Result<usize, ApiError> {

@@ -31,10 +31,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use contract::ports::{Blobs, Catalog};
+use contract::protocol::{TensorInputs, TensorOutputs};
+use contract::FunctionVersion;
+use contract::{ApiError, ErrorCode};
 use ort::session::{RunOptions, Session};
-use policies::{ApiError, ErrorCode};
-use registry::protocol::{TensorInputs, TensorOutputs};
-use registry::{FunctionVersion, Registry};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
@@ -44,7 +45,7 @@ use crate::session::{self, SessionOptions};
 
 type VersionKey = (String, String, u32);
 
-pub use policies::headers::Priority;
+pub use contract::headers::Priority;
 
 /// Node-wide settings of the engine.
 #[derive(Debug, Clone, Copy)]
@@ -262,9 +263,18 @@ pub struct EngineSnapshot {
     pub functions: Vec<PoolSnapshot>,
 }
 
+/// Where a node gets what it runs: versions from the catalog, model bytes and
+/// artifacts (tokenizers) by digest. The registry implements all three.
+#[derive(Clone)]
+pub struct Sources {
+    pub catalog: Arc<dyn Catalog>,
+    pub models: Arc<dyn Blobs>,
+    pub artifacts: Arc<dyn Blobs>,
+}
+
 /// The node's instances, keyed by function version.
 pub struct Engine {
-    registry: Arc<Registry>,
+    sources: Sources,
     config: EngineConfig,
     state: Mutex<State>,
     next_id: AtomicU64,
@@ -281,9 +291,9 @@ fn key_of(version: &FunctionVersion) -> VersionKey {
 }
 
 impl Engine {
-    pub fn new(registry: Arc<Registry>, config: EngineConfig) -> Arc<Self> {
+    pub fn new(sources: Sources, config: EngineConfig) -> Arc<Self> {
         let engine = Arc::new(Engine {
-            registry,
+            sources,
             config,
             state: Mutex::new(State {
                 pools: HashMap::new(),
@@ -299,8 +309,8 @@ impl Engine {
         engine
     }
 
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
+    pub fn sources(&self) -> &Sources {
+        &self.sources
     }
 
     pub fn metrics(&self) -> &RuntimeMetrics {
@@ -583,8 +593,8 @@ impl Engine {
         on_demand: bool,
     ) -> Result<(), ApiError> {
         let model_bytes = self
-            .registry
-            .models()
+            .sources
+            .models
             .size_of(version.model_hex())
             .unwrap_or(version.model_size_bytes);
         let need = instance_memory_estimate(model_bytes);
@@ -600,7 +610,7 @@ impl Engine {
         let version = version.clone();
         tokio::spawn(async move {
             let loaded = load_instance(
-                &engine.registry,
+                engine.sources.models.as_ref(),
                 engine.config.session,
                 &version,
                 need,
@@ -843,7 +853,7 @@ impl Engine {
 struct BatchItem {
     inputs: TensorInputs,
     /// What calls must share to run together ([`batch::shape_key`]).
-    shape: Vec<(String, policies::tensor::DType, Vec<usize>)>,
+    shape: Vec<(String, contract::tensor::DType, Vec<usize>)>,
     rows: usize,
     arrived: Instant,
     deadline: Instant,
@@ -1037,7 +1047,7 @@ async fn collect_batches(
 
 /// Loads an instance; `on_demand` when a call waits for it (a cold start).
 async fn load_instance(
-    registry: &Registry,
+    models: &dyn Blobs,
     options: SessionOptions,
     version: &FunctionVersion,
     memory: u64,
@@ -1045,7 +1055,7 @@ async fn load_instance(
     on_demand: bool,
 ) -> Result<Instance, ApiError> {
     let started = Instant::now();
-    let bytes = registry.models().get(version.model_hex()).await.map_err(|e| {
+    let bytes = models.get(version.model_hex()).await.map_err(|e| {
         tracing::error!(function = %version.name, version = version.version, error = %e, "model fetch failed");
         ApiError::new(ErrorCode::Unavailable, format!("model {} is not available on this node", version.definition.model)).with_retry_after(1)
     })?;

@@ -3,7 +3,7 @@
 //! or turned into labels before the answer is built.
 //!
 //! The router has already checked the request cheaply (strings present, sizes
-//! capped, base64 decodable: `registry::processing`); the work that costs CPU
+//! capped, base64 decodable: `contract::processing`); the work that costs CPU
 //! happens here, on a blocking thread:
 //! - **Text**: the Hugging Face `tokenizers` crate with the function's
 //!   tokenizer.json artifact, cached per digest and `max_length`. Truncation to
@@ -24,20 +24,77 @@ use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use image::imageops::FilterType;
-use image::{ImageFormat, ImageReader, Limits};
-use policies::limits::{MAX_IMAGE_DECODE_BYTES, MAX_IMAGE_SIDE, MAX_TENSOR_ELEMENTS};
-use policies::tensor::{shape_display, DType, Tensor, TensorData, Violation};
-use policies::{ApiError, ErrorCode};
-use registry::definition::{ImageDecode, ImageSpec, Layout, OutputSpec, Padding, TextSpec};
-use registry::processing::{configured_tokenizer, escape, TextTokenizer};
-use registry::protocol::{
+use contract::definition::{ImageDecode, ImageSpec, Layout, OutputSpec, Padding, TextSpec};
+use contract::limits::{MAX_IMAGE_DECODE_BYTES, MAX_IMAGE_SIDE, MAX_TENSOR_ELEMENTS};
+use contract::names::escape;
+use contract::ports::Blobs;
+use contract::protocol::{
     invalid_input, ImageField, InvokeInput, TensorInputs, TensorOutputs, TextField,
 };
-use registry::{FunctionVersion, InputBinding, InputSource, Registry, Take};
+use contract::tensor::{shape_display, DType, Tensor, TensorData, Violation};
+use contract::{ApiError, ErrorCode};
+use contract::{FunctionVersion, InputBinding, InputSource, Take};
+use image::imageops::FilterType;
+use image::{ImageFormat, ImageReader, Limits};
 use serde_json::{Map, Value};
-use tokenizers::PaddingDirection;
+use tokenizers::{PaddingDirection, PaddingParams, PostProcessor, Tokenizer, TruncationParams};
 use tokio::sync::OnceCell;
+
+/// A tokenizer configured as a text input declares it, with the padding it will use.
+pub struct TextTokenizer {
+    /// Truncation set to `max_length`; its own padding cleared (padding is per call).
+    pub tokenizer: Tokenizer,
+    pub pad_id: u32,
+    pub pad_type_id: u32,
+    pub pad_token: String,
+}
+
+/// Loads a tokenizer.json and configures it for `text`. Used at registration
+/// (through `OrtInspector::check_tokenizer`; 422 when it fails) and by the
+/// node, so both see the same tokenizer.
+pub fn configured_tokenizer(bytes: &[u8], text: &TextSpec) -> Result<TextTokenizer, String> {
+    let mut tokenizer =
+        Tokenizer::from_bytes(bytes).map_err(|e| format!("not a loadable tokenizer.json: {e}"))?;
+    let added = tokenizer
+        .get_post_processor()
+        .map_or(0, |p| p.added_tokens(false));
+    let specials = if text.add_special_tokens { added } else { 0 };
+    if text.max_length <= specials {
+        return Err(format!(
+            "max_length {} leaves no room for text after the tokenizer's {specials} special tokens",
+            text.max_length
+        ));
+    }
+    let (pad_id, pad_type_id, pad_token) = match tokenizer.get_padding() {
+        Some(PaddingParams {
+            pad_id,
+            pad_type_id,
+            pad_token,
+            ..
+        }) => (*pad_id, *pad_type_id, pad_token.clone()),
+        None => ["[PAD]", "<pad>", "<|pad|>"]
+            .iter()
+            .find_map(|t| tokenizer.token_to_id(t).map(|id| (id, 0, (*t).to_string())))
+            .unwrap_or((0, 0, String::new())),
+    };
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            max_length: text.max_length,
+            ..TruncationParams::default()
+        }))
+        .map_err(|e| format!("cannot truncate to max_length {}: {e}", text.max_length))?;
+    // A probe proves the configuration encodes before any caller depends on it.
+    tokenizer
+        .encode("Taskmesh checks this tokenizer.", text.add_special_tokens)
+        .map_err(|e| format!("the tokenizer fails to encode a probe text: {e}"))?;
+    Ok(TextTokenizer {
+        tokenizer,
+        pad_id,
+        pad_type_id,
+        pad_token,
+    })
+}
 
 /// Tokenizers kept loaded; beyond this the least recently used is dropped.
 const MAX_CACHED_TOKENIZERS: usize = 32;
@@ -51,7 +108,7 @@ struct CachedTokenizer {
 
 /// The node's preprocessing state: loaded tokenizers by digest.
 pub struct Prepost {
-    registry: Arc<Registry>,
+    artifacts: Arc<dyn Blobs>,
     tokenizers: Mutex<HashMap<TokenizerKey, CachedTokenizer>>,
 }
 
@@ -63,9 +120,9 @@ pub struct Prepared {
 }
 
 impl Prepost {
-    pub fn new(registry: Arc<Registry>) -> Self {
+    pub fn new(artifacts: Arc<dyn Blobs>) -> Self {
         Prepost {
-            registry,
+            artifacts,
             tokenizers: Mutex::new(HashMap::new()),
         }
     }
@@ -140,8 +197,7 @@ impl Prepost {
                 )
             };
             let bytes = self
-                .registry
-                .artifacts()
+                .artifacts
                 .get(&hex)
                 .await
                 .map_err(|e| failed(e.to_string()))?;
@@ -710,9 +766,9 @@ pub fn invoke_outputs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use registry::definition::{parse, Syntax};
-    use registry::version::bind;
-    use registry::{ModelSignature, ModelType, TensorInfo};
+    use contract::definition::{parse, Syntax};
+    use contract::version::bind;
+    use contract::{ModelSignature, ModelType, TensorInfo};
     use serde_json::json;
 
     fn close(a: &[f64], b: &[f64]) {

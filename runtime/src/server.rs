@@ -12,14 +12,14 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use contract::http::{error_response, json_response, read_body};
+use contract::limits::{self, DEFAULT_MAX_BODY_BYTES, MAX_JSON_DEPTH};
+use contract::protocol;
+use contract::ApiError;
+use contract::{FunctionVersion, Qualifier, DEFAULT_TENANT};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use policies::limits::{self, DEFAULT_MAX_BODY_BYTES, MAX_JSON_DEPTH};
-use policies::ApiError;
-use registry::api::{error_response, json_response, read_body};
-use registry::protocol;
-use registry::{FunctionVersion, Qualifier, DEFAULT_TENANT};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -27,9 +27,9 @@ use crate::engine::{Engine, Priority};
 use crate::prepost::{self, Prepost};
 
 /// Header that orders a call in its function's queue: `high`, `normal` or `low`.
-pub const PRIORITY_HEADER: &str = policies::headers::PRIORITY;
+pub const PRIORITY_HEADER: &str = contract::headers::PRIORITY;
 
-pub use policies::headers;
+pub use contract::headers;
 
 /// How long open connections get to finish after `shutdown` resolves (they
 /// are sent GOAWAY, or `connection: close` on HTTP/1.1, first).
@@ -92,7 +92,7 @@ struct Node {
 /// The node's routes.
 pub fn router(engine: Arc<Engine>, node_id: String) -> Router {
     let node = Arc::new(Node {
-        prepost: Prepost::new(engine.registry().clone()),
+        prepost: Prepost::new(engine.sources().artifacts.clone()),
         engine,
         node_id,
     });
@@ -167,7 +167,8 @@ async fn resolve(
     qualifier: &Qualifier,
 ) -> Result<Arc<FunctionVersion>, ApiError> {
     node.engine
-        .registry()
+        .sources()
+        .catalog
         .resolve(&tenant_of(headers), name, qualifier)
         .await
 }
@@ -179,7 +180,7 @@ async fn json_body(version: &FunctionVersion, body: Body) -> Result<Value, ApiEr
         .max_body_bytes
         .unwrap_or(DEFAULT_MAX_BODY_BYTES);
     let bytes = read_body(body, cap).await?;
-    policies::json::parse_body(&bytes, MAX_JSON_DEPTH)
+    contract::json::parse_body(&bytes, MAX_JSON_DEPTH)
 }
 
 fn with_headers(
@@ -247,10 +248,10 @@ async fn invoke(
             .await?;
         let output = prepost::invoke_outputs(&version, &outcome.outputs, &prepared.masks)?;
         if let Some(validator) = version.output_validator() {
-            let violations = registry::schema::violations(&validator, &output);
+            let violations = contract::schema::violations(&validator, &output);
             if !violations.is_empty() {
                 return Err(ApiError::new(
-                    policies::ErrorCode::InvalidOutput,
+                    contract::ErrorCode::InvalidOutput,
                     "the function's output does not match its output_schema",
                 )
                 .with_details(json!(violations)));
@@ -296,7 +297,7 @@ async fn refuse_early<T>(checked: Result<T, ApiError>, body: Body) -> Result<(T,
 /// The answer when an invocation's time runs out before its run starts.
 fn deadline_passed(version: &FunctionVersion, limit: Duration) -> ApiError {
     ApiError::new(
-        policies::ErrorCode::Timeout,
+        contract::ErrorCode::Timeout,
         format!(
             "function {} version {} did not finish within its deadline (timeout_ms {})",
             version.name,
@@ -352,13 +353,10 @@ async fn metadata(
         let version = resolve(&node, &headers, &name, &path_qualifier(&params)?).await?;
         let versions = node
             .engine
-            .registry()
-            .list(&tenant_of(&headers))
-            .await?
-            .into_iter()
-            .find(|f| f.name == name)
-            .map(|f| f.versions)
-            .unwrap_or_default();
+            .sources()
+            .catalog
+            .versions(&tenant_of(&headers), &name)
+            .await?;
         Ok(json_response(
             StatusCode::OK,
             &protocol::oip_metadata(&version, &versions),

@@ -2,11 +2,12 @@
 
 use std::collections::HashMap;
 
+use contract::processing::TextSpec;
+use contract::tensor::{DType, Tensor, TensorData};
+use contract::{ModelInspector, ModelSignature, ModelType, TensorInfo};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{RunOptions, Session};
 use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
-use policies::tensor::{DType, Tensor, TensorData};
-use registry::{ModelInspector, ModelSignature, ModelType, TensorInfo};
 
 use crate::ortenv;
 
@@ -121,7 +122,8 @@ pub fn signature(session: &Session) -> ModelSignature {
     }
 }
 
-/// Inspects models by loading them in ONNX Runtime (used by the registry at upload and registration).
+/// Inspects uploads for the registry: models by loading them in ONNX Runtime,
+/// tokenizers by configuring them as the node will.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct OrtInspector;
 
@@ -129,6 +131,10 @@ impl ModelInspector for OrtInspector {
     fn inspect(&self, bytes: &[u8]) -> Result<ModelSignature, String> {
         let session = build_session(bytes, SessionOptions::default())?;
         Ok(signature(&session))
+    }
+
+    fn check_tokenizer(&self, bytes: &[u8], text: &TextSpec) -> Result<(), String> {
+        crate::prepost::configured_tokenizer(bytes, text).map(drop)
     }
 }
 

@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use policies::tensor::{tensor_from_parts, DType};
-use registry::{ModelInspector, ModelType};
+use contract::tensor::{tensor_from_parts, DType};
+use contract::{ModelInspector, ModelType};
 use serde_json::Value;
 use taskmesh_runtime::session::{build_session, run, SessionOptions};
 use taskmesh_runtime::OrtInspector;

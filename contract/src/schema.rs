@@ -10,8 +10,8 @@
 
 use std::sync::{Arc, OnceLock};
 
+use crate::tensor::{DType, Violation};
 use jsonschema::{PatternOptions, Validator};
-use policies::tensor::{DType, Violation};
 use serde_json::{json, Value};
 
 use crate::version::{InputBinding, InputSource};
@@ -70,9 +70,7 @@ pub fn derived_input_schema(inputs: &[InputBinding]) -> Value {
         let schema = match b.source {
             InputSource::Json => tensor_schema(b.dtype, &b.shape),
             InputSource::TextIds | InputSource::TextAttentionMask | InputSource::TextTypeIds => {
-                items_schema(
-                    json!({"type": "string", "maxLength": policies::limits::MAX_TEXT_BYTES}),
-                )
+                items_schema(json!({"type": "string", "maxLength": crate::limits::MAX_TEXT_BYTES}))
             }
             InputSource::Image => {
                 items_schema(json!({"type": "string", "contentEncoding": "base64"}))
@@ -87,7 +85,7 @@ pub fn derived_input_schema(inputs: &[InputBinding]) -> Value {
 
 /// One item, or an array of 1..=`MAX_BATCH_ITEMS` of them (text and image fields).
 fn items_schema(item: Value) -> Value {
-    json!({"anyOf": [item.clone(), {"type": "array", "items": item, "minItems": 1, "maxItems": policies::limits::MAX_BATCH_ITEMS}]})
+    json!({"anyOf": [item.clone(), {"type": "array", "items": item, "minItems": 1, "maxItems": crate::limits::MAX_BATCH_ITEMS}]})
 }
 
 fn tensor_schema(dtype: DType, shape: &[i64]) -> Value {

@@ -8,12 +8,13 @@
 
 use std::collections::HashMap;
 
-use policies::tensor::{tensor_from_json, tensor_from_parts, DType, Tensor, Violation};
-use policies::{ApiError, ErrorCode};
+use crate::tensor::{tensor_from_json, tensor_from_parts, DType, Tensor, Violation};
+use crate::{ApiError, ErrorCode};
 use serde_json::{json, Value};
 
 use crate::definition::Take;
-use crate::processing;
+use crate::names::escape;
+use crate::processing::{image, text, ItemLimits};
 use crate::version::{FunctionVersion, InputSource, ModelType};
 
 /// Input tensors by model tensor name, ready to run.
@@ -117,7 +118,7 @@ pub fn invoke_inputs(version: &FunctionVersion, body: &Value) -> Result<InvokeIn
             ));
             continue;
         };
-        let batch = processing::Batch {
+        let limits = ItemLimits {
             fixed: binding.shape.first().copied().unwrap_or(-1),
             arrays: arrays_allowed,
         };
@@ -128,14 +129,14 @@ pub fn invoke_inputs(version: &FunctionVersion, body: &Value) -> Result<InvokeIn
                     Err(mut found) => violations.append(&mut found),
                 }
             }
-            InputSource::TextIds => match processing::text_items(value, &pointer, batch) {
+            InputSource::TextIds => match text::texts(value, &pointer, limits) {
                 Ok(found) => texts.push(TextField {
                     field: binding.field.clone(),
                     texts: found,
                 }),
                 Err(mut found) => violations.append(&mut found),
             },
-            InputSource::Image => match processing::image_items(value, &pointer, batch) {
+            InputSource::Image => match image::images(value, &pointer, limits) {
                 Ok(found) => images.push(ImageField {
                     field: binding.field.clone(),
                     images: found,
@@ -368,8 +369,4 @@ pub fn oip_metadata(version: &FunctionVersion, versions: &[u32]) -> Value {
         "inputs": version.signature.inputs.iter().map(describe).collect::<Vec<_>>(),
         "outputs": version.signature.outputs.iter().map(describe).collect::<Vec<_>>(),
     })
-}
-
-fn escape(field: &str) -> String {
-    field.replace('~', "~0").replace('/', "~1")
 }

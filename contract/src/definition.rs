@@ -7,10 +7,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use policies::tensor::{DType, Violation};
+use crate::tensor::{DType, Violation};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::names::{escape, valid_digest, valid_name};
+
+use crate::processing::{image, post, text, Post, TextTensors};
 pub use crate::processing::{ImageDecode, ImageSpec, Layout, Padding, TextSpec};
 
 /// Current definition format version; `format` may be omitted and means this.
@@ -106,7 +109,7 @@ pub struct OutputSpec {
     pub dtype: Option<DType>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub take: Option<Take>,
-    // Post-processing, applied in this order before `take` (see `processing::check_post`).
+    // Post-processing, applied in this order before `take` (see `processing::post::check_against`).
     /// Mean over the sequence axis of `[batch, sequence, hidden]`, weighted by
     /// this attention mask tensor of a text input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -302,7 +305,7 @@ fn path_to_pointer(path: &serde_path_to_error::Path) -> String {
             Segment::Seq { index } => pointer.push_str(&format!("/{index}")),
             Segment::Map { key } | Segment::Enum { variant: key } => {
                 pointer.push('/');
-                pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+                pointer.push_str(&escape(key));
             }
             Segment::Unknown => {}
         }
@@ -310,22 +313,116 @@ fn path_to_pointer(path: &serde_path_to_error::Path) -> String {
     pointer
 }
 
-/// Whether a function name is acceptable in a URL path segment and a store key.
-pub fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
-        && name.len() <= 64
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+/// What an input declaration is, read from which key it has.
+#[derive(Debug, Clone, Copy)]
+pub enum InputKind<'a> {
+    /// `{"tensor", "dtype"?, "shape"?}`: JSON numbers into one tensor.
+    Tensor,
+    /// `{"text": {...}, "ids"?, "attention_mask"?, "type_ids"?}`.
+    Text(&'a TextSpec),
+    /// `{"image": {...}, "tensor"}`.
+    Image(&'a ImageSpec),
 }
 
-/// Whether `digest` is `sha256:` followed by 64 lowercase hex digits.
-pub fn valid_digest(digest: &str) -> bool {
-    digest.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
+impl InputSpec {
+    /// The kind of this input: `text` or `image` when that key is present, else a tensor.
+    pub fn kind(&self) -> InputKind<'_> {
+        match (&self.text, &self.image) {
+            (Some(text), _) => InputKind::Text(text),
+            (None, Some(image)) => InputKind::Image(image),
+            (None, None) => InputKind::Tensor,
+        }
+    }
+}
+
+impl InputSpec {
+    /// The tensor names declared beside a `text`.
+    pub fn text_tensors(&self) -> TextTensors<'_> {
+        TextTensors {
+            ids: self.ids.as_deref(),
+            attention_mask: self.attention_mask.as_deref(),
+            type_ids: self.type_ids.as_deref(),
+        }
+    }
+}
+
+impl OutputSpec {
+    /// The declared post-processing.
+    pub fn post(&self) -> Post<'_> {
+        Post {
+            mean_pool: self.mean_pool.as_deref(),
+            softmax: self.softmax,
+            normalize: self.normalize,
+            argmax: self.argmax,
+            labels: self.labels.as_deref(),
+        }
+    }
+
+    /// Whether any post-processing is declared.
+    pub fn has_post(&self) -> bool {
+        self.post().any()
+    }
+}
+
+/// Field checks of one input that need no model.
+fn check_input(field: &str, spec: &InputSpec) -> Vec<Violation> {
+    let p = format!("/inputs/{}", escape(field));
+    let mut v = Vec::new();
+    let not_here = |v: &mut Vec<Violation>, key: &str, present: bool, why: &str| {
+        if present {
+            v.push(Violation::new(format!("{p}/{key}"), why.to_string()));
+        }
+    };
+    let text_keys = [
+        ("ids", spec.ids.is_some()),
+        ("attention_mask", spec.attention_mask.is_some()),
+        ("type_ids", spec.type_ids.is_some()),
+    ];
+    match (&spec.text, &spec.image) {
+        (Some(_), Some(_)) => v.push(Violation::new(
+            p.clone(),
+            "an input is a tensor, a text or an image: give \"text\" or \"image\", not both",
+        )),
+        (Some(text), None) => {
+            let why = "a text input names its tensors with ids, attention_mask and type_ids";
+            not_here(&mut v, "tensor", spec.tensor.is_some(), why);
+            not_here(&mut v, "dtype", spec.dtype.is_some(), why);
+            not_here(&mut v, "shape", spec.shape.is_some(), why);
+            v.extend(text::check(&p, text, spec.text_tensors()));
+        }
+        (None, Some(image)) => {
+            for (key, present) in text_keys {
+                not_here(&mut v, key, present, "only a text input has this field");
+            }
+            let why = "an image input takes its tensor's type and shape from the model";
+            not_here(&mut v, "dtype", spec.dtype.is_some(), why);
+            not_here(&mut v, "shape", spec.shape.is_some(), why);
+            if spec.tensor.is_none() {
+                v.push(Violation::new(
+                    format!("{p}/tensor"),
+                    "an image input needs the name of the tensor it fills",
+                ));
+            }
+            v.extend(image::check(&format!("{p}/image"), image));
+        }
+        (None, None) => {
+            for (key, present) in text_keys {
+                not_here(&mut v, key, present, "only a text input has this field");
+            }
+            if spec.tensor.is_none() {
+                v.push(Violation::new(
+                    format!("{p}/tensor"),
+                    "required: the model input tensor this field fills (or declare \"text\" or \"image\")",
+                ));
+            }
+        }
+    }
+    v
+}
+
+/// Field checks of one output that need no model.
+fn check_output(field: &str, spec: &OutputSpec) -> Vec<Violation> {
+    post::check(field, spec.post())
 }
 
 /// Field checks that need no model: names, ranges, shapes.
@@ -365,10 +462,10 @@ fn check_fields(d: &TaskDefinition) -> Vec<Violation> {
         ));
     }
     for (field, spec) in &d.inputs {
-        v.extend(crate::processing::check_input(field, spec));
+        v.extend(check_input(field, spec));
     }
     for (field, spec) in &d.outputs {
-        v.extend(crate::processing::check_output(field, spec));
+        v.extend(check_output(field, spec));
     }
     for (field, spec) in &d.inputs {
         if let Some(shape) = &spec.shape {
@@ -401,7 +498,7 @@ fn check_fields(d: &TaskDefinition) -> Vec<Violation> {
     }
     if d.max_body_bytes == Some(0)
         || d.max_body_bytes
-            .is_some_and(|b| b > policies::limits::MAX_MODEL_BYTES)
+            .is_some_and(|b| b > crate::limits::MAX_MODEL_BYTES)
     {
         v.push(Violation::new(
             "/max_body_bytes",
@@ -537,16 +634,5 @@ mod tests {
         let err = parse(body.as_bytes(), Syntax::Json).unwrap_err();
         let pointers: Vec<&str> = err.violations.iter().map(|v| v.pointer.as_str()).collect();
         assert_eq!(pointers, vec!["/name", "/model", "/timeout_ms"]);
-    }
-
-    #[test]
-    fn names_and_digests() {
-        assert!(valid_name("digits"));
-        assert!(valid_name("a-b_c9"));
-        assert!(!valid_name("9a"));
-        assert!(!valid_name(""));
-        assert!(!valid_name("a/b"));
-        assert!(valid_digest(DIGEST));
-        assert!(!valid_digest("sha256:ABC"));
     }
 }

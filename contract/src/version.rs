@@ -1,87 +1,11 @@
 //! A registered, immutable function version: the definition resolved against its model.
 
-use policies::tensor::{DType, Violation};
 use serde::{Deserialize, Serialize};
 
-use crate::definition::{InputSpec, OutputSpec, Take, TaskDefinition};
-use crate::processing::{self, InputKind};
-
-/// Element type as the model declares it: a supported [`DType`] or the raw name of another.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum ModelType {
-    Supported(DType),
-    Other(String),
-}
-
-impl std::fmt::Display for ModelType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ModelType::Supported(d) => write!(f, "{d}"),
-            ModelType::Other(s) => f.write_str(s),
-        }
-    }
-}
-
-/// One input or output of a model as ONNX Runtime reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TensorInfo {
-    pub name: String,
-    pub dtype: ModelType,
-    /// `-1` for a dynamic dimension; empty for a scalar; `None` when not a tensor.
-    pub shape: Option<Vec<i64>>,
-}
-
-/// The inputs and outputs of a model.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelSignature {
-    pub inputs: Vec<TensorInfo>,
-    pub outputs: Vec<TensorInfo>,
-}
-
-/// Reads a model's signature; implemented by the runtime over ONNX Runtime.
-pub trait ModelInspector: Send + Sync + 'static {
-    /// Loads `bytes` as a model; `Err` says why it is not a usable model.
-    fn inspect(&self, bytes: &[u8]) -> Result<ModelSignature, String>;
-}
-
-/// A JSON input field bound to a model input tensor, with its resolved type and shape.
-///
-/// A text input binds up to three tensors (ids, attention mask, type ids), each
-/// its own binding with the same `field`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InputBinding {
-    pub field: String,
-    pub tensor: String,
-    pub dtype: DType,
-    pub shape: Vec<i64>,
-    /// How the field becomes this tensor (JSON numbers unless preprocessed).
-    #[serde(default, skip_serializing_if = "InputSource::is_json")]
-    pub source: InputSource,
-}
-
-/// Where an input tensor's values come from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InputSource {
-    /// JSON numbers mapped onto the tensor.
-    #[default]
-    Json,
-    /// Token ids of a text input.
-    TextIds,
-    /// Attention mask of a text input.
-    TextAttentionMask,
-    /// Token type ids of a text input.
-    TextTypeIds,
-    /// Pixels of a decoded image.
-    Image,
-}
-
-impl InputSource {
-    pub fn is_json(&self) -> bool {
-        *self == InputSource::Json
-    }
-}
+use crate::definition::{InputKind, InputSpec, OutputSpec, Take, TaskDefinition};
+use crate::processing::{image, post, text};
+pub use crate::signature::{InputBinding, InputSource, ModelSignature, ModelType, TensorInfo};
+use crate::tensor::{DType, Violation};
 
 /// A model output tensor bound to a JSON output field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,13 +86,13 @@ pub fn bind(
         let tensor_name = match spec.kind() {
             InputKind::Text(text) => {
                 fed.extend(
-                    processing::text_tensors(spec, signature)
+                    text::tensors(spec.text_tensors(), signature)
                         .into_iter()
                         .map(|(_, t)| t),
                 );
-                inputs.extend(processing::bind_text(
+                inputs.extend(text::bind(
                     field,
-                    spec,
+                    spec.text_tensors(),
                     text,
                     signature,
                     &mut violations,
@@ -178,7 +102,7 @@ pub fn bind(
             InputKind::Image(image) => {
                 let tensor = spec.tensor.clone().unwrap_or_default();
                 fed.push(tensor.clone());
-                inputs.extend(processing::bind_image(
+                inputs.extend(image::bind(
                     field,
                     &tensor,
                     image,
@@ -213,8 +137,8 @@ pub fn bind(
                         format!("{pointer}/shape"),
                         format!(
                             "declared shape {} is incompatible with the model's {} for tensor {:?}",
-                            policies::tensor::shape_display(declared),
-                            policies::tensor::shape_display(&model_shape),
+                            crate::tensor::shape_display(declared),
+                            crate::tensor::shape_display(&model_shape),
                             tensor_name
                         ),
                     ));
@@ -267,7 +191,7 @@ pub fn bind(
         let Some(dtype) = resolve_dtype(info, spec.dtype, &pointer, &mut violations) else {
             continue;
         };
-        processing::check_post(field, spec, info, dtype, &masks, &mut violations);
+        post::check_against(field, spec.post(), info, dtype, &masks, &mut violations);
         outputs.push(OutputBinding {
             field: field.clone(),
             tensor: spec.tensor.clone(),

@@ -1,0 +1,43 @@
+//! The function contract: what a function is and how it is called.
+//!
+//! Everything the router, the node and the registry must agree on lives here,
+//! and nothing else: the definition format and its checks, versions bound to a
+//! model's signature, input and output schemas, the JSON and Open Inference
+//! Protocol mappings, the cheap per-request checks of text and image fields,
+//! the error type with its one status table, the header names and the limits.
+//!
+//! The crate does no I/O. Where the router and the node need data that the
+//! registry keeps (versions, keys, counters, model bytes), they ask through the
+//! traits in [`ports`], which the registry's stores implement; so the data
+//! plane never links a storage engine.
+//!
+//! Layering (each module uses only those above it):
+//! `error`, `limits`, `names` → `tensor`, `json`, `headers` → `signature` →
+//! `processing` (one module per input or output kind) → `definition` →
+//! `schema` → `version` → `protocol` → `principal`, `qualifier` → `ports`.
+
+pub mod definition;
+pub mod error;
+pub mod headers;
+#[cfg(feature = "axum")]
+pub mod http;
+pub mod json;
+pub mod limits;
+pub mod names;
+pub mod ports;
+pub mod principal;
+pub mod processing;
+pub mod protocol;
+pub mod qualifier;
+pub mod schema;
+pub mod signature;
+pub mod tensor;
+pub mod version;
+
+pub use definition::{Take, TaskDefinition};
+pub use error::{ApiError, ErrorCode};
+pub use ports::ModelInspector;
+pub use principal::{Plan, Principal, Scope};
+pub use qualifier::{Qualifier, DEFAULT_TENANT};
+pub use signature::{InputBinding, InputSource, ModelSignature, ModelType, TensorInfo};
+pub use version::{FunctionVersion, OutputBinding};
