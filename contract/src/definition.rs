@@ -574,8 +574,9 @@ pub fn check_rate_limit(rl: &RateLimitPolicy, pointer: &str) -> Option<Violation
 
 /// Checks a quota: every limit present is at least 1.
 pub fn check_quota(q: &QuotaPolicy, pointer: &str) -> Option<Violation> {
-    let zero = q.per_day == Some(0) || q.per_month == Some(0) || q.max_in_flight == Some(0);
-    zero.then(|| Violation::new(pointer, "quota limits must be at least 1"))
+    policies::quota::QuotaLimits::try_new(q.per_day, q.per_month, q.max_in_flight)
+        .err()
+        .map(|e| Violation::new(pointer, e))
 }
 
 #[cfg(test)]

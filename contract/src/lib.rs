@@ -24,6 +24,7 @@ pub mod http;
 pub mod json;
 pub mod limits;
 pub mod names;
+pub mod onnx;
 pub mod ports;
 pub mod principal;
 pub mod processing;

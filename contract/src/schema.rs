@@ -14,7 +14,7 @@ use crate::tensor::{DType, Violation};
 use jsonschema::{PatternOptions, Validator};
 use serde_json::{json, Value};
 
-use crate::version::{InputBinding, InputSource};
+use crate::signature::{InputBinding, InputSource};
 
 /// Largest schema accepted, serialized.
 pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;

@@ -19,6 +19,34 @@ pub enum QuotaWindow {
     Month,
 }
 
+/// A quota's limits, checked once (at registration) with [`QuotaLimits::try_new`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaLimits {
+    pub per_day: Option<u64>,
+    pub per_month: Option<u64>,
+    /// Calls one client may have in flight at once.
+    pub max_in_flight: Option<u32>,
+}
+
+impl QuotaLimits {
+    /// Every limit that is given must be at least 1 (a zero quota would
+    /// refuse every call; leave the limit out instead).
+    pub fn try_new(
+        per_day: Option<u64>,
+        per_month: Option<u64>,
+        max_in_flight: Option<u32>,
+    ) -> Result<Self, String> {
+        if per_day == Some(0) || per_month == Some(0) || max_in_flight == Some(0) {
+            return Err("quota limits must be at least 1".into());
+        }
+        Ok(QuotaLimits {
+            per_day,
+            per_month,
+            max_in_flight,
+        })
+    }
+}
+
 /// The answer for one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuotaDecision {
@@ -113,6 +141,19 @@ fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_of_zero_are_refused_and_absent_ones_are_fine() {
+        assert!(QuotaLimits::try_new(Some(1), None, Some(1)).is_ok());
+        assert!(QuotaLimits::try_new(None, None, None).is_ok());
+        for (day, month, in_flight) in [
+            (Some(0), None, None),
+            (None, Some(0), None),
+            (None, None, Some(0)),
+        ] {
+            assert!(QuotaLimits::try_new(day, month, in_flight).is_err());
+        }
+    }
     use QuotaWindow::{Day, Month};
 
     const DAY: u64 = SECS_PER_DAY;

@@ -167,6 +167,14 @@ impl Registry {
                 "the model body is empty",
             ));
         }
+        // Uploaded models are untrusted: one that names a file on the host as
+        // external data is refused before anything loads it.
+        contract::onnx::check_self_contained(bytes).map_err(|reason| {
+            ApiError::new(
+                ErrorCode::InvalidInput,
+                format!("not an acceptable ONNX model: {reason}"),
+            )
+        })?;
         let hex = crate::models::sha256_hex(bytes);
         let signature = match self.signature_of(&hex) {
             Some(known) => known,

@@ -48,7 +48,14 @@ pub fn provider_name(options: SessionOptions) -> &'static str {
 ///
 /// A GPU session never falls back to the CPU silently: without a usable CUDA
 /// provider it fails, saying so.
+/// Where ONNX Runtime would look for external data: a folder that does not exist.
+const NO_EXTERNAL_DATA_FOLDER: &str = "/nonexistent/taskmesh-models-have-no-external-data";
+
 pub fn build_session(bytes: &[u8], options: SessionOptions) -> Result<Session, String> {
+    // Models are untrusted: one that names a file on this host as external
+    // data is refused before ONNX Runtime sees it (the registry checked at
+    // upload; this is the node's own check).
+    contract::onnx::check_self_contained(bytes)?;
     let env = ortenv::environment()?;
     let err = |e: ort::Error<ort::session::builder::SessionBuilder>| e.to_string();
     let mut builder = Session::builder(env)
@@ -58,6 +65,13 @@ pub fn build_session(bytes: &[u8], options: SessionOptions) -> Result<Session, S
         .with_intra_threads(options.intra_threads)
         .map_err(err)?
         .with_inter_threads(1)
+        .map_err(err)?
+        // And should a model ever get past that check, the folder its external
+        // data resolves in does not exist, so no path on the host can be named.
+        .with_config_entry(
+            "session.model_external_initializers_file_folder_path",
+            NO_EXTERNAL_DATA_FOLDER,
+        )
         .map_err(err)?;
     if options.gpu {
         if !cuda_available() {

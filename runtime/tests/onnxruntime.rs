@@ -104,3 +104,13 @@ fn a_run_with_a_wrong_shape_fails_with_a_reason() {
     let err = run(&mut session, vec![("b".to_string(), t)]).unwrap_err();
     assert!(!err.is_empty());
 }
+
+#[test]
+fn a_model_with_external_data_never_reaches_onnx_runtime() {
+    // It names `.taskmesh/admin.key`, the operator key of `taskmesh up`.
+    let exfil = generated("tests/models/exfil/model.onnx");
+    let err = OrtInspector.inspect(&exfil).unwrap_err();
+    assert!(err.contains("external data"), "{err}");
+    let err = build_session(&exfil, SessionOptions::default()).unwrap_err();
+    assert!(err.contains(".taskmesh/admin.key"), "{err}");
+}
