@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use axum::http::StatusCode;
 use axum::routing::get;
-use registry::membership::{Membership, NodeRecord, HEARTBEAT};
+use registry::cluster::{Membership, NodeRecord, RedisMembership, HEARTBEAT};
 use registry::models::ModelRemote;
 use registry::{Auth, ModelStore, RedisStore, Registry};
 use runtime::engine::EngineConfig;
@@ -97,7 +97,7 @@ async fn terminated() {
 }
 
 /// `GET /v1/nodes` from membership.
-struct ClusterNodes(Membership);
+struct ClusterNodes(Arc<dyn Membership>);
 
 #[async_trait::async_trait]
 impl registry::api::NodeDirectory for ClusterNodes {
@@ -134,7 +134,7 @@ pub async fn registry(config: Config) -> Result<()> {
     // Versions are warmed on their owner node: at registration when they
     // keep `min_instances`, and before a rollout's first step.
     let warmer = Arc::new(OwnerWarmer {
-        membership: Membership::new(redis.clone()),
+        membership: Arc::new(RedisMembership::new(redis.clone())),
         client: crate::client::H2Client::new(None),
     });
     {
@@ -167,7 +167,9 @@ pub async fn registry(config: Config) -> Result<()> {
     let app = registry::api::router_with_rollouts(
         registry,
         auth,
-        Some(Arc::new(ClusterNodes(Membership::new(redis)))),
+        Some(Arc::new(ClusterNodes(Arc::new(RedisMembership::new(
+            redis,
+        ))))),
         Some(rollouts),
     )
     .merge(probes(ready.clone()));
@@ -222,7 +224,7 @@ pub async fn node(config: Config) -> Result<()> {
         None => local.to_string(),
     };
     let id = format!("node-{address}");
-    let membership = Membership::new(redis);
+    let membership: Arc<dyn Membership> = Arc::new(RedisMembership::new(redis));
     let ready = Arc::new(AtomicBool::new(true));
     let app = runtime::server::router(engine.clone(), id.clone()).merge(probes(ready.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -329,7 +331,7 @@ pub async fn router(config: Config, upgrade: bool) -> Result<()> {
         std::env::var("TASKMESH_ADMIN_KEY").ok().as_deref(),
     ));
     let nodes = Arc::new(router::placement::NodeSet::new(config.bounds()));
-    let membership = Membership::new(redis.clone());
+    let membership: Arc<dyn Membership> = Arc::new(RedisMembership::new(redis.clone()));
     // The first view of membership before taking traffic.
     if let Ok(live) = membership.live().await {
         nodes.update(node_infos(&live));
@@ -397,7 +399,7 @@ pub async fn router(config: Config, upgrade: bool) -> Result<()> {
 /// Warms a version on the node that owns it (the first ring candidate among
 /// the live nodes, as routers place it).
 struct OwnerWarmer {
-    membership: Membership,
+    membership: Arc<dyn Membership>,
     client: crate::client::H2Client,
 }
 

@@ -285,7 +285,10 @@ async fn a_model_uploaded_through_one_registry_registers_through_another(remote:
         Arc::new(FakeInspector),
     );
     let b = Registry::new(store, remote.store(cache_b.path()), Arc::new(FakeInspector));
-    let model = vec![7u8; 4096];
+    // Well-formed protobuf (the registry refuses anything else before the
+    // inspector is asked): field 1 (ir_version) = 8, then a 4 KiB doc_string.
+    let mut model = vec![0x08, 0x08, 0x32, 0x80, 0x20];
+    model.extend(std::iter::repeat_n(b'x', 4096));
     let digest = a.upload_model(&model).await.unwrap();
     let definition = json!({
         "name": "shared",
@@ -302,7 +305,7 @@ async fn a_model_uploaded_through_one_registry_registers_through_another(remote:
         .await
         .unwrap();
     assert_eq!(version.version, 1);
-    assert_eq!(version.model_size_bytes, 4096);
+    assert_eq!(version.model_size_bytes, model.len() as u64);
     // A digest that no remote has is still refused as not uploaded.
     let unknown = json!({
         "name": "shared",

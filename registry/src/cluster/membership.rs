@@ -1,7 +1,8 @@
-//! Cluster membership in Redis: runtime nodes heartbeat a record with a TTL;
-//! routers and the registry read the live set.
+//! Cluster membership: runtime nodes heartbeat a record with a TTL; routers
+//! and the registry read the live set. [`Membership`] is what callers use;
+//! [`RedisMembership`] keeps it in Redis.
 //!
-//! Key layout (prefix `tm:`):
+//! Key layout in Redis (prefix `tm:`):
 //! - `tm:node:{id}`: the node's record as JSON, written with `SET … PX ttl` on
 //!   every heartbeat, so it disappears by itself when the node stops;
 //! - `tm:nodes`: a set of node ids, the index readers scan. Ids whose record
@@ -14,10 +15,11 @@
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::redis_store::RedisStore;
+use super::connection::RedisStore;
 use crate::store::StoreError;
 
 /// How often a node writes its record.
@@ -61,10 +63,24 @@ impl NodeRecord {
     }
 }
 
-/// A handle on the membership keys, over the registry's Redis connection;
-/// cheap to clone.
+/// The live set of runtime nodes, as nodes publish it and routers and the
+/// registry read it.
+#[async_trait]
+pub trait Membership: Send + Sync {
+    /// Writes `record` with a fresh TTL (a node's heartbeat).
+    async fn heartbeat(&self, record: &NodeRecord) -> Result<(), StoreError>;
+
+    /// Removes a node at once (a clean shutdown).
+    async fn leave(&self, id: &str) -> Result<(), StoreError>;
+
+    /// The live nodes, sorted by id.
+    async fn live(&self) -> Result<Vec<NodeRecord>, StoreError>;
+}
+
+/// [`Membership`] in Redis: a handle on the membership keys, over the
+/// registry's Redis connection; cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Membership {
+pub struct RedisMembership {
     redis: RedisStore,
 }
 
@@ -86,13 +102,16 @@ const FORGET_EXPIRED: &str = "for i, id in ipairs(ARGV) do \
    if redis.call('EXISTS', KEYS[i + 1]) == 0 then redis.call('SREM', KEYS[1], id) end \
  end return 0";
 
-impl Membership {
+impl RedisMembership {
     pub fn new(redis: RedisStore) -> Self {
-        Membership { redis }
+        RedisMembership { redis }
     }
+}
 
+#[async_trait]
+impl Membership for RedisMembership {
     /// Writes `record` with a fresh TTL.
-    pub async fn heartbeat(&self, record: &NodeRecord) -> Result<(), StoreError> {
+    async fn heartbeat(&self, record: &NodeRecord) -> Result<(), StoreError> {
         let json = serde_json::to_string(record).map_err(backend)?;
         let (key, id) = (node_key(&record.id), record.id.clone());
         self.redis
@@ -119,7 +138,7 @@ impl Membership {
     }
 
     /// Removes a node at once (a clean shutdown).
-    pub async fn leave(&self, id: &str) -> Result<(), StoreError> {
+    async fn leave(&self, id: &str) -> Result<(), StoreError> {
         let id = id.to_string();
         self.redis
             .run(true, move |mut conn| {
@@ -142,7 +161,7 @@ impl Membership {
     }
 
     /// The live nodes, sorted by id; forgets the ids whose record expired.
-    pub async fn live(&self) -> Result<Vec<NodeRecord>, StoreError> {
+    async fn live(&self) -> Result<Vec<NodeRecord>, StoreError> {
         let mut ids: Vec<String> = self
             .redis
             .run(true, |mut conn| async move {

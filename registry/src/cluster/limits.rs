@@ -12,7 +12,7 @@ use std::time::Duration;
 use contract::ports::SharedLimits;
 use policies::ratelimit::{RateDecision, RateLimitConfig};
 
-use crate::redis_store::RedisStore;
+use super::connection::RedisStore;
 use crate::store::StoreError;
 
 /// GCRA step. KEYS[1]: the key; ARGV: emission interval (µs), burst.
