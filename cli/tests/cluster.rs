@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use cluster_support::*;
 use serde_json::{json, Value};
-use support::generated_json;
+use support::digits_definition;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_owner_fails_no_invocation_and_leaves_within_two_seconds() {
@@ -97,8 +97,15 @@ async fn joining_and_leaving_move_only_the_functions_of_that_node() {
             served_by(&client, &cluster.routers[0], name).await,
         );
     }
-    let ids: Vec<String> = cluster.nodes.iter().map(node_id).collect();
-    assert!(before.values().all(|n| ids.contains(n)));
+    // Each function is served by its owner on the ring of the three nodes.
+    let old_nodes: Vec<&Proc> = cluster.nodes.iter().collect();
+    for name in &names {
+        assert_eq!(
+            before[name],
+            owner_of(&old_nodes, name),
+            "{name} before the join"
+        );
+    }
 
     let joined = cluster.add_node();
     wait_healthy(&cluster.nodes[joined]);
@@ -106,19 +113,33 @@ async fn joining_and_leaving_move_only_the_functions_of_that_node() {
     // The router reads membership every 250 ms.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let newcomer = node_id(&cluster.nodes[joined]);
-    let mut stayed = 0;
-    let mut moved_to_newcomer = 0;
+    let all_nodes: Vec<&Proc> = cluster.nodes.iter().collect();
+    // The functions that moved are exactly those the ring of four gives the
+    // newcomer: every other function stays on the node that served it.
+    let (mut moved, mut should_move) = (Vec::new(), Vec::new());
     for name in &names {
         let now = served_by(&client, &cluster.routers[0], name).await;
-        if now == before[name] {
-            stayed += 1;
-        } else {
+        if now != before[name] {
             assert_eq!(now, newcomer, "{name} moved between old nodes");
-            moved_to_newcomer += 1;
+            moved.push(name.as_str());
+        }
+        if owner_of(&all_nodes, name) == newcomer {
+            should_move.push(name.as_str());
         }
     }
-    assert!(stayed * 100 >= (names.len() - moved_to_newcomer) * 95);
-    assert!(moved_to_newcomer > 0, "the new node took no function");
+    assert_eq!(
+        moved, should_move,
+        "the functions that moved to the newcomer, and those the ring gives it"
+    );
+    assert!(!moved.is_empty(), "the new node took no function");
+    // About 1/4 of them (1/N), not the 3/4 that rehashing modulo N would
+    // move; at most twice the fair share.
+    assert!(
+        moved.len() * 2 <= names.len(),
+        "{} of {} functions moved to the fourth node: {moved:?}",
+        moved.len(),
+        names.len()
+    );
 
     // It leaves cleanly (SIGTERM): its functions go back where they were.
     let status = cluster.nodes[joined].terminate(Duration::from_secs(10));
@@ -129,10 +150,12 @@ async fn joining_and_leaving_move_only_the_functions_of_that_node() {
     );
     cluster.wait_for_nodes(3, Duration::from_secs(3)).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
+    // Only the functions it owned move, each back to its owner before the join.
     for name in &names {
         assert_eq!(
             served_by(&client, &cluster.routers[0], name).await,
-            before[name]
+            before[name],
+            "{name} after the fourth node left"
         );
     }
 }
@@ -253,9 +276,7 @@ async fn redis_loss_keeps_cached_functions_serving_and_loses_no_definition() {
     }
     // Admin writes fail fast with 503.
     let started = Instant::now();
-    let mut doc = generated_json("examples/digits/function.json");
-    doc["name"] = json!("d");
-    doc["model"] = json!(digest);
+    let doc = digits_definition(&digest, "d", &json!({}));
     let reply = client
         .post_json(&cluster.registry.url("/v1/functions"), &doc)
         .await;
@@ -357,7 +378,7 @@ async fn min_instances_are_warmed_on_the_owner_at_registration() {
     assert_eq!(reply.header("x-taskmesh-cold-start"), Some("false"));
 }
 
-/// Polls a rollout on `registry` until it has an outcome, or panics after `limit`.
+/// Polls a rollout on `registry` until `done` holds, or panics after `limit`.
 async fn rollout_on(
     client: &support::TestClient,
     registry: &Proc,
@@ -366,20 +387,7 @@ async fn rollout_on(
     limit: Duration,
 ) -> Value {
     let url = registry.url(&format!("/v1/functions/handover/rollouts/{id}"));
-    let deadline = Instant::now() + limit;
-    loop {
-        let reply = client.get(&url).await;
-        if reply.status == 200 && done(&reply.json()) {
-            return reply.json();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the rollout did not get there: {} {}",
-            reply.status,
-            reply.json()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    support::poll_json(client, &url, limit, done).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,45 +399,17 @@ async fn a_rollout_outlives_the_registry_that_drove_it() {
     cluster.digits(&digest, "handover", json!({})).await;
     let client = cluster.client();
     let reply = client
-        .send(
-            http::Method::PUT,
+        .put_json(
             &cluster.registry.url("/v1/functions/handover/aliases/live"),
-            &[("content-type", "application/json")],
-            serde_json::to_vec(&json!({"routes": [{"version": 1, "weight": 100}]})).unwrap(),
+            &json!({"routes": [{"version": 1, "weight": 100}]}),
         )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.json());
 
     // Traffic through the router, one routing key per call so both versions
     // get their share.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let url = cluster.routers[0].url("/v1/functions/handover/invoke");
-    let traffic: Vec<_> = (0..4)
-        .map(|c| {
-            let (client, url, stop) = (client.clone(), url.clone(), stop.clone());
-            tokio::spawn(async move {
-                let (mut i, mut statuses) = (0u64, Vec::new());
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let key = format!("k-{c}-{i}");
-                    let reply = client
-                        .send(
-                            http::Method::POST,
-                            &url,
-                            &[
-                                ("content-type", "application/json"),
-                                ("x-taskmesh-routing-key", key.as_str()),
-                            ],
-                            serde_json::to_vec(&sample()).unwrap(),
-                        )
-                        .await;
-                    statuses.push(reply.status.as_u16());
-                    i += 1;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                statuses
-            })
-        })
-        .collect();
+    let traffic = support::Traffic::start(&client, &url, 4, "k");
 
     // Registry A starts the rollout and drives its first step; it is the only
     // registry, so it takes the rollout's lease and renews it every tick.
@@ -480,11 +460,7 @@ async fn a_rollout_outlives_the_registry_that_drove_it() {
         Duration::from_secs(90),
     )
     .await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut statuses = Vec::new();
-    for t in traffic {
-        statuses.extend(t.await.unwrap());
-    }
+    let statuses: Vec<u16> = traffic.stop().await.iter().map(|c| c.1).collect();
     assert_eq!(after["outcome"], "promoted", "{after:#}");
     let steps = after["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 3, "{after:#}");

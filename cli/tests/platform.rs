@@ -8,7 +8,6 @@ use http::Method;
 use serde_json::{json, Value};
 use support::*;
 
-/// Uploads a generated model and returns its digest.
 /// The invoke body for a digits reference case.
 fn digits_body(case: &Value) -> Value {
     json!({"pixels": case["input"]["float_input"]["data"]})
@@ -103,8 +102,7 @@ async fn register_invoke_and_version_over_h2c() {
     assert_eq!(function["latest_version"], 2);
 
     // Metrics count what was served.
-    let metrics = client.get(&p.router_url("/metrics")).await;
-    let text = String::from_utf8_lossy(&metrics.body);
+    let text = p.metrics().await;
     assert!(
         text.contains(
             r#"taskmesh_router_requests_total{function="digits",version="1",status="200"} 6"#
@@ -118,20 +116,8 @@ async fn open_inference_protocol_gives_the_same_numbers() {
     let p = Platform::start(&["--no-examples"]);
     let client = p.client();
     let reference = generated_json("examples/iris/reference.json");
-    let digest = upload(&client, &p, "examples/iris/model.onnx").await;
     // YAML definitions are accepted with content-type application/yaml.
-    let yaml = String::from_utf8(generated("examples/iris/function.yaml"))
-        .unwrap()
-        .replace("./model.onnx", &format!("\"{digest}\""));
-    let reply = client
-        .send(
-            Method::POST,
-            &p.admin_url("/v1/functions"),
-            &[("content-type", "application/yaml")],
-            yaml,
-        )
-        .await;
-    assert_eq!(reply.status, 201, "{}", reply.json());
+    register_iris_yaml(&client, &p).await;
 
     let meta = client.get(&p.router_url("/v2/models/iris")).await;
     assert_eq!(meta.status, 200);
@@ -286,12 +272,7 @@ async fn every_element_type_and_dynamic_dimension_round_trips() {
         .post_json(&p.router_url("/v1/functions/tensors/invoke"), &bad)
         .await
         .expect_error(422, "invalid_input");
-    let pointers: Vec<&str> = err["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["pointer"].as_str().unwrap())
-        .collect();
+    let pointers = pointers(&err);
     assert!(
         pointers.contains(&"/b/1") && pointers.contains(&"/d/0"),
         "{err}"
@@ -422,12 +403,7 @@ async fn bad_input_gets_the_contract_errors() {
         .post_json(&p.admin_url("/v1/functions"), &doc)
         .await
         .expect_error(422, "invalid_input");
-    let pointers: Vec<&str> = err["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["pointer"].as_str().unwrap())
-        .collect();
+    let pointers = pointers(&err);
     assert!(
         pointers.contains(&"/inputs/pixels/tensor") && pointers.contains(&"/outputs/label/dtype"),
         "{err}"

@@ -17,19 +17,7 @@ fn b64(bytes: &[u8]) -> String {
 
 /// Uploads bytes as an artifact and returns its digest.
 async fn upload_artifact(client: &TestClient, p: &Platform, bytes: Vec<u8>) -> String {
-    let size = bytes.len();
-    let reply = client
-        .send(
-            Method::POST,
-            &p.admin_url("/v1/artifacts"),
-            &[("content-type", "application/octet-stream")],
-            bytes,
-        )
-        .await;
-    assert_eq!(reply.status, 201, "{:?}", reply.json());
-    let body = reply.json();
-    assert_eq!(body["size"], size);
-    body["digest"].as_str().unwrap().to_string()
+    upload_bytes(client, &p.admin_url("/v1/artifacts"), bytes).await
 }
 
 /// The minilm-embed definition with its model and tokenizer uploaded, renamed, plus `changes`.
@@ -440,13 +428,8 @@ async fn registration_checks_artifacts_and_processing() {
         .send(Method::POST, &p.admin_url("/v1/artifacts"), &[], Vec::new())
         .await
         .expect_error(422, "invalid_input");
-    let reply = client
-        .post_json(
-            &p.admin_url("/v1/clients"),
-            &json!({"name": "app", "scopes": ["invoke"]}),
-        )
-        .await;
-    let app_key = reply.json()["api_key"].as_str().unwrap().to_string();
+    let (_, app_key) =
+        create_client(&client, &p, json!({"name": "app", "scopes": ["invoke"]})).await;
     TestClient::h2c()
         .with_key(&app_key)
         .send(
@@ -494,14 +477,8 @@ async fn registration_checks_artifacts_and_processing() {
     )
     .await;
     let err = register_error(wrong).await;
-    let pointers: Vec<&str> = err["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["pointer"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        pointers,
+        pointers(&err),
         vec![
             "/inputs/text/ids",
             "/inputs",

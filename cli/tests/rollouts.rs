@@ -9,37 +9,18 @@ use http::Method;
 use serde_json::{json, Value};
 use support::*;
 
-fn sample() -> Value {
-    generated_json("examples/digits/sample.json")
-}
-
 /// Registers the digits example under `name` `count` times (versions 1..=count),
-/// with `extra` merged into the last one.
+/// with the fields of `last` set on the last one.
 async fn digits_versions(client: &TestClient, p: &Platform, name: &str, count: u32, last: Value) {
     let digest = upload(client, p, "examples/digits/model.onnx").await;
     for i in 1..=count {
-        let mut doc = generated_json("examples/digits/function.json");
-        doc["name"] = json!(name);
-        doc["model"] = json!(digest);
-        doc["description"] = json!(format!("version {i}"));
+        let description = json!({"description": format!("version {i}")});
+        let mut doc = digits_definition(&digest, name, &description);
         if i == count {
-            for (k, v) in last.as_object().unwrap() {
-                doc[k] = v.clone();
-            }
+            set_fields(&mut doc, &last);
         }
         assert_eq!(register(client, p, &doc).await, u64::from(i));
     }
-}
-
-async fn put_json(client: &TestClient, url: &str, body: &Value) -> Reply {
-    client
-        .send(
-            Method::PUT,
-            url,
-            &[("content-type", "application/json")],
-            serde_json::to_vec(body).unwrap(),
-        )
-        .await
 }
 
 async fn set_alias(
@@ -49,24 +30,10 @@ async fn set_alias(
     alias: &str,
     routes: Value,
 ) -> Reply {
-    put_json(
-        client,
-        &p.admin_url(&format!("/v1/functions/{name}/aliases/{alias}")),
-        &json!({ "routes": routes }),
-    )
-    .await
-}
-
-async fn invoke_keyed(client: &TestClient, url: &str, key: &str) -> Reply {
     client
-        .send(
-            Method::POST,
-            url,
-            &[
-                ("content-type", "application/json"),
-                ("x-taskmesh-routing-key", key),
-            ],
-            serde_json::to_vec(&sample()).unwrap(),
+        .put_json(
+            &p.admin_url(&format!("/v1/functions/{name}/aliases/{alias}")),
+            &json!({ "routes": routes }),
         )
         .await
 }
@@ -272,13 +239,13 @@ async fn bad_alias_requests_get_422_404_and_the_error_body() {
             .expect_error(422, "invalid_input");
         assert_eq!(body["details"][0]["pointer"], pointer, "{routes}");
     }
-    let body = put_json(
-        &client,
-        &p.admin_url("/v1/functions/bad/aliases/live"),
-        &json!({"routes": [], "extra": 1}),
-    )
-    .await
-    .expect_error(422, "invalid_input");
+    let body = client
+        .put_json(
+            &p.admin_url("/v1/functions/bad/aliases/live"),
+            &json!({"routes": [], "extra": 1}),
+        )
+        .await
+        .expect_error(422, "invalid_input");
     assert!(
         body["message"].as_str().unwrap().contains("extra"),
         "{body}"
@@ -319,14 +286,8 @@ async fn bad_alias_requests_get_422_404_and_the_error_body() {
         .await
         .expect_error(404, "not_found");
     // An invoke-only client cannot set aliases.
-    let created = client
-        .post_json(
-            &p.admin_url("/v1/clients"),
-            &json!({"name": "app", "scopes": ["invoke"]}),
-        )
-        .await
-        .json();
-    let app = TestClient::h2c().with_key(created["api_key"].as_str().unwrap());
+    let (_, key) = create_client(&client, &p, json!({"name": "app", "scopes": ["invoke"]})).await;
+    let app = TestClient::h2c().with_key(&key);
     set_alias(
         &app,
         &p,
@@ -336,61 +297,6 @@ async fn bad_alias_requests_get_422_404_and_the_error_body() {
     )
     .await
     .expect_error(403, "forbidden");
-}
-
-/// Calls made by [`Traffic`]: when, status, served version.
-type Calls = Arc<std::sync::Mutex<Vec<(std::time::Instant, u16, u32)>>>;
-
-/// Background callers with distinct routing keys, until stopped.
-struct Traffic {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    calls: Calls,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(client: &TestClient, url: &str, callers: usize, tag: &str) -> Traffic {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let calls: Calls = Arc::default();
-        let tasks = (0..callers)
-            .map(|c| {
-                let (client, url, stop, calls, tag) = (
-                    client.clone(),
-                    url.to_string(),
-                    stop.clone(),
-                    calls.clone(),
-                    tag.to_string(),
-                );
-                tokio::spawn(async move {
-                    let mut i = 0u64;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        let reply = invoke_keyed(&client, &url, &format!("{tag}-{c}-{i}")).await;
-                        let version = reply
-                            .header("x-taskmesh-version")
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(0);
-                        calls.lock().unwrap().push((
-                            std::time::Instant::now(),
-                            reply.status.as_u16(),
-                            version,
-                        ));
-                        i += 1;
-                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                    }
-                })
-            })
-            .collect();
-        Traffic { stop, calls, tasks }
-    }
-
-    async fn stop(self) -> Vec<(std::time::Instant, u16, u32)> {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        let calls = self.calls.lock().unwrap().clone();
-        calls
-    }
 }
 
 async fn start_rollout(client: &TestClient, p: &Platform, name: &str, body: Value) -> Reply {
@@ -419,18 +325,8 @@ async fn wait_rollout(
     limit: std::time::Duration,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let r = rollout_state(client, p, name, id).await;
-        if done(&r) {
-            return r;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "rollout did not get there: {r:#}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    let url = p.admin_url(&format!("/v1/functions/{name}/rollouts/{id}"));
+    poll_json(client, &url, limit, done).await
 }
 
 #[tokio::test]
@@ -514,8 +410,7 @@ async fn a_healthy_rollout_walks_every_step_and_ends_on_the_new_version() {
     );
 
     // Metrics: per version, and the rollout's step and outcome.
-    let text =
-        String::from_utf8(client.get(&p.router_url("/metrics")).await.body.to_vec()).unwrap();
+    let text = p.metrics().await;
     for needle in [
         "taskmesh_router_version_calls_total{function=\"healthy\",version=\"2\"}",
         "taskmesh_router_version_latency_seconds_count{function=\"healthy\",version=\"2\"}",
@@ -636,8 +531,7 @@ async fn a_failing_version_is_rolled_back_at_its_first_step_and_the_old_one_keep
         .collect();
     assert!(!after.is_empty());
     assert!(after.iter().all(|(_, s, v)| *s == 200 && *v == 1));
-    let text =
-        String::from_utf8(client.get(&p.router_url("/metrics")).await.body.to_vec()).unwrap();
+    let text = p.metrics().await;
     assert!(
         text.contains("taskmesh_router_version_errors_total{function=\"failing\",version=\"2\",kind=\"invalid_output\"}"),
         "{text}"

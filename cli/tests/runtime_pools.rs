@@ -9,38 +9,14 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::*;
 
-fn sample() -> Value {
-    generated_json("examples/digits/sample.json")
-}
-
 /// Registers `model` as `name` with the definition of `example`, plus `extra` fields.
 async fn register_as(p: &Platform, name: &str, example: &str, model: &str, extra: Value) {
     let client = p.client();
     let digest = upload(&client, p, model).await;
     let mut doc = definition_with(example, &digest);
     doc["name"] = json!(name);
-    for (k, v) in extra.as_object().unwrap() {
-        doc[k] = v.clone();
-    }
+    set_fields(&mut doc, &extra);
     register(&client, p, &doc).await;
-}
-
-async fn register_slow(p: &Platform, name: &str, extra: Value) {
-    let client = p.client();
-    let digest = upload(&client, p, "tests/models/slow/model.onnx").await;
-    let mut doc = json!({
-        "name": name, "model": digest, "max_body_bytes": 4_000_000,
-        "inputs": {"x": {"tensor": "x", "shape": [-1, 512]}},
-        "outputs": {"y": {"tensor": "y"}}
-    });
-    for (k, v) in extra.as_object().unwrap() {
-        doc[k] = v.clone();
-    }
-    register(&client, p, &doc).await;
-}
-
-fn rows(n: usize) -> Value {
-    json!({"x": vec![0; n * 512]})
 }
 
 async fn cold(client: &TestClient, url: &str, body: &Value) -> bool {
@@ -98,8 +74,7 @@ async fn cold_then_warm_then_cold_again_after_the_idle_timeout() {
     );
     assert!(cold(&client, &url, &sample()).await);
 
-    let metrics =
-        String::from_utf8_lossy(&client.get(&p.router_url("/metrics")).await.body).to_string();
+    let metrics = p.metrics().await;
     assert!(
         metrics.contains(r#"taskmesh_runtime_cold_start_seconds_count{function="digits"} 2"#),
         "{metrics}"
@@ -141,19 +116,7 @@ async fn the_memory_budget_evicts_the_least_recently_used_and_refuses_when_it_ca
         json!({}),
     )
     .await;
-    let digest = upload(&client, &p, "examples/iris/model.onnx").await;
-    let yaml = String::from_utf8(generated("examples/iris/function.yaml"))
-        .unwrap()
-        .replace("./model.onnx", &format!("\"{digest}\""));
-    let reply = client
-        .send(
-            http::Method::POST,
-            &p.admin_url("/v1/functions"),
-            &[("content-type", "application/yaml")],
-            yaml,
-        )
-        .await;
-    assert_eq!(reply.status, 201);
+    register_iris_yaml(&client, &p).await;
     register_as(
         &p,
         "tensors",
@@ -182,8 +145,7 @@ async fn the_memory_budget_evicts_the_least_recently_used_and_refuses_when_it_ca
         cold(&client, &iris_url, &iris_body).await,
         "iris was evicted"
     );
-    let metrics =
-        String::from_utf8_lossy(&client.get(&p.router_url("/metrics")).await.body).to_string();
+    let metrics = p.metrics().await;
     assert!(
         metrics.contains(r#"taskmesh_runtime_evictions_total{function="iris"} 1"#),
         "{metrics}"
@@ -450,8 +412,7 @@ async fn batched_answers_equal_unbatched_ones_under_48_concurrent_calls() {
 /// Runs and calls of a batched function so far, from the node's
 /// `taskmesh_runtime_batch_size` histogram.
 async fn batch_runs(p: &Platform, function: &str) -> (f64, f64) {
-    let metrics =
-        String::from_utf8_lossy(&p.client().get(&p.router_url("/metrics")).await.body).to_string();
+    let metrics = p.metrics().await;
     let value = |name: &str| -> f64 {
         metrics
             .lines()
@@ -566,8 +527,7 @@ async fn a_node_that_is_overloaded_is_retried_then_reported() {
     let reply = client.post_json(&url, &rows(1)).await;
     reply.expect_error(503, "overloaded");
     assert!(reply.header("retry-after").is_some());
-    let metrics =
-        String::from_utf8_lossy(&client.get(&p.router_url("/metrics")).await.body).to_string();
+    let metrics = p.metrics().await;
     assert!(
         metrics.contains(r#"taskmesh_router_retries_total{function="slow",version="1"} 2"#),
         "{metrics}"

@@ -12,10 +12,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use policies::ring::{Member, Ring, DEFAULT_VNODES};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::redis_support::RedisServer;
-use crate::support::{free_addr, generated, generated_json, repo_root, TestClient};
+pub use crate::support::sample;
+use crate::support::{
+    digits_definition, free_addr, generated, register_at, repo_root, upload_bytes, TestClient,
+};
 
 pub const OPERATOR_KEY: &str =
     "tm_c1c2c3c4c5c6c7c8_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -42,7 +45,10 @@ impl Proc {
             fn kill(pid: i32, sig: i32) -> i32;
         }
         // SAFETY: signalling our own child process.
-        unsafe { kill(self.child.id() as i32, sig) };
+        #[allow(unsafe_code)]
+        unsafe {
+            kill(self.child.id() as i32, sig)
+        };
     }
 
     /// SIGTERM, then waits for the exit (at most `within`).
@@ -191,37 +197,18 @@ impl Cluster {
     }
 
     pub async fn upload_digits(&self) -> String {
-        let reply = self
-            .client()
-            .send(
-                http::Method::POST,
-                &self.registry.url("/v1/models"),
-                &[("content-type", "application/octet-stream")],
-                generated("examples/digits/model.onnx"),
-            )
-            .await;
-        assert_eq!(reply.status, 201, "{}", reply.json());
-        reply.json()["digest"].as_str().unwrap().to_string()
+        let model = generated("examples/digits/model.onnx");
+        upload_bytes(&self.client(), &self.registry.url("/v1/models"), model).await
     }
 
     pub async fn register(&self, doc: &Value) -> u64 {
-        let reply = self
-            .client()
-            .post_json(&self.registry.url("/v1/functions"), doc)
-            .await;
-        assert_eq!(reply.status, 201, "{}", reply.json());
-        reply.json()["version"].as_u64().unwrap()
+        register_at(&self.client(), &self.registry.url("/v1/functions"), doc).await
     }
 
     /// Registers the digits model as function `name`.
     pub async fn digits(&self, digest: &str, name: &str, extra: Value) {
-        let mut doc = generated_json("examples/digits/function.json");
-        doc["name"] = json!(name);
-        doc["model"] = json!(digest);
-        for (k, v) in extra.as_object().unwrap() {
-            doc[k] = v.clone();
-        }
-        self.register(&doc).await;
+        self.register(&digits_definition(digest, name, &extra))
+            .await;
     }
 }
 
@@ -294,10 +281,6 @@ pub fn wait_healthy(p: &Proc) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-pub fn sample() -> Value {
-    generated_json("examples/digits/sample.json")
 }
 
 pub fn node_id(p: &Proc) -> String {
@@ -391,11 +374,11 @@ pub async fn expect_no_failed_call(load: Child) {
         "too little load to mean anything: {report}"
     );
     assert_eq!((failed, errored), (0, 0), "{report}");
-    assert_eq!(
-        statuses,
-        [succeeded, 0, 0, 0],
-        "every answer a 2xx: {report}"
-    );
+    // h2load counts a status when the response headers arrive, and a request
+    // when its stream ends: a call still in flight when the run stops may
+    // count in the first and not in the second.
+    assert!(statuses[0] >= succeeded, "every success a 2xx: {report}");
+    assert_eq!(statuses[1..], [0, 0, 0], "every answer a 2xx: {report}");
 }
 
 /// (succeeded, failed, errored, [2xx, 3xx, 4xx, 5xx]) from an h2load report.

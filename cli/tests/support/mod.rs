@@ -6,7 +6,8 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,7 +15,7 @@ use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -204,11 +205,21 @@ impl Platform {
         format!("http://{}{path}", self.admin)
     }
 
+    /// The router's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let reply = self.client().get(&self.router_url("/metrics")).await;
+        assert_eq!(reply.status, 200, "GET /metrics");
+        String::from_utf8_lossy(&reply.body).into_owned()
+    }
+
     /// Sends SIGTERM and waits for a clean exit.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id() as i32;
         // SAFETY: sending a signal to our own child process.
-        unsafe { libc_kill(pid, 15) };
+        #[allow(unsafe_code)]
+        unsafe {
+            libc_kill(pid, 15)
+        };
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -265,6 +276,16 @@ impl Reply {
         assert_eq!(self.header("content-type"), Some("application/json"));
         body["error"].clone()
     }
+}
+
+/// The JSON pointers of an error object's `details`, in order.
+pub fn pointers(error: &Value) -> Vec<&str> {
+    error["details"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no details: {error}"))
+        .iter()
+        .map(|d| d["pointer"].as_str().unwrap())
+        .collect()
 }
 
 /// A real HTTP client: h2c with prior knowledge, or HTTP/1.1.
@@ -357,6 +378,27 @@ impl TestClient {
         })
     }
 
+    /// Like `try_post_json`, with what an HTTP/2 client does with a request
+    /// that a GOAWAY refused (see [`refused_by_goaway`]): the server never
+    /// processed it, so it is sent again, on a new connection, up to `sends`
+    /// times in all. Returns the last outcome and how many times the request
+    /// was sent again.
+    pub async fn post_json_resending(
+        &self,
+        url: &str,
+        body: &Value,
+        sends: u32,
+    ) -> (Result<Reply, String>, u32) {
+        let mut resent = 0;
+        loop {
+            let outcome = self.try_post_json(url, body).await;
+            match &outcome {
+                Err(e) if refused_by_goaway(e) && resent + 1 < sends => resent += 1,
+                _ => return (outcome, resent),
+            }
+        }
+    }
+
     pub async fn get(&self, url: &str) -> Reply {
         self.send(Method::GET, url, &[], Bytes::new()).await
     }
@@ -370,6 +412,26 @@ impl TestClient {
         )
         .await
     }
+
+    pub async fn put_json(&self, url: &str, body: &Value) -> Reply {
+        self.send(
+            Method::PUT,
+            url,
+            &[("content-type", "application/json")],
+            serde_json::to_vec(body).unwrap(),
+        )
+        .await
+    }
+}
+
+/// Whether a failed request (an error of [`TestClient::try_post_json`]) was
+/// refused by a graceful GOAWAY: h2 fails the streams above the GOAWAY's
+/// last-stream-id, and those opened after it arrived, with the GOAWAY itself
+/// (`GoAway(debug data, NO_ERROR, Remote)`). The server never processed them
+/// (RFC 9113 §6.8), so they are safe to send again. A stream the server had
+/// accepted and then lost fails otherwise (a reset, a broken pipe).
+pub fn refused_by_goaway(error: &str) -> bool {
+    error.contains("GoAway(") && error.contains("NO_ERROR, Remote)")
 }
 
 /// Asserts two JSON numbers arrays (any nesting) agree within `tol`.
@@ -402,31 +464,213 @@ fn nodelay_connector() -> HttpConnector {
 
 /// Uploads a generated model through the admin API and returns its digest.
 pub async fn upload(client: &TestClient, p: &Platform, model: &str) -> String {
-    let bytes = generated(model);
+    upload_bytes(client, &p.admin_url("/v1/models"), generated(model)).await
+}
+
+/// Uploads bytes to an admin upload URL (`…/v1/models`, `…/v1/artifacts`)
+/// and returns their digest.
+pub async fn upload_bytes(client: &TestClient, url: &str, bytes: Vec<u8>) -> String {
+    let size = bytes.len();
     let reply = client
         .send(
             Method::POST,
-            &p.admin_url("/v1/models"),
+            url,
             &[("content-type", "application/octet-stream")],
-            bytes.clone(),
+            bytes,
         )
         .await;
     assert_eq!(reply.status, 201, "{:?}", reply.json());
     let body = reply.json();
-    assert_eq!(body["size"], bytes.len());
+    assert_eq!(body["size"], size);
     body["digest"].as_str().unwrap().to_string()
 }
 
 /// A committed definition file with its model set to `digest`.
 pub fn definition_with(file: &str, digest: &str) -> Value {
     let mut doc: Value = serde_json::from_slice(&generated(file)).unwrap();
-    doc["model"] = serde_json::json!(digest);
+    doc["model"] = json!(digest);
     doc
+}
+
+/// Sets each top-level field of `extra` (an object) on `doc`.
+pub fn set_fields(doc: &mut Value, extra: &Value) {
+    for (k, v) in extra.as_object().expect("extra fields are an object") {
+        doc[k] = v.clone();
+    }
+}
+
+/// The digits example's definition, named `name`, with its model set to
+/// `digest` and the fields of `extra` set.
+pub fn digits_definition(digest: &str, name: &str, extra: &Value) -> Value {
+    let mut doc = definition_with("examples/digits/function.json", digest);
+    doc["name"] = json!(name);
+    set_fields(&mut doc, extra);
+    doc
+}
+
+/// The digits example's invoke body.
+pub fn sample() -> Value {
+    generated_json("examples/digits/sample.json")
+}
+
+/// Uploads the test-only slow model (`tests/models/slow`: x [N, 512] ->
+/// y [N, 512], about 0.8 ms of compute a row on one thread) and registers it
+/// as `name`, with the fields of `extra` set.
+pub async fn register_slow(p: &Platform, name: &str, extra: Value) {
+    let client = p.client();
+    let digest = upload(&client, p, "tests/models/slow/model.onnx").await;
+    let mut doc = json!({
+        "name": name, "model": digest, "max_body_bytes": 4_000_000,
+        "inputs": {"x": {"tensor": "x", "shape": [-1, 512]}},
+        "outputs": {"y": {"tensor": "y"}}
+    });
+    set_fields(&mut doc, &extra);
+    register(&client, p, &doc).await;
+}
+
+/// An input of `n` rows for the slow model.
+pub fn rows(n: usize) -> Value {
+    json!({"x": vec![0; n * 512]})
 }
 
 /// Registers a definition and returns its version.
 pub async fn register(client: &TestClient, p: &Platform, doc: &Value) -> u64 {
-    let reply = client.post_json(&p.admin_url("/v1/functions"), doc).await;
+    register_at(client, &p.admin_url("/v1/functions"), doc).await
+}
+
+/// Registers a definition at a registry's `…/v1/functions` URL and returns
+/// its version.
+pub async fn register_at(client: &TestClient, url: &str, doc: &Value) -> u64 {
+    let reply = client.post_json(url, doc).await;
     assert_eq!(reply.status, 201, "{}", reply.json());
     reply.json()["version"].as_u64().unwrap()
+}
+
+/// Uploads the iris model and registers the iris example from its YAML
+/// definition (sent as `application/yaml`).
+pub async fn register_iris_yaml(client: &TestClient, p: &Platform) {
+    let digest = upload(client, p, "examples/iris/model.onnx").await;
+    let yaml = String::from_utf8(generated("examples/iris/function.yaml"))
+        .unwrap()
+        .replace("./model.onnx", &format!("\"{digest}\""));
+    let reply = client
+        .send(
+            Method::POST,
+            &p.admin_url("/v1/functions"),
+            &[("content-type", "application/yaml")],
+            yaml,
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.json());
+}
+
+/// Invokes with the digits sample and `x-taskmesh-routing-key: key`.
+pub async fn invoke_keyed(client: &TestClient, url: &str, key: &str) -> Reply {
+    client
+        .send(
+            Method::POST,
+            url,
+            &[
+                ("content-type", "application/json"),
+                ("x-taskmesh-routing-key", key),
+            ],
+            serde_json::to_vec(&sample()).unwrap(),
+        )
+        .await
+}
+
+/// A call made by [`Traffic`]: when it ended, its status, the version that
+/// served it (`x-taskmesh-version`, 0 when absent).
+pub type Call = (std::time::Instant, u16, u32);
+
+/// Background callers of `url`, each with its own routing keys
+/// (`{tag}-{caller}-{i}`), one call every 5 ms or so, until stopped.
+pub struct Traffic {
+    stop: Arc<AtomicBool>,
+    calls: Arc<Mutex<Vec<Call>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Traffic {
+    pub fn start(client: &TestClient, url: &str, callers: usize, tag: &str) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..callers)
+            .map(|c| {
+                let (client, url, stop, calls, tag) = (
+                    client.clone(),
+                    url.to_string(),
+                    stop.clone(),
+                    calls.clone(),
+                    tag.to_string(),
+                );
+                tokio::spawn(async move {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let reply = invoke_keyed(&client, &url, &format!("{tag}-{c}-{i}")).await;
+                        let version = reply
+                            .header("x-taskmesh-version")
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        let call = (std::time::Instant::now(), reply.status.as_u16(), version);
+                        calls.lock().unwrap().push(call);
+                        i += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+            })
+            .collect();
+        Traffic { stop, calls, tasks }
+    }
+
+    /// Stops the callers and returns their calls.
+    pub async fn stop(self) -> Vec<Call> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let calls = self.calls.lock().unwrap().clone();
+        calls
+    }
+}
+
+/// GETs `url` every 200 ms until it answers 200 with a body that `done`
+/// accepts, and returns that body; panics on any other status, or once
+/// `limit` has passed.
+pub async fn poll_json(
+    client: &TestClient,
+    url: &str,
+    limit: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let reply = client.get(url).await;
+        assert_eq!(
+            reply.status,
+            200,
+            "GET {url}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let body = reply.json();
+        if done(&body) {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "GET {url} did not get there within {limit:?}: {body:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Creates an API client through the admin API; returns its id and key.
+pub async fn create_client(client: &TestClient, p: &Platform, body: Value) -> (String, String) {
+    let reply = client.post_json(&p.admin_url("/v1/clients"), &body).await;
+    assert_eq!(reply.status, 201, "{}", reply.json());
+    let out = reply.json();
+    (
+        out["client_id"].as_str().unwrap().to_string(),
+        out["api_key"].as_str().unwrap().to_string(),
+    )
 }
