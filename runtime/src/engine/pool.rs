@@ -1,0 +1,260 @@
+//! Per-version pools and their priority queues: the [`Engine`]'s state, the
+//! waiters, the grants and leases that hand instances to calls and back.
+//!
+//! The `Engine` struct is defined here (its public methods are in
+//! `engine/mod.rs`) because its state, the pools, and the leases that return
+//! instances to it refer to one another. This module uses only
+//! `engine::types`.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use contract::headers::Priority;
+use contract::ApiError;
+use contract::FunctionVersion;
+use tokio::sync::{mpsc, oneshot};
+
+use super::types::{overloaded, BatchItem, EngineConfig, Instance, Sources, VersionKey};
+use crate::metrics::RuntimeMetrics;
+
+/// The node's instances, keyed by function version.
+pub struct Engine {
+    pub(super) sources: Sources,
+    pub(super) config: EngineConfig,
+    pub(super) state: Mutex<State>,
+    pub(super) next_id: AtomicU64,
+    pub(super) metrics: RuntimeMetrics,
+    pub(super) batchers: Mutex<HashMap<VersionKey, mpsc::Sender<BatchItem>>>,
+}
+
+pub(super) struct State {
+    pub(super) pools: HashMap<VersionKey, Pool>,
+    pub(super) memory_used: u64,
+}
+
+pub(super) struct Slot {
+    pub(super) instance: Arc<Instance>,
+    pub(super) busy: bool,
+    /// Not yet handed to any call: its first call is a cold start.
+    pub(super) fresh: bool,
+    pub(super) last_used: Instant,
+}
+
+/// An instance handed to one call. Its lease returns the instance to the pool
+/// when dropped, wherever that happens (even if the call went away before it
+/// received the grant), so a slot can never leak.
+pub(super) struct Grant {
+    pub(super) lease: Lease,
+    pub(super) cold: bool,
+}
+
+pub(super) struct Waiter {
+    pub(super) priority: Priority,
+    pub(super) seq: u64,
+    pub(super) tx: oneshot::Sender<Result<Grant, ApiError>>,
+}
+
+pub(super) struct Pool {
+    pub(super) version: Arc<FunctionVersion>,
+    pub(super) slots: Vec<Slot>,
+    pub(super) loading: usize,
+    pub(super) queue: Vec<Waiter>,
+    /// Exponentially weighted average run time.
+    pub(super) average_run: Option<Duration>,
+    pub(super) seq: u64,
+}
+
+impl Pool {
+    pub(super) fn new(version: Arc<FunctionVersion>) -> Self {
+        Pool {
+            version,
+            slots: Vec::new(),
+            loading: 0,
+            queue: Vec::new(),
+            average_run: None,
+            seq: 0,
+        }
+    }
+
+    pub(super) fn max_instances(&self) -> usize {
+        self.version.definition.scaling.max_instances.max(1) as usize
+    }
+
+    pub(super) fn min_instances(&self) -> usize {
+        self.version.definition.scaling.min_instances as usize
+    }
+
+    pub(super) fn queue_capacity(&self) -> usize {
+        let s = &self.version.definition.scaling;
+        (s.max_instances.max(1) as usize).saturating_mul(s.concurrency.max(1) as usize)
+    }
+
+    /// Hands idle instances to waiting calls, best priority first.
+    pub(super) fn dispatch(&mut self, engine: &Arc<Engine>, key: &VersionKey) {
+        while let Some(index) = self.slots.iter().position(|s| !s.busy) {
+            let Some(best) = best_waiter(&self.queue) else {
+                return;
+            };
+            let waiter = self.queue.remove(best);
+            let slot = &mut self.slots[index];
+            let grant = Grant {
+                lease: Lease::new(engine, key, &slot.instance),
+                cold: slot.fresh,
+            };
+            match waiter.tx.send(Ok(grant)) {
+                Ok(()) => {
+                    slot.busy = true;
+                    slot.fresh = false;
+                }
+                // The caller is gone: the slot stays idle (and the pool is locked here).
+                Err(Ok(unsent)) => unsent.lease.disarm(),
+                Err(Err(_)) => {}
+            }
+        }
+    }
+
+    /// Refuses at once a call that could not start before its deadline.
+    pub(super) fn check_deadline(
+        &self,
+        priority: Priority,
+        deadline: Instant,
+    ) -> Result<(), ApiError> {
+        let Some(average) = self.average_run else {
+            return Ok(());
+        };
+        if self.slots.iter().any(|s| !s.busy) {
+            return Ok(());
+        }
+        let ahead = self.queue.iter().filter(|w| w.priority >= priority).count();
+        let workers = (self.slots.len() + self.loading).max(1);
+        let wait = average.mul_f64(((ahead + 1) as f64 / workers as f64).ceil());
+        if wait > deadline.saturating_duration_since(Instant::now()) {
+            return Err(overloaded(
+                format!(
+                    "function {} is saturated: a call would wait about {} ms, beyond its deadline",
+                    self.version.name,
+                    wait.as_millis()
+                ),
+                wait,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a call of `priority` would find room in the queue (possibly by shedding).
+    pub(super) fn has_room(&self, priority: Priority) -> bool {
+        self.slots.iter().any(|s| !s.busy)
+            || self.queue.len() < self.queue_capacity()
+            || self.queue.iter().any(|w| w.priority < priority)
+    }
+
+    fn record_run(&mut self, took: Duration) {
+        self.average_run = Some(match self.average_run {
+            None => took,
+            Some(avg) => avg.mul_f64(0.8) + took.mul_f64(0.2),
+        });
+    }
+}
+
+/// The waiter served next: highest priority, then earliest arrival.
+fn best_waiter(queue: &[Waiter]) -> Option<usize> {
+    (0..queue.len()).max_by(|a, b| {
+        let (a, b) = (&queue[*a], &queue[*b]);
+        a.priority.cmp(&b.priority).then(b.seq.cmp(&a.seq))
+    })
+}
+
+/// The waiter shed first: lowest priority, then latest arrival.
+pub(super) fn worst_waiter(queue: &[Waiter]) -> Option<usize> {
+    (0..queue.len()).min_by(|a, b| {
+        let (a, b) = (&queue[*a], &queue[*b]);
+        a.priority.cmp(&b.priority).then(b.seq.cmp(&a.seq))
+    })
+}
+
+impl Engine {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn release(self: &Arc<Self>, key: &VersionKey, instance: &Instance, took: Duration) {
+        let mut state = self.lock();
+        if let Some(pool) = state.pools.get_mut(key) {
+            pool.record_run(took);
+            if let Some(slot) = pool.slots.iter_mut().find(|s| s.instance.id == instance.id) {
+                slot.busy = false;
+                slot.last_used = Instant::now();
+            }
+            pool.dispatch(self, key);
+        }
+    }
+}
+
+/// Returns an instance to its pool when the call ends, however it ends.
+pub(super) struct Lease {
+    engine: Arc<Engine>,
+    key: VersionKey,
+    pub(super) instance: Arc<Instance>,
+    pub(super) started: Instant,
+    armed: bool,
+}
+
+impl Lease {
+    pub(super) fn new(engine: &Arc<Engine>, key: &VersionKey, instance: &Arc<Instance>) -> Self {
+        Lease {
+            engine: engine.clone(),
+            key: key.clone(),
+            instance: instance.clone(),
+            started: Instant::now(),
+            armed: true,
+        }
+    }
+
+    /// Drops the lease without returning the instance (the caller already has).
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.armed {
+            self.engine
+                .release(&self.key, &self.instance, self.started.elapsed());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiter(priority: Priority, seq: u64) -> Waiter {
+        Waiter {
+            priority,
+            seq,
+            tx: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn queue_order_is_priority_then_arrival() {
+        let queue = vec![
+            waiter(Priority::Low, 1),
+            waiter(Priority::High, 2),
+            waiter(Priority::Normal, 3),
+            waiter(Priority::High, 4),
+        ];
+        assert_eq!(best_waiter(&queue), Some(1));
+        assert_eq!(worst_waiter(&queue), Some(0));
+        let queue = vec![waiter(Priority::Low, 1), waiter(Priority::Low, 2)];
+        assert_eq!(best_waiter(&queue), Some(0));
+        assert_eq!(
+            worst_waiter(&queue),
+            Some(1),
+            "the newest of the lowest is shed first"
+        );
+    }
+}
