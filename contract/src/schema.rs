@@ -195,8 +195,18 @@ mod tests {
     fn linear_regex_stays_fast_on_a_classic_redos_input() {
         let v = compile(&json!({"type": "string", "pattern": "^(a+)+$"}), "").unwrap();
         let input = json!(format!("{}!", "a".repeat(50_000)));
-        // A backtracking engine would not finish this input at all; the regex crate is linear.
-        assert!(!violations(&v, &input).is_empty());
+        // A backtracking engine would not finish this input at all (2^50000
+        // paths); the regex crate is linear and takes milliseconds. The check
+        // runs on its own thread so that a regression fails here after a
+        // generous bound instead of hanging the suite.
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(violations(&v, &input).is_empty());
+        });
+        let empty = finished
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the pattern check did not finish: is `pattern` backtracking?");
+        assert!(!empty, "\"aaa…!\" must not match ^(a+)+$");
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub fn router_with_rollouts(
         .route("/v1/models", post(upload_model))
         .route("/v1/artifacts", post(upload_artifact))
         .route("/v1/clients", post(create_client))
+        .route("/v1/clients/{id}", axum::routing::delete(revoke_client))
+        .route("/v1/clients/{id}/rotate", post(rotate_client))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/functions", post(register_function).get(list_functions))
         .route("/v1/functions/{name}", get(get_function))
@@ -444,6 +446,39 @@ async fn create_client(State(state): State_, headers: HeaderMap, body: Body) -> 
         ))
     }
     .await)
+}
+
+async fn revoke_client(
+    State(state): State_,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    ApiResult(
+        async {
+            let principal = admin(&state, &headers).await?;
+            state.auth.revoke_client(&principal, &id).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        .await,
+    )
+}
+
+async fn rotate_client(
+    State(state): State_,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    ApiResult(
+        async {
+            let principal = admin(&state, &headers).await?;
+            let (record, key) = state.auth.rotate_client(&principal, &id).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"client_id": record.client_id, "api_key": key, "name": record.name, "tenant": record.tenant, "scopes": record.scopes}),
+            ))
+        }
+        .await,
+    )
 }
 
 async fn list_nodes(State(state): State_, headers: HeaderMap) -> ApiResult {

@@ -8,7 +8,8 @@
 //! put in an error.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use contract::{ApiError, ErrorCode};
 use rand::RngCore;
@@ -52,6 +53,11 @@ fn unauthenticated() -> ApiError {
     )
 }
 
+/// A client id's shape: 16 hex digits.
+fn client_id_shape(id: &str) -> Option<&str> {
+    (id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
+
 /// Splits a key into its client id, checking only its shape.
 fn client_id_of(key: &str) -> Option<&str> {
     let rest = key.strip_prefix("tm_")?;
@@ -60,10 +66,32 @@ fn client_id_of(key: &str) -> Option<&str> {
     (hex(id, 16) && hex(secret, 64)).then_some(id)
 }
 
+/// How long a process trusts a client record it read: a revoked or rotated
+/// key stops working on every router within this time (plus one store read).
+/// While the store is unreachable, a known client's last record keeps serving.
+pub const CLIENT_TTL: Duration = Duration::from_secs(1);
+
+/// Client ids (known or not) kept in the cache at most; past it, entries older
+/// than [`CLIENT_TTL`] are dropped, then the absent ones.
+const MAX_CACHED_CLIENTS: usize = 65_536;
+
+/// Store reads per second for client ids this process has no record of. A
+/// flood of well-formed keys with invented ids costs at most this many reads a
+/// second; past it they are refused (401) without a read.
+const MAX_UNKNOWN_READS_PER_S: u32 = 200;
+
+/// A client record (or its absence) and when it was read.
+struct CachedClient {
+    record: Option<Arc<ClientRecord>>,
+    read_at: Instant,
+}
+
 /// Authenticates keys and manages clients; records are cached in memory.
 pub struct Auth {
     store: Arc<dyn Store>,
-    cache: RwLock<HashMap<String, Arc<ClientRecord>>>,
+    cache: RwLock<HashMap<String, CachedClient>>,
+    /// Reads of unknown ids in the current second: (second started, reads).
+    unknown_reads: Mutex<(Instant, u32)>,
     /// Hash of an operator key given through the environment (cluster mode).
     env_operator: Option<String>,
 }
@@ -73,6 +101,7 @@ impl Auth {
         Auth {
             store,
             cache: RwLock::new(HashMap::new()),
+            unknown_reads: Mutex::new((Instant::now(), 0)),
             env_operator: env_operator_key.map(|k| sha256_hex(k.as_bytes())),
         }
     }
@@ -136,18 +165,111 @@ impl Auth {
     }
 
     async fn client(&self, id: &str) -> Result<Option<Arc<ClientRecord>>, ApiError> {
-        if let Some(hit) = self.cache.read().expect("auth cache").get(id) {
-            return Ok(Some(hit.clone()));
-        }
-        let Some(record) = self.store.get_client(id).await.map_err(store_error)? else {
-            return Ok(None);
+        let cached = self.cache.read().expect("auth cache").get(id).map(|c| {
+            (c.record.clone(), c.read_at.elapsed() < CLIENT_TTL)
+        });
+        let known = match cached {
+            Some((record, true)) => return Ok(record),
+            Some((record, false)) => record,
+            None => None,
         };
-        let record = Arc::new(record);
-        self.cache
-            .write()
-            .expect("auth cache")
-            .insert(id.to_string(), record.clone());
-        Ok(Some(record))
+        if known.is_none() && !self.may_read_unknown() {
+            return Ok(None);
+        }
+        let record = match self.store.get_client(id).await {
+            Ok(record) => record.map(Arc::new),
+            // The last record read keeps serving while the store is away.
+            Err(e) if known.is_some() => {
+                tracing::debug!(error = %e, "client store unreachable; using the cached record");
+                return Ok(known);
+            }
+            Err(e) => return Err(store_error(e)),
+        };
+        self.remember(id, record.clone());
+        Ok(record)
+    }
+
+    fn remember(&self, id: &str, record: Option<Arc<ClientRecord>>) {
+        let mut cache = self.cache.write().expect("auth cache");
+        if cache.len() >= MAX_CACHED_CLIENTS && !cache.contains_key(id) {
+            cache.retain(|_, c| c.read_at.elapsed() < CLIENT_TTL);
+            if cache.len() >= MAX_CACHED_CLIENTS {
+                cache.retain(|_, c| c.record.is_some());
+            }
+        }
+        let read_at = Instant::now();
+        cache.insert(id.to_string(), CachedClient { record, read_at });
+    }
+
+    /// Whether one more store read for an id with no cached record fits this second.
+    fn may_read_unknown(&self) -> bool {
+        let mut reads = self.unknown_reads.lock().expect("unknown reads");
+        if reads.0.elapsed() >= Duration::from_secs(1) {
+            *reads = (Instant::now(), 0);
+        }
+        if reads.1 >= MAX_UNKNOWN_READS_PER_S {
+            return false;
+        }
+        reads.1 += 1;
+        true
+    }
+
+    /// Drops a client from this process's cache (after a revoke or rotate here;
+    /// other processes notice within [`CLIENT_TTL`]).
+    fn forget(&self, id: &str) {
+        self.cache.write().expect("auth cache").remove(id);
+    }
+
+    /// The client `id` as `by` may manage it: an admin manages its own
+    /// tenant's clients, the operator every client; any other is 404.
+    async fn managed_client(&self, by: &Principal, id: &str) -> Result<ClientRecord, ApiError> {
+        by.require(Scope::Admin)?;
+        let not_found = || ApiError::not_found(format!("client {id:?} not found"));
+        if client_id_shape(id).is_none() {
+            return Err(not_found());
+        }
+        let record = self
+            .store
+            .get_client(id)
+            .await
+            .map_err(store_error)?
+            .filter(|r| r.tenant == by.tenant || by.has(Scope::Operator))
+            .ok_or_else(not_found)?;
+        if record.client_id == OPERATOR_CLIENT_ID {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "the operator key is managed by the platform (`taskmesh up` or TASKMESH_ADMIN_KEY), not through the API",
+            ));
+        }
+        Ok(record)
+    }
+
+    /// Revokes a client: its key stops working on every router within [`CLIENT_TTL`].
+    pub async fn revoke_client(&self, by: &Principal, id: &str) -> Result<(), ApiError> {
+        let record = self.managed_client(by, id).await?;
+        self.store
+            .delete_client(&record.client_id)
+            .await
+            .map_err(store_error)?;
+        self.forget(id);
+        tracing::info!(client_id = %id, tenant = %record.tenant, "client revoked");
+        Ok(())
+    }
+
+    /// Gives a client a new key (shown once); the old one stops working on
+    /// every router within [`CLIENT_TTL`].
+    pub async fn rotate_client(
+        &self,
+        by: &Principal,
+        id: &str,
+    ) -> Result<(ClientRecord, String), ApiError> {
+        let mut record = self.managed_client(by, id).await?;
+        let key = format!("tm_{}_{}", record.client_id, random_hex(32));
+        record.key_sha256 = sha256_hex(key.as_bytes());
+        self.store.put_client(&record).await.map_err(store_error)?;
+        self.forget(id);
+        tracing::info!(client_id = %id, tenant = %record.tenant, "client key rotated");
+        Ok((record, key))
     }
 
     /// Creates a client for `by`; returns the record and its key (shown once).
@@ -254,5 +376,116 @@ mod tests {
             p.require(Scope::Admin).unwrap_err().code,
             ErrorCode::Forbidden
         );
+    }
+
+    fn bearer(key: &str) -> String {
+        format!("Bearer {key}")
+    }
+
+    async fn fixture() -> (tempfile::TempDir, Arc<dyn Store>, Auth, Principal) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(crate::EmbeddedStore::open(&dir.path().join("db.redb")).unwrap());
+        let auth = Auth::new(store.clone(), None);
+        let operator_key = auth.ensure_operator().await.unwrap().unwrap();
+        let operator = auth.authenticate(Some(&bearer(&operator_key))).await.unwrap();
+        (dir, store, auth, operator)
+    }
+
+    fn new_client(tenant: &str, scopes: Vec<Scope>) -> NewClient {
+        NewClient {
+            name: "c".into(),
+            tenant: Some(tenant.into()),
+            scopes,
+            plan: Plan::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_revoked_key_stops_at_once_here_and_within_the_ttl_elsewhere() {
+        let (_dir, store, auth, operator) = fixture().await;
+        let (record, key) = auth
+            .create_client(&operator, new_client("acme", vec![Scope::Invoke]))
+            .await
+            .unwrap();
+        // Another router over the same store has the client cached.
+        let other = Auth::new(store, None);
+        assert!(other.authenticate(Some(&bearer(&key))).await.is_ok());
+        assert!(auth.authenticate(Some(&bearer(&key))).await.is_ok());
+
+        auth.revoke_client(&operator, &record.client_id).await.unwrap();
+        let err = auth.authenticate(Some(&bearer(&key))).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::Unauthenticated);
+        std::thread::sleep(CLIENT_TTL + Duration::from_millis(50));
+        let err = other.authenticate(Some(&bearer(&key))).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::Unauthenticated);
+        // Gone means gone: a second revoke finds nothing.
+        let err = auth.revoke_client(&operator, &record.client_id).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::NotFound);
+    }
+
+    #[tokio::test]
+    async fn a_rotated_client_has_a_new_key_and_the_old_one_stops() {
+        let (_dir, _store, auth, operator) = fixture().await;
+        let (record, old) = auth
+            .create_client(&operator, new_client("acme", vec![Scope::Invoke]))
+            .await
+            .unwrap();
+        let (rotated, new) = auth.rotate_client(&operator, &record.client_id).await.unwrap();
+        assert_eq!(rotated.client_id, record.client_id);
+        assert_ne!(old, new);
+        assert!(auth.authenticate(Some(&bearer(&old))).await.is_err());
+        let p = auth.authenticate(Some(&bearer(&new))).await.unwrap();
+        assert_eq!((p.tenant.as_str(), p.scopes), ("acme", vec![Scope::Invoke]));
+    }
+
+    #[tokio::test]
+    async fn admins_manage_only_their_tenant_and_never_the_operator() {
+        let (_dir, _store, auth, operator) = fixture().await;
+        let (acme_client, _) = auth
+            .create_client(&operator, new_client("acme", vec![Scope::Invoke]))
+            .await
+            .unwrap();
+        let (_, other_admin_key) = auth
+            .create_client(&operator, new_client("other", vec![Scope::Admin, Scope::Invoke]))
+            .await
+            .unwrap();
+        let other_admin = auth.authenticate(Some(&bearer(&other_admin_key))).await.unwrap();
+        for result in [
+            auth.revoke_client(&other_admin, &acme_client.client_id).await,
+            auth.rotate_client(&other_admin, &acme_client.client_id).await.map(drop),
+            auth.revoke_client(&other_admin, "not-an-id").await,
+        ] {
+            assert_eq!(result.unwrap_err().code, ErrorCode::NotFound);
+        }
+        let err = auth.revoke_client(&operator, OPERATOR_CLIENT_ID).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::Forbidden);
+        let (_, invoker_key) = auth
+            .create_client(&operator, new_client("acme", vec![Scope::Invoke]))
+            .await
+            .unwrap();
+        let invoker = auth.authenticate(Some(&bearer(&invoker_key))).await.unwrap();
+        let err = auth.revoke_client(&invoker, &acme_client.client_id).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::Forbidden);
+    }
+
+    #[tokio::test]
+    async fn invented_client_ids_cost_a_bounded_number_of_store_reads() {
+        let (_dir, _store, auth, operator) = fixture().await;
+        let invented = |i: u32| format!("tm_{i:016x}_{}", "a".repeat(64));
+        // Spend this second's budget of reads for unknown ids.
+        for i in 0..MAX_UNKNOWN_READS_PER_S {
+            assert!(auth.authenticate(Some(&bearer(&invented(i)))).await.is_err());
+        }
+        // An id seen this second is answered from the cache (no read needed),
+        // and a real client created now is refused until the budget renews:
+        // nothing past the budget reached the store.
+        let (_, key) = auth
+            .create_client(&operator, new_client("acme", vec![Scope::Invoke]))
+            .await
+            .unwrap();
+        assert!(auth.authenticate(Some(&bearer(&key))).await.is_err());
+        std::thread::sleep(Duration::from_millis(1050));
+        assert!(auth.authenticate(Some(&bearer(&key))).await.is_ok());
     }
 }

@@ -197,6 +197,10 @@ async fn clients_round_trip_and_can_be_replaced(fx: &mut Fixture) {
         .await
         .unwrap()
         .is_none());
+    // Deleting removes it once; a second delete finds nothing.
+    assert!(store.delete_client("0123456789abcdef").await.unwrap());
+    assert!(store.get_client("0123456789abcdef").await.unwrap().is_none());
+    assert!(!store.delete_client("0123456789abcdef").await.unwrap());
 }
 
 async fn counters_add_every_delta_and_concurrent_adds_exactly(fx: &mut Fixture) {

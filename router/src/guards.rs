@@ -1,6 +1,8 @@
 //! The router's guard-rail state: rate limiters, quota counters, in-flight
 //! counts, circuit breakers and retry budgets. The decisions themselves are
 //! made by `policies`; this module only keys and keeps their state.
+//!
+//! Independent layer: names nothing else in the crate.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,16 +31,18 @@ struct LimiterKey {
     burst: u32,
 }
 
-/// A quota counter: admitted calls, and how many of them the store has not seen yet.
+/// A store counter kept here (quota windows, per-version call statistics):
+/// the calls counted, and how many of them the store has not seen yet.
 #[derive(Default)]
-struct Counter {
+struct Tally {
     count: u64,
     unflushed: u64,
 }
 
-/// What an admitted call holds until it finishes.
+/// What a call the guards admitted holds until it finishes: its breaker
+/// permit and its in-flight slot (see [`Guards::release`]).
 #[derive(Default)]
-pub struct Admission {
+pub struct GuardPass {
     pub permit: Option<Permit>,
     in_flight_key: Option<(String, FunctionKey)>,
 }
@@ -50,7 +54,7 @@ pub struct Guards {
     /// Set while the shared limits fail, so the fallback is logged once.
     shared_down: std::sync::atomic::AtomicBool,
     limiters: Mutex<HashMap<LimiterKey, Arc<KeyedLimiter<String>>>>,
-    counters: Mutex<HashMap<String, Counter>>,
+    counters: Mutex<HashMap<String, Tally>>,
     in_flight: Mutex<HashMap<(String, FunctionKey), u32>>,
     breakers: Mutex<HashMap<VersionKey, CircuitBreaker>>,
     budgets: Mutex<HashMap<FunctionKey, RetryBudget>>,
@@ -170,8 +174,8 @@ impl Guards {
         principal: &Principal,
         version: &FunctionVersion,
         rate_headers: &mut Vec<(&'static str, String)>,
-    ) -> Result<Admission, ApiError> {
-        let mut admission = Admission::default();
+    ) -> Result<GuardPass, ApiError> {
+        let mut pass = GuardPass::default();
         let rate = principal
             .plan
             .rate_limit
@@ -197,7 +201,7 @@ impl Guards {
                         .with_retry_after(1));
                 }
                 *n += 1;
-                admission.in_flight_key = Some(key);
+                pass.in_flight_key = Some(key);
             }
         }
         if let Some(config) = breaker_config(version) {
@@ -207,10 +211,10 @@ impl Guards {
                 .entry(version_key(version))
                 .or_insert_with(|| CircuitBreaker::new(config));
             match breaker.try_acquire(now) {
-                Ok(permit) => admission.permit = Some(permit),
+                Ok(permit) => pass.permit = Some(permit),
                 Err(rejected) => {
                     drop(breakers);
-                    self.release(version, &mut admission, None);
+                    self.release(version, &mut pass, None);
                     return Err(ApiError::new(
                         ErrorCode::CircuitOpen,
                         format!(
@@ -228,7 +232,7 @@ impl Guards {
             .entry(function_key(version))
             .or_default()
             .record_request(Instant::now());
-        Ok(admission)
+        Ok(pass)
     }
 
     async fn rate_limit(
@@ -357,7 +361,7 @@ impl Guards {
                     .lock()
                     .expect("counters lock")
                     .entry(key.clone())
-                    .or_insert(Counter {
+                    .or_insert(Tally {
                         count: stored,
                         unflushed: 0,
                     });
@@ -399,14 +403,15 @@ impl Guards {
         }
     }
 
-    /// Ends an admission: frees its in-flight slot and reports the outcome to the breaker.
+    /// Ends a call the guards let pass: frees its in-flight slot and reports
+    /// the outcome to the breaker.
     pub fn release(
         &self,
         version: &FunctionVersion,
-        admission: &mut Admission,
+        pass: &mut GuardPass,
         outcome: Option<Outcome>,
     ) {
-        if let Some(key) = admission.in_flight_key.take() {
+        if let Some(key) = pass.in_flight_key.take() {
             let mut in_flight = self.in_flight.lock().expect("in-flight lock");
             if let Some(n) = in_flight.get_mut(&key) {
                 *n = n.saturating_sub(1);
@@ -415,7 +420,7 @@ impl Guards {
                 }
             }
         }
-        if let Some(permit) = admission.permit.take() {
+        if let Some(permit) = pass.permit.take() {
             let mut breakers = self.breakers.lock().expect("breakers lock");
             if let Some(breaker) = breakers.get_mut(&version_key(version)) {
                 breaker.record(permit, outcome.unwrap_or(Outcome::Failure), Instant::now());

@@ -3,11 +3,38 @@
 //! One plain listener speaks HTTP/1.1 and h2c with prior knowledge. Requests are
 //! checked and refused in `request_filter`, then proxied over h2c to a runtime
 //! node. See `proxy.rs` for the phase hooks and ARCHITECTURE.md for the path.
+//!
+//! # Modules, in layers
+//!
+//! A module names only modules in the layers below it (no import cycles;
+//! `scripts/check-layers.py` checks it). This file only declares, re-exports
+//! and starts them.
+//!
+//! 1. Independent, naming no other module:
+//!    - `routes`: the public paths matched to an `Endpoint`, and the node
+//!      path an upstream-bound call is pinned to;
+//!    - `metrics`: the router's Prometheus metrics;
+//!    - `respond`: writing the router's own JSON answers, with every error
+//!      through one function, `respond::write_error`;
+//!    - `guards`: the guard rails' per-key state (limiters, quotas, in-flight
+//!      counts, breakers, retry budgets);
+//!    - `placement`: the live nodes, their ring and this router's load on them.
+//! 2. `admission` (body cap, read and validation; names `routes`) and `local`
+//!    (the answers the router gives itself; names `routes`, `metrics`,
+//!    `guards`, `placement`).
+//! 3. `call`: the per-call state (Pingora's `CTX`; names `admission`,
+//!    `guards`, `placement`, `respond`, `routes`).
+//! 4. `proxy`: the `ProxyHttp` phase hooks and `RouterState`; names all of the
+//!    above.
 
+mod admission;
+mod call;
 pub mod guards;
+mod local;
 pub mod metrics;
 pub mod placement;
 pub mod proxy;
+mod respond;
 pub mod routes;
 
 use std::net::SocketAddr;
@@ -78,7 +105,7 @@ pub struct RouterDeps {
     /// Cluster-wide rate limits and quotas (Redis); None keeps them per router.
     pub limits: Option<Arc<dyn SharedLimits>>,
     /// More Prometheus text for `/metrics` (the in-process node's metrics).
-    pub extra_metrics: Option<proxy::MetricsSource>,
+    pub extra_metrics: Option<metrics::MetricsSource>,
 }
 
 /// How often quota counters are written to the store (the most a crash can lose).

@@ -3,6 +3,8 @@
 //! Names follow `taskmesh_<area>_<name>_<unit>`; counters end in `_total`.
 //! Labels never carry keys, bodies or anything a caller typed except the
 //! function name of a registered function (unknown names are `-`).
+//!
+//! Bottom layer: names nothing else in the crate.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -10,6 +12,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+/// A source of more Prometheus text for `/metrics` (the in-process node's).
+pub type MetricsSource = std::sync::Arc<dyn Fn() -> String + Send + Sync>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {

@@ -10,6 +10,8 @@
 //! Load is this router's own in-flight count per node: exact and current, with
 //! no round trip. With several routers each balances its own share of the
 //! traffic, which keeps the sum balanced within the same bound.
+//!
+//! Independent layer: names nothing else in the crate.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,10 +19,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use contract::FunctionVersion;
 use policies::ring::{Bounds, Member, Ring, DEFAULT_VNODES};
 
 /// How long a node that refused a connection stays out of the ring.
 pub const EJECTION: Duration = Duration::from_secs(3);
+
+/// What a function version is placed by on the ring: `tenant/name@version`.
+pub fn placement_key(version: &FunctionVersion) -> String {
+    format!("{}/{}@{}", version.tenant, version.name, version.version)
+}
 
 /// A member as membership reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,13 +61,13 @@ impl Totals {
 
 /// A live node with this router's in-flight count on it.
 #[derive(Debug)]
-pub struct Node {
+pub struct LiveNode {
     pub info: NodeInfo,
     in_flight: AtomicU64,
     totals: Arc<Totals>,
 }
 
-impl Node {
+impl LiveNode {
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -77,10 +85,10 @@ impl Node {
 
 /// One call in flight on a node; dropping it ends the call.
 #[derive(Debug)]
-pub struct InFlight(Arc<Node>);
+pub struct InFlight(Arc<LiveNode>);
 
 impl InFlight {
-    pub fn node(&self) -> &Arc<Node> {
+    pub fn node(&self) -> &Arc<LiveNode> {
         &self.0
     }
 }
@@ -98,7 +106,7 @@ impl Drop for InFlight {
 
 struct Snapshot {
     ring: Ring,
-    nodes: HashMap<String, Arc<Node>>,
+    nodes: HashMap<String, Arc<LiveNode>>,
     /// When the first ejected node is due back (the hot path checks this
     /// without taking the members lock).
     readmit_at: Option<Instant>,
@@ -109,7 +117,7 @@ struct Members {
     /// Every member membership reported last, ejected or not.
     all: Vec<NodeInfo>,
     /// Node objects by id, kept across rebuilds so in-flight counts survive.
-    known: HashMap<String, Arc<Node>>,
+    known: HashMap<String, Arc<LiveNode>>,
     ejected: HashMap<String, Instant>,
 }
 
@@ -192,7 +200,7 @@ impl NodeSet {
     }
 
     /// Candidates for one call of `key`, preferred first (see [`Ring::place`]).
-    pub fn place(&self, key: &str, gpu: bool) -> Vec<Arc<Node>> {
+    pub fn place(&self, key: &str, gpu: bool) -> Vec<Arc<LiveNode>> {
         let snapshot = self.current_readmitted();
         snapshot
             .ring
@@ -211,8 +219,8 @@ impl NodeSet {
         &self,
         key: &str,
         gpu: bool,
-        mut accept: impl FnMut(&Arc<Node>) -> bool,
-    ) -> Option<Arc<Node>> {
+        mut accept: impl FnMut(&Arc<LiveNode>) -> bool,
+    ) -> Option<Arc<LiveNode>> {
         let snapshot = self.current_readmitted();
         let load = |id: &str| snapshot.nodes.get(id).map_or(0, |n| n.in_flight());
         let total = self.totals.of(gpu).load(Ordering::Relaxed);
@@ -224,7 +232,7 @@ impl NodeSet {
     }
 
     /// The owner of `key` (first candidate regardless of load).
-    pub fn owner(&self, key: &str, gpu: bool) -> Option<Arc<Node>> {
+    pub fn owner(&self, key: &str, gpu: bool) -> Option<Arc<LiveNode>> {
         let snapshot = self.current();
         let id = snapshot.ring.owner(key, gpu)?;
         snapshot.nodes.get(id).cloned()
@@ -256,7 +264,7 @@ impl NodeSet {
         for info in &members.all {
             let node = match known.remove(&info.id) {
                 Some(node) if node.info == *info => node,
-                _ => Arc::new(Node {
+                _ => Arc::new(LiveNode {
                     info: info.clone(),
                     in_flight: AtomicU64::new(0),
                     totals: self.totals.clone(),

@@ -1,57 +1,63 @@
-//! The router's one `ProxyHttp` implementation: thin phase hooks over shared logic.
+//! The router's one `ProxyHttp` implementation: thin phase hooks over the
+//! modules below it (the crate doc gives their layers).
 //!
-//! - `request_filter` answers local routes, authenticates the key, resolves the
-//!   function version in the caller's tenant, enforces the body cap, validates
-//!   the input, and applies rate limit, quota, concurrency and circuit breaker.
-//!   Every refusal is answered here (`Ok(true)`) before any node is touched.
+//! - `request_filter` answers `/metrics` (`local`), then `decide`s the call in
+//!   named steps: match the endpoint (`routes`); answer the router's own
+//!   endpoints (`local`); `authenticate` the key; `resolve` the function
+//!   version in the caller's tenant; answer OIP metadata and readiness
+//!   (`local`); `prepare_upstream`; admit the body (`admission`); and
+//!   `apply_guards` (rate limit, quota, concurrency, circuit breaker). Every
+//!   refusal is answered here (`Ok(true)`) before any node is touched.
+//! - `request_body_filter` validates a body over the replay buffer as it
+//!   streams, holding it back until it passes.
 //! - `upstream_peer` picks the runtime node (h2c, multiplexed streams) and
 //!   waits out the backoff of a retry.
 //! - `upstream_request_filter` pins the resolved version in the upstream path
 //!   and passes the invocation id, tenant and remaining deadline to the node.
+//! - `upstream_response_filter` turns a node's 503 `overloaded` into a retry.
+//! - `response_filter` adds the invocation id, version and `RateLimit` headers.
 //! - `fail_to_connect` / `error_while_proxy` decide retries with `policies::retry`.
 //! - `fail_to_proxy` renders every failure as the contract's JSON error.
 //! - `logging` reports the outcome to the breaker and records metrics.
+//!
+//! Every error the router writes goes through `respond::write_error`.
+//!
+//! Layer: the top one; names every other module.
 
-use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use contract::limits::{DEFAULT_MAX_BODY_BYTES, MAX_JSON_DEPTH, UPSTREAM_MAX_H2_STREAMS};
+use contract::limits::{DEFAULT_MAX_BODY_BYTES, UPSTREAM_MAX_H2_STREAMS};
 use contract::ports::{Authenticator, Catalog, Counters, SharedLimits};
-use contract::{protocol, FunctionVersion, Principal, Scope};
-use contract::{ApiError, ErrorCode};
+use contract::{ApiError, ErrorCode, FunctionVersion, Principal, Qualifier, Scope};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use policies::breaker::Outcome;
+use policies::breaker::{self, Permit};
 use policies::retry::{FailureKind, RetryDecision};
-use serde_json::{json, Value};
 
-use crate::guards::{Admission, Guards};
+use crate::admission;
+use crate::call::Ctx;
+use crate::guards::Guards;
+use crate::local::{self, LocalAnswer};
 use crate::metrics::Metrics;
-use crate::placement::{InFlight, NodeSet};
-use crate::routes::{self, Route};
+use crate::placement::{LiveNode, NodeSet};
+use crate::respond::{self, Delivery};
+use crate::routes::{self, BodyKind};
 
+pub use crate::metrics::MetricsSource;
+pub use crate::placement::placement_key;
 pub use contract::headers;
-
-/// Pingora keeps at most this much of a request body for replay; bodies up to
-/// it are validated before a node is chosen, larger ones while they stream.
-const REPLAY_BUFFER_BYTES: usize = 64 * 1024;
-
-/// How long the router waits for a slow client to send its body.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Extra time the router gives a node beyond the deadline, so that the node's
 /// own 504 (which frees its slot) arrives before the router gives up.
 const NODE_ANSWER_GRACE: Duration = Duration::from_millis(250);
 
 /// Shared state of the router.
-/// A source of more Prometheus text for `/metrics`.
-pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
-
 pub struct RouterState {
     pub extra_metrics: Option<MetricsSource>,
     pub catalog: Arc<dyn Catalog>,
@@ -60,7 +66,7 @@ pub struct RouterState {
     pub nodes: Arc<NodeSet>,
     pub metrics: Metrics,
     /// Set when a graceful stop begins: `/readyz` turns 503 so balancers move on.
-    pub draining: std::sync::atomic::AtomicBool,
+    pub draining: AtomicBool,
 }
 
 impl RouterState {
@@ -78,330 +84,166 @@ impl RouterState {
             guards: Guards::new(counters, shared),
             nodes,
             metrics: Metrics::new(),
-            draining: std::sync::atomic::AtomicBool::new(false),
+            draining: AtomicBool::new(false),
         }
     }
-}
-
-/// The kind of body an upstream-bound route carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyKind {
-    Invoke,
-    Infer,
-}
-
-/// Per-request state.
-pub struct Ctx {
-    started: Instant,
-    deadline: Option<Instant>,
-    invocation_id: String,
-    principal: Option<Principal>,
-    function: Option<Arc<FunctionVersion>>,
-    body_kind: Option<BodyKind>,
-    upstream_path: Option<String>,
-    admission: Option<Admission>,
-    /// Body validated while streaming (bodies above the replay buffer).
-    streamed: Option<Vec<u8>>,
-    /// A refusal decided after proxying began, rendered by `fail_to_proxy`.
-    refusal: Option<ApiError>,
-    /// The error code this request was answered with, for metrics.
-    error_code: Option<ErrorCode>,
-    attempts: u32,
-    retry_delay: Option<Duration>,
-    response_started: bool,
-    /// `RateLimit-Policy` / `RateLimit` headers for the answer.
-    rate_headers: Vec<(&'static str, String)>,
-    /// The node's error code of a failed call (`x-taskmesh-error-code`).
-    upstream_error: Option<ErrorCode>,
-    /// The node of the attempt in progress and its node-breaker permit.
-    node_permit: Option<(SocketAddr, policies::breaker::Permit)>,
-    /// The attempt in progress, counted in its node's load until dropped.
-    in_flight: Option<InFlight>,
-    /// Nodes earlier attempts of this call went to.
-    tried: Vec<String>,
 }
 
 pub struct TaskmeshProxy {
     pub state: Arc<RouterState>,
 }
 
-fn new_invocation_id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
-
-fn too_large(cap: usize) -> ApiError {
-    ApiError::new(
-        ErrorCode::PayloadTooLarge,
-        format!("body is larger than the limit of {cap} bytes"),
-    )
-}
-
-/// Parses and checks a body against the function version's input schema and tensors.
-fn validate(
-    version: &FunctionVersion,
-    kind: BodyKind,
-    body: &[u8],
-) -> std::result::Result<(), ApiError> {
-    let value = contract::json::parse_body(body, MAX_JSON_DEPTH)?;
-    match kind {
-        BodyKind::Invoke => {
-            if let Some(validator) = version.input_validator() {
-                let violations = contract::schema::violations(&validator, &value);
-                if !violations.is_empty() {
-                    return Err(protocol::invalid_input(violations));
-                }
-            }
-            protocol::invoke_inputs(version, &value).map(drop)
-        }
-        BodyKind::Infer => protocol::oip_inputs(version, &value).map(drop),
-    }
+/// The routing key an alias splits by: the caller's own
+/// (`x-taskmesh-routing-key`), else its client id, else this invocation's id
+/// (so one caller sticks to one version).
+fn routing_key(session: &Session, principal: &Principal, invocation_id: &str) -> String {
+    session
+        .req_header()
+        .headers
+        .get(headers::ROUTING_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .unwrap_or(if principal.client_id.is_empty() {
+            invocation_id
+        } else {
+            principal.client_id.as_str()
+        })
+        .to_string()
 }
 
 impl TaskmeshProxy {
-    async fn respond_json(
-        &self,
-        session: &mut Session,
-        ctx: &Ctx,
-        status: u16,
-        body: &Value,
-        extra: &[(&str, String)],
-    ) -> Result<()> {
-        let bytes = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
-        let mut header = ResponseHeader::build(status, Some(4 + extra.len()))?;
-        header.insert_header("content-type", "application/json")?;
-        header.insert_header(headers::INVOCATION_ID, ctx.invocation_id.as_str())?;
-        for (name, value) in extra {
-            header.insert_header(name.to_string(), value.as_str())?;
-        }
-        header.set_content_length(bytes.len())?;
-        session
-            .write_response_header(Box::new(header), false)
-            .await?;
-        session.write_response_body(Some(bytes), true).await
-    }
-
-    async fn respond_error(
+    /// Decides the request: `Ok(None)` to proxy it, `Ok(Some(..))` to answer here.
+    async fn decide(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-        err: &ApiError,
-    ) -> Result<()> {
-        ctx.error_code = Some(err.code);
-        let mut extra: Vec<(&str, String)> = Vec::new();
-        if let Some(s) = err.retry_after_s {
-            extra.push(("retry-after", s.to_string()));
-        }
-        if let Some(version) = &ctx.function {
-            extra.push((headers::VERSION, version.version.to_string()));
-        }
-        extra.extend(
-            ctx.rate_headers
-                .iter()
-                .filter(|(n, _)| *n != "retry-after")
-                .map(|(n, v)| (*n, v.clone())),
-        );
-        self.respond_json(session, ctx, err.status(), &err.body(), &extra)
-            .await
+    ) -> std::result::Result<Option<LocalAnswer>, ApiError> {
+        let endpoint = {
+            let request = session.req_header();
+            routes::endpoint(&request.method, request.uri.path(), request.uri.query())?
+        };
+        let Some((name, qualifier)) = endpoint.function() else {
+            let draining = self.state.draining.load(Ordering::Relaxed);
+            return local::router_answer(&endpoint, &self.state.nodes, draining).map(Some);
+        };
+        let principal = self.authenticate(session).await?;
+        let version = self
+            .resolve(session, ctx, &principal, name, qualifier)
+            .await?;
+        let Some(kind) = endpoint.body_kind() else {
+            let catalog = self.state.catalog.as_ref();
+            return local::function_answer(&endpoint, catalog, &principal.tenant, &version)
+                .await
+                .map(Some);
+        };
+        self.prepare_upstream(session, ctx, kind, &version)?;
+        ctx.streamed = admission::admit_body(session, &version, kind).await?;
+        self.apply_guards(ctx, principal, &version).await?;
+        Ok(None)
     }
 
-    async fn authenticate(
-        &self,
-        session: &Session,
-        scope: Scope,
-    ) -> std::result::Result<Principal, ApiError> {
+    /// Step: the caller's key, which must carry the `invoke` scope (401, 403).
+    async fn authenticate(&self, session: &Session) -> std::result::Result<Principal, ApiError> {
         let authorization = session
             .req_header()
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         let principal = self.state.auth.authenticate(authorization).await?;
-        principal.require(scope)?;
+        principal.require(Scope::Invoke)?;
         Ok(principal)
     }
 
-    /// Decides the request: `Ok(None)` to proxy it, `Ok(Some(..))` to answer here.
-    async fn decide(
+    /// Step: the immutable version the call is for, in the caller's tenant; an
+    /// alias picks by the [`routing_key`]. Another tenant's function is simply
+    /// not there (404, never 403).
+    async fn resolve(
         &self,
-        session: &mut Session,
+        session: &Session,
         ctx: &mut Ctx,
-    ) -> std::result::Result<Option<(u16, Value)>, ApiError> {
-        let method = session.req_header().method.clone();
-        let uri = session.req_header().uri.clone();
-        let route = routes::route(&method, uri.path(), uri.query())?;
-        let (name, qualifier) = match &route {
-            Route::Health => return Ok(Some((200, json!({"status": "ok"})))),
-            Route::Ready => {
-                let nodes = self.state.nodes.len();
-                return Ok(Some(
-                    if self
-                        .state
-                        .draining
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                    {
-                        (503, json!({"status": "draining", "nodes": nodes}))
-                    } else {
-                        (200, json!({"status": "ready", "nodes": nodes}))
-                    },
-                ));
-            }
-            Route::Live => return Ok(Some((200, json!({"live": true})))),
-            Route::ServerReady => return Ok(Some((200, json!({"ready": true})))),
-            Route::Metrics => {
-                return Err(ApiError::new(
-                    ErrorCode::Internal,
-                    "metrics are answered before routing",
-                ))
-            }
-            Route::Metadata { name, qualifier }
-            | Route::ModelReady { name, qualifier }
-            | Route::Invoke { name, qualifier }
-            | Route::Infer { name, qualifier } => (name.clone(), qualifier.clone()),
-        };
-        let principal = self.authenticate(session, Scope::Invoke).await?;
-        // An alias splits by routing key: the caller's own, else its client id,
-        // else this invocation's id (so one caller sticks to one version).
-        let routing_key = session
-            .req_header()
-            .headers
-            .get(headers::ROUTING_KEY)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-            .unwrap_or(if principal.client_id.is_empty() {
-                ctx.invocation_id.as_str()
-            } else {
-                principal.client_id.as_str()
-            })
-            .to_string();
-        // Another tenant's function is simply not there (404, never 403).
+        principal: &Principal,
+        name: &str,
+        qualifier: &Qualifier,
+    ) -> std::result::Result<Arc<FunctionVersion>, ApiError> {
+        let routing_key = routing_key(session, principal, &ctx.invocation_id);
         let (version, _alias) = self
             .state
             .catalog
-            .resolve_routed(&principal.tenant, &name, &qualifier, &routing_key)
+            .resolve_routed(&principal.tenant, name, qualifier, &routing_key)
             .await?;
         ctx.function = Some(version.clone());
-        match route {
-            Route::Metadata { .. } => {
-                let versions = self
-                    .state
-                    .catalog
-                    .versions(&principal.tenant, &name)
-                    .await?;
-                Ok(Some((200, protocol::oip_metadata(&version, &versions))))
-            }
-            Route::ModelReady { .. } => Ok(Some((
-                200,
-                json!({"name": version.name, "version": version.version.to_string(), "ready": true}),
-            ))),
-            Route::Invoke { .. } | Route::Infer { .. } => {
-                let (kind, path) = if matches!(route, Route::Invoke { .. }) {
-                    (
-                        BodyKind::Invoke,
-                        format!(
-                            "/v1/functions/{}/invoke?version={}",
-                            version.name, version.version
-                        ),
-                    )
-                } else {
-                    (
-                        BodyKind::Infer,
-                        format!(
-                            "/v2/models/{}/versions/{}/infer",
-                            version.name, version.version
-                        ),
-                    )
-                };
-                // Checked at the edge so a bad header never costs a node a stream.
-                headers::Priority::from_header(
-                    session
-                        .req_header()
-                        .headers
-                        .get(headers::PRIORITY)
-                        .and_then(|v| v.to_str().ok()),
-                )?;
-                ctx.upstream_path = Some(path);
-                ctx.body_kind = Some(kind);
-                ctx.deadline =
-                    Some(ctx.started + Duration::from_millis(version.definition.timeout_ms));
-                self.admit_body(session, ctx).await?;
-                let admission = self
-                    .state
-                    .guards
-                    .admit(&principal, &version, &mut ctx.rate_headers)
-                    .await;
-                ctx.principal = Some(principal);
-                ctx.admission = Some(admission?);
-                Ok(None)
-            }
-            _ => unreachable!("local routes returned above"),
-        }
+        Ok(version)
     }
 
-    /// Enforces the body cap and validates the body before anything is proxied.
-    ///
-    /// Bodies that fit the replay buffer are read and validated here. Larger ones
-    /// (which must declare their length) are validated as they stream, in
-    /// `request_body_filter`, and held back from the node until they pass.
-    async fn admit_body(
+    /// Step: where an upstream-bound call goes and by when. The priority
+    /// header is checked at the edge so a bad one never costs a node a stream.
+    fn prepare_upstream(
         &self,
-        session: &mut Session,
+        session: &Session,
         ctx: &mut Ctx,
+        kind: BodyKind,
+        version: &FunctionVersion,
     ) -> std::result::Result<(), ApiError> {
-        let version = ctx.function.clone().expect("resolved before the body");
-        let cap = version
-            .definition
-            .max_body_bytes
-            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
-        let declared = session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if let Some(length) = declared {
-            if length > cap {
-                return Err(too_large(cap));
-            }
-            if length > REPLAY_BUFFER_BYTES {
-                ctx.streamed = Some(Vec::with_capacity(length));
-                return Ok(());
-            }
-        }
-        session.enable_retry_buffering();
-        let mut body = Vec::new();
-        loop {
-            let chunk = tokio::time::timeout(BODY_READ_TIMEOUT, session.read_request_body())
-                .await
-                .map_err(|_| ApiError::bad_request("timed out reading the request body"))?
-                .map_err(|e| {
-                    ApiError::bad_request(format!("reading the request body failed: {e}"))
-                })?;
-            match chunk {
-                None => break,
-                Some(chunk) => {
-                    if body.len() + chunk.len() > cap {
-                        return Err(too_large(cap));
-                    }
-                    if body.len() + chunk.len() > REPLAY_BUFFER_BYTES {
-                        return Err(ApiError::new(
-                            ErrorCode::PayloadTooLarge,
-                            format!("bodies over {REPLAY_BUFFER_BYTES} bytes must declare content-length"),
-                        ));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-            }
-        }
-        validate(&version, ctx.body_kind.expect("set with the route"), &body)
+        headers::Priority::from_header(
+            session
+                .req_header()
+                .headers
+                .get(headers::PRIORITY)
+                .and_then(|v| v.to_str().ok()),
+        )?;
+        ctx.upstream_path = Some(kind.upstream_path(version));
+        ctx.body_kind = Some(kind);
+        ctx.deadline = Some(ctx.started + Duration::from_millis(version.definition.timeout_ms));
+        Ok(())
     }
 
-    fn deadline_left(ctx: &Ctx) -> Duration {
-        ctx.deadline.map_or(Duration::from_secs(30), |d| {
-            d.saturating_duration_since(Instant::now())
-        })
+    /// Step: the guard rails (`Guards::admit`: rate limit, quota, concurrency,
+    /// circuit breaker). The `RateLimit` headers are kept for the answer,
+    /// admitted or not.
+    async fn apply_guards(
+        &self,
+        ctx: &mut Ctx,
+        principal: Principal,
+        version: &FunctionVersion,
+    ) -> std::result::Result<(), ApiError> {
+        let pass = self
+            .state
+            .guards
+            .admit(&principal, version, &mut ctx.rate_headers)
+            .await;
+        ctx.principal = Some(principal);
+        ctx.guard_pass = Some(pass?);
+        Ok(())
+    }
+
+    /// Placement: ring order under bounded load. A retry goes to the first
+    /// candidate not tried yet (all tried: start over); a node whose breaker
+    /// is open is passed over. Returns the node and its node-breaker permit.
+    fn choose_node(
+        &self,
+        version: &FunctionVersion,
+        tried: &[String],
+    ) -> Option<(Arc<LiveNode>, Permit)> {
+        let key = placement_key(version);
+        let gpu = version.definition.resources.gpu;
+        let mut permit = None;
+        let guards = &self.state.guards;
+        let mut take = |node: &Arc<LiveNode>, untried_only: bool| {
+            if untried_only && tried.contains(&node.info.id) {
+                return false;
+            }
+            permit = guards.acquire_node(node.info.addr);
+            permit.is_some()
+        };
+        self.state
+            .nodes
+            .pick(&key, gpu, |n| take(n, true))
+            .or_else(|| self.state.nodes.pick(&key, gpu, |n| take(n, false)))
+            .zip(permit)
     }
 
     /// Reports the pending node attempt's outcome to its node breaker.
-    fn settle_node(&self, ctx: &mut Ctx, outcome: Outcome) {
+    fn settle_node(&self, ctx: &mut Ctx, outcome: breaker::Outcome) {
         if let Some((node, permit)) = ctx.node_permit.take() {
             self.state.guards.record_node(node, permit, outcome);
         }
@@ -418,7 +260,7 @@ impl TaskmeshProxy {
         match self
             .state
             .guards
-            .decide_retry(&version, ctx.attempts, kind, Self::deadline_left(ctx))
+            .decide_retry(&version, ctx.attempts, kind, ctx.deadline_left())
         {
             RetryDecision::RetryAfter(delay) => {
                 ctx.retry_delay = Some(delay);
@@ -439,76 +281,31 @@ impl ProxyHttp for TaskmeshProxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx {
-            started: Instant::now(),
-            deadline: None,
-            invocation_id: new_invocation_id(),
-            principal: None,
-            function: None,
-            body_kind: None,
-            upstream_path: None,
-            admission: None,
-            streamed: None,
-            refusal: None,
-            error_code: None,
-            attempts: 0,
-            retry_delay: None,
-            response_started: false,
-            rate_headers: Vec::new(),
-            node_permit: None,
-            upstream_error: None,
-            in_flight: None,
-            tried: Vec::new(),
-        }
+        Ctx::new()
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        if session.req_header().uri.path() == "/metrics" {
-            self.state
-                .metrics
-                .observe_breakers(&self.state.guards.breaker_states());
-            let mut text = self.state.metrics.encode();
-            if let Some(extra) = &self.state.extra_metrics {
-                // Both are OpenMetrics text; keep one `# EOF` at the very end.
-                text = text.trim_end().trim_end_matches("# EOF").to_string();
-                text.push('\n');
-                text.push_str(&extra());
-                text.push_str("# EOF\n");
-            }
-            let mut header = ResponseHeader::build(200, Some(2))?;
-            header.insert_header(
-                "content-type",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )?;
-            header.set_content_length(text.len())?;
-            session
-                .write_response_header(Box::new(header), false)
-                .await?;
-            session
-                .write_response_body(Some(Bytes::from(text)), true)
-                .await?;
+        if session.req_header().uri.path() == local::METRICS_PATH {
+            let state = &self.state;
+            let text =
+                local::metrics_text(&state.metrics, &state.guards, state.extra_metrics.as_ref());
+            local::write_metrics(session, text).await?;
             return Ok(true);
         }
         let decided = self.decide(session, ctx).await;
         // The key has done its work: it never travels further or reaches a log line.
         session.req_header_mut().remove_header("authorization");
         match decided {
-            Ok(None) => Ok(false),
-            Ok(Some((status, body))) => {
-                let extra: Vec<(&str, String)> = ctx
-                    .function
-                    .as_ref()
-                    .map(|v| vec![(headers::VERSION, v.version.to_string())])
-                    .unwrap_or_default();
-                self.respond_json(session, ctx, status, &body, &extra)
-                    .await?;
-                Ok(true)
+            Ok(None) => return Ok(false),
+            Ok(Some(answer)) => {
+                respond::write_json(session, answer.status, &answer.body, &ctx.stamp()).await?;
             }
             Err(err) => {
-                self.respond_error(session, ctx, &err).await?;
-                Ok(true)
+                ctx.error_code = Some(err.code);
+                respond::write_error(session, &err, &ctx.stamp(), Delivery::Refusal).await?;
             }
         }
+        Ok(true)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -524,7 +321,7 @@ impl ProxyHttp for TaskmeshProxy {
         {
             ctx.refusal = None;
         }
-        let left = Self::deadline_left(ctx);
+        let left = ctx.deadline_left();
         if left.is_zero() {
             ctx.refusal = Some(ApiError::new(
                 ErrorCode::Timeout,
@@ -539,27 +336,7 @@ impl ProxyHttp for TaskmeshProxy {
             .function
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no function resolved"))?;
-        // Placement: ring order under bounded load. A retry goes to the first
-        // candidate not tried yet (all tried: start over); a node whose breaker
-        // is open is passed over.
-        let key = placement_key(version);
-        let gpu = version.definition.resources.gpu;
-        let mut permit = None;
-        let guards = &self.state.guards;
-        let mut take = |node: &Arc<crate::placement::Node>, untried_only: bool| {
-            if untried_only && ctx.tried.contains(&node.info.id) {
-                return false;
-            }
-            permit = guards.acquire_node(node.info.addr);
-            permit.is_some()
-        };
-        let chosen = self
-            .state
-            .nodes
-            .pick(&key, gpu, |n| take(n, true))
-            .or_else(|| self.state.nodes.pick(&key, gpu, |n| take(n, false)))
-            .zip(permit);
-        let Some((node, permit)) = chosen else {
+        let Some((node, permit)) = self.choose_node(version, &ctx.tried) else {
             let reason = if version.definition.resources.gpu {
                 "no runtime node with a GPU is available: CPU-only nodes cannot serve GPU functions (resources.gpu)"
             } else {
@@ -604,11 +381,11 @@ impl ProxyHttp for TaskmeshProxy {
         request.insert_header(headers::TENANT, tenant)?;
         request.insert_header(
             headers::DEADLINE_MS,
-            Self::deadline_left(ctx).as_millis().to_string(),
+            ctx.deadline_left().as_millis().to_string(),
         )?;
         request.remove_header("authorization");
-        if let Some(buffer) = &mut ctx.streamed {
-            buffer.clear();
+        if let Some(streamed) = &mut ctx.streamed {
+            streamed.clear();
         }
         Ok(())
     }
@@ -620,35 +397,20 @@ impl ProxyHttp for TaskmeshProxy {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let Some(buffer) = ctx.streamed.as_mut() else {
+        let Some(streamed) = ctx.streamed.as_mut() else {
             return Ok(());
         };
-        if let Some(chunk) = body.take() {
-            buffer.extend_from_slice(&chunk);
+        match streamed.take(body.take(), end_of_stream) {
+            Ok(forward) => {
+                *body = Some(forward);
+                Ok(())
+            }
+            Err(err) => {
+                let status = err.status();
+                ctx.refusal = Some(err);
+                Err(Error::explain(ErrorType::HTTPStatus(status), "input refused").into_down())
+            }
         }
-        let version = ctx.function.clone().expect("resolved before proxying");
-        let cap = version
-            .definition
-            .max_body_bytes
-            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
-        if buffer.len() > cap {
-            ctx.refusal = Some(too_large(cap));
-            return Err(
-                Error::explain(ErrorType::HTTPStatus(413), "body over the cap").into_down(),
-            );
-        }
-        if !end_of_stream {
-            *body = Some(Bytes::new());
-            return Ok(());
-        }
-        let whole = std::mem::take(buffer);
-        if let Err(err) = validate(&version, ctx.body_kind.expect("set with the route"), &whole) {
-            let status = err.status();
-            ctx.refusal = Some(err);
-            return Err(Error::explain(ErrorType::HTTPStatus(status), "input refused").into_down());
-        }
-        *body = Some(Bytes::from(whole));
-        Ok(())
     }
 
     async fn upstream_response_filter(
@@ -694,7 +456,7 @@ impl ProxyHttp for TaskmeshProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.response_started = true;
-        self.settle_node(ctx, Outcome::Success);
+        self.settle_node(ctx, breaker::Outcome::Success);
         response.insert_header(headers::INVOCATION_ID, ctx.invocation_id.as_str())?;
         // The version the router resolved and pinned, on errors from the node too.
         if let Some(version) = &ctx.function {
@@ -713,7 +475,7 @@ impl ProxyHttp for TaskmeshProxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        self.settle_node(ctx, Outcome::Failure);
+        self.settle_node(ctx, breaker::Outcome::Failure);
         // A refused connection takes the node out of the ring at once (its
         // heartbeat expiring is the backstop); a timeout may be our deadline.
         if let Some(attempt) = ctx.in_flight.take() {
@@ -761,39 +523,27 @@ impl ProxyHttp for TaskmeshProxy {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let err = ctx.refusal.take().unwrap_or_else(|| classify(e));
-        let code = match (e.esource(), e.etype()) {
-            (
-                ErrorSource::Downstream,
-                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
-            ) => 0,
-            _ => err.status(),
-        };
-        if code > 0 {
-            ctx.error_code = Some(err.code);
-            if err.code.is_client_fault() {
-                tracing::debug!(invocation_id = %ctx.invocation_id, code = err.code.as_str(), "request refused");
-            } else {
-                tracing::warn!(invocation_id = %ctx.invocation_id, code = err.code.as_str(), error = %e, "proxying failed");
-            }
-            let body = Bytes::from(err.body_bytes());
-            if let Ok(mut header) = ResponseHeader::build(code, Some(4)) {
-                let _ = header.insert_header("content-type", "application/json");
-                let _ = header.insert_header(headers::INVOCATION_ID, ctx.invocation_id.as_str());
-                if let Some(s) = err.retry_after_s {
-                    let _ = header.insert_header("retry-after", s.to_string());
-                }
-                if let Some(version) = &ctx.function {
-                    let _ = header.insert_header(headers::VERSION, version.version.to_string());
-                }
-                let _ = header.set_content_length(body.len());
-                let _ = session
-                    .as_downstream_mut()
-                    .write_error_response(header, body)
-                    .await;
-            }
+        // A client that went away gets no answer.
+        let client_gone = e.esource() == &ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+            );
+        if client_gone {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
         }
+        ctx.error_code = Some(err.code);
+        if err.code.is_client_fault() {
+            tracing::debug!(invocation_id = %ctx.invocation_id, code = err.code.as_str(), "request refused");
+        } else {
+            tracing::warn!(invocation_id = %ctx.invocation_id, code = err.code.as_str(), error = %e, "proxying failed");
+        }
+        let _ = respond::write_error(session, &err, &ctx.stamp(), Delivery::ProxyFailure).await;
         FailToProxy {
-            error_code: code,
+            error_code: err.status(),
             can_reuse_downstream: false,
         }
     }
@@ -803,19 +553,19 @@ impl ProxyHttp for TaskmeshProxy {
         // Only refused connections count against a node (see `fail_to_connect`);
         // an answered or reset stream means the node was reachable.
         let _ = e;
-        self.settle_node(ctx, Outcome::Success);
-        if let (Some(version), Some(mut admission)) = (ctx.function.clone(), ctx.admission.take()) {
+        self.settle_node(ctx, breaker::Outcome::Success);
+        if let (Some(version), Some(mut pass)) = (ctx.function.clone(), ctx.guard_pass.take()) {
             // Server faults count against the breaker; client faults (4xx) do not.
             let not_the_functions_fault = ctx.upstream_error == Some(ErrorCode::Overloaded)
                 || ctx.error_code == Some(ErrorCode::Overloaded);
             let outcome = if (status >= 500 || status == 0) && !not_the_functions_fault {
-                Outcome::Failure
+                breaker::Outcome::Failure
             } else {
-                Outcome::Success
+                breaker::Outcome::Success
             };
             self.state
                 .guards
-                .release(&version, &mut admission, Some(outcome));
+                .release(&version, &mut pass, Some(outcome));
         }
         let (function, version) = match &ctx.function {
             Some(v) => (v.name.as_str(), Some(v.version)),
@@ -861,7 +611,7 @@ fn classify(e: &Error) -> ApiError {
             ErrorCode::Timeout,
             "the runtime node did not answer within the deadline",
         ),
-        ErrorType::HTTPStatus(413) => too_large(DEFAULT_MAX_BODY_BYTES),
+        ErrorType::HTTPStatus(413) => admission::too_large(DEFAULT_MAX_BODY_BYTES),
         ErrorType::HTTPStatus(504) => {
             ApiError::new(ErrorCode::Timeout, "the invocation's deadline passed")
         }
@@ -874,9 +624,4 @@ fn classify(e: &Error) -> ApiError {
         }
         _ => ApiError::new(ErrorCode::Internal, "internal router error"),
     }
-}
-
-/// What a function version is placed by on the ring: `tenant/name@version`.
-pub fn placement_key(version: &FunctionVersion) -> String {
-    format!("{}/{}@{}", version.tenant, version.name, version.version)
 }

@@ -1,12 +1,17 @@
-//! Matching the router's public paths (contract) to routes.
+//! The router's public paths (contract), matched to the [`Endpoint`] a request
+//! asks for, and the node paths an upstream-bound call is pinned to.
+//!
+//! Bottom layer: names nothing else in the crate.
 
 use contract::ApiError;
 use contract::ErrorCode;
-use contract::Qualifier;
+use contract::{FunctionVersion, Qualifier};
 use http::Method;
 
+/// What a request asks the router for. (Not an alias's weighted route,
+/// `policies::split::Route`.)
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+pub enum Endpoint {
     Health,
     Ready,
     Metrics,
@@ -32,6 +37,59 @@ pub enum Route {
     },
 }
 
+impl Endpoint {
+    /// The function an endpoint names, or `None` for the router's own endpoints.
+    pub fn function(&self) -> Option<(&str, &Qualifier)> {
+        match self {
+            Endpoint::Health
+            | Endpoint::Ready
+            | Endpoint::Metrics
+            | Endpoint::Live
+            | Endpoint::ServerReady => None,
+            Endpoint::Invoke { name, qualifier }
+            | Endpoint::Metadata { name, qualifier }
+            | Endpoint::ModelReady { name, qualifier }
+            | Endpoint::Infer { name, qualifier } => Some((name, qualifier)),
+        }
+    }
+
+    /// The body a call to this endpoint carries upstream, or `None` for the
+    /// endpoints the router answers itself.
+    pub fn body_kind(&self) -> Option<BodyKind> {
+        match self {
+            Endpoint::Invoke { .. } => Some(BodyKind::Invoke),
+            Endpoint::Infer { .. } => Some(BodyKind::Infer),
+            _ => None,
+        }
+    }
+}
+
+/// The kind of body an upstream-bound endpoint carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `POST /v1/functions/{name}/invoke`: named fields (`protocol::invoke_inputs`).
+    Invoke,
+    /// OIP v2 `infer`: raw tensors by name (`protocol::oip_inputs`).
+    Infer,
+}
+
+impl BodyKind {
+    /// The node path of a call, pinned to the resolved version so router and
+    /// node always agree on it.
+    pub fn upstream_path(self, version: &FunctionVersion) -> String {
+        match self {
+            BodyKind::Invoke => format!(
+                "/v1/functions/{}/invoke?version={}",
+                version.name, version.version
+            ),
+            BodyKind::Infer => format!(
+                "/v2/models/{}/versions/{}/infer",
+                version.name, version.version
+            ),
+        }
+    }
+}
+
 fn method_not_allowed(method: &Method, path: &str) -> ApiError {
     ApiError::new(
         ErrorCode::MethodNotAllowed,
@@ -39,32 +97,37 @@ fn method_not_allowed(method: &Method, path: &str) -> ApiError {
     )
 }
 
-fn expect(method: &Method, wanted: Method, path: &str, route: Route) -> Result<Route, ApiError> {
+fn expect(
+    method: &Method,
+    wanted: Method,
+    path: &str,
+    endpoint: Endpoint,
+) -> Result<Endpoint, ApiError> {
     let ok = *method == wanted || (wanted == Method::GET && *method == Method::HEAD);
     if ok {
-        Ok(route)
+        Ok(endpoint)
     } else {
         Err(method_not_allowed(method, path))
     }
 }
 
-/// Matches a request to a route, or the contract's 404/405.
-pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, ApiError> {
+/// Matches a request to an endpoint, or the contract's 404/405.
+pub fn endpoint(method: &Method, path: &str, query: Option<&str>) -> Result<Endpoint, ApiError> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let name = |s: &str| s.to_string();
     match segments.as_slice() {
-        ["healthz"] => expect(method, Method::GET, path, Route::Health),
-        ["readyz"] => expect(method, Method::GET, path, Route::Ready),
-        ["metrics"] => expect(method, Method::GET, path, Route::Metrics),
-        ["v2", "health", "live"] => expect(method, Method::GET, path, Route::Live),
-        ["v2", "health", "ready"] => expect(method, Method::GET, path, Route::ServerReady),
+        ["healthz"] => expect(method, Method::GET, path, Endpoint::Health),
+        ["readyz"] => expect(method, Method::GET, path, Endpoint::Ready),
+        ["metrics"] => expect(method, Method::GET, path, Endpoint::Metrics),
+        ["v2", "health", "live"] => expect(method, Method::GET, path, Endpoint::Live),
+        ["v2", "health", "ready"] => expect(method, Method::GET, path, Endpoint::ServerReady),
         ["v1", "functions", f, "invoke"] if !f.is_empty() => {
             let qualifier = Qualifier::from_query(query)?;
             expect(
                 method,
                 Method::POST,
                 path,
-                Route::Invoke {
+                Endpoint::Invoke {
                     name: name(f),
                     qualifier,
                 },
@@ -74,7 +137,7 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             method,
             Method::GET,
             path,
-            Route::Metadata {
+            Endpoint::Metadata {
                 name: name(m),
                 qualifier: Qualifier::Default,
             },
@@ -83,7 +146,7 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             method,
             Method::GET,
             path,
-            Route::Metadata {
+            Endpoint::Metadata {
                 name: name(m),
                 qualifier: Qualifier::from_path(v)?,
             },
@@ -92,7 +155,7 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             method,
             Method::GET,
             path,
-            Route::ModelReady {
+            Endpoint::ModelReady {
                 name: name(m),
                 qualifier: Qualifier::Default,
             },
@@ -101,7 +164,7 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             method,
             Method::GET,
             path,
-            Route::ModelReady {
+            Endpoint::ModelReady {
                 name: name(m),
                 qualifier: Qualifier::from_path(v)?,
             },
@@ -110,7 +173,7 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             method,
             Method::POST,
             path,
-            Route::Infer {
+            Endpoint::Infer {
                 name: name(m),
                 qualifier: Qualifier::Default,
             },
@@ -119,7 +182,7 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
             method,
             Method::POST,
             path,
-            Route::Infer {
+            Endpoint::Infer {
                 name: name(m),
                 qualifier: Qualifier::from_path(v)?,
             },
@@ -135,26 +198,26 @@ mod tests {
     #[test]
     fn invoke_with_and_without_version() {
         assert_eq!(
-            route(&Method::POST, "/v1/functions/digits/invoke", None).unwrap(),
-            Route::Invoke {
+            endpoint(&Method::POST, "/v1/functions/digits/invoke", None).unwrap(),
+            Endpoint::Invoke {
                 name: "digits".into(),
                 qualifier: Qualifier::Default
             }
         );
         assert_eq!(
-            route(
+            endpoint(
                 &Method::POST,
                 "/v1/functions/digits/invoke",
                 Some("version=2")
             )
             .unwrap(),
-            Route::Invoke {
+            Endpoint::Invoke {
                 name: "digits".into(),
                 qualifier: Qualifier::Version(2)
             }
         );
         assert_eq!(
-            route(
+            endpoint(
                 &Method::POST,
                 "/v1/functions/digits/invoke",
                 Some("version=x")
@@ -164,7 +227,7 @@ mod tests {
             ErrorCode::BadRequest
         );
         assert_eq!(
-            route(&Method::GET, "/v1/functions/digits/invoke", None)
+            endpoint(&Method::GET, "/v1/functions/digits/invoke", None)
                 .unwrap_err()
                 .code,
             ErrorCode::MethodNotAllowed
@@ -174,42 +237,54 @@ mod tests {
     #[test]
     fn oip_paths() {
         assert_eq!(
-            route(&Method::POST, "/v2/models/iris/versions/3/infer", None).unwrap(),
-            Route::Infer {
+            endpoint(&Method::POST, "/v2/models/iris/versions/3/infer", None).unwrap(),
+            Endpoint::Infer {
                 name: "iris".into(),
                 qualifier: Qualifier::Version(3)
             }
         );
         assert_eq!(
-            route(&Method::GET, "/v2/models/iris/ready", None).unwrap(),
-            Route::ModelReady {
+            endpoint(&Method::GET, "/v2/models/iris/ready", None).unwrap(),
+            Endpoint::ModelReady {
                 name: "iris".into(),
                 qualifier: Qualifier::Default
             }
         );
         assert_eq!(
-            route(&Method::GET, "/v2/models/iris/versions/zero", None)
+            endpoint(&Method::GET, "/v2/models/iris/versions/zero", None)
                 .unwrap_err()
                 .code,
             ErrorCode::NotFound
         );
         assert_eq!(
-            route(&Method::GET, "/v2/health/live", None).unwrap(),
-            Route::Live
+            endpoint(&Method::GET, "/v2/health/live", None).unwrap(),
+            Endpoint::Live
         );
     }
 
     #[test]
     fn unknown_paths_are_not_found() {
         assert_eq!(
-            route(&Method::GET, "/", None).unwrap_err().code,
+            endpoint(&Method::GET, "/", None).unwrap_err().code,
             ErrorCode::NotFound
         );
         assert_eq!(
-            route(&Method::POST, "/v1/functions//invoke", None)
+            endpoint(&Method::POST, "/v1/functions//invoke", None)
                 .unwrap_err()
                 .code,
             ErrorCode::NotFound
         );
+    }
+
+    #[test]
+    fn endpoints_name_their_function_and_body() {
+        let invoke = endpoint(&Method::POST, "/v1/functions/digits/invoke", None).unwrap();
+        assert_eq!(invoke.function(), Some(("digits", &Qualifier::Default)));
+        assert_eq!(invoke.body_kind(), Some(BodyKind::Invoke));
+        let ready = endpoint(&Method::GET, "/v2/models/iris/ready", None).unwrap();
+        assert!(ready.function().is_some());
+        assert_eq!(ready.body_kind(), None);
+        let health = endpoint(&Method::HEAD, "/healthz", None).unwrap();
+        assert_eq!((health.function(), health.body_kind()), (None, None));
     }
 }

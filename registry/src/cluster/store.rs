@@ -311,6 +311,17 @@ impl Store for RedisStore {
         .await
     }
 
+    async fn delete_client(&self, client_id: &str) -> Result<bool, StoreError> {
+        let key = self.client_key(client_id);
+        let key = &key;
+        let removed: u32 = self
+            .call(Retry::Idempotent, |mut c| async move {
+                redis::cmd("DEL").arg(key).query_async(&mut c).await
+            })
+            .await?;
+        Ok(removed > 0)
+    }
+
     async fn get_client(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
         let key = self.client_key(client_id);
         let key = &key;

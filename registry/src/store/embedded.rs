@@ -221,6 +221,22 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn delete_client(&self, client_id: &str) -> Result<bool, StoreError> {
+        let id = client_id.to_string();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            let removed = txn
+                .open_table(CLIENTS)
+                .map_err(backend)?
+                .remove(id.as_str())
+                .map_err(backend)?
+                .is_some();
+            txn.commit().map_err(backend)?;
+            Ok(removed)
+        })
+        .await
+    }
+
     async fn get_client(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
         let id = client_id.to_string();
         self.blocking(move |db| {

@@ -85,6 +85,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_client(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError>;
 
+    /// Removes a client (its key stops working); whether it existed.
+    async fn delete_client(&self, client_id: &str) -> Result<bool, StoreError>;
+
     /// Adds each delta to its counter in one transaction.
     async fn add_counters(&self, deltas: Vec<(String, u64)>) -> Result<(), StoreError>;
 

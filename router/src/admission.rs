@@ -1,0 +1,237 @@
+//! Body admission: the body cap, reading a body into Pingora's replay buffer,
+//! and validating it (JSON depth guard, the version's input schema, mapping
+//! onto the declared tensors) before a node is chosen.
+//!
+//! Bodies that fit the replay buffer are read and validated in
+//! `request_filter` ([`admit_body`]). Larger ones, up to the cap, must declare
+//! their length; they are validated as they stream ([`StreamedBody`], fed by
+//! `request_body_filter`) and held back from the node until they pass.
+//!
+//! Layer: names only `routes`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use contract::limits::{DEFAULT_MAX_BODY_BYTES, MAX_JSON_DEPTH};
+use contract::{protocol, ApiError, ErrorCode, FunctionVersion};
+use pingora_proxy::Session;
+
+use crate::routes::BodyKind;
+
+/// Pingora keeps at most this much of a request body for replay; bodies up to
+/// it are validated before a node is chosen, larger ones while they stream.
+pub const REPLAY_BUFFER_BYTES: usize = 64 * 1024;
+
+/// How long the router waits for a slow client to send its body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The contract's 413 for a body over `cap`.
+pub fn too_large(cap: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("body is larger than the limit of {cap} bytes"),
+    )
+}
+
+/// The largest body a version accepts.
+fn body_cap(version: &FunctionVersion) -> usize {
+    version
+        .definition
+        .max_body_bytes
+        .unwrap_or(DEFAULT_MAX_BODY_BYTES)
+}
+
+/// Parses and checks a body against the function version's input schema and tensors.
+pub fn validate(version: &FunctionVersion, kind: BodyKind, body: &[u8]) -> Result<(), ApiError> {
+    let value = contract::json::parse_body(body, MAX_JSON_DEPTH)?;
+    match kind {
+        BodyKind::Invoke => {
+            if let Some(validator) = version.input_validator() {
+                let violations = contract::schema::violations(&validator, &value);
+                if !violations.is_empty() {
+                    return Err(protocol::invalid_input(violations));
+                }
+            }
+            protocol::invoke_inputs(version, &value).map(drop)
+        }
+        BodyKind::Infer => protocol::oip_inputs(version, &value).map(drop),
+    }
+}
+
+/// Enforces the body cap and validates the body before anything is proxied.
+///
+/// A declared `content-length` over the cap is refused before a byte is read.
+/// A body that fits the replay buffer is read (buffered for Pingora to forward
+/// afterwards) and validated here: `Ok(None)`. A larger declared one is left
+/// to stream: `Ok(Some(..))`, the state that validates it on its way.
+pub async fn admit_body(
+    session: &mut Session,
+    version: &Arc<FunctionVersion>,
+    kind: BodyKind,
+) -> Result<Option<StreamedBody>, ApiError> {
+    let cap = body_cap(version);
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(length) = declared {
+        if length > cap {
+            return Err(too_large(cap));
+        }
+        if length > REPLAY_BUFFER_BYTES {
+            return Ok(Some(StreamedBody {
+                version: version.clone(),
+                kind,
+                cap,
+                buffer: Vec::with_capacity(length),
+            }));
+        }
+    }
+    let body = read_buffered(session, cap).await?;
+    validate(version, kind, &body)?;
+    Ok(None)
+}
+
+/// Reads the whole body through Pingora's replay buffer (enabled first, so
+/// Pingora can still forward it), within the cap and the replay buffer.
+async fn read_buffered(session: &mut Session, cap: usize) -> Result<Vec<u8>, ApiError> {
+    session.enable_retry_buffering();
+    let mut body = Vec::new();
+    loop {
+        let chunk = tokio::time::timeout(BODY_READ_TIMEOUT, session.read_request_body())
+            .await
+            .map_err(|_| ApiError::bad_request("timed out reading the request body"))?
+            .map_err(|e| ApiError::bad_request(format!("reading the request body failed: {e}")))?;
+        let Some(chunk) = chunk else {
+            return Ok(body);
+        };
+        if body.len() + chunk.len() > cap {
+            return Err(too_large(cap));
+        }
+        if body.len() + chunk.len() > REPLAY_BUFFER_BYTES {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("bodies over {REPLAY_BUFFER_BYTES} bytes must declare content-length"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+}
+
+/// A body over the replay buffer, validated as it streams: chunks are held
+/// back, and the whole body is released upstream only once it validates.
+pub struct StreamedBody {
+    version: Arc<FunctionVersion>,
+    kind: BodyKind,
+    cap: usize,
+    buffer: Vec<u8>,
+}
+
+impl StreamedBody {
+    /// Takes the next chunk. Returns what to forward now: nothing before the
+    /// end of the stream, then the whole body once it validates; or the
+    /// refusal (over the cap, or invalid).
+    pub fn take(&mut self, chunk: Option<Bytes>, end_of_stream: bool) -> Result<Bytes, ApiError> {
+        if let Some(chunk) = chunk {
+            self.buffer.extend_from_slice(&chunk);
+        }
+        if self.buffer.len() > self.cap {
+            return Err(too_large(self.cap));
+        }
+        if !end_of_stream {
+            return Ok(Bytes::new());
+        }
+        let whole = std::mem::take(&mut self.buffer);
+        validate(&self.version, self.kind, &whole)?;
+        Ok(Bytes::from(whole))
+    }
+
+    /// Forgets what was held back (a new upstream request starts).
+    pub fn clear(&mut self) {
+        self.buffer.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use contract::definition::{parse, Syntax};
+    use contract::version::ModelSignature;
+
+    /// A version with no declared tensors (so `{"inputs": []}` is a valid
+    /// OIP body) and a body cap of `cap` bytes.
+    fn version(cap: usize) -> Arc<FunctionVersion> {
+        let body = format!(
+            r#"{{"name": "f", "model": "sha256:{}", "inputs": {{"x": {{"tensor": "x"}}}}, "outputs": {{"y": {{"tensor": "y"}}}}}}"#,
+            "0".repeat(64)
+        );
+        let mut definition = parse(body.as_bytes(), Syntax::Json).unwrap();
+        definition.max_body_bytes = Some(cap);
+        Arc::new(FunctionVersion {
+            tenant: "t".into(),
+            name: "f".into(),
+            version: 1,
+            created_at_ms: 1,
+            definition,
+            signature: ModelSignature {
+                inputs: vec![],
+                outputs: vec![],
+            },
+            inputs: vec![],
+            outputs: vec![],
+            model_size_bytes: 0,
+            schemas: Default::default(),
+        })
+    }
+
+    fn streamed(cap: usize) -> StreamedBody {
+        let version = version(cap);
+        StreamedBody {
+            cap: body_cap(&version),
+            version,
+            kind: BodyKind::Infer,
+            buffer: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_streamed_body_is_held_back_until_it_validates() {
+        let mut body = streamed(1024);
+        let held = body.take(Some(Bytes::from_static(b"{\"inputs\"")), false);
+        assert_eq!(held.unwrap(), Bytes::new(), "nothing is forwarded early");
+        let whole = body.take(Some(Bytes::from_static(b": []}")), true).unwrap();
+        assert_eq!(whole, Bytes::from_static(b"{\"inputs\": []}"));
+
+        let mut body = streamed(1024);
+        body.take(Some(Bytes::from_static(b"{\"inputs\": [")), false)
+            .unwrap();
+        let err = body.take(None, true).unwrap_err();
+        assert_eq!(err.code, ErrorCode::MalformedJson, "{err:?}");
+    }
+
+    #[test]
+    fn a_streamed_body_over_the_cap_is_refused_before_its_end() {
+        let mut body = streamed(8);
+        body.take(Some(Bytes::from_static(b"{\"in")), false)
+            .unwrap();
+        let err = body
+            .take(Some(Bytes::from_static(b"puts\": []}")), false)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::PayloadTooLarge);
+        assert_eq!(err.message, too_large(8).message);
+    }
+
+    #[test]
+    fn validation_maps_the_body_by_its_kind() {
+        let version = version(1024);
+        assert!(validate(&version, BodyKind::Infer, b"{\"inputs\": []}").is_ok());
+        let err = validate(&version, BodyKind::Infer, b"{}").unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidInput, "{err:?}");
+        let deep = "[".repeat(MAX_JSON_DEPTH + 1);
+        let err = validate(&version, BodyKind::Invoke, deep.as_bytes()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest, "the depth guard: {err:?}");
+    }
+}

@@ -1,0 +1,100 @@
+//! The state of one call through the router (Pingora's per-request `CTX`),
+//! filled in by the phase hooks in `proxy`.
+//!
+//! Layer: names `guards`, `placement`, `admission`, `routes` and `respond`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use contract::{ApiError, ErrorCode, FunctionVersion, Principal};
+use policies::breaker::Permit;
+
+use crate::admission::StreamedBody;
+use crate::guards::GuardPass;
+use crate::placement::InFlight;
+use crate::respond::Stamp;
+use crate::routes::BodyKind;
+
+/// How long a call without a deadline (nothing resolved yet) may take upstream.
+const NO_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Per-request state.
+pub struct Ctx {
+    pub(crate) started: Instant,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) invocation_id: String,
+    pub(crate) principal: Option<Principal>,
+    pub(crate) function: Option<Arc<FunctionVersion>>,
+    pub(crate) body_kind: Option<BodyKind>,
+    pub(crate) upstream_path: Option<String>,
+    /// What the guards' admission holds until the call ends.
+    pub(crate) guard_pass: Option<GuardPass>,
+    /// A body over the replay buffer, validated while it streams.
+    pub(crate) streamed: Option<StreamedBody>,
+    /// A refusal decided after proxying began, rendered by `fail_to_proxy`.
+    pub(crate) refusal: Option<ApiError>,
+    /// The error code this request was answered with, for metrics.
+    pub(crate) error_code: Option<ErrorCode>,
+    pub(crate) attempts: u32,
+    pub(crate) retry_delay: Option<Duration>,
+    pub(crate) response_started: bool,
+    /// `RateLimit-Policy` / `RateLimit` headers for the answer.
+    pub(crate) rate_headers: Vec<(&'static str, String)>,
+    /// The node's error code of a failed call (`x-taskmesh-error-code`).
+    pub(crate) upstream_error: Option<ErrorCode>,
+    /// The node of the attempt in progress and its node-breaker permit.
+    pub(crate) node_permit: Option<(SocketAddr, Permit)>,
+    /// The attempt in progress, counted in its node's load until dropped.
+    pub(crate) in_flight: Option<InFlight>,
+    /// Nodes earlier attempts of this call went to.
+    pub(crate) tried: Vec<String>,
+}
+
+impl Ctx {
+    /// A new call, with a fresh invocation id (UUID v7).
+    pub fn new() -> Self {
+        Ctx {
+            started: Instant::now(),
+            deadline: None,
+            invocation_id: uuid::Uuid::now_v7().to_string(),
+            principal: None,
+            function: None,
+            body_kind: None,
+            upstream_path: None,
+            guard_pass: None,
+            streamed: None,
+            refusal: None,
+            error_code: None,
+            attempts: 0,
+            retry_delay: None,
+            response_started: false,
+            rate_headers: Vec::new(),
+            upstream_error: None,
+            node_permit: None,
+            in_flight: None,
+            tried: Vec::new(),
+        }
+    }
+
+    /// The time left before the call's deadline.
+    pub fn deadline_left(&self) -> Duration {
+        self.deadline
+            .map_or(NO_DEADLINE, |d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// What every answer the router writes for this call carries.
+    pub fn stamp(&self) -> Stamp<'_> {
+        Stamp {
+            invocation_id: &self.invocation_id,
+            version: self.function.as_ref().map(|v| v.version),
+            rate_headers: &self.rate_headers,
+        }
+    }
+}
+
+impl Default for Ctx {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,157 @@
+//! The answers the router gives itself, without a node: `/metrics`,
+//! `/healthz`, `/readyz`, OIP server liveness and readiness, and OIP model
+//! metadata and readiness (from the registry).
+//!
+//! Layer: names `routes`, `metrics`, `guards` and `placement`.
+
+use bytes::Bytes;
+use contract::ports::Catalog;
+use contract::{protocol, ApiError, ErrorCode, FunctionVersion};
+use pingora_error::Result;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use serde_json::{json, Value};
+
+use crate::guards::Guards;
+use crate::metrics::{Metrics, MetricsSource};
+use crate::placement::NodeSet;
+use crate::routes::Endpoint;
+
+/// `/metrics` is answered before routing, for any method.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// A JSON answer the router gives itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalAnswer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl LocalAnswer {
+    fn ok(body: Value) -> Self {
+        LocalAnswer { status: 200, body }
+    }
+}
+
+/// The router's metrics, the breakers' current states, and `extra` (the
+/// in-process node's), as one OpenMetrics text.
+pub fn metrics_text(metrics: &Metrics, guards: &Guards, extra: Option<&MetricsSource>) -> String {
+    metrics.observe_breakers(&guards.breaker_states());
+    let mut text = metrics.encode();
+    if let Some(extra) = extra {
+        // Both are OpenMetrics text; keep one `# EOF` at the very end.
+        text = text.trim_end().trim_end_matches("# EOF").to_string();
+        text.push('\n');
+        text.push_str(&extra());
+        text.push_str("# EOF\n");
+    }
+    text
+}
+
+/// Writes the `/metrics` answer.
+pub async fn write_metrics(session: &mut Session, text: String) -> Result<()> {
+    let mut header = ResponseHeader::build(200, Some(2))?;
+    header.insert_header(
+        "content-type",
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+    )?;
+    header.set_content_length(text.len())?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session
+        .write_response_body(Some(Bytes::from(text)), true)
+        .await
+}
+
+/// The answer to one of the router's own endpoints (those that name no
+/// function): health, readiness (503 while draining), OIP liveness and
+/// readiness.
+pub fn router_answer(
+    endpoint: &Endpoint,
+    nodes: &NodeSet,
+    draining: bool,
+) -> Result<LocalAnswer, ApiError> {
+    Ok(match endpoint {
+        Endpoint::Health => LocalAnswer::ok(json!({"status": "ok"})),
+        Endpoint::Ready => {
+            let nodes = nodes.len();
+            if draining {
+                LocalAnswer {
+                    status: 503,
+                    body: json!({"status": "draining", "nodes": nodes}),
+                }
+            } else {
+                LocalAnswer::ok(json!({"status": "ready", "nodes": nodes}))
+            }
+        }
+        Endpoint::Live => LocalAnswer::ok(json!({"live": true})),
+        Endpoint::ServerReady => LocalAnswer::ok(json!({"ready": true})),
+        Endpoint::Metrics => {
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                "metrics are answered before routing",
+            ))
+        }
+        Endpoint::Invoke { .. }
+        | Endpoint::Metadata { .. }
+        | Endpoint::ModelReady { .. }
+        | Endpoint::Infer { .. } => {
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                "a function's endpoint is not the router's own",
+            ))
+        }
+    })
+}
+
+/// The answer to a function's OIP metadata or readiness endpoint, once its
+/// version is resolved in the caller's `tenant`.
+pub async fn function_answer(
+    endpoint: &Endpoint,
+    catalog: &dyn Catalog,
+    tenant: &str,
+    version: &FunctionVersion,
+) -> Result<LocalAnswer, ApiError> {
+    match endpoint {
+        Endpoint::Metadata { name, .. } => {
+            let versions = catalog.versions(tenant, name).await?;
+            Ok(LocalAnswer::ok(protocol::oip_metadata(version, &versions)))
+        }
+        // A resolved version is ready: nodes load versions on demand.
+        Endpoint::ModelReady { .. } => Ok(LocalAnswer::ok(
+            json!({"name": version.name, "version": version.version.to_string(), "ready": true}),
+        )),
+        _ => Err(ApiError::new(
+            ErrorCode::Internal,
+            "this endpoint is not answered by the router",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policies::ring::Bounds;
+
+    #[test]
+    fn readiness_turns_503_while_draining() {
+        let nodes = NodeSet::new(Bounds::default());
+        let ready = router_answer(&Endpoint::Ready, &nodes, false).unwrap();
+        assert_eq!(ready.status, 200);
+        assert_eq!(ready.body, json!({"status": "ready", "nodes": 0}));
+        let draining = router_answer(&Endpoint::Ready, &nodes, true).unwrap();
+        assert_eq!(draining.status, 503);
+        assert_eq!(draining.body["status"], "draining");
+        assert_eq!(
+            router_answer(&Endpoint::Live, &nodes, true).unwrap().body,
+            json!({"live": true})
+        );
+        assert_eq!(
+            router_answer(&Endpoint::Metrics, &nodes, false)
+                .unwrap_err()
+                .code,
+            ErrorCode::Internal
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! Writing the router's own JSON answers: the local answers and, in one
+//! function ([`write_error`]), every error the router renders, whether it
+//! refuses a call before proxying or after proxying failed.
+//!
+//! Bottom layer: names nothing else in the crate.
+
+use bytes::Bytes;
+use contract::{headers, ApiError};
+use pingora_error::Result;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use serde_json::Value;
+
+/// What the router puts on every answer it writes itself, from the call's state.
+pub struct Stamp<'a> {
+    /// `x-taskmesh-invocation-id`.
+    pub invocation_id: &'a str,
+    /// The function version resolved for the call (`x-taskmesh-version`), if any.
+    pub version: Option<u32>,
+    /// The `RateLimit-Policy` / `RateLimit` headers the guards decided, if any.
+    pub rate_headers: &'a [(&'static str, String)],
+}
+
+/// How an error answer reaches the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// A refusal in `request_filter`, before anything was proxied: written
+    /// through the session's response filters; the connection stays open.
+    Refusal,
+    /// `fail_to_proxy`: written on the downstream session's error path, which
+    /// closes the connection and writes nothing when an answer has started.
+    ProxyFailure,
+}
+
+/// The header of a JSON answer: status, content type and length, the call's
+/// stamp, and `retry-after` when the answer gives one.
+fn json_header(
+    status: u16,
+    length: usize,
+    stamp: &Stamp<'_>,
+    retry_after_s: Option<u64>,
+) -> Result<ResponseHeader> {
+    let mut header = ResponseHeader::build(status, Some(4 + stamp.rate_headers.len()))?;
+    header.insert_header("content-type", "application/json")?;
+    header.insert_header(headers::INVOCATION_ID, stamp.invocation_id)?;
+    if let Some(s) = retry_after_s {
+        header.insert_header("retry-after", s.to_string())?;
+    }
+    if let Some(version) = stamp.version {
+        header.insert_header(headers::VERSION, version.to_string())?;
+    }
+    // The error's own `retry-after` wins over the rate limiter's.
+    for (name, value) in stamp
+        .rate_headers
+        .iter()
+        .filter(|(n, _)| *n != "retry-after")
+    {
+        header.insert_header(*name, value.as_str())?;
+    }
+    header.set_content_length(length)?;
+    Ok(header)
+}
+
+/// Writes a local answer (health, readiness, OIP metadata) as JSON.
+pub async fn write_json(
+    session: &mut Session,
+    status: u16,
+    body: &Value,
+    stamp: &Stamp<'_>,
+) -> Result<()> {
+    let bytes = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+    let header = json_header(status, bytes.len(), stamp, None)?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(bytes), true).await
+}
+
+/// Writes `err` as the contract's JSON error: its status and body, with
+/// `retry-after` when it has one, and the call's stamp. The one place the
+/// router renders an error.
+pub async fn write_error(
+    session: &mut Session,
+    err: &ApiError,
+    stamp: &Stamp<'_>,
+    delivery: Delivery,
+) -> Result<()> {
+    let body = Bytes::from(err.body_bytes());
+    let header = json_header(err.status(), body.len(), stamp, err.retry_after_s)?;
+    match delivery {
+        Delivery::Refusal => {
+            session
+                .write_response_header(Box::new(header), false)
+                .await?;
+            session.write_response_body(Some(body), true).await
+        }
+        Delivery::ProxyFailure => {
+            session
+                .as_downstream_mut()
+                .write_error_response(header, body)
+                .await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use contract::ErrorCode;
+
+    fn header_value<'h>(header: &'h ResponseHeader, name: &str) -> Option<&'h str> {
+        header.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    #[test]
+    fn an_error_header_carries_the_stamp_and_one_retry_after() {
+        let rate = vec![
+            ("ratelimit-policy", "\"digits\";q=5;w=1".to_string()),
+            ("ratelimit", "\"digits\";r=0;t=2".to_string()),
+            ("retry-after", "2".to_string()),
+        ];
+        let stamp = Stamp {
+            invocation_id: "inv-1",
+            version: Some(3),
+            rate_headers: &rate,
+        };
+        let err = ApiError::new(ErrorCode::RateLimited, "slow down").with_retry_after(7);
+        let header = json_header(err.status(), 10, &stamp, err.retry_after_s).unwrap();
+        assert_eq!(header.status.as_u16(), 429);
+        assert_eq!(
+            header_value(&header, "content-type"),
+            Some("application/json")
+        );
+        assert_eq!(header_value(&header, headers::INVOCATION_ID), Some("inv-1"));
+        assert_eq!(header_value(&header, headers::VERSION), Some("3"));
+        assert_eq!(
+            header_value(&header, "ratelimit"),
+            Some("\"digits\";r=0;t=2")
+        );
+        assert_eq!(header_value(&header, "content-length"), Some("10"));
+        let retry: Vec<_> = header.headers.get_all("retry-after").iter().collect();
+        assert_eq!(retry, ["7"], "the error's retry-after, once");
+    }
+
+    #[test]
+    fn a_bare_stamp_adds_only_the_invocation_id() {
+        let stamp = Stamp {
+            invocation_id: "inv-2",
+            version: None,
+            rate_headers: &[],
+        };
+        let header = json_header(200, 2, &stamp, None).unwrap();
+        assert_eq!(header_value(&header, headers::INVOCATION_ID), Some("inv-2"));
+        assert!(header_value(&header, headers::VERSION).is_none());
+        assert!(header_value(&header, "retry-after").is_none());
+    }
+}
