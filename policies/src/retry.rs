@@ -9,7 +9,7 @@
 //! - [`RetryBudget`] answers "how many": retries are capped at a share of the
 //!   recent requests (Finagle and Linkerd's retry budget), so when everything
 //!   fails retries add a bounded amount of load instead of multiplying it.
-//! - [`RetryPolicy::decide`] combines them into one [`RetryDecision`].
+//! - [`RetryRules::decide`] combines them into one [`RetryDecision`].
 
 use std::time::{Duration, Instant};
 
@@ -220,13 +220,13 @@ pub enum GiveUpReason {
 
 /// How many times and how patiently a call is retried.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RetryPolicy {
+pub struct RetryRules {
     /// Attempts in all, the first included (1 disables retries).
     pub max_attempts: u32,
     pub backoff: Backoff,
 }
 
-impl RetryPolicy {
+impl RetryRules {
     /// Decides whether to retry after attempt number `attempts_made` failed
     /// with `kind`.
     ///
@@ -277,8 +277,8 @@ mod tests {
         Backoff::try_new(100 * MS, Duration::from_secs(5), 2.0).unwrap()
     }
 
-    fn policy() -> RetryPolicy {
-        RetryPolicy {
+    fn policy() -> RetryRules {
+        RetryRules {
             max_attempts: 3,
             backoff: backoff(),
         }
@@ -454,7 +454,7 @@ mod tests {
             ),
             RetryDecision::RetryAfter(50 * MS)
         );
-        let once = RetryPolicy {
+        let once = RetryRules {
             max_attempts: 1,
             backoff: backoff(),
         };

@@ -16,7 +16,7 @@ use contract::{FunctionVersion, Principal};
 use policies::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Outcome, Permit};
 use policies::quota::{self, QuotaDecision, QuotaWindow};
 use policies::ratelimit::{rate_limit_headers, KeyedLimiter, RateDecision, RateLimitConfig};
-use policies::retry::{Backoff, FailureKind, RetryBudget, RetryDecision, RetryPolicy};
+use policies::retry::{Backoff, FailureKind, RetryBudget, RetryDecision, RetryRules};
 
 /// (tenant, function) — limits and quotas apply to a function across its versions.
 type FunctionKey = (String, String);
@@ -106,7 +106,7 @@ pub fn breaker_config(version: &FunctionVersion) -> Option<BreakerConfig> {
 }
 
 /// The retry policy of a version (checked at registration).
-pub fn retry_policy(version: &FunctionVersion) -> Option<RetryPolicy> {
+pub fn retry_policy(version: &FunctionVersion) -> Option<RetryRules> {
     let r = &version.definition.retry;
     let backoff = Backoff::try_new(
         Duration::from_millis(r.initial_backoff_ms),
@@ -114,7 +114,7 @@ pub fn retry_policy(version: &FunctionVersion) -> Option<RetryPolicy> {
         r.multiplier,
     )
     .ok()?;
-    Some(RetryPolicy {
+    Some(RetryRules {
         max_attempts: r.max_attempts,
         backoff,
     })
