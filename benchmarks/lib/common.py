@@ -418,6 +418,9 @@ class Taskmesh:
         wait_until(self._ready, 60, "taskmesh up", self.proc, self.log_path)
         self.startup_s = time.monotonic() - self.t_start
         self.key = (self.data / "admin.key").read_text().strip()
+        # Nodes serve the routers of their cluster only; a direct call (the
+        # baseline of router-overhead) proves it with the cluster key.
+        self.cluster_key = (self.data / "cluster.key").read_text().strip()
         # `taskset` execs, so the pid is taskmesh's own.
         self.pid = self.proc.pid
 

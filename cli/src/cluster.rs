@@ -55,6 +55,14 @@ fn model_store(config: &Config) -> Result<ModelStore> {
         .context("opening the model cache")
 }
 
+/// The cluster key every process of the cluster shares (required).
+fn cluster_key(config: &Config) -> Result<contract::ClusterKey> {
+    config
+        .cluster_key(&crate::config::process_env())
+        .map_err(|e| anyhow::anyhow!(e))?
+        .context("cluster mode needs the cluster key, the same on every router, node and registry: --cluster-key-file PATH or TASKMESH_CLUSTER_KEY (make one with `openssl rand -hex 32`)")
+}
+
 fn operator_key() -> Result<String> {
     match std::env::var("TASKMESH_ADMIN_KEY") {
         Ok(key) if !key.trim().is_empty() => Ok(key),
@@ -121,6 +129,7 @@ impl registry::api::NodeDirectory for ClusterNodes {
 pub async fn registry(config: Config) -> Result<()> {
     runtime::ortenv::environment().map_err(anyhow::Error::msg)?;
     let key = operator_key()?;
+    let cluster_key = cluster_key(&config)?;
     let listen = config.listen_or("127.0.0.1:8081");
     let redis = connect_redis(&config).await?;
     let store: Arc<dyn registry::Store> = Arc::new(redis.clone());
@@ -136,6 +145,7 @@ pub async fn registry(config: Config) -> Result<()> {
     let warmer = Arc::new(OwnerWarmer {
         membership: Arc::new(RedisMembership::new(redis.clone())),
         client: crate::client::H2Client::new(None),
+        cluster_key,
     });
     {
         let warmer = warmer.clone();
@@ -189,6 +199,7 @@ pub async fn registry(config: Config) -> Result<()> {
 /// `taskmesh node`: a runtime node that heartbeats into membership.
 pub async fn node(config: Config) -> Result<()> {
     runtime::ortenv::environment().map_err(anyhow::Error::msg)?;
+    let cluster_key = cluster_key(&config)?;
     let listen = config.listen_or("127.0.0.1:9000");
     let redis = connect_redis(&config).await?;
     let store: Arc<dyn registry::Store> = Arc::new(redis.clone());
@@ -226,7 +237,8 @@ pub async fn node(config: Config) -> Result<()> {
     let id = format!("node-{address}");
     let membership: Arc<dyn Membership> = Arc::new(RedisMembership::new(redis));
     let ready = Arc::new(AtomicBool::new(true));
-    let app = runtime::server::router(engine.clone(), id.clone()).merge(probes(ready.clone()));
+    let app = runtime::server::router(engine.clone(), id.clone(), cluster_key)
+        .merge(probes(ready.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(runtime::server::serve(listener, app, {
         let mut rx = stop_rx.clone();
@@ -317,6 +329,7 @@ pub async fn node(config: Config) -> Result<()> {
 /// listening socket goes to the new router started with `--upgrade` (on the
 /// same upgrade socket), then the same graceful stop.
 pub async fn router(config: Config, upgrade: bool) -> Result<()> {
+    let cluster_key = cluster_key(&config)?;
     let listen = config.listen_or(crate::up::DEFAULT_ROUTER_LISTEN);
     let redis = connect_redis(&config).await?;
     let store: Arc<dyn registry::Store> = Arc::new(redis.clone());
@@ -362,7 +375,7 @@ pub async fn router(config: Config, upgrade: bool) -> Result<()> {
     };
     let deps = router::RouterDeps {
         limits: Some(Arc::new(redis)),
-        ..crate::wiring::router_deps(registry, auth, store, nodes)
+        ..crate::wiring::router_deps(registry, auth, store, nodes, cluster_key)
     };
     let options = router::RouterOptions {
         listen,
@@ -401,6 +414,8 @@ pub async fn router(config: Config, upgrade: bool) -> Result<()> {
 struct OwnerWarmer {
     membership: Arc<dyn Membership>,
     client: crate::client::H2Client,
+    /// The warm endpoint is internal: nodes want the cluster key.
+    cluster_key: contract::ClusterKey,
 }
 
 #[async_trait::async_trait]
@@ -431,7 +446,10 @@ impl registry::rollout_driver::Warmer for OwnerWarmer {
                 http::Method::POST,
                 &url,
                 None,
-                &[(contract::headers::TENANT, version.tenant.as_str())],
+                &[
+                    (contract::headers::TENANT, version.tenant.as_str()),
+                    (contract::headers::CLUSTER_KEY, self.cluster_key.expose()),
+                ],
                 Vec::new(),
             )
             .await

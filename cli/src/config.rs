@@ -60,6 +60,9 @@ pub struct Config {
     /// Router: the Unix socket of the graceful upgrade (default <data-dir>/router-upgrade.sock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade_sock: Option<PathBuf>,
+    /// File holding the cluster key (cluster mode; else `TASKMESH_CLUSTER_KEY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_key_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -85,6 +88,7 @@ impl Default for Config {
             gpu: false,
             drain_timeout_s: 30,
             upgrade_sock: None,
+            cluster_key_file: None,
         }
     }
 }
@@ -143,6 +147,29 @@ impl Config {
                 .ok()
                 .map(|k| k.trim().to_string())
         })
+    }
+
+    /// The cluster key: from `cluster_key_file` (`--cluster-key-file`,
+    /// `TASKMESH_CLUSTER_KEY_FILE`), else `TASKMESH_CLUSTER_KEY` (read as is
+    /// from the environment, never parsed as a number); `None` when neither
+    /// is given. A key that is given but unusable is an error.
+    pub fn cluster_key(
+        &self,
+        env: &[(String, String)],
+    ) -> Result<Option<contract::ClusterKey>, String> {
+        if let Some(path) = &self.cluster_key_file {
+            let raw = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading the cluster key file {}: {e}", path.display()))?;
+            return contract::ClusterKey::parse(&raw)
+                .map(Some)
+                .map_err(|e| format!("the cluster key in {}: {e}", path.display()));
+        }
+        match env.iter().find(|(k, _)| k == "TASKMESH_CLUSTER_KEY") {
+            Some((_, raw)) => contract::ClusterKey::parse(raw)
+                .map(Some)
+                .map_err(|e| format!("TASKMESH_CLUSTER_KEY: {e}")),
+            None => Ok(None),
+        }
     }
 
     /// Router worker threads: the setting, else one per core this process may
@@ -210,6 +237,27 @@ mod tests {
         assert_eq!(c.router_threads(false), cores);
         assert_eq!(c.router_threads(true), cores.div_ceil(2));
         assert!(c.router_threads(true) >= 1);
+    }
+
+    #[test]
+    fn the_cluster_key_comes_from_its_file_or_the_environment_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cluster.key");
+        let hex = "0123456789".repeat(7);
+        std::fs::write(&file, format!("{hex}\n")).unwrap();
+        let none = Config::load(None, &[], figment::value::Dict::new()).unwrap();
+        assert_eq!(none.cluster_key(&[]).unwrap(), None);
+        // All digits: read as a string, not a number.
+        let env = vec![("TASKMESH_CLUSTER_KEY".to_string(), hex.clone())];
+        let c = Config::load(None, &env, figment::value::Dict::new()).unwrap();
+        assert_eq!(c.cluster_key(&env).unwrap().unwrap().expose(), hex);
+        let mut flags = figment::value::Dict::new();
+        flags.insert("cluster_key_file".into(), file.to_str().unwrap().into());
+        let c = Config::load(None, &[], flags).unwrap();
+        assert_eq!(c.cluster_key(&[]).unwrap().unwrap().expose(), hex);
+        let short = vec![("TASKMESH_CLUSTER_KEY".to_string(), "abc".to_string())];
+        let err = none.cluster_key(&short).unwrap_err();
+        assert!(err.contains("32") && !err.contains("abc"), "{err}");
     }
 
     #[test]

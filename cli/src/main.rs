@@ -100,6 +100,10 @@ struct ClusterArgs {
     /// Router: the Unix socket of the upgrade hand-over (default <data-dir>/router-upgrade.sock).
     #[arg(long)]
     upgrade_sock: Option<PathBuf>,
+    /// The cluster key, the same on every router, node and registry (else
+    /// TASKMESH_CLUSTER_KEY): nodes refuse calls without it.
+    #[arg(long)]
+    cluster_key_file: Option<PathBuf>,
 }
 
 #[derive(Args, Default)]
@@ -260,6 +264,11 @@ fn main() -> Result<()> {
                 &mut flags,
                 "upgrade_sock",
                 a.upgrade_sock.as_ref().map(|p| p.display().to_string()),
+            );
+            flag(
+                &mut flags,
+                "cluster_key_file",
+                a.cluster_key_file.as_ref().map(|p| p.display().to_string()),
             );
             if a.gpu {
                 flags.insert("gpu".into(), true.into());

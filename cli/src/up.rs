@@ -46,6 +46,7 @@ pub async fn run(config: Config) -> Result<()> {
     if let Some(key) = &new_operator_key {
         write_admin_key(&config.data_dir.join("admin.key"), key)?;
     }
+    let cluster_key = load_or_create_cluster_key(&config)?;
 
     let engine = Engine::new(
         crate::wiring::node_sources(&registry),
@@ -78,7 +79,11 @@ pub async fn run(config: Config) -> Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let node_app = runtime::server::router(engine.clone(), format!("node-{}", node_addr.port()));
+    let node_app = runtime::server::router(
+        engine.clone(),
+        format!("node-{}", node_addr.port()),
+        cluster_key.clone(),
+    );
     let node_task = tokio::spawn(runtime::server::serve(
         node_listener,
         node_app,
@@ -140,6 +145,7 @@ pub async fn run(config: Config) -> Result<()> {
             auth,
             store,
             Arc::new(fixed_nodes(node_addr, cuda, &extra_nodes, config.bounds())),
+            cluster_key,
         )
     };
     let router = tokio::task::spawn_blocking(move || {
@@ -271,7 +277,29 @@ async fn register_examples(registry: &Registry, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes the operator key readable by its owner only (mode 0600).
+/// The cluster key of this `taskmesh up`: configured (`TASKMESH_CLUSTER_KEY`),
+/// else `<data-dir>/cluster.key`, created (mode 0600) on the first start so
+/// that nodes started elsewhere (`--extra-node`) can be given the same one.
+fn load_or_create_cluster_key(config: &Config) -> Result<contract::ClusterKey> {
+    if let Some(key) = config
+        .cluster_key(&crate::config::process_env())
+        .map_err(|e| anyhow::anyhow!(e))?
+    {
+        return Ok(key);
+    }
+    let path = config.data_dir.join("cluster.key");
+    if let Ok(raw) = std::fs::read_to_string(&path) {
+        return contract::ClusterKey::parse(&raw)
+            .map_err(|e| anyhow::anyhow!("the cluster key in {}: {e}", path.display()));
+    }
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_admin_key(&path, &hex)?;
+    contract::ClusterKey::parse(&hex).map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Writes a secret (the operator key, the cluster key) readable by its owner only (mode 0600).
 fn write_admin_key(path: &Path, key: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

@@ -21,6 +21,7 @@ pub fn router_deps(
     auth: Arc<Auth>,
     store: Arc<dyn Store>,
     nodes: Arc<router::placement::NodeSet>,
+    cluster_key: contract::ClusterKey,
 ) -> router::RouterDeps {
     router::RouterDeps {
         catalog: registry,
@@ -29,5 +30,6 @@ pub fn router_deps(
         nodes,
         extra_metrics: None,
         limits: None,
+        cluster_key,
     }
 }

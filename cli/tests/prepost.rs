@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use base64::Engine as _;
 use http::Method;
 use serde_json::{json, Value};
@@ -275,14 +273,6 @@ async fn fashion_mnist_labels_the_reference_test_images() {
     assert!((accuracy - full).abs() <= 0.05, "{accuracy} vs {full}");
 }
 
-/// The node's own address, printed by `taskmesh up` after "taskmesh is up".
-fn node_url(p: &mut Platform, path: &str) -> String {
-    let lines = p.wait_for_line("node ", Duration::from_secs(5));
-    let line = lines.last().unwrap();
-    let address = line.split_whitespace().nth(1).unwrap();
-    format!("{address}{path}")
-}
-
 #[tokio::test]
 async fn bad_texts_and_images_get_contract_errors_with_pointers() {
     let mut p = Platform::start(&["--no-examples"]);
@@ -372,8 +362,9 @@ async fn bad_texts_and_images_get_contract_errors_with_pointers() {
         .await
         .expect_error(413, "payload_too_large");
     // The node answers the same error itself, with the contract's shape.
-    let node = node_url(&mut p, "/v1/functions/fashion-mnist/invoke");
+    let node = p.node_url("/v1/functions/fashion-mnist/invoke");
     let reply = TestClient::h2c()
+        .with_header("x-taskmesh-cluster-key", &p.cluster_key())
         .post_json(&node, &json!({"image": b64(b"hello world")}))
         .await;
     let err = reply.expect_error(422, "invalid_input");

@@ -21,6 +21,9 @@ pub const ERROR_CODE: &str = "x-taskmesh-error-code";
 pub const DEADLINE_MS: &str = "x-taskmesh-deadline-ms";
 /// Caller → router → node: the call's place in its function's queue.
 pub const PRIORITY: &str = "x-taskmesh-priority";
+/// Router → node (and registry → node): the cluster key, proof that the call
+/// comes from inside the cluster. A node refuses any call without it (401).
+pub const CLUSTER_KEY: &str = "x-taskmesh-cluster-key";
 /// Request: the key an alias's split hashes (else the client id, else the invocation id).
 pub const ROUTING_KEY: &str = "x-taskmesh-routing-key";
 

@@ -16,6 +16,7 @@
 //! `processing` (one module per input or output kind) → `definition` →
 //! `schema` → `version` → `protocol` → `principal`, `qualifier` → `ports`.
 
+pub mod cluster_key;
 pub mod definition;
 pub mod error;
 pub mod headers;
@@ -35,6 +36,7 @@ pub mod signature;
 pub mod tensor;
 pub mod version;
 
+pub use cluster_key::ClusterKey;
 pub use definition::{Take, TaskDefinition};
 pub use error::{ApiError, ErrorCode};
 pub use ports::ModelInspector;

@@ -15,6 +15,9 @@ pub enum Scope {
     Admin,
     /// Invokes functions of its tenant.
     Invoke,
+    /// Reads the router's `/metrics` (every tenant's traffic: only the
+    /// operator grants it).
+    Metrics,
 }
 
 /// A client's plan: limits that replace the function's for this client.
@@ -48,6 +51,7 @@ impl Principal {
         } else {
             let what = match scope {
                 Scope::Invoke => "invoke",
+                Scope::Metrics => "metrics",
                 Scope::Admin | Scope::Operator => "admin",
             };
             Err(ApiError::new(

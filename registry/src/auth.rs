@@ -7,9 +7,8 @@
 //! The key itself is shown once, at creation, and is never stored, logged or
 //! put in an error.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use contract::{ApiError, ErrorCode};
 use rand::RngCore;
@@ -17,6 +16,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::cache::{MissBudget, ReadCache};
 pub use crate::clients::ClientRecord;
 use crate::store::{store_error, Store};
 pub use contract::principal::{Plan, Principal, Scope};
@@ -72,26 +72,20 @@ fn client_id_of(key: &str) -> Option<&str> {
 pub const CLIENT_TTL: Duration = Duration::from_secs(1);
 
 /// Client ids (known or not) kept in the cache at most; past it, entries older
-/// than [`CLIENT_TTL`] are dropped, then the absent ones.
+/// than [`CLIENT_TTL`] are dropped, then everything.
 const MAX_CACHED_CLIENTS: usize = 65_536;
 
 /// Store reads per second for client ids this process has no record of. A
 /// flood of well-formed keys with invented ids costs at most this many reads a
-/// second; past it they are refused (401) without a read.
+/// second; past it they get 503 `unavailable` (`retry-after: 1`) without a read.
 const MAX_UNKNOWN_READS_PER_S: u32 = 200;
-
-/// A client record (or its absence) and when it was read.
-struct CachedClient {
-    record: Option<Arc<ClientRecord>>,
-    read_at: Instant,
-}
 
 /// Authenticates keys and manages clients; records are cached in memory.
 pub struct Auth {
     store: Arc<dyn Store>,
-    cache: RwLock<HashMap<String, CachedClient>>,
-    /// Reads of unknown ids in the current second: (second started, reads).
-    unknown_reads: Mutex<(Instant, u32)>,
+    /// Client records (or their absence) by id, re-read after [`CLIENT_TTL`].
+    cache: ReadCache<String, Option<Arc<ClientRecord>>>,
+    unknown_reads: MissBudget,
     /// Hash of an operator key given through the environment (cluster mode).
     env_operator: Option<String>,
 }
@@ -100,9 +94,14 @@ impl Auth {
     pub fn new(store: Arc<dyn Store>, env_operator_key: Option<&str>) -> Self {
         Auth {
             store,
-            cache: RwLock::new(HashMap::new()),
-            unknown_reads: Mutex::new((Instant::now(), 0)),
-            env_operator: env_operator_key.map(|k| sha256_hex(k.as_bytes())),
+            cache: ReadCache::new(CLIENT_TTL, MAX_CACHED_CLIENTS),
+            unknown_reads: MissBudget::new(MAX_UNKNOWN_READS_PER_S),
+            // Trimmed like a presented key: a key file read into the
+            // environment keeps its trailing newline.
+            env_operator: env_operator_key
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(|k| sha256_hex(k.as_bytes())),
         }
     }
 
@@ -165,16 +164,17 @@ impl Auth {
     }
 
     async fn client(&self, id: &str) -> Result<Option<Arc<ClientRecord>>, ApiError> {
-        let cached = self.cache.read().expect("auth cache").get(id).map(|c| {
-            (c.record.clone(), c.read_at.elapsed() < CLIENT_TTL)
-        });
-        let known = match cached {
+        let known = match self.cache.get(&id.to_string()) {
             Some((record, true)) => return Ok(record),
             Some((record, false)) => record,
             None => None,
         };
-        if known.is_none() && !self.may_read_unknown() {
-            return Ok(None);
+        if known.is_none() && !self.unknown_reads.try_take() {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "too many keys this process has not seen; try again shortly",
+            )
+            .with_retry_after(1));
         }
         let record = match self.store.get_client(id).await {
             Ok(record) => record.map(Arc::new),
@@ -185,39 +185,14 @@ impl Auth {
             }
             Err(e) => return Err(store_error(e)),
         };
-        self.remember(id, record.clone());
+        self.cache.insert(id.to_string(), record.clone());
         Ok(record)
-    }
-
-    fn remember(&self, id: &str, record: Option<Arc<ClientRecord>>) {
-        let mut cache = self.cache.write().expect("auth cache");
-        if cache.len() >= MAX_CACHED_CLIENTS && !cache.contains_key(id) {
-            cache.retain(|_, c| c.read_at.elapsed() < CLIENT_TTL);
-            if cache.len() >= MAX_CACHED_CLIENTS {
-                cache.retain(|_, c| c.record.is_some());
-            }
-        }
-        let read_at = Instant::now();
-        cache.insert(id.to_string(), CachedClient { record, read_at });
-    }
-
-    /// Whether one more store read for an id with no cached record fits this second.
-    fn may_read_unknown(&self) -> bool {
-        let mut reads = self.unknown_reads.lock().expect("unknown reads");
-        if reads.0.elapsed() >= Duration::from_secs(1) {
-            *reads = (Instant::now(), 0);
-        }
-        if reads.1 >= MAX_UNKNOWN_READS_PER_S {
-            return false;
-        }
-        reads.1 += 1;
-        true
     }
 
     /// Drops a client from this process's cache (after a revoke or rotate here;
     /// other processes notice within [`CLIENT_TTL`]).
     fn forget(&self, id: &str) {
-        self.cache.write().expect("auth cache").remove(id);
+        self.cache.remove(&id.to_string());
     }
 
     /// The client `id` as `by` may manage it: an admin manages its own
@@ -302,7 +277,13 @@ impl Auth {
         if request.scopes.is_empty() || request.scopes.contains(&Scope::Operator) {
             violations.push(contract::tensor::Violation::new(
                 "/scopes",
-                "scopes must be [\"invoke\"] or [\"admin\", \"invoke\"]",
+                "scopes are some of \"invoke\", \"admin\" and (granted by the operator only) \"metrics\"",
+            ));
+        }
+        if request.scopes.contains(&Scope::Metrics) && !by.has(Scope::Operator) {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "only the operator can grant the metrics scope (metrics cover every tenant)",
             ));
         }
         if let Some(rl) = &request.plan.rate_limit {
@@ -388,7 +369,10 @@ mod tests {
             Arc::new(crate::EmbeddedStore::open(&dir.path().join("db.redb")).unwrap());
         let auth = Auth::new(store.clone(), None);
         let operator_key = auth.ensure_operator().await.unwrap().unwrap();
-        let operator = auth.authenticate(Some(&bearer(&operator_key))).await.unwrap();
+        let operator = auth
+            .authenticate(Some(&bearer(&operator_key)))
+            .await
+            .unwrap();
         (dir, store, auth, operator)
     }
 
@@ -413,14 +397,19 @@ mod tests {
         assert!(other.authenticate(Some(&bearer(&key))).await.is_ok());
         assert!(auth.authenticate(Some(&bearer(&key))).await.is_ok());
 
-        auth.revoke_client(&operator, &record.client_id).await.unwrap();
+        auth.revoke_client(&operator, &record.client_id)
+            .await
+            .unwrap();
         let err = auth.authenticate(Some(&bearer(&key))).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::Unauthenticated);
         std::thread::sleep(CLIENT_TTL + Duration::from_millis(50));
         let err = other.authenticate(Some(&bearer(&key))).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::Unauthenticated);
         // Gone means gone: a second revoke finds nothing.
-        let err = auth.revoke_client(&operator, &record.client_id).await.unwrap_err();
+        let err = auth
+            .revoke_client(&operator, &record.client_id)
+            .await
+            .unwrap_err();
         assert_eq!(err.code, ErrorCode::NotFound);
     }
 
@@ -431,7 +420,10 @@ mod tests {
             .create_client(&operator, new_client("acme", vec![Scope::Invoke]))
             .await
             .unwrap();
-        let (rotated, new) = auth.rotate_client(&operator, &record.client_id).await.unwrap();
+        let (rotated, new) = auth
+            .rotate_client(&operator, &record.client_id)
+            .await
+            .unwrap();
         assert_eq!(rotated.client_id, record.client_id);
         assert_ne!(old, new);
         assert!(auth.authenticate(Some(&bearer(&old))).await.is_err());
@@ -447,25 +439,43 @@ mod tests {
             .await
             .unwrap();
         let (_, other_admin_key) = auth
-            .create_client(&operator, new_client("other", vec![Scope::Admin, Scope::Invoke]))
+            .create_client(
+                &operator,
+                new_client("other", vec![Scope::Admin, Scope::Invoke]),
+            )
             .await
             .unwrap();
-        let other_admin = auth.authenticate(Some(&bearer(&other_admin_key))).await.unwrap();
+        let other_admin = auth
+            .authenticate(Some(&bearer(&other_admin_key)))
+            .await
+            .unwrap();
         for result in [
-            auth.revoke_client(&other_admin, &acme_client.client_id).await,
-            auth.rotate_client(&other_admin, &acme_client.client_id).await.map(drop),
+            auth.revoke_client(&other_admin, &acme_client.client_id)
+                .await,
+            auth.rotate_client(&other_admin, &acme_client.client_id)
+                .await
+                .map(drop),
             auth.revoke_client(&other_admin, "not-an-id").await,
         ] {
             assert_eq!(result.unwrap_err().code, ErrorCode::NotFound);
         }
-        let err = auth.revoke_client(&operator, OPERATOR_CLIENT_ID).await.unwrap_err();
+        let err = auth
+            .revoke_client(&operator, OPERATOR_CLIENT_ID)
+            .await
+            .unwrap_err();
         assert_eq!(err.code, ErrorCode::Forbidden);
         let (_, invoker_key) = auth
             .create_client(&operator, new_client("acme", vec![Scope::Invoke]))
             .await
             .unwrap();
-        let invoker = auth.authenticate(Some(&bearer(&invoker_key))).await.unwrap();
-        let err = auth.revoke_client(&invoker, &acme_client.client_id).await.unwrap_err();
+        let invoker = auth
+            .authenticate(Some(&bearer(&invoker_key)))
+            .await
+            .unwrap();
+        let err = auth
+            .revoke_client(&invoker, &acme_client.client_id)
+            .await
+            .unwrap_err();
         assert_eq!(err.code, ErrorCode::Forbidden);
     }
 
@@ -475,7 +485,10 @@ mod tests {
         let invented = |i: u32| format!("tm_{i:016x}_{}", "a".repeat(64));
         // Spend this second's budget of reads for unknown ids.
         for i in 0..MAX_UNKNOWN_READS_PER_S {
-            assert!(auth.authenticate(Some(&bearer(&invented(i)))).await.is_err());
+            assert!(auth
+                .authenticate(Some(&bearer(&invented(i))))
+                .await
+                .is_err());
         }
         // An id seen this second is answered from the cache (no read needed),
         // and a real client created now is refused until the budget renews:
@@ -484,7 +497,11 @@ mod tests {
             .create_client(&operator, new_client("acme", vec![Scope::Invoke]))
             .await
             .unwrap();
-        assert!(auth.authenticate(Some(&bearer(&key))).await.is_err());
+        let err = auth.authenticate(Some(&bearer(&key))).await.unwrap_err();
+        assert_eq!(
+            (err.code, err.retry_after_s),
+            (ErrorCode::Unavailable, Some(1))
+        );
         std::thread::sleep(Duration::from_millis(1050));
         assert!(auth.authenticate(Some(&bearer(&key))).await.is_ok());
     }

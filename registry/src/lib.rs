@@ -13,8 +13,9 @@
 //! `crate::DEFAULT_TENANT` and `crate::Qualifier` that modules name are
 //! `contract`'s).
 //!
-//! 1. `clients`, `aliases`, `rollouts`, `models`: records and the model store
-//!    (no `crate::` imports);
+//! 1. `clients`, `aliases`, `rollouts`, `models`: records and the model store,
+//!    and `cache` (bounded read caches, a budget for unknown keys; no
+//!    `crate::` imports);
 //! 2. `store`: the `Store` trait, `StoreError`, `StoreCounters` (the records
 //!    of `aliases`, `clients`, `rollouts`);
 //! 3. `store::embedded`: the redb backend (`store`);
@@ -22,7 +23,8 @@
 //!    `cluster::store`, `cluster::membership` and `cluster::limits`
 //!    (`connection`, `store`; `cluster::store` also the records);
 //!    `cluster` re-exports them;
-//! 5. `auth` (`clients`, `store`) and `service` (`aliases`, `models`, `store`);
+//! 5. `auth` (`cache`, `clients`, `store`) and `service` (`aliases`, `cache`,
+//!    `models`, `store`);
 //! 6. `rollout_driver::metrics` (`rollouts`); `rollout_driver` (`metrics`,
 //!    `service`, `store`, `rollouts`); `rollout_driver::operations` and
 //!    `::driver` (`rollout_driver`, `store`, `rollouts`, `aliases`);
@@ -31,6 +33,7 @@
 pub mod aliases;
 pub mod api;
 pub mod auth;
+pub mod cache;
 pub mod clients;
 pub mod cluster;
 pub mod models;

@@ -12,6 +12,7 @@ use contract::{ApiError, ErrorCode, Qualifier};
 use serde_json::json;
 
 use crate::aliases::{self, AliasRecord, ALIAS_TTL};
+use crate::cache::{MissBudget, ReadCache};
 use crate::models::ModelStore;
 use crate::store::{now_ms, store_error, FunctionSummary, Store};
 
@@ -21,6 +22,15 @@ type VersionKey = (String, String, u32);
 /// made through another process is served everywhere within this time (the
 /// process that registers it serves it at once).
 pub const LATEST_TTL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// (tenant, function) and (tenant, function, alias) entries kept per cache,
+/// found or absent; a full cache drops its stale entries, then everything.
+const MAX_CACHED_NAMES: usize = 65_536;
+
+/// Store reads per second for names no cache knows: a flood of invented
+/// names costs at most this; past it they get 503 `unavailable` with
+/// `retry-after: 1` without a read (never a wrong version).
+const MAX_UNKNOWN_NAME_READS_PER_S: u32 = 500;
 
 /// Model signatures kept in memory; the map is cleared when it grows past this.
 const MAX_CACHED_SIGNATURES: usize = 1024;
@@ -37,7 +47,7 @@ pub struct Registry {
     inspector: Arc<dyn ModelInspector>,
     cache: RwLock<HashMap<VersionKey, Arc<FunctionVersion>>>,
     /// Latest version per (tenant, function) and when it was read.
-    latest: RwLock<HashMap<(String, String), (u32, std::time::Instant)>>,
+    latest: ReadCache<(String, String), Option<u32>>,
     /// Serialises registrations so the model check and the append see one order.
     register_lock: tokio::sync::Mutex<()>,
     /// Signatures of models loaded by this process, so that an upload followed
@@ -46,11 +56,12 @@ pub struct Registry {
     /// Called with each newly registered version (the node warms `min_instances`).
     listeners: RwLock<Vec<RegisterListener>>,
     /// Aliases (and their absence) per (tenant, function, alias), and when read.
-    aliases: RwLock<HashMap<AliasKey, CachedAlias>>,
+    aliases: ReadCache<AliasKey, Option<Arc<AliasRecord>>>,
+    /// Store reads for names no cache knows (invented names cost at most this).
+    unknown_reads: MissBudget,
 }
 
 type AliasKey = (String, String, String);
-type CachedAlias = (Option<Arc<AliasRecord>>, std::time::Instant);
 
 /// A callback run after each registration.
 pub type RegisterListener = Box<dyn Fn(&Arc<FunctionVersion>) + Send + Sync>;
@@ -67,11 +78,12 @@ impl Registry {
             models,
             inspector,
             cache: RwLock::new(HashMap::new()),
-            latest: RwLock::new(HashMap::new()),
+            latest: ReadCache::new(LATEST_TTL, MAX_CACHED_NAMES),
             register_lock: tokio::sync::Mutex::new(()),
             signatures: RwLock::new(HashMap::new()),
             listeners: RwLock::new(Vec::new()),
-            aliases: RwLock::new(HashMap::new()),
+            aliases: ReadCache::new(ALIAS_TTL, MAX_CACHED_NAMES),
+            unknown_reads: MissBudget::new(MAX_UNKNOWN_NAME_READS_PER_S),
         }
     }
 
@@ -303,9 +315,9 @@ impl Registry {
                 .map_err(store_error)?,
         );
         self.remember(stored.clone());
-        self.latest.write().expect("latest lock").insert(
+        self.latest.insert(
             (stored.tenant.clone(), stored.name.clone()),
-            (stored.version, std::time::Instant::now()),
+            Some(stored.version),
         );
         for listener in self.listeners.read().expect("listeners lock").iter() {
             listener(&stored);
@@ -337,6 +349,12 @@ impl Registry {
         qualifier: &Qualifier,
         routing_key: &str,
     ) -> Result<(Arc<FunctionVersion>, Option<String>), ApiError> {
+        // A name that could never be registered is not looked up anywhere.
+        if !contract::names::valid_name(name) {
+            return Err(ApiError::not_found(
+                "function not found (not a valid function name)",
+            ));
+        }
         let (version, alias) = match qualifier {
             Qualifier::Version(v) => (*v, None),
             Qualifier::Alias(alias) => match self.alias(tenant, name, alias).await? {
@@ -367,24 +385,17 @@ impl Registry {
         alias: &str,
     ) -> Result<Option<Arc<AliasRecord>>, ApiError> {
         let key = (tenant.to_string(), function.to_string(), alias.to_string());
-        let cached = self
-            .aliases
-            .read()
-            .expect("aliases lock")
-            .get(&key)
-            .cloned();
-        if let Some((record, read_at)) = &cached {
-            if read_at.elapsed() < ALIAS_TTL {
-                return Ok(record.clone());
-            }
+        let cached = self.aliases.get(&key);
+        match &cached {
+            Some((record, true)) => return Ok(record.clone()),
+            Some(_) => {}
+            None if !self.unknown_reads.try_take() => return Err(lookups_spent()),
+            None => {}
         }
         match self.store.get_alias(tenant, function, alias).await {
             Ok(found) => {
                 let found = found.map(Arc::new);
-                self.aliases
-                    .write()
-                    .expect("aliases lock")
-                    .insert(key, (found.clone(), std::time::Instant::now()));
+                self.aliases.insert(key, found.clone());
                 Ok(found)
             }
             Err(e) => match cached {
@@ -449,9 +460,9 @@ impl Registry {
             updated_at_ms: now_ms(),
         };
         self.store.put_alias(&record).await.map_err(store_error)?;
-        self.aliases.write().expect("aliases lock").insert(
+        self.aliases.insert(
             (tenant.to_string(), function.to_string(), alias.to_string()),
-            (Some(Arc::new(record.clone())), std::time::Instant::now()),
+            Some(Arc::new(record.clone())),
         );
         tracing::info!(tenant, function, alias, routes = ?record.routes, "alias set");
         Ok(record)
@@ -495,9 +506,9 @@ impl Registry {
             .delete_alias(tenant, function, alias)
             .await
             .map_err(store_error)?;
-        self.aliases.write().expect("aliases lock").insert(
+        self.aliases.insert(
             (tenant.to_string(), function.to_string(), alias.to_string()),
-            (None, std::time::Instant::now()),
+            None,
         );
         if removed {
             Ok(())
@@ -526,27 +537,26 @@ impl Registry {
     /// number read keeps serving (so do the immutable versions cached).
     async fn latest(&self, tenant: &str, name: &str) -> Result<u32, ApiError> {
         let key = (tenant.to_string(), name.to_string());
-        let cached = self.latest.read().expect("latest lock").get(&key).copied();
-        if let Some((version, read_at)) = cached {
-            if read_at.elapsed() < LATEST_TTL {
-                return Ok(version);
-            }
+        let not_found = || ApiError::not_found(format!("function {name:?} not found"));
+        let cached = self.latest.get(&key);
+        match cached {
+            Some((Some(version), true)) => return Ok(version),
+            Some((None, true)) => return Err(not_found()),
+            Some(_) => {}
+            None if !self.unknown_reads.try_take() => return Err(lookups_spent()),
+            None => {}
         }
         match self.store.latest_version(tenant, name).await {
-            Ok(Some(version)) => {
-                self.latest
-                    .write()
-                    .expect("latest lock")
-                    .insert(key, (version, std::time::Instant::now()));
-                Ok(version)
+            Ok(found) => {
+                self.latest.insert(key, found);
+                found.ok_or_else(not_found)
             }
-            Ok(None) => Err(ApiError::not_found(format!("function {name:?} not found"))),
             Err(e) => match cached {
-                Some((version, _)) => {
+                Some((Some(version), _)) => {
                     tracing::debug!(error = %e, "store unreachable; serving the cached latest version");
                     Ok(version)
                 }
-                None => Err(store_error(e)),
+                _ => Err(store_error(e)),
             },
         }
     }
@@ -618,6 +628,16 @@ impl Catalog for Registry {
             .map(|f| f.versions)
             .unwrap_or_default())
     }
+}
+
+/// The answer while this second's reads of uncached names are spent (a flood
+/// of invented names): try again in a second, never a wrong version.
+fn lookups_spent() -> ApiError {
+    ApiError::new(
+        ErrorCode::Unavailable,
+        "too many lookups of names this process has not seen; try again shortly",
+    )
+    .with_retry_after(1)
 }
 
 fn pick(record: &AliasRecord, routing_key: &str) -> Result<u32, ApiError> {

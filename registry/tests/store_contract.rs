@@ -199,7 +199,11 @@ async fn clients_round_trip_and_can_be_replaced(fx: &mut Fixture) {
         .is_none());
     // Deleting removes it once; a second delete finds nothing.
     assert!(store.delete_client("0123456789abcdef").await.unwrap());
-    assert!(store.get_client("0123456789abcdef").await.unwrap().is_none());
+    assert!(store
+        .get_client("0123456789abcdef")
+        .await
+        .unwrap()
+        .is_none());
     assert!(!store.delete_client("0123456789abcdef").await.unwrap());
 }
 

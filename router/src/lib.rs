@@ -106,6 +106,8 @@ pub struct RouterDeps {
     pub limits: Option<Arc<dyn SharedLimits>>,
     /// More Prometheus text for `/metrics` (the in-process node's metrics).
     pub extra_metrics: Option<metrics::MetricsSource>,
+    /// The cluster key the nodes require of every call.
+    pub cluster_key: contract::ClusterKey,
 }
 
 /// How often quota counters are written to the store (the most a crash can lose).
@@ -197,6 +199,7 @@ pub fn start(options: RouterOptions, deps: RouterDeps) -> anyhow::Result<RouterH
         deps.counters,
         deps.nodes,
         deps.limits,
+        deps.cluster_key,
     );
     state.extra_metrics = deps.extra_metrics;
     let state = Arc::new(state);

@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use contract::limits::{DEFAULT_MAX_BODY_BYTES, UPSTREAM_MAX_H2_STREAMS};
 use contract::ports::{Authenticator, Catalog, Counters, SharedLimits};
-use contract::{ApiError, ErrorCode, FunctionVersion, Principal, Qualifier, Scope};
+use contract::{ApiError, ClusterKey, ErrorCode, FunctionVersion, Principal, Qualifier, Scope};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -65,6 +65,8 @@ pub struct RouterState {
     pub guards: Guards,
     pub nodes: Arc<NodeSet>,
     pub metrics: Metrics,
+    /// Sent to nodes with every call: the proof that it comes from inside the cluster.
+    pub cluster_key: ClusterKey,
     /// Set when a graceful stop begins: `/readyz` turns 503 so balancers move on.
     pub draining: AtomicBool,
 }
@@ -76,6 +78,7 @@ impl RouterState {
         counters: Arc<dyn Counters>,
         nodes: Arc<NodeSet>,
         shared: Option<Arc<dyn SharedLimits>>,
+        cluster_key: ClusterKey,
     ) -> Self {
         RouterState {
             extra_metrics: None,
@@ -84,6 +87,7 @@ impl RouterState {
             guards: Guards::new(counters, shared),
             nodes,
             metrics: Metrics::new(),
+            cluster_key,
             draining: AtomicBool::new(false),
         }
     }
@@ -144,14 +148,19 @@ impl TaskmeshProxy {
 
     /// Step: the caller's key, which must carry the `invoke` scope (401, 403).
     async fn authenticate(&self, session: &Session) -> std::result::Result<Principal, ApiError> {
+        let principal = self.caller(session).await?;
+        principal.require(Scope::Invoke)?;
+        Ok(principal)
+    }
+
+    /// The owner of the request's key, whatever its scopes (401 without one).
+    async fn caller(&self, session: &Session) -> std::result::Result<Principal, ApiError> {
         let authorization = session
             .req_header()
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let principal = self.state.auth.authenticate(authorization).await?;
-        principal.require(Scope::Invoke)?;
-        Ok(principal)
+        self.state.auth.authenticate(authorization).await
     }
 
     /// Step: the immutable version the call is for, in the caller's tenant; an
@@ -286,6 +295,17 @@ impl ProxyHttp for TaskmeshProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         if session.req_header().uri.path() == local::METRICS_PATH {
+            // Metrics name every tenant's functions: the operator's key or one
+            // with the `metrics` scope (401 without a key, 403 with another).
+            let allowed = match self.caller(session).await {
+                Ok(principal) => principal.require(Scope::Metrics),
+                Err(err) => Err(err),
+            };
+            session.req_header_mut().remove_header("authorization");
+            if let Err(err) = allowed {
+                respond::write_error(session, &err, &ctx.stamp(), Delivery::Refusal).await?;
+                return Ok(true);
+            }
             let state = &self.state;
             let text =
                 local::metrics_text(&state.metrics, &state.guards, state.extra_metrics.as_ref());
@@ -384,6 +404,8 @@ impl ProxyHttp for TaskmeshProxy {
             ctx.deadline_left().as_millis().to_string(),
         )?;
         request.remove_header("authorization");
+        // Overwrites whatever a client sent under that name.
+        request.insert_header(headers::CLUSTER_KEY, self.state.cluster_key.expose())?;
         if let Some(streamed) = &mut ctx.streamed {
             streamed.clear();
         }

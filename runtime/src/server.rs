@@ -1,5 +1,5 @@
 //! The node's HTTP/2 (and HTTP/1.1) server: the same invoke paths as the router,
-//! for trusted traffic inside the cluster.
+//! for the routers of its cluster only (they prove it with the cluster key).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,7 +15,7 @@ use axum::Router;
 use contract::http::{error_response, json_response, read_body};
 use contract::limits::{self, DEFAULT_MAX_BODY_BYTES, MAX_JSON_DEPTH};
 use contract::protocol;
-use contract::ApiError;
+use contract::{ApiError, ClusterKey, ErrorCode};
 use contract::{FunctionVersion, Qualifier, DEFAULT_TENANT};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -89,8 +89,29 @@ struct Node {
     node_id: String,
 }
 
-/// The node's routes.
-pub fn router(engine: Arc<Engine>, node_id: String) -> Router {
+/// Refuses (401) a call that does not carry the cluster key: only routers
+/// (and the registry's warmer) of this cluster reach a node.
+async fn require_cluster_key(
+    State(key): State<Arc<ClusterKey>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let presented = request.headers().get(headers::CLUSTER_KEY);
+    if presented.is_some_and(|v| key.matches(v.as_bytes())) {
+        return next.run(request).await;
+    }
+    error_response(&ApiError::new(
+        ErrorCode::Unauthenticated,
+        format!(
+            "this node serves the routers of its cluster only ({} is missing or wrong)",
+            headers::CLUSTER_KEY
+        ),
+    ))
+}
+
+/// The node's routes. Every route but the health probes (which carry no
+/// tenant data) needs the cluster key.
+pub fn router(engine: Arc<Engine>, node_id: String, cluster_key: ClusterKey) -> Router {
     let node = Arc::new(Node {
         prepost: Prepost::new(engine.sources().artifacts.clone()),
         engine,
@@ -98,14 +119,6 @@ pub fn router(engine: Arc<Engine>, node_id: String) -> Router {
     });
     Router::new()
         .route("/v1/functions/{name}/invoke", post(invoke))
-        .route(
-            "/v2/health/live",
-            get(|| async { json_response(StatusCode::OK, &json!({"live": true})) }),
-        )
-        .route(
-            "/v2/health/ready",
-            get(|| async { json_response(StatusCode::OK, &json!({"ready": true})) }),
-        )
         .route("/v2/models/{name}", get(metadata))
         .route("/v2/models/{name}/versions/{version}", get(metadata))
         .route("/v2/models/{name}/ready", get(ready))
@@ -117,16 +130,29 @@ pub fn router(engine: Arc<Engine>, node_id: String) -> Router {
             "/metrics",
             get(|State(node): State<Arc<Node>>| async move { node.engine.metrics().encode() }),
         )
-        .route(
-            "/healthz",
-            get(|| async { json_response(StatusCode::OK, &json!({"status": "ok"})) }),
-        )
         .fallback(|method: Method, uri: Uri| async move {
             error_response(&ApiError::not_found(format!(
                 "no route for {method} {}",
                 uri.path()
             )))
         })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(cluster_key),
+            require_cluster_key,
+        ))
+        // Added after the layer, so not behind it: probes carry no tenant data.
+        .route(
+            "/healthz",
+            get(|| async { json_response(StatusCode::OK, &json!({"status": "ok"})) }),
+        )
+        .route(
+            "/v2/health/live",
+            get(|| async { json_response(StatusCode::OK, &json!({"live": true})) }),
+        )
+        .route(
+            "/v2/health/ready",
+            get(|| async { json_response(StatusCode::OK, &json!({"ready": true})) }),
+        )
         .with_state(node)
 }
 

@@ -96,7 +96,7 @@ METRIC = re.compile(r'^taskmesh_runtime_batch_size_(count|sum)\{function="([^"]+
 
 def batch_counters(tm: Taskmesh) -> dict[str, tuple[float, float]]:
     """{function: (runs, calls)} from the node's batch-size histogram (router /metrics)."""
-    st, _, out = http("GET", f"{tm.router}/metrics", timeout=10)
+    st, _, out = http("GET", f"{tm.router}/metrics", headers=tm.auth, timeout=10)
     runs: dict[str, float] = {}
     calls: dict[str, float] = {}
     if st == 200:

@@ -105,7 +105,10 @@ class Stack:
         try:
             digest = tm.upload_model(ROOT / "examples/digits/model.onnx")
             tm.register(digits_rl(digest, ctx.conns * ctx.streams))
-            self.headers = {"content-type": "application/json", **tm.auth}
+            # The same headers for every target: the router replaces the
+            # cluster key with its own; HAProxy and NGINX pass it to the node.
+            self.headers = {"content-type": "application/json", **tm.auth,
+                            "x-taskmesh-cluster-key": tm.cluster_key}
             self.targets: dict[str, dict] = {
                 "direct": {"url": tm.node + PATH, "peer_cpu": None,
                            "what": "runtime node, no proxy"},

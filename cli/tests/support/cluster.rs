@@ -20,6 +20,9 @@ use crate::support::{
     digits_definition, free_addr, generated, register_at, repo_root, upload_bytes, TestClient,
 };
 
+/// The cluster key every process of a test cluster shares.
+pub const CLUSTER_KEY: &str = "test-cluster-key-0123456789abcdef0123456789abcdef";
+
 pub const OPERATOR_KEY: &str =
     "tm_c1c2c3c4c5c6c7c8_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -249,6 +252,7 @@ pub fn spawn_at(
         .args(extra)
         .current_dir(repo_root())
         .env("TASKMESH_ADMIN_KEY", OPERATOR_KEY)
+        .env("TASKMESH_CLUSTER_KEY", CLUSTER_KEY)
         .env(
             "TASKMESH_LOG",
             "info,ort=warn,pingora_core=warn,pingora_proxy=warn",

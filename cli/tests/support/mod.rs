@@ -52,6 +52,8 @@ pub struct Platform {
     pub admin_key: String,
     /// Where stderr (the logs) went, when captured.
     pub log_file: Option<PathBuf>,
+    /// The node's address, once read from stdout.
+    node: Option<String>,
 }
 
 impl Platform {
@@ -138,6 +140,7 @@ impl Platform {
             output: rx,
             admin_key: String::new(),
             log_file,
+            node: None,
         }
     }
 
@@ -203,6 +206,25 @@ impl Platform {
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
+    }
+
+    /// The cluster key `taskmesh up` wrote to `<data-dir>/cluster.key`.
+    pub fn cluster_key(&self) -> String {
+        std::fs::read_to_string(self.data_dir.path().join("cluster.key"))
+            .expect("taskmesh up writes cluster.key")
+            .trim()
+            .to_string()
+    }
+
+    /// A URL on the node's own address, printed by `taskmesh up` after "taskmesh is up".
+    pub fn node_url(&mut self, path: &str) -> String {
+        if self.node.is_none() {
+            let lines = self.wait_for_line("node ", Duration::from_secs(5));
+            let line = lines.last().expect("the node's line");
+            let address = line.split_whitespace().nth(1).expect("the node's address");
+            self.node = Some(address.to_string());
+        }
+        format!("{}{path}", self.node.as_deref().unwrap_or_default())
     }
 
     /// The router's `/metrics` text.
@@ -293,6 +315,8 @@ pub fn pointers(error: &Value) -> Vec<&str> {
 pub struct TestClient {
     inner: Client<HttpConnector, Full<Bytes>>,
     key: Option<String>,
+    /// Headers sent with every request (e.g. the cluster key, to call a node).
+    extra: Vec<(String, String)>,
 }
 
 impl TestClient {
@@ -302,6 +326,7 @@ impl TestClient {
                 .http2_only(true)
                 .build(nodelay_connector()),
             key: None,
+            extra: Vec::new(),
         }
     }
 
@@ -309,7 +334,14 @@ impl TestClient {
         TestClient {
             inner: Client::builder(TokioExecutor::new()).build(nodelay_connector()),
             key: None,
+            extra: Vec::new(),
         }
+    }
+
+    /// The same client, sending `name: value` with every request.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.extra.push((name.to_string(), value.to_string()));
+        self
     }
 
     /// The same client, sending `authorization: Bearer <key>`.
@@ -328,6 +360,9 @@ impl TestClient {
         let mut request = Request::builder().method(method).uri(url);
         if let Some(key) = &self.key {
             request = request.header("authorization", format!("Bearer {key}"));
+        }
+        for (k, v) in &self.extra {
+            request = request.header(k.as_str(), v.as_str());
         }
         for (k, v) in headers {
             request = request.header(*k, *v);
@@ -356,6 +391,9 @@ impl TestClient {
             .header("content-type", "application/json");
         if let Some(key) = &self.key {
             request = request.header("authorization", format!("Bearer {key}"));
+        }
+        for (k, v) in &self.extra {
+            request = request.header(k.as_str(), v.as_str());
         }
         let request = request
             .body(Full::new(Bytes::from(serde_json::to_vec(body).unwrap())))

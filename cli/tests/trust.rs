@@ -1,0 +1,231 @@
+//! Trust boundaries, tried as an attacker would against the real `taskmesh up`:
+//! a tenant cannot read the host's files through a model, nothing reaches a
+//! node without the cluster key, metrics are not public, and keys can be
+//! revoked and rotated.
+
+mod support;
+
+use http::Method;
+use serde_json::json;
+use support::*;
+
+async fn digits(client: &TestClient, p: &Platform) {
+    let digest = upload(client, p, "examples/digits/model.onnx").await;
+    register(client, p, &digits_definition(&digest, "digits", &json!({}))).await;
+}
+
+/// Invokes digits with `key` as the caller's API key.
+async fn call(url: &str, key: &str) -> Reply {
+    TestClient::h2c()
+        .with_key(key)
+        .post_json(url, &sample())
+        .await
+}
+
+#[tokio::test]
+async fn a_model_that_names_a_host_file_as_external_data_is_refused_at_upload() {
+    let p = Platform::start(&["--no-examples"]);
+    // Its initializer's bytes live at `.taskmesh/admin.key`, relative to where
+    // ONNX Runtime loads it: the operator key of the README's layout.
+    let reply = p
+        .client()
+        .send(
+            Method::POST,
+            &p.admin_url("/v1/models"),
+            &[("content-type", "application/octet-stream")],
+            generated("tests/models/exfil/model.onnx"),
+        )
+        .await;
+    let err = reply.expect_error(422, "invalid_input");
+    let message = err["message"].as_str().unwrap();
+    assert!(message.contains("external data"), "{message}");
+    assert!(message.contains(".taskmesh/admin.key"), "{message}");
+    assert!(!String::from_utf8_lossy(&reply.body).contains(&p.admin_key));
+}
+
+#[tokio::test]
+async fn a_node_serves_only_callers_that_carry_the_cluster_key() {
+    let mut p = Platform::start(&["--no-examples"]);
+    let operator = p.client();
+    digits(&operator, &p).await;
+    let key = p.cluster_key();
+    assert!(key.len() >= 32, "taskmesh up makes a strong cluster key");
+
+    // Through the router: it proves itself to the node.
+    let via_router = operator
+        .post_json(&p.router_url("/v1/functions/digits/invoke"), &sample())
+        .await;
+    assert_eq!(via_router.status, 200, "{}", via_router.json());
+
+    // Straight to the node: no key, a wrong key, or a forged tenant get 401 on
+    // every route that touches functions or their traffic.
+    let invoke = p.node_url("/v1/functions/digits/invoke?version=1");
+    let forged = [
+        vec![],
+        vec![("x-taskmesh-cluster-key", "0".repeat(64))],
+        vec![("x-taskmesh-cluster-key", format!("{key}x"))],
+        vec![("x-taskmesh-tenant", "default".to_string())],
+    ];
+    for headers in &forged {
+        let mut client = TestClient::h2c().with_key(&p.admin_key);
+        for (name, value) in headers {
+            client = client.with_header(name, value);
+        }
+        client
+            .post_json(&invoke, &sample())
+            .await
+            .expect_error(401, "unauthenticated");
+        for (method, path) in [
+            (Method::POST, "/v1/functions/digits/versions/1/warm"),
+            (Method::GET, "/metrics"),
+            (Method::GET, "/v2/models/digits"),
+            (Method::POST, "/v2/models/digits/infer"),
+        ] {
+            let reply = client
+                .send(method, &p.node_url(path), &[], Vec::new())
+                .await;
+            assert_eq!(reply.status, 401, "{path} without the cluster key");
+        }
+    }
+    // Probes carry no tenant data and stay open.
+    let anonymous = TestClient::h2c();
+    assert_eq!(anonymous.get(&p.node_url("/healthz")).await.status, 200);
+    assert_eq!(
+        anonymous.get(&p.node_url("/v2/health/live")).await.status,
+        200
+    );
+
+    // With the key, the node answers (the router's own traffic).
+    let trusted = TestClient::h2c().with_header("x-taskmesh-cluster-key", &key);
+    let direct = trusted.post_json(&invoke, &sample()).await;
+    assert_eq!(direct.status, 200, "{}", direct.json());
+    // The key never comes back in an answer.
+    for reply in [&via_router, &direct] {
+        assert!(!format!("{:?}", reply.headers).contains(&key));
+        assert!(!String::from_utf8_lossy(&reply.body).contains(&key));
+    }
+}
+
+#[tokio::test]
+async fn metrics_need_the_operator_or_a_key_with_the_metrics_scope() {
+    let p = Platform::start(&["--no-examples"]);
+    let operator = p.client();
+    digits(&operator, &p).await;
+    let metrics = p.router_url("/metrics");
+
+    TestClient::h2c()
+        .get(&metrics)
+        .await
+        .expect_error(401, "unauthenticated");
+    let (_, invoker) =
+        create_client(&operator, &p, json!({"name": "app", "scopes": ["invoke"]})).await;
+    TestClient::h2c()
+        .with_key(&invoker)
+        .get(&metrics)
+        .await
+        .expect_error(403, "forbidden");
+    assert_eq!(operator.get(&metrics).await.status, 200);
+    let (_, scraper) = create_client(
+        &operator,
+        &p,
+        json!({"name": "prometheus", "scopes": ["metrics"]}),
+    )
+    .await;
+    let reply = TestClient::h2c().with_key(&scraper).get(&metrics).await;
+    assert_eq!(reply.status, 200);
+    assert!(String::from_utf8_lossy(&reply.body).contains("taskmesh_router_"));
+    // Metrics cover every tenant: a tenant admin cannot grant the scope.
+    let (_, tenant_admin) = create_client(
+        &operator,
+        &p,
+        json!({"name": "acme-admin", "tenant": "acme", "scopes": ["admin", "invoke"]}),
+    )
+    .await;
+    let reply = TestClient::h2c()
+        .with_key(&tenant_admin)
+        .post_json(
+            &p.admin_url("/v1/clients"),
+            &json!({"name": "peek", "scopes": ["metrics"]}),
+        )
+        .await;
+    reply.expect_error(403, "forbidden");
+}
+
+#[tokio::test]
+async fn revoked_and_rotated_keys_stop_working_and_only_their_tenant_manages_them() {
+    let p = Platform::start(&["--no-examples"]);
+    let operator = p.client();
+    digits(&operator, &p).await;
+    let invoke = p.router_url("/v1/functions/digits/invoke");
+    let (id, key) =
+        create_client(&operator, &p, json!({"name": "app", "scopes": ["invoke"]})).await;
+    assert_eq!(call(&invoke, &key).await.status, 200);
+
+    // Another tenant's admin cannot see it (404, not 403).
+    let (_, other_admin) = create_client(
+        &operator,
+        &p,
+        json!({"name": "b-admin", "tenant": "b", "scopes": ["admin", "invoke"]}),
+    )
+    .await;
+    let other = TestClient::h2c().with_key(&other_admin);
+    for (method, path) in [
+        (Method::DELETE, format!("/v1/clients/{id}")),
+        (Method::POST, format!("/v1/clients/{id}/rotate")),
+    ] {
+        other
+            .send(method, &p.admin_url(&path), &[], Vec::new())
+            .await
+            .expect_error(404, "not_found");
+    }
+
+    // Rotate: a new key, shown once; the old one stops at once on this router.
+    let reply = operator
+        .send(
+            Method::POST,
+            &p.admin_url(&format!("/v1/clients/{id}/rotate")),
+            &[],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.json());
+    let new_key = reply.json()["api_key"].as_str().unwrap().to_string();
+    assert_ne!(new_key, key);
+    call(&invoke, &key)
+        .await
+        .expect_error(401, "unauthenticated");
+    assert_eq!(call(&invoke, &new_key).await.status, 200);
+
+    // Revoke: gone for good.
+    let reply = operator
+        .send(
+            Method::DELETE,
+            &p.admin_url(&format!("/v1/clients/{id}")),
+            &[],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(reply.status, 204);
+    call(&invoke, &new_key)
+        .await
+        .expect_error(401, "unauthenticated");
+    operator
+        .send(
+            Method::DELETE,
+            &p.admin_url(&format!("/v1/clients/{id}")),
+            &[],
+            Vec::new(),
+        )
+        .await
+        .expect_error(404, "not_found");
+    // The operator's own key is not managed through the API.
+    operator
+        .send(
+            Method::DELETE,
+            &p.admin_url("/v1/clients/0000000000000000"),
+            &[],
+            Vec::new(),
+        )
+        .await
+        .expect_error(403, "forbidden");
+}
