@@ -21,8 +21,11 @@ script:
    Kubernetes version given;
 4. checks the properties the module promises (rolling updates with
    maxUnavailable 0, probes on /healthz and /readyz, the security context, the
-   grace period against the drain time, secrets only by reference, selectors that
-   match their pods, autoscaler and budget targets that exist);
+   grace period against the drain time, secrets only by reference: the operator
+   key on the router and registry and the cluster key, from one Secret, on the
+   router, registry and every node; node ingress only from the release's routers
+   and registry; selectors that match their pods, autoscaler and budget targets
+   that exist);
 5. writes the rendered objects to --out/<scenario>/ for checkov's Kubernetes
    checks.
 
@@ -164,8 +167,49 @@ def env_of(container):
     return {e["name"]: e for e in container.get("env", [])}
 
 
+# Secrets passed in the environment: only ever by secretKeyRef, never a literal
+# value and never through the ConfigMap (extra_config refuses these names).
+SECRET_ENV = ("TASKMESH_ADMIN_KEY", "TASKMESH_CLUSTER_KEY")
+# Which roles refuse to start without which secret.
+REQUIRED_SECRET_ENV = {
+    "TASKMESH_ADMIN_KEY": ("router", "registry"),
+    "TASKMESH_CLUSTER_KEY": ("router", "registry", "node"),
+}
+
+
+def labels_match(selector, labels):
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def check_node_ingress(where, policy, deployments):
+    """A node NetworkPolicy admits this release's routers and registry only."""
+    spec = policy["spec"]
+    sel = spec.get("podSelector", {}).get("matchLabels", {})
+    instance = sel.get("app.kubernetes.io/instance")
+    if "Ingress" not in spec.get("policyTypes", []):
+        fail(f"{where}: does not restrict ingress")
+    ports = {p["containerPort"] for d in deployments.values()
+             if labels_match(sel, d["spec"]["template"]["metadata"]["labels"])
+             for c in d["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
+    for rule in spec.get("ingress", []):
+        peers = rule.get("from")
+        if not peers:
+            fail(f"{where}: an ingress rule without `from` admits every source")
+            continue
+        for peer in peers:
+            labels = peer.get("podSelector", {}).get("matchLabels", {})
+            if set(peer) != {"podSelector"} or peer["podSelector"].get("matchExpressions") \
+                    or labels.get("app.kubernetes.io/instance") != instance \
+                    or labels.get("app.kubernetes.io/component") not in ("router", "registry"):
+                fail(f"{where}: ingress peer {peer} is not this release's routers or registry")
+        for port in rule.get("ports") or [None]:
+            if port is None or port.get("port") not in ports:
+                fail(f"{where}: ingress port {port} is not the node's port {sorted(ports)}")
+
+
 def check_policies(scenario, objects):
     where = f"{scenario}"
+    cluster_key_refs = set()
     deployments = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Deployment"}
     drain = None
     for o in objects:
@@ -208,16 +252,23 @@ def check_policies(scenario, objects):
                 fail(f"{cw}: /var/lib/taskmesh (model cache, data dir) is not an emptyDir")
             env = env_of(c)
             for e in env.values():
-                if e["name"] in ("TASKMESH_ADMIN_KEY",) and "value" in e:
+                if e["name"] in SECRET_ENV and "value" in e:
                     fail(f"{cw}: {e['name']} has a literal value; it must come from a Secret")
-            if "TASKMESH_ADMIN_KEY" in env and "secretKeyRef" not in env["TASKMESH_ADMIN_KEY"].get("valueFrom", {}):
-                fail(f"{cw}: TASKMESH_ADMIN_KEY must come from secretKeyRef")
+            for name in SECRET_ENV:
+                if name in env and "secretKeyRef" not in env[name].get("valueFrom", {}):
+                    fail(f"{cw}: {name} must come from secretKeyRef")
+            if "TASKMESH_CLUSTER_KEY_FILE" in env:
+                fail(f"{cw}: TASKMESH_CLUSTER_KEY_FILE would override TASKMESH_CLUSTER_KEY from the Secret")
             redis = env.get("TASKMESH_REDIS", {})
             if "value" in redis or not redis.get("valueFrom"):
                 fail(f"{cw}: TASKMESH_REDIS must come from the ConfigMap or a Secret")
             role = c["args"][0]
-            if role in ("router", "registry") and "TASKMESH_ADMIN_KEY" not in env:
-                fail(f"{cw}: the {role} needs TASKMESH_ADMIN_KEY")
+            for name, roles in REQUIRED_SECRET_ENV.items():
+                if role in roles and name not in env:
+                    fail(f"{cw}: the {role} needs {name} (from secretKeyRef); it refuses to start without it")
+            ref = env.get("TASKMESH_CLUSTER_KEY", {}).get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                cluster_key_refs.add((ref.get("name"), ref.get("key")))
             prestop = 0
             hook = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
             if hook:
@@ -232,6 +283,17 @@ def check_policies(scenario, objects):
                     fail(f"{cw}: TASKMESH_ADVERTISE must be $(POD_IP):port with POD_IP from the downward API, defined first")
                 if "--gpu" in c["args"] and not res.get("limits", {}).get("nvidia.com/gpu"):
                     fail(f"{cw}: a GPU node without an nvidia.com/gpu limit")
+    if len(cluster_key_refs) > 1:
+        fail(f"{where}: the Deployments take TASKMESH_CLUSTER_KEY from different Secrets {sorted(cluster_key_refs)}; "
+             "nodes would answer 401 to routers holding another key")
+    for o in objects:
+        if o["kind"] == "ConfigMap":
+            for name in SECRET_ENV + ("TASKMESH_CLUSTER_KEY_FILE",):
+                if name in o.get("data", {}):
+                    fail(f"{where}: ConfigMap {o['metadata']['name']} sets {name}; the keys come from Secrets only")
+        elif o["kind"] == "NetworkPolicy" and \
+                o["spec"].get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "node":
+            check_node_ingress(f"{where}: NetworkPolicy {o['metadata']['name']}", o, deployments)
     pods = [(d["metadata"]["namespace"], d["spec"]["template"]["metadata"]["labels"]) for d in deployments.values()]
     for o in objects:
         kind, name, ns = o["kind"], o["metadata"]["name"], o["metadata"].get("namespace")

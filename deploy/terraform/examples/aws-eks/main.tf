@@ -35,8 +35,8 @@ provider "kubernetes" {
 }
 
 # The Redis URL carries the auth token: a Secret, read by the pods through
-# secretKeyRef. The namespace and the operator-key Secret are created by the
-# operator first (deploy/README.md, step 4).
+# secretKeyRef. The namespace and the operator-key and cluster-key Secrets are
+# created by the operator first (deploy/README.md, step 4).
 resource "kubernetes_secret_v1" "redis" {
   count = var.deploy_workloads ? 1 : 0
   metadata {
@@ -61,11 +61,12 @@ module "taskmesh" {
     tag        = var.image_tag
   }
 
-  admin_key_secret = { name = "taskmesh-admin-key", key = "admin-key" }
-  redis_url_secret = { name = kubernetes_secret_v1.redis[0].metadata[0].name, key = "redis-url" }
-  model_store_url  = module.aws.model_store_url
-  drain_timeout_s  = 30
-  extra_config     = { AWS_REGION = module.aws.region }
+  admin_key_secret   = { name = "taskmesh-admin-key", key = "admin-key" }
+  cluster_key_secret = { name = "taskmesh-cluster-key", key = "cluster-key" }
+  redis_url_secret   = { name = kubernetes_secret_v1.redis[0].metadata[0].name, key = "redis-url" }
+  model_store_url    = module.aws.model_store_url
+  drain_timeout_s    = 30
+  extra_config       = { AWS_REGION = module.aws.region }
 
   service_account = {
     annotations = { "eks.amazonaws.com/role-arn" = module.aws.taskmesh_role_arn }

@@ -1,6 +1,6 @@
 # Taskmesh on a cluster you already have: the kubernetes module only. Redis and
 # the S3-compatible model store are yours too. Create the namespace and the
-# operator-key Secret first (deploy/README.md, step 4).
+# operator-key and cluster-key Secrets first (deploy/README.md, step 4).
 
 provider "kubernetes" {
   config_path    = var.kubeconfig_path
@@ -14,11 +14,12 @@ module "taskmesh" {
   namespace        = "taskmesh"
   create_namespace = false
 
-  image            = { repository = var.image_repository, tag = var.image_tag }
-  admin_key_secret = { name = "taskmesh-admin-key" }
-  redis_url        = var.redis_url
-  model_store_url  = var.model_store_url
-  service_account  = { annotations = var.service_account_annotations }
+  image              = { repository = var.image_repository, tag = var.image_tag }
+  admin_key_secret   = { name = "taskmesh-admin-key" }
+  cluster_key_secret = { name = "taskmesh-cluster-key" }
+  redis_url          = var.redis_url
+  model_store_url    = var.model_store_url
+  service_account    = { annotations = var.service_account_annotations }
 
   # ClusterIP: put your own Ingress or load balancer in front, or use
   # router_service = { type = "LoadBalancer", annotations = {...} } with your

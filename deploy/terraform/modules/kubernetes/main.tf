@@ -151,6 +151,8 @@ locals {
         configmap                  = local.configmap
         admin_key_secret_name      = var.admin_key_secret.name
         admin_key_secret_key       = var.admin_key_secret.key
+        cluster_key_secret_name    = var.cluster_key_secret.name
+        cluster_key_secret_key     = var.cluster_key_secret.key
         redis_value_from           = local.redis_value_from
         termination_grace_period_s = local.router_grace_s
         prestop_delay_s            = var.router.prestop_delay_s
@@ -218,6 +220,8 @@ locals {
         configmap                  = local.configmap
         admin_key_secret_name      = var.admin_key_secret.name
         admin_key_secret_key       = var.admin_key_secret.key
+        cluster_key_secret_name    = var.cluster_key_secret.name
+        cluster_key_secret_key     = var.cluster_key_secret.key
         redis_value_from           = local.redis_value_from
         termination_grace_period_s = local.registry_grace_s
         prestop_delay_s            = local.registry_prestop_s
@@ -271,6 +275,8 @@ locals {
         args                       = ["node"]
         port                       = local.node_port
         configmap                  = local.configmap
+        cluster_key_secret_name    = var.cluster_key_secret.name
+        cluster_key_secret_key     = var.cluster_key_secret.key
         redis_value_from           = local.redis_value_from
         termination_grace_period_s = local.node_grace_s
         memory_budget_mb           = floor(var.cpu_pool.memory_mib * var.cpu_pool.memory_budget_percent / 100)
@@ -328,6 +334,8 @@ locals {
         args                       = ["node", "--gpu"]
         port                       = local.node_port
         configmap                  = local.configmap
+        cluster_key_secret_name    = var.cluster_key_secret.name
+        cluster_key_secret_key     = var.cluster_key_secret.key
         redis_value_from           = local.redis_value_from
         termination_grace_period_s = local.node_grace_s
         memory_budget_mb           = try(floor(var.gpu_pool.memory_mib * var.gpu_pool.memory_budget_percent / 100), 0)

@@ -84,6 +84,19 @@ variable "admin_key_secret" {
   }
 }
 
+variable "cluster_key_secret" {
+  description = "Existing Secret (in the namespace) holding the cluster key, passed to the router, the registry and every runtime node as TASKMESH_CLUSTER_KEY: nodes refuse (401) any call without it, so only this cluster's routers and registry can call them. All three refuse to start without it. 32 to 256 visible ASCII characters (e.g. openssl rand -hex 32). This module never creates it: create it with kubectl (see deploy/README.md)."
+  type = object({
+    name = string
+    key  = optional(string, "cluster-key")
+  })
+
+  validation {
+    condition     = can(regex("^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$", var.cluster_key_secret.name))
+    error_message = "cluster_key_secret.name must be a valid Secret name."
+  }
+}
+
 variable "redis_url" {
   description = "Redis URL (redis:// or rediss://) without credentials, stored in the ConfigMap. Use redis_url_secret instead when the URL carries a password or token. Exactly one of the two must be set."
   type        = string
@@ -150,8 +163,8 @@ variable "extra_config" {
     error_message = "extra_config keys must be environment variable names (upper case, digits, '_')."
   }
   validation {
-    condition     = !anytrue([for k in keys(var.extra_config) : contains(["TASKMESH_ADMIN_KEY", "TASKMESH_REDIS"], k)])
-    error_message = "TASKMESH_ADMIN_KEY and TASKMESH_REDIS come from admin_key_secret and redis_url/redis_url_secret, not extra_config."
+    condition     = !anytrue([for k in keys(var.extra_config) : contains(["TASKMESH_ADMIN_KEY", "TASKMESH_CLUSTER_KEY", "TASKMESH_CLUSTER_KEY_FILE", "TASKMESH_REDIS"], k)])
+    error_message = "TASKMESH_ADMIN_KEY, TASKMESH_CLUSTER_KEY (and TASKMESH_CLUSTER_KEY_FILE) and TASKMESH_REDIS come from admin_key_secret, cluster_key_secret and redis_url/redis_url_secret, not extra_config."
   }
 }
 
