@@ -229,3 +229,40 @@ async fn revoked_and_rotated_keys_stop_working_and_only_their_tenant_manages_the
         .await
         .expect_error(403, "forbidden");
 }
+
+#[tokio::test]
+async fn calls_cancelled_by_their_clients_never_open_the_breaker() {
+    let p = Platform::start(&["--no-examples"]);
+    register_slow(
+        &p,
+        "slow",
+        json!({"circuit_breaker": {"failure_rate": 0.5, "minimum_calls": 5, "window_s": 30, "open_s": 30}}),
+    )
+    .await;
+    let url = p.router_url("/v1/functions/slow/invoke");
+    let client = p.client();
+    // Warm it: the first call loads the model.
+    assert_eq!(client.post_json(&url, &rows(1)).await.status, 200);
+    // 30 calls (each a few hundred ms of work) cancelled 5-50 ms after sending.
+    let body = rows(256);
+    for i in 0..30u64 {
+        let cancel_after = std::time::Duration::from_millis(5 + (i * 7) % 46);
+        let call = client.post_json(&url, &body);
+        assert!(
+            tokio::time::timeout(cancel_after, call).await.is_err(),
+            "call {i} answered within {cancel_after:?}; it should still be running"
+        );
+    }
+    // The next caller is served: nobody else's cancels count against the function.
+    let reply = client.post_json(&url, &rows(1)).await;
+    assert_eq!(reply.status, 200, "{}", reply.json());
+    let metrics = p.metrics().await;
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("taskmesh_router_breaker_state{")
+                && l.contains("slow")
+                && !l.ends_with(" 0")),
+        "the breaker left closed: {metrics}"
+    );
+}

@@ -212,6 +212,19 @@ impl CircuitBreaker {
         }
     }
 
+    /// Gives back a permit whose call says nothing about the target: the
+    /// caller cancelled it before an answer. Nothing is recorded; a half-open
+    /// trial slot is freed for the next call.
+    pub fn abandon(&mut self, permit: Permit, now: Instant) {
+        self.advance(now);
+        if permit.generation != self.generation || !permit.trial {
+            return;
+        }
+        if let Phase::HalfOpen { granted, .. } = &mut self.phase {
+            *granted = granted.saturating_sub(1);
+        }
+    }
+
     /// Records how the call of `permit` ended; permits of an older generation
     /// are ignored.
     pub fn record(&mut self, permit: Permit, outcome: Outcome, now: Instant) {
@@ -306,6 +319,35 @@ fn rate(failures: u64, calls: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn abandoned_calls_count_for_nothing_and_free_their_trial_slot() {
+        let config =
+            BreakerConfig::try_new(0.5, 2, Duration::from_secs(10), Duration::from_secs(1), 1)
+                .unwrap();
+        let mut b = CircuitBreaker::new(config);
+        let t0 = Instant::now();
+        // Closed: any number of abandoned calls never opens it.
+        for _ in 0..50 {
+            let p = b.try_acquire(t0).unwrap();
+            b.abandon(p, t0);
+        }
+        assert_eq!(b.state(t0), BreakerState::Closed);
+        // Open it with real failures, then reach half-open.
+        for _ in 0..2 {
+            let p = b.try_acquire(t0).unwrap();
+            b.record(p, Outcome::Failure, t0);
+        }
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(b.state(t1), BreakerState::HalfOpen);
+        // The only trial is abandoned: the slot comes back for the next caller.
+        let trial = b.try_acquire(t1).unwrap();
+        assert!(b.try_acquire(t1).is_err());
+        b.abandon(trial, t1);
+        let trial = b.try_acquire(t1).unwrap();
+        b.record(trial, Outcome::Success, t1);
+        assert_eq!(b.state(t1), BreakerState::Closed);
+    }
     use crate::testing::SplitMix64;
     use std::collections::HashMap;
 

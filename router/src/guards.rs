@@ -423,7 +423,10 @@ impl Guards {
         if let Some(permit) = pass.permit.take() {
             let mut breakers = self.breakers.lock().expect("breakers lock");
             if let Some(breaker) = breakers.get_mut(&version_key(version)) {
-                breaker.record(permit, outcome.unwrap_or(Outcome::Failure), Instant::now());
+                match outcome {
+                    Some(outcome) => breaker.record(permit, outcome, Instant::now()),
+                    None => breaker.abandon(permit, Instant::now()),
+                }
             }
         }
     }

@@ -577,17 +577,9 @@ impl ProxyHttp for TaskmeshProxy {
         let _ = e;
         self.settle_node(ctx, breaker::Outcome::Success);
         if let (Some(version), Some(mut pass)) = (ctx.function.clone(), ctx.guard_pass.take()) {
-            // Server faults count against the breaker; client faults (4xx) do not.
-            let not_the_functions_fault = ctx.upstream_error == Some(ErrorCode::Overloaded)
-                || ctx.error_code == Some(ErrorCode::Overloaded);
-            let outcome = if (status >= 500 || status == 0) && !not_the_functions_fault {
-                breaker::Outcome::Failure
-            } else {
-                breaker::Outcome::Success
-            };
             self.state
                 .guards
-                .release(&version, &mut pass, Some(outcome));
+                .release(&version, &mut pass, breaker_outcome(status, e, ctx));
         }
         let (function, version) = match &ctx.function {
             Some(v) => (v.name.as_str(), Some(v.version)),
@@ -617,6 +609,27 @@ impl ProxyHttp for TaskmeshProxy {
             self.state.metrics.refused(function, version, code.as_str());
         }
     }
+}
+
+/// What a call tells its version's breaker: server faults are failures;
+/// client faults (4xx) and a node's `overloaded` are not the function's; a
+/// call the client cancelled before any answer tells nothing (`None`), so
+/// cancelled calls can never open the breaker for everyone.
+fn breaker_outcome(status: u16, e: Option<&Error>, ctx: &Ctx) -> Option<breaker::Outcome> {
+    let client_gave_up =
+        status == 0 && e.is_some_and(|e| matches!(e.esource(), ErrorSource::Downstream));
+    if client_gave_up {
+        return None;
+    }
+    let not_the_functions_fault = ctx.upstream_error == Some(ErrorCode::Overloaded)
+        || ctx.error_code == Some(ErrorCode::Overloaded);
+    Some(
+        if (status >= 500 || status == 0) && !not_the_functions_fault {
+            breaker::Outcome::Failure
+        } else {
+            breaker::Outcome::Success
+        },
+    )
 }
 
 /// Maps a proxying failure that no hook classified to the contract's error.
