@@ -266,3 +266,54 @@ async fn calls_cancelled_by_their_clients_never_open_the_breaker() {
         "the breaker left closed: {metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_body_sent_a_byte_at_a_time_gets_one_deadline_not_one_per_chunk() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = Platform::start(&["--no-examples"]);
+    let operator = p.client();
+    let digest = upload(&operator, &p, "examples/digits/model.onnx").await;
+    register(
+        &operator,
+        &p,
+        &digits_definition(&digest, "digits", &json!({"timeout_ms": 1500})),
+    )
+    .await;
+    let body = serde_json::to_vec(&sample()).unwrap();
+    let mut socket = tokio::net::TcpStream::connect(p.router).await.unwrap();
+    let head = format!(
+        "POST /v1/functions/digits/invoke HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        p.admin_key,
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    // One byte every 300 ms would take minutes for the whole body; each byte
+    // restarting a 10 s timer would keep the slot that long. The answer must
+    // come once the function's deadline (1.5 s) has passed.
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    for byte in &body {
+        if socket.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout(std::time::Duration::from_millis(300), socket.read(&mut buf))
+            .await
+        {
+            Ok(Ok(n)) if n > 0 => {
+                answer.extend_from_slice(&buf[..n]);
+                break;
+            }
+            Ok(_) => break,
+            Err(_) => {}
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "still reading a trickling body after 20 s"
+        );
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("did not arrive in time"), "{answer}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1400));
+}

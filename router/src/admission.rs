@@ -10,7 +10,7 @@
 //! Layer: names only `routes`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use contract::limits::{DEFAULT_MAX_BODY_BYTES, MAX_JSON_DEPTH};
@@ -23,7 +23,8 @@ use crate::routes::BodyKind;
 /// it are validated before a node is chosen, larger ones while they stream.
 pub const REPLAY_BUFFER_BYTES: usize = 64 * 1024;
 
-/// How long the router waits for a slow client to send its body.
+/// The longest a client may take to send a whole body (one deadline for the
+/// whole body, not per chunk; the call's own deadline bounds it too).
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The contract's 413 for a body over `cap`.
@@ -69,6 +70,7 @@ pub async fn admit_body(
     session: &mut Session,
     version: &Arc<FunctionVersion>,
     kind: BodyKind,
+    call_deadline: Instant,
 ) -> Result<Option<StreamedBody>, ApiError> {
     let cap = body_cap(version);
     let declared = session
@@ -90,20 +92,30 @@ pub async fn admit_body(
             }));
         }
     }
-    let body = read_buffered(session, cap).await?;
+    let deadline = call_deadline.min(Instant::now() + BODY_READ_TIMEOUT);
+    let body = read_buffered(session, cap, deadline).await?;
     validate(version, kind, &body)?;
     Ok(None)
 }
 
 /// Reads the whole body through Pingora's replay buffer (enabled first, so
 /// Pingora can still forward it), within the cap and the replay buffer.
-async fn read_buffered(session: &mut Session, cap: usize) -> Result<Vec<u8>, ApiError> {
+async fn read_buffered(
+    session: &mut Session,
+    cap: usize,
+    deadline: Instant,
+) -> Result<Vec<u8>, ApiError> {
     session.enable_retry_buffering();
     let mut body = Vec::new();
     loop {
-        let chunk = tokio::time::timeout(BODY_READ_TIMEOUT, session.read_request_body())
+        let chunk = tokio::time::timeout_at(deadline.into(), session.read_request_body())
             .await
-            .map_err(|_| ApiError::bad_request("timed out reading the request body"))?
+            .map_err(|_| {
+                ApiError::bad_request(format!(
+                    "the request body did not arrive in time (at most {} s, and within the function's timeout_ms)",
+                    BODY_READ_TIMEOUT.as_secs()
+                ))
+            })?
             .map_err(|e| ApiError::bad_request(format!("reading the request body failed: {e}")))?;
         let Some(chunk) = chunk else {
             return Ok(body);

@@ -141,7 +141,10 @@ impl TaskmeshProxy {
                 .map(Some);
         };
         self.prepare_upstream(session, ctx, kind, &version)?;
-        ctx.streamed = admission::admit_body(session, &version, kind).await?;
+        let deadline = ctx
+            .deadline
+            .unwrap_or_else(|| ctx.started + Duration::from_secs(60));
+        ctx.streamed = admission::admit_body(session, &version, kind, deadline).await?;
         self.apply_guards(ctx, principal, &version).await?;
         Ok(None)
     }
