@@ -317,3 +317,72 @@ async fn a_body_sent_a_byte_at_a_time_gets_one_deadline_not_one_per_chunk() {
     assert!(answer.contains("did not arrive in time"), "{answer}");
     assert!(started.elapsed() >= std::time::Duration::from_millis(1400));
 }
+
+/// `curl --http2-prior-knowledge` (Debian 12's 7.88, the README's client)
+/// `times` times; the statuses it printed (`000`: it got no answer).
+fn curl_statuses(url: &str, args: &[&str], times: usize) -> Vec<String> {
+    (0..times)
+        .map(|_| {
+            let out = std::process::Command::new("curl")
+                .args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--http2-prior-knowledge",
+                ])
+                .args(args)
+                .arg(url)
+                .output()
+                .expect("curl runs");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn early_refusals_reach_curl_as_answers() {
+    let p = Platform::start(&["--no-examples"]);
+    digits(&p.client(), &p).await;
+    let url = p.router_url("/v1/functions/digits/invoke");
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.json");
+    std::fs::write(
+        &big,
+        serde_json::to_vec(&json!({"pixels": vec![0; 20_000]})).unwrap(),
+    )
+    .unwrap();
+    let wrong_key = format!(
+        "authorization: Bearer tm_0123456789abcdef_{}",
+        "a".repeat(64)
+    );
+    let small = serde_json::to_string(&sample()).unwrap();
+    let big_body = format!("@{}", big.display());
+    for (what, args) in [
+        (
+            "a wrong key",
+            vec![
+                "-H",
+                wrong_key.as_str(),
+                "-H",
+                "content-type: application/json",
+                "-d",
+                small.as_str(),
+            ],
+        ),
+        (
+            "no key, a 60 KB body",
+            vec![
+                "-H",
+                "content-type: application/json",
+                "-d",
+                big_body.as_str(),
+            ],
+        ),
+    ] {
+        let statuses = curl_statuses(&url, &args, 200);
+        let answered = statuses.iter().filter(|s| *s == "401").count();
+        assert_eq!(answered, 200, "{what}: {statuses:?}");
+    }
+}

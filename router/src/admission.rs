@@ -98,6 +98,36 @@ pub async fn admit_body(
     Ok(None)
 }
 
+/// Most of a refused request's body the router reads (and drops) before it
+/// answers, and how long it waits for it. HTTP/2 clients such as curl 7.88
+/// and httpx drop or fail on an answer that arrives before they finished
+/// sending (the stream is then reset): reading a small body first lets them
+/// see the answer. A body declared larger than this is not waited for.
+pub const DISCARD_BODY_BYTES: usize = 1024 * 1024;
+const DISCARD_BODY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Reads and drops what is left of a refused request's body, within
+/// [`DISCARD_BODY_BYTES`] and 2 s; an error or a larger body ends it early.
+pub async fn discard_body(session: &mut Session) {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > DISCARD_BODY_BYTES) || session.is_body_done() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + DISCARD_BODY_TIMEOUT;
+    let mut read = 0usize;
+    while read <= DISCARD_BODY_BYTES {
+        match tokio::time::timeout_at(deadline, session.read_request_body()).await {
+            Ok(Ok(Some(chunk))) => read += chunk.len(),
+            _ => return,
+        }
+    }
+}
+
 /// Reads the whole body through Pingora's replay buffer (enabled first, so
 /// Pingora can still forward it), within the cap and the replay buffer.
 async fn read_buffered(

@@ -306,6 +306,7 @@ impl ProxyHttp for TaskmeshProxy {
             };
             session.req_header_mut().remove_header("authorization");
             if let Err(err) = allowed {
+                admission::discard_body(session).await;
                 respond::write_error(session, &err, &ctx.stamp(), Delivery::Refusal).await?;
                 return Ok(true);
             }
@@ -325,6 +326,9 @@ impl ProxyHttp for TaskmeshProxy {
             }
             Err(err) => {
                 ctx.error_code = Some(err.code);
+                if err.code != ErrorCode::PayloadTooLarge {
+                    admission::discard_body(session).await;
+                }
                 respond::write_error(session, &err, &ctx.stamp(), Delivery::Refusal).await?;
             }
         }
