@@ -386,3 +386,65 @@ async fn early_refusals_reach_curl_as_answers() {
         assert_eq!(answered, 200, "{what}: {statuses:?}");
     }
 }
+
+/// Reads until EOF or `within` passes: whether the server closed the socket.
+async fn closed_within(socket: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_node_and_admin_listeners_cap_connections_and_close_silent_or_stalled_ones() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let mut p = Platform::start(&["--no-examples"]);
+    let node: std::net::SocketAddr = p
+        .node_url("")
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    for addr in [node, p.admin] {
+        // One peer may hold 256 connections; the next ones are closed at once.
+        let mut held = Vec::new();
+        for _ in 0..256 {
+            held.push(TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let mut over = TcpStream::connect(addr).await.unwrap();
+        assert!(
+            closed_within(&mut over, std::time::Duration::from_secs(2)).await,
+            "{addr}: a 257th connection from one peer stayed open"
+        );
+        // A request line and one header, never finished; and a silent socket.
+        let mut stalled = held.pop().unwrap();
+        stalled
+            .write_all(b"POST /v1/functions/x/invoke HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
+        let mut silent = held.pop().unwrap();
+        // Both are closed by the first-byte and header-read timeouts (10 s each).
+        assert!(
+            closed_within(&mut silent, std::time::Duration::from_secs(13)).await,
+            "{addr}: a silent connection stayed open"
+        );
+        assert!(
+            closed_within(&mut stalled, std::time::Duration::from_secs(13)).await,
+            "{addr}: a stalled request stayed open"
+        );
+        drop(held);
+        // Closed connections give their places back.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let reply = TestClient::h2c()
+            .get(&format!("http://{addr}/healthz"))
+            .await;
+        assert_eq!(reply.status, 200);
+    }
+}

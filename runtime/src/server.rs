@@ -35,23 +35,94 @@ pub use contract::headers;
 /// are sent GOAWAY, or `connection: close` on HTTP/1.1, first).
 pub const CONNECTION_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Serves `app` on `listener` with explicit HTTP/2 limits until `shutdown`
+/// How many connections one listener (node or admin API) keeps open at once,
+/// and from one peer address; past these a new connection is closed at once.
+pub const MAX_CONNECTIONS: usize = 4096;
+pub const MAX_CONNECTIONS_PER_PEER: usize = 256;
+/// A connection that sends no byte within this is closed (silent sockets).
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/1.1: the headers of a request must arrive within this.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2: a PING after this much silence, and the connection is closed when
+/// its answer takes longer than [`H2_KEEPALIVE_TIMEOUT`].
+pub const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Open connections of a listener, in all and per peer address.
+#[derive(Default)]
+struct Connections {
+    total: usize,
+    per_peer: HashMap<std::net::IpAddr, usize>,
+}
+
+/// A connection's place in [`Connections`], given back when it ends.
+struct ConnectionSlot {
+    connections: Arc<std::sync::Mutex<Connections>>,
+    peer: std::net::IpAddr,
+}
+
+impl ConnectionSlot {
+    fn admit(
+        connections: &Arc<std::sync::Mutex<Connections>>,
+        peer: std::net::IpAddr,
+    ) -> Option<Self> {
+        let mut open = connections.lock().expect("connections lock");
+        let from_peer = open.per_peer.get(&peer).copied().unwrap_or(0);
+        if open.total >= MAX_CONNECTIONS || from_peer >= MAX_CONNECTIONS_PER_PEER {
+            return None;
+        }
+        open.total += 1;
+        open.per_peer.insert(peer, from_peer + 1);
+        Some(ConnectionSlot {
+            connections: connections.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut open = self.connections.lock().expect("connections lock");
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.per_peer.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                open.per_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Serves `app` on `listener` with explicit limits until `shutdown`
 /// resolves, then closes open connections gracefully (within [`CONNECTION_DRAIN`]).
 ///
-/// Connections speak HTTP/1.1 or h2c with prior knowledge (detected from the preface).
+/// Connections speak HTTP/1.1 or h2c with prior knowledge (detected from the
+/// preface). Limits: [`MAX_CONNECTIONS`] and [`MAX_CONNECTIONS_PER_PEER`]
+/// (further connections are closed at once), [`FIRST_BYTE_TIMEOUT`],
+/// [`HEADER_READ_TIMEOUT`] (HTTP/1.1), HTTP/2 keep-alive pings, and the
+/// HTTP/2 stream, header and window limits of `contract::limits`.
 pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    builder
         .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
         .max_concurrent_streams(limits::H2_MAX_CONCURRENT_STREAMS)
         .max_header_list_size(limits::H2_MAX_HEADER_LIST_BYTES)
         .initial_stream_window_size(limits::H2_INITIAL_STREAM_WINDOW_BYTES)
         .initial_connection_window_size(limits::H2_INITIAL_CONNECTION_WINDOW_BYTES);
-    builder.http1().max_buf_size(64 * 1024);
+    let builder = Arc::new(builder);
+    let connections = Arc::new(std::sync::Mutex::new(Connections::default()));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -62,14 +133,26 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Out
                 }
             },
         };
+        let Some(slot) = ConnectionSlot::admit(&connections, peer.ip()) else {
+            tracing::debug!(%peer, "connection limit reached; closing the new connection");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let _slot = slot;
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
