@@ -448,3 +448,59 @@ async fn the_node_and_admin_listeners_cap_connections_and_close_silent_or_stalle
         assert_eq!(reply.status, 200);
     }
 }
+
+#[tokio::test]
+async fn huge_headers_get_431_on_both_protocols_and_never_reach_a_node() {
+    let p = Platform::start(&["--no-examples"]);
+    register_slow(&p, "slow", json!({})).await;
+    let url = p.router_url("/v1/functions/slow/invoke");
+    let client = p.client();
+    assert_eq!(client.post_json(&url, &rows(1)).await.status, 200);
+    // Other callers' calls in flight on the router's shared connection to the node.
+    let in_flight: Vec<_> = (0..8)
+        .map(|_| {
+            let client = client.clone();
+            let url = url.clone();
+            tokio::spawn(async move { client.post_json(&url, &rows(128)).await.status })
+        })
+        .collect();
+    let auth = format!("authorization: Bearer {}", p.admin_key);
+    let body = serde_json::to_string(&rows(1)).unwrap();
+    let huge = format!("x-big: {}", "x".repeat(100_000));
+    let large = format!("x-big: {}", "x".repeat(20_000));
+    let fits = format!("x-big: {}", "x".repeat(12_000));
+    let curl = |proto: &str, header: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                proto,
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                auth.as_str(),
+                "-H",
+                header,
+            ])
+            .args([
+                "-H",
+                "content-type: application/json",
+                "-d",
+                body.as_str(),
+                url.as_str(),
+            ])
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let h1 = curl("--http1.1", &huge);
+    assert!(h1.ends_with("\n431"), "{h1}");
+    assert!(h1.contains("headers_too_large"), "{h1}");
+    assert!(curl("--http1.1", &large).ends_with("\n431"));
+    assert!(curl("--http2-prior-knowledge", &large).ends_with("\n431"));
+    // A header under the limit is fine, and is not forwarded to the node.
+    assert!(curl("--http1.1", &fits).ends_with("\n200"));
+    assert!(curl("--http2-prior-knowledge", &fits).ends_with("\n200"));
+    for call in in_flight {
+        assert_eq!(call.await.unwrap(), 200, "another caller's call failed");
+    }
+}

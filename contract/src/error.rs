@@ -13,6 +13,7 @@ pub enum ErrorCode {
     MethodNotAllowed,
     Conflict,
     PayloadTooLarge,
+    HeadersTooLarge,
     UnsupportedMediaType,
     InvalidInput,
     InvalidDefinition,
@@ -39,6 +40,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::HeadersTooLarge => "headers_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::InvalidInput => "invalid_input",
             ErrorCode::InvalidDefinition => "invalid_definition",
@@ -64,6 +66,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::HeadersTooLarge => 431,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::InvalidInput | ErrorCode::InvalidDefinition => 422,
             ErrorCode::RateLimited | ErrorCode::QuotaExceeded => 429,
@@ -154,7 +157,7 @@ impl ErrorCode {
     }
 }
 
-const ALL_CODES: [ErrorCode; 20] = [
+const ALL_CODES: [ErrorCode; 21] = [
     ErrorCode::MalformedJson,
     ErrorCode::BadRequest,
     ErrorCode::Unauthenticated,
@@ -163,6 +166,7 @@ const ALL_CODES: [ErrorCode; 20] = [
     ErrorCode::MethodNotAllowed,
     ErrorCode::Conflict,
     ErrorCode::PayloadTooLarge,
+    ErrorCode::HeadersTooLarge,
     ErrorCode::UnsupportedMediaType,
     ErrorCode::InvalidInput,
     ErrorCode::InvalidDefinition,

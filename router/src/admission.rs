@@ -98,6 +98,26 @@ pub async fn admit_body(
     Ok(None)
 }
 
+/// Refuses (431) a request whose headers are over the HTTP/2 header-list
+/// limit (`contract::limits::H2_MAX_HEADER_LIST_BYTES`, counted as HTTP/2
+/// does: name + value + 32 per field), so HTTP/1.1 gets the same limit as h2.
+pub fn check_header_size(request: &pingora_http::RequestHeader) -> Result<(), ApiError> {
+    let limit = contract::limits::H2_MAX_HEADER_LIST_BYTES as usize;
+    let size: usize = request
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum::<usize>()
+        + request.uri.to_string().len();
+    if size > limit {
+        return Err(ApiError::new(
+            ErrorCode::HeadersTooLarge,
+            format!("the request's headers are {size} bytes; the limit is {limit}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Most of a refused request's body the router reads (and drops) before it
 /// answers, and how long it waits for it. HTTP/2 clients such as curl 7.88
 /// and httpx drop or fail on an answer that arrives before they finished

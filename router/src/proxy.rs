@@ -297,6 +297,13 @@ impl ProxyHttp for TaskmeshProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // The same header limit on HTTP/1.1 as HTTP/2's SETTINGS (431), before
+        // anything else looks at them.
+        if let Err(err) = admission::check_header_size(session.req_header()) {
+            ctx.error_code = Some(err.code);
+            respond::write_error(session, &err, &ctx.stamp(), Delivery::Refusal).await?;
+            return Ok(true);
+        }
         if session.req_header().uri.path() == local::METRICS_PATH {
             // Metrics name every tenant's functions: the operator's key or one
             // with the `metrics` scope (401 without a key, 403 with another).
@@ -398,6 +405,18 @@ impl ProxyHttp for TaskmeshProxy {
                     Error::because(ErrorType::InternalError, "bad upstream path", e)
                 })?,
             );
+        }
+        // A node sees only the headers it needs (and the router's own below):
+        // a caller's other headers, however large, never reach the shared
+        // connection to the node.
+        let unneeded: Vec<http::HeaderName> = request
+            .headers
+            .keys()
+            .filter(|name| !FORWARDED_HEADERS.contains(&name.as_str()))
+            .cloned()
+            .collect();
+        for name in unneeded {
+            request.remove_header(&name);
         }
         request.insert_header("host", "taskmesh-node")?;
         request.insert_header(headers::INVOCATION_ID, ctx.invocation_id.as_str())?;
@@ -638,6 +657,18 @@ fn breaker_outcome(status: u16, e: Option<&Error>, ctx: &Ctx) -> Option<breaker:
         },
     )
 }
+
+/// The caller's headers a node is given; the router adds its own
+/// (`x-taskmesh-tenant`, deadline, invocation id, cluster key).
+const FORWARDED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "te",
+    headers::PRIORITY,
+    "traceparent",
+    "tracestate",
+];
 
 /// Maps a proxying failure that no hook classified to the contract's error.
 fn classify(e: &Error) -> ApiError {
