@@ -125,6 +125,12 @@ async fn metrics_need_the_operator_or_a_key_with_the_metrics_scope() {
         .await
         .expect_error(403, "forbidden");
     assert_eq!(operator.get(&metrics).await.status, 200);
+    // The admin API's rollout metrics name every tenant's functions too.
+    TestClient::h2c()
+        .get(&p.admin_url("/metrics"))
+        .await
+        .expect_error(401, "unauthenticated");
+    assert_eq!(operator.get(&p.admin_url("/metrics")).await.status, 200);
     let (_, scraper) = create_client(
         &operator,
         &p,

@@ -12,9 +12,10 @@
 //! plane never links a storage engine.
 //!
 //! Layering (each module uses only those above it):
-//! `error`, `limits`, `names` → `tensor`, `json`, `headers` → `signature` →
-//! `processing` (one module per input or output kind) → `definition` →
-//! `schema` → `version` → `protocol` → `principal`, `qualifier` → `ports`.
+//! `error`, `limits`, `names`, `onnx`, `cluster_key` → `tensor`, `json`,
+//! `headers` → `signature` → `processing` (one module per input or output
+//! kind) → `definition` → `schema` → `version` → `protocol` → `principal`,
+//! `qualifier` → `ports` → `http` (feature `axum`).
 
 pub mod cluster_key;
 pub mod definition;

@@ -72,7 +72,7 @@ pub struct ImageField {
 
 /// An invoke body that passed every check the router makes: tensor fields are
 /// tensors already; text and image fields are checked strings and bytes that
-/// the node turns into tensors (`runtime/src/prepost.rs`). Only
+/// the node turns into tensors (`runtime/src/prepost/`). Only
 /// [`invoke_inputs`] builds one.
 #[derive(Debug)]
 pub struct InvokeInput {

@@ -78,7 +78,7 @@ fn json_parse(c: &mut Criterion) {
 
 fn schema_check(c: &mut Criterion) {
     // The digits input_schema (examples/digits/function.json), compiled with the
-    // same options as registry/src/schema.rs `compile`.
+    // same options as contract/src/schema.rs `compile`.
     let schema = json!({
         "type": "object",
         "required": ["pixels"],

@@ -417,7 +417,19 @@ async fn control_rollout(
     )
 }
 
-async fn rollout_metrics(State(state): State_) -> Response {
+/// The rollout metrics name every tenant's functions and aliases: the
+/// operator's key or one with the `metrics` scope.
+async fn rollout_metrics(State(state): State_, headers: HeaderMap) -> Response {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let allowed = match state.auth.authenticate(authorization).await {
+        Ok(principal) => principal.require(Scope::Metrics),
+        Err(err) => Err(err),
+    };
+    if let Err(err) = allowed {
+        return error_response(&err);
+    }
     let mut text = state
         .rollouts
         .as_ref()
