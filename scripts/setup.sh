@@ -6,7 +6,8 @@
 #      libssl-dev, build-essential), installed only when missing.
 #   2. Python packages (onnxruntime, onnx, skl2onnx, scikit-learn, numpy,
 #      tokenizers, Pillow, and moto[server] for the S3 tests, pinned) into the
-#      project-local folder .deps/python (nothing system-wide).
+#      project-local folder .deps/python (nothing system-wide); then, with a
+#      stamp of their own, httpx with HTTP/2 for the TLS tests.
 #   3. .deps/lib/libonnxruntime.so -> the ONNX Runtime library from that wheel
 #      (for the `ort` crate's load-dynamic: ORT_DYLIB_PATH).
 #   4. Real model sources, pinned and sha256-checked, downloads cached in
@@ -115,6 +116,19 @@ PY_REQUIREMENTS=(
 PY_NODEPS_REQUIREMENTS=(
   "tokenizers==0.23.3"
 )
+# Tests only: httpx with HTTP/2 (h2), the Python client of cli/tests/tls.rs.
+# Installed after the rest with --no-deps (their other dependencies, certifi,
+# idna and typing_extensions, are pinned above) and a stamp of their own, so
+# that changing them neither reinstalls the rest nor rebuilds the examples.
+PY_HTTP_REQUIREMENTS=(
+  "httpx==0.29.0"
+  "httpcore==1.0.9"
+  "h11==0.16.0"
+  "h2==4.4.1"
+  "hpack==4.2.0"
+  "hyperframe==6.1.0"
+  "anyio==4.16.0"
+)
 DEB_PACKAGES=(cmake redis-server nghttp2-client curl pkg-config libssl-dev build-essential openssl)
 
 PY_DIR="$ROOT/.deps/python"
@@ -172,6 +186,19 @@ else
   rm -rf "$PY_DIR"
   mv "$tmp" "$PY_DIR"
   log "python: done ($(elapsed "$t0"))"
+fi
+t0=$(now)
+http_hash="$(printf '%s\n' "$py_tag" "${PY_HTTP_REQUIREMENTS[@]}" | sha256sum | cut -c1-16)"
+HTTP_STAMP="$PY_DIR/.stamp-http-$http_hash"
+if [[ -f "$HTTP_STAMP" ]]; then
+  log "python: httpx up to date (stamp $http_hash), skipped ($(elapsed "$t0"))"
+else
+  log "python: installing ${#PY_HTTP_REQUIREMENTS[@]} pinned packages (httpx, h2) into .deps/python"
+  rm -f "$PY_DIR"/.stamp-http-*
+  "$PYTHON" -m pip install --disable-pip-version-check --no-input -q \
+    --root-user-action=ignore --no-deps --upgrade --target "$PY_DIR" "${PY_HTTP_REQUIREMENTS[@]}" </dev/null
+  touch "$HTTP_STAMP"
+  log "python: httpx done ($(elapsed "$t0"))"
 fi
 
 # --- 3. ONNX Runtime shared library ----------------------------------------
@@ -415,12 +442,21 @@ fi
 t0=$(now)
 CARGO_DENY_VERSION="0.20.2" # needs Rust 1.88+; a source build: ~4 min on 2 idle cores
 CARGO_DENY="$ROOT/.deps/cargo/bin/cargo-deny"
-if [[ "$("$CARGO_DENY" --version 2>/dev/null || true)" == "cargo-deny $CARGO_DENY_VERSION" ]]; then
+# A build is kept per user in ~/.cache/taskmesh too, so another checkout on the
+# same machine (a fresh clone for CI) copies it instead of building it again.
+DENY_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/taskmesh/cargo-deny-$CARGO_DENY_VERSION"
+deny_ok() { [[ "$("$1" --version 2>/dev/null || true)" == "cargo-deny $CARGO_DENY_VERSION" ]]; }
+if deny_ok "$CARGO_DENY"; then
   log "cargo-deny: $CARGO_DENY_VERSION present, skipped ($(elapsed "$t0"))"
+elif deny_ok "$DENY_CACHE"; then
+  mkdir -p "$(dirname "$CARGO_DENY")"
+  cp "$DENY_CACHE" "$CARGO_DENY"
+  log "cargo-deny: $CARGO_DENY_VERSION copied from $DENY_CACHE ($(elapsed "$t0"))"
 else
   log "cargo-deny: installing $CARGO_DENY_VERSION into .deps/cargo (cargo install --locked; a few minutes, once)"
   cargo install --locked --quiet --force --root "$ROOT/.deps/cargo" \
     cargo-deny --version "$CARGO_DENY_VERSION" </dev/null
+  mkdir -p "$(dirname "$DENY_CACHE")" && cp "$CARGO_DENY" "$DENY_CACHE" || true
   log "cargo-deny: done ($(elapsed "$t0"))"
 fi
 

@@ -125,8 +125,21 @@ impl registry::api::NodeDirectory for ClusterNodes {
     }
 }
 
+/// Only routers serve TLS: refuse the settings elsewhere rather than serve
+/// plain HTTP to someone who asked for TLS.
+fn router_only_tls(config: &Config, role: &str) -> Result<()> {
+    if config.tls_listen.is_some() || config.tls_cert.is_some() || config.tls_key.is_some() {
+        bail!(
+            "--tls-listen/--tls-cert/--tls-key (TASKMESH_TLS_*) are for `taskmesh router`: \
+             the {role} serves plain HTTP inside the cluster"
+        );
+    }
+    Ok(())
+}
+
 /// `taskmesh registry`: the admin API over Redis and the model store.
 pub async fn registry(config: Config) -> Result<()> {
+    router_only_tls(&config, "registry")?;
     runtime::ortenv::environment().map_err(anyhow::Error::msg)?;
     let key = operator_key()?;
     let cluster_key = cluster_key(&config)?;
@@ -198,6 +211,7 @@ pub async fn registry(config: Config) -> Result<()> {
 
 /// `taskmesh node`: a runtime node that heartbeats into membership.
 pub async fn node(config: Config) -> Result<()> {
+    router_only_tls(&config, "node")?;
     runtime::ortenv::environment().map_err(anyhow::Error::msg)?;
     let cluster_key = cluster_key(&config)?;
     let listen = config.listen_or("127.0.0.1:9000");
@@ -327,9 +341,11 @@ pub async fn node(config: Config) -> Result<()> {
 /// SIGTERM (or Ctrl-C): readiness turns false, listeners close, open
 /// connections get GOAWAY and `drain_timeout_s` to finish. SIGQUIT: the
 /// listening socket goes to the new router started with `--upgrade` (on the
-/// same upgrade socket), then the same graceful stop.
+/// same upgrade socket), then the same graceful stop. SIGHUP: the TLS
+/// certificate is reloaded now (its files are also looked at every 2 s).
 pub async fn router(config: Config, upgrade: bool) -> Result<()> {
     let cluster_key = cluster_key(&config)?;
+    let tls = config.checked_tls()?;
     let listen = config.listen_or(crate::up::DEFAULT_ROUTER_LISTEN);
     let redis = connect_redis(&config).await?;
     let store: Arc<dyn registry::Store> = Arc::new(redis.clone());
@@ -388,18 +404,29 @@ pub async fn router(config: Config, upgrade: bool) -> Result<()> {
                 .unwrap_or_else(|| config.data_dir.join("router-upgrade.sock")),
         ),
         grace: Duration::from_secs(config.drain_timeout_s),
+        tls,
     };
     std::fs::create_dir_all(&config.data_dir)?;
     let handle = tokio::task::spawn_blocking(move || router::start(options, deps)).await??;
     println!("taskmesh router listening on http://{listen}");
+    if let Some(tls) = &config.tls() {
+        println!("taskmesh router listening on https://{}", tls.listen);
+    }
     let how = {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut quit = signal(SignalKind::quit())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => router::Stop::Graceful,
-            _ = term.recv() => router::Stop::Graceful,
-            _ = quit.recv() => router::Stop::Upgrade,
+        let mut hangup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break router::Stop::Graceful,
+                _ = term.recv() => break router::Stop::Graceful,
+                _ = quit.recv() => break router::Stop::Upgrade,
+                // The certificate files are also looked at every few seconds.
+                _ = hangup.recv() => {
+                    handle.reload_tls();
+                }
+            }
         }
     };
     tracing::info!(?how, "router stopping");

@@ -63,6 +63,15 @@ pub struct Config {
     /// File holding the cluster key (cluster mode; else `TASKMESH_CLUSTER_KEY`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_key_file: Option<PathBuf>,
+    /// Router: a TLS listener beside the plain one (with `tls_cert` and `tls_key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_listen: Option<SocketAddr>,
+    /// Router: PEM certificate chain of the TLS listener (reloaded when it changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// Router: PEM private key of the TLS listener (reloaded when it changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -89,6 +98,9 @@ impl Default for Config {
             drain_timeout_s: 30,
             upgrade_sock: None,
             cluster_key_file: None,
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -189,7 +201,61 @@ impl Config {
         })
     }
 
+    /// The router's TLS listener, when configured (all three settings are
+    /// given; [`Config::validate`] refuses some without the others).
+    pub fn tls(&self) -> Option<router::tls::TlsOptions> {
+        match (&self.tls_listen, &self.tls_cert, &self.tls_key) {
+            (Some(listen), Some(cert), Some(key)) => Some(router::tls::TlsOptions {
+                listen: *listen,
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The TLS listener, with its certificate and key loaded once to check
+    /// them, so that a process refuses to start on files that do not load.
+    pub fn checked_tls(&self) -> anyhow::Result<Option<router::tls::TlsOptions>> {
+        let Some(tls) = self.tls() else {
+            return Ok(None);
+        };
+        router::tls::ReloadingCert::load(&tls.cert, &tls.key).map_err(anyhow::Error::msg)?;
+        Ok(Some(tls))
+    }
+
     pub fn validate(&self) -> Result<(), String> {
+        match (&self.tls_listen, &self.tls_cert, &self.tls_key) {
+            (None, None, None) | (Some(_), Some(_), Some(_)) => {}
+            (_, Some(_), None) => {
+                return Err(
+                    "tls_cert (--tls-cert) is given without tls_key (--tls-key): \
+                    the TLS listener needs both"
+                        .into(),
+                )
+            }
+            (_, None, Some(_)) => {
+                return Err(
+                    "tls_key (--tls-key) is given without tls_cert (--tls-cert): \
+                    the TLS listener needs both"
+                        .into(),
+                )
+            }
+            (Some(_), None, None) => {
+                return Err(
+                    "tls_listen (--tls-listen) needs tls_cert and tls_key (--tls-cert, --tls-key)"
+                        .into(),
+                )
+            }
+            (None, Some(_), Some(_)) => {
+                return Err(
+                    "tls_cert and tls_key are given without tls_listen (--tls-listen ADDR)".into(),
+                )
+            }
+        }
+        if self.tls_listen.is_some() && self.tls_listen == self.listen {
+            return Err("tls_listen must differ from listen: the plain listener stays".into());
+        }
         if self.router_threads == Some(0) || self.session_threads == 0 {
             return Err("router_threads and session_threads must be at least 1".into());
         }
@@ -258,6 +324,67 @@ mod tests {
         let short = vec![("TASKMESH_CLUSTER_KEY".to_string(), "abc".to_string())];
         let err = none.cluster_key(&short).unwrap_err();
         assert!(err.contains("32") && !err.contains("abc"), "{err}");
+    }
+
+    #[test]
+    fn tls_needs_its_listener_certificate_and_key_together() {
+        let load = |pairs: &[(&str, &str)]| {
+            let env: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| (format!("TASKMESH_{k}"), v.to_string()))
+                .collect();
+            Config::load(None, &env, figment::value::Dict::new())
+        };
+        let none = load(&[]).unwrap();
+        assert_eq!(none.tls(), None);
+        assert!(none.checked_tls().unwrap().is_none());
+
+        let all = load(&[
+            ("TLS_LISTEN", "127.0.0.1:8443"),
+            ("TLS_CERT", "/etc/tm/cert.pem"),
+            ("TLS_KEY", "/etc/tm/key.pem"),
+        ])
+        .unwrap();
+        let tls = all.tls().unwrap();
+        assert_eq!(tls.listen.port(), 8443);
+        assert_eq!(tls.cert, PathBuf::from("/etc/tm/cert.pem"));
+        assert_eq!(tls.key, PathBuf::from("/etc/tm/key.pem"));
+        // Files that do not exist are refused at start, naming the file.
+        let err = all.checked_tls().unwrap_err().to_string();
+        assert!(err.contains("/etc/tm/cert.pem"), "{err}");
+
+        let refusals = [
+            (
+                vec![("TLS_LISTEN", "127.0.0.1:8443"), ("TLS_CERT", "c.pem")],
+                "without tls_key",
+            ),
+            (
+                vec![("TLS_LISTEN", "127.0.0.1:8443"), ("TLS_KEY", "k.pem")],
+                "without tls_cert",
+            ),
+            (vec![("TLS_CERT", "c.pem")], "without tls_key"),
+            (
+                vec![("TLS_LISTEN", "127.0.0.1:8443")],
+                "needs tls_cert and tls_key",
+            ),
+            (
+                vec![("TLS_CERT", "c.pem"), ("TLS_KEY", "k.pem")],
+                "without tls_listen",
+            ),
+            (
+                vec![
+                    ("LISTEN", "127.0.0.1:8443"),
+                    ("TLS_LISTEN", "127.0.0.1:8443"),
+                    ("TLS_CERT", "c.pem"),
+                    ("TLS_KEY", "k.pem"),
+                ],
+                "must differ",
+            ),
+        ];
+        for (pairs, why) in refusals {
+            let err = load(&pairs).unwrap_err().to_string();
+            assert!(err.contains(why), "{pairs:?}: {err}");
+        }
     }
 
     #[test]

@@ -104,6 +104,38 @@ struct ClusterArgs {
     /// TASKMESH_CLUSTER_KEY): nodes refuse calls without it.
     #[arg(long)]
     cluster_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// The router's TLS listener (each also `TASKMESH_TLS_*` or `tls_*` in taskmesh.toml).
+#[derive(Args, Default)]
+struct TlsArgs {
+    /// Router: also serve TLS here (h2 and HTTP/1.1 by ALPN); needs --tls-cert and --tls-key.
+    #[arg(long, value_name = "ADDR")]
+    tls_listen: Option<String>,
+    /// Router: PEM certificate chain for --tls-listen (reloaded when the file changes).
+    #[arg(long, value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// Router: PEM private key for --tls-listen (reloaded when the file changes).
+    #[arg(long, value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn flags(&self, dict: &mut Dict) {
+        flag(dict, "tls_listen", self.tls_listen.clone());
+        flag(
+            dict,
+            "tls_cert",
+            self.tls_cert.as_ref().map(|p| p.display().to_string()),
+        );
+        flag(
+            dict,
+            "tls_key",
+            self.tls_key.as_ref().map(|p| p.display().to_string()),
+        );
+    }
 }
 
 #[derive(Args, Default)]
@@ -132,6 +164,8 @@ struct UpArgs {
     /// Also route to a runtime node running elsewhere (repeatable).
     #[arg(long = "extra-node", value_name = "ADDR")]
     extra_nodes: Vec<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Subcommand)]
@@ -238,6 +272,7 @@ fn main() -> Result<()> {
                 "examples",
                 a.examples.as_ref().map(|p| p.display().to_string()),
             );
+            a.tls.flags(&mut flags);
         }
         Command::Fn {
             command: FnCommand::Register { admin_url, .. } | FnCommand::List { admin_url },
@@ -273,6 +308,7 @@ fn main() -> Result<()> {
             if a.gpu {
                 flags.insert("gpu".into(), true.into());
             }
+            a.tls.flags(&mut flags);
         }
     }
     let mut config =

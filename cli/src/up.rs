@@ -17,11 +17,16 @@ use crate::config::Config;
 pub const DEFAULT_ROUTER_LISTEN: &str = "127.0.0.1:8080";
 
 pub async fn run(config: Config) -> Result<()> {
-    // Refuse at once, before anything is written, when an address is taken.
+    // Refuse at once, before anything is written, when an address is taken
+    // or the TLS certificate does not load.
+    let tls = config.checked_tls()?;
     for (what, addr) in [
         ("router", config.listen_or(DEFAULT_ROUTER_LISTEN)),
         ("admin API", config.admin_listen),
-    ] {
+    ]
+    .into_iter()
+    .chain(tls.as_ref().map(|t| ("router (TLS)", t.listen)))
+    {
         std::net::TcpListener::bind(addr)
             .with_context(|| format!("the {what} cannot listen on {addr}"))?;
     }
@@ -148,13 +153,18 @@ pub async fn run(config: Config) -> Result<()> {
             cluster_key,
         )
     };
-    let router = tokio::task::spawn_blocking(move || {
-        router::start(router::RouterOptions::new(listen, router_threads), deps)
-    })
-    .await??;
+    let tls_listen = tls.as_ref().map(|t| t.listen);
+    let options = router::RouterOptions {
+        tls,
+        ..router::RouterOptions::new(listen, router_threads)
+    };
+    let router = tokio::task::spawn_blocking(move || router::start(options, deps)).await??;
 
     println!("taskmesh is up");
     println!("  router   http://{listen}  (HTTP/1.1 and h2c)");
+    if let Some(tls_listen) = tls_listen {
+        println!("  router   https://{tls_listen}  (TLS: h2 and HTTP/1.1 by ALPN)");
+    }
     println!("  admin    http://{admin_addr}");
     println!("  node     http://{node_addr}");
     println!("  data     {}", config.data_dir.display());
@@ -168,7 +178,7 @@ pub async fn run(config: Config) -> Result<()> {
             config.data_dir.join("admin.key").display()
         ),
     }
-    wait_for_signal().await;
+    wait_for_signal(&router).await;
     tracing::info!("shutting down");
     tokio::task::spawn_blocking(move || router.shutdown()).await?;
     let _ = stop_tx.send(true);
@@ -199,12 +209,19 @@ fn fixed_nodes(
     set
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or Ctrl-C; SIGHUP meanwhile reloads the TLS certificate.
+async fn wait_for_signal(router: &router::RouterHandle) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hangup.recv() => {
+                router.reload_tls();
+            }
+        }
     }
 }
 

@@ -119,6 +119,67 @@ async fn keys_tenants_and_scopes() {
 }
 
 #[tokio::test]
+async fn metrics_keep_two_tenants_functions_of_one_name_apart() {
+    let p = Platform::start(&["--no-examples"]);
+    let operator = p.client();
+    let url = p.router_url("/v1/functions/digits/invoke");
+    // Tenants a and b each register their own `digits`; a calls once, b twice.
+    for (tenant, calls) in [("a", 1), ("b", 2)] {
+        let (_, key) = create_client(
+            &operator,
+            &p,
+            json!({"name": format!("{tenant}-admin"), "tenant": tenant, "scopes": ["admin", "invoke"]}),
+        )
+        .await;
+        let admin = TestClient::h2c().with_key(&key);
+        digits(&admin, &p, "digits", json!({})).await;
+        for _ in 0..calls {
+            assert_eq!(admin.post_json(&url, &sample()).await.status, 200);
+        }
+    }
+    // A call without a key names no tenant and no function.
+    TestClient::h2c()
+        .post_json(&url, &sample())
+        .await
+        .expect_error(401, "unauthenticated");
+
+    let metrics = p.metrics().await;
+    for needle in [
+        r#"taskmesh_router_requests_total{tenant="a",function="digits",version="1",status="200"} 1"#,
+        r#"taskmesh_router_requests_total{tenant="b",function="digits",version="1",status="200"} 2"#,
+        r#"taskmesh_router_request_duration_seconds_count{tenant="a",function="digits"} 1"#,
+        r#"taskmesh_router_request_duration_seconds_count{tenant="b",function="digits"} 2"#,
+        r#"taskmesh_router_version_calls_total{tenant="a",function="digits",version="1"} 1"#,
+        r#"taskmesh_router_version_calls_total{tenant="b",function="digits",version="1"} 2"#,
+        r#"taskmesh_router_breaker_state{tenant="a",function="digits",version="1"} 0"#,
+        r#"taskmesh_router_breaker_state{tenant="b",function="digits",version="1"} 0"#,
+        r#"taskmesh_runtime_cold_start_seconds_count{tenant="a",function="digits"} 1"#,
+        r#"taskmesh_runtime_cold_start_seconds_count{tenant="b",function="digits"} 1"#,
+        r#"taskmesh_router_requests_total{tenant="-",function="-",version="-",status="401"} 1"#,
+        r#"taskmesh_router_refusals_total{tenant="-",function="-",version="-",code="unauthenticated"} 1"#,
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing from {metrics}");
+    }
+    // Every router and node series that names a function names its tenant
+    // first (after a histogram bucket's `le`, which the encoder puts first).
+    let families = ["taskmesh_router_", "taskmesh_runtime_"];
+    for line in metrics
+        .lines()
+        .filter(|l| families.iter().any(|f| l.starts_with(f)) && l.contains("function="))
+    {
+        let labels = line.split_once('{').map_or("", |(_, rest)| rest);
+        let labels = match labels.strip_prefix("le=\"") {
+            Some(rest) => rest.split_once("\",").map_or("", |(_, rest)| rest),
+            None => labels,
+        };
+        assert!(
+            labels.starts_with("tenant="),
+            "a series without a leading tenant: {line}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn schemas_in_and_out() {
     let p = Platform::start(&["--no-examples"]);
     let client = p.client();
@@ -321,10 +382,12 @@ async fn breaker_opens_on_a_failing_function_and_recovers() {
     assert!(refused.header("retry-after").is_some());
     let metrics = p.metrics().await;
     assert!(
-        metrics.contains(r#"taskmesh_router_breaker_state{function="addpair",version="1"} 1"#),
+        metrics.contains(
+            r#"taskmesh_router_breaker_state{tenant="default",function="addpair",version="1"} 1"#
+        ),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"taskmesh_router_refusals_total{function="addpair",version="1",code="circuit_open"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"taskmesh_router_refusals_total{tenant="default",function="addpair",version="1",code="circuit_open"} 1"#), "{metrics}");
     // After open_s one trial passes and closes it.
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let trial = client.post_json(&url, &fine).await;

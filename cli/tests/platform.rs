@@ -105,7 +105,7 @@ async fn register_invoke_and_version_over_h2c() {
     let text = p.metrics().await;
     assert!(
         text.contains(
-            r#"taskmesh_router_requests_total{function="digits",version="1",status="200"} 6"#
+            r#"taskmesh_router_requests_total{tenant="default",function="digits",version="1",status="200"} 6"#
         ),
         "{text}"
     );

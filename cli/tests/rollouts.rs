@@ -412,8 +412,8 @@ async fn a_healthy_rollout_walks_every_step_and_ends_on_the_new_version() {
     // Metrics: per version, and the rollout's step and outcome.
     let text = p.metrics().await;
     for needle in [
-        "taskmesh_router_version_calls_total{function=\"healthy\",version=\"2\"}",
-        "taskmesh_router_version_latency_seconds_count{function=\"healthy\",version=\"2\"}",
+        "taskmesh_router_version_calls_total{tenant=\"default\",function=\"healthy\",version=\"2\"}",
+        "taskmesh_router_version_latency_seconds_count{tenant=\"default\",function=\"healthy\",version=\"2\"}",
         "taskmesh_rollout_outcomes_total{function=\"healthy\",alias=\"live\",outcome=\"promoted\"} 1",
         "taskmesh_rollout_step{function=\"healthy\",alias=\"live\"} -1",
     ] {
@@ -533,7 +533,7 @@ async fn a_failing_version_is_rolled_back_at_its_first_step_and_the_old_one_keep
     assert!(after.iter().all(|(_, s, v)| *s == 200 && *v == 1));
     let text = p.metrics().await;
     assert!(
-        text.contains("taskmesh_router_version_errors_total{function=\"failing\",version=\"2\",kind=\"invalid_output\"}"),
+        text.contains("taskmesh_router_version_errors_total{tenant=\"default\",function=\"failing\",version=\"2\",kind=\"invalid_output\"}"),
         "{text}"
     );
     assert!(text.contains("outcome=\"rolled_back\"} 1"), "{text}");

@@ -76,7 +76,9 @@ async fn cold_then_warm_then_cold_again_after_the_idle_timeout() {
 
     let metrics = p.metrics().await;
     assert!(
-        metrics.contains(r#"taskmesh_runtime_cold_start_seconds_count{function="digits"} 2"#),
+        metrics.contains(
+            r#"taskmesh_runtime_cold_start_seconds_count{tenant="default",function="digits"} 2"#
+        ),
         "{metrics}"
     );
 }
@@ -147,7 +149,7 @@ async fn the_memory_budget_evicts_the_least_recently_used_and_refuses_when_it_ca
     );
     let metrics = p.metrics().await;
     assert!(
-        metrics.contains(r#"taskmesh_runtime_evictions_total{function="iris"} 1"#),
+        metrics.contains(r#"taskmesh_runtime_evictions_total{tenant="default",function="iris"} 1"#),
         "{metrics}"
     );
 
@@ -416,7 +418,11 @@ async fn batch_runs(p: &Platform, function: &str) -> (f64, f64) {
     let value = |name: &str| -> f64 {
         metrics
             .lines()
-            .find(|l| l.starts_with(&format!("{name}{{function=\"{function}\"}}")))
+            .find(|l| {
+                l.starts_with(&format!(
+                    "{name}{{tenant=\"default\",function=\"{function}\"}}"
+                ))
+            })
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
             .unwrap_or(0.0)
     };
@@ -529,11 +535,15 @@ async fn a_node_that_is_overloaded_is_retried_then_reported() {
     assert!(reply.header("retry-after").is_some());
     let metrics = p.metrics().await;
     assert!(
-        metrics.contains(r#"taskmesh_router_retries_total{function="slow",version="1"} 2"#),
+        metrics.contains(
+            r#"taskmesh_router_retries_total{tenant="default",function="slow",version="1"} 2"#
+        ),
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"taskmesh_router_breaker_state{function="slow",version="1"} 0"#),
+        metrics.contains(
+            r#"taskmesh_router_breaker_state{tenant="default",function="slow",version="1"} 0"#
+        ),
         "overload is not the function's failure: {metrics}"
     );
     assert_eq!(blocker.await.unwrap(), 200);

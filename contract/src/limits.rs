@@ -47,8 +47,32 @@ pub const MAX_IMAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Widest and tallest image decoded, read from its header before decoding.
 pub const MAX_IMAGE_SIDE: u32 = 4096;
 
-/// Memory the image decoder may allocate for one image.
+/// Memory the image decoder may allocate for one image (the `image` crate's
+/// allocation limit, a second line of defence), and the highest
+/// `max_decoded_bytes` an image input may declare.
 pub const MAX_IMAGE_DECODE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Cap on one image's decoded size (width × height × channels × bytes per
+/// sample, read from its header before any pixel is decoded) for an image
+/// input that declares no `resize` and no `max_decoded_bytes`; also the floor
+/// of the cap derived from `resize`. It admits a 12-megapixel 8-bit RGB photo
+/// (36 MiB) and refuses a 4096×4096 16-bit RGBA one (128 MiB).
+pub const DEFAULT_IMAGE_DECODED_BYTES: u64 = 48 * 1024 * 1024;
+
+/// With `resize: [h, w]` (and no `max_decoded_bytes`), an image may decode to
+/// this many times the resized image's RGBA 8-bit bytes (`h × w × 4`), but
+/// never less than [`DEFAULT_IMAGE_DECODED_BYTES`] nor more than
+/// [`MAX_IMAGE_DECODE_BYTES`].
+pub const IMAGE_DECODED_PER_RESIZED: u64 = 16;
+
+/// The node's memory budget for decoded images in flight, when not set: this
+/// fraction (1/N) of the instance memory budget (`--memory-budget-mb`), and
+/// never less than [`MAX_IMAGE_DECODE_BYTES`].
+pub const PREPROCESS_MEMORY_DIVISOR: u64 = 4;
+
+/// Calls waiting on one node for a place to be pre-processed (tokenized,
+/// images decoded); past this a call gets 503 `overloaded`.
+pub const MAX_PREPROCESS_WAITING: usize = 1024;
 
 /// Largest `max_length` a text input may declare, in tokens.
 pub const MAX_TOKENS: usize = 8192;

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use contract::{ApiError, ErrorCode, FunctionVersion, Principal};
-use policies::breaker::Permit;
+use pingora_error::{Error, ErrorSource};
+use policies::breaker::{Outcome, Permit};
 
 use crate::admission::StreamedBody;
 use crate::guards::GuardPass;
@@ -97,4 +98,25 @@ impl Default for Ctx {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// What a call tells its version's breaker: server faults are failures;
+/// client faults (4xx) and a node's `overloaded` are not the function's; a
+/// call the client cancelled before any answer tells nothing (`None`), so
+/// cancelled calls can never open the breaker for everyone.
+pub fn breaker_outcome(status: u16, e: Option<&Error>, ctx: &Ctx) -> Option<Outcome> {
+    let client_gave_up =
+        status == 0 && e.is_some_and(|e| matches!(e.esource(), ErrorSource::Downstream));
+    if client_gave_up {
+        return None;
+    }
+    let not_the_functions_fault = ctx.upstream_error == Some(ErrorCode::Overloaded)
+        || ctx.error_code == Some(ErrorCode::Overloaded);
+    Some(
+        if (status >= 500 || status == 0) && !not_the_functions_fault {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        },
+    )
 }

@@ -471,19 +471,20 @@ impl Guards {
         }
     }
 
-    /// Breaker states for metrics: 0 closed, 1 open, 2 half-open.
-    pub fn breaker_states(&self) -> Vec<(String, u32, i64)> {
+    /// Breaker states for metrics, as (tenant, function, version, state):
+    /// 0 closed, 1 open, 2 half-open.
+    pub fn breaker_states(&self) -> Vec<(String, String, u32, i64)> {
         let now = Instant::now();
         let mut breakers = self.breakers.lock().expect("breakers lock");
         breakers
             .iter_mut()
-            .map(|((_, name, version), b)| {
+            .map(|((tenant, name, version), b)| {
                 let state = match b.state(now) {
                     BreakerState::Closed => 0,
                     BreakerState::Open => 1,
                     BreakerState::HalfOpen => 2,
                 };
-                (name.clone(), *version, state)
+                (tenant.clone(), name.clone(), *version, state)
             })
             .collect()
     }

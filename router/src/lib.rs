@@ -1,8 +1,10 @@
 //! The router: Pingora's HTTP proxy as the data-plane front door.
 //!
-//! One plain listener speaks HTTP/1.1 and h2c with prior knowledge. Requests are
-//! checked and refused in `request_filter`, then proxied over h2c to a runtime
-//! node. See `proxy.rs` for the phase hooks and ARCHITECTURE.md for the path.
+//! One plain listener speaks HTTP/1.1 and h2c with prior knowledge; an
+//! optional TLS listener (`tls`) beside it offers `h2` and `http/1.1` by ALPN.
+//! Requests are checked and refused in `request_filter`, then proxied over h2c
+//! to a runtime node. See `proxy.rs` for the phase hooks and ARCHITECTURE.md
+//! for the path.
 //!
 //! # Modules, in layers
 //!
@@ -18,7 +20,8 @@
 //!      through one function, `respond::write_error`;
 //!    - `guards`: the guard rails' per-key state (limiters, quotas, in-flight
 //!      counts, breakers, retry budgets);
-//!    - `placement`: the live nodes, their ring and this router's load on them.
+//!    - `placement`: the live nodes, their ring and this router's load on them;
+//!    - `tls`: the TLS listener's certificate, reloaded from its files.
 //! 2. `admission` (body cap, read and validation; names `routes`) and `local`
 //!    (the answers the router gives itself; names `routes`, `metrics`,
 //!    `guards`, `placement`).
@@ -36,6 +39,7 @@ pub mod placement;
 pub mod proxy;
 mod respond;
 pub mod routes;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +49,7 @@ use async_trait::async_trait;
 use contract::limits;
 use contract::ports::{Authenticator, Catalog, Counters, SharedLimits};
 use pingora_core::apps::HttpServerOptions;
+use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::protocols::http::v2::server::default_h2_options;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
@@ -65,6 +70,8 @@ pub struct RouterOptions {
     pub upgrade_sock: Option<std::path::PathBuf>,
     /// How long a graceful stop lets open connections finish (after GOAWAY).
     pub grace: Duration,
+    /// A TLS listener beside the plain one (`h2` and `http/1.1` by ALPN).
+    pub tls: Option<tls::TlsOptions>,
 }
 
 impl RouterOptions {
@@ -76,6 +83,7 @@ impl RouterOptions {
             upgrade: false,
             upgrade_sock: None,
             grace: Duration::ZERO,
+            tls: None,
         }
     }
 }
@@ -142,9 +150,17 @@ pub struct RouterHandle {
     stop: Option<tokio::sync::oneshot::Sender<Stop>>,
     thread: Option<std::thread::JoinHandle<()>>,
     pub state: Arc<RouterState>,
+    /// The TLS listener's certificate, when there is one.
+    pub tls: Option<Arc<tls::ReloadingCert>>,
 }
 
 impl RouterHandle {
+    /// Reloads the TLS certificate now if its files changed (the router also
+    /// looks every [`tls::RELOAD_INTERVAL`]); `None` without a TLS listener.
+    pub fn reload_tls(&self) -> Option<tls::Reload> {
+        self.tls.as_ref().map(|cert| cert.reload_now())
+    }
+
     /// Stops accepting, closes connections and waits for the server thread.
     pub fn shutdown(self) {
         self.stop(Stop::Fast)
@@ -192,7 +208,32 @@ pub fn start(options: RouterOptions, deps: RouterDeps) -> anyhow::Result<RouterH
     if !options.upgrade {
         std::net::TcpListener::bind(options.listen)
             .map_err(|e| anyhow::anyhow!("the router cannot listen on {}: {e}", options.listen))?;
+        if let Some(tls) = &options.tls {
+            std::net::TcpListener::bind(tls.listen).map_err(|e| {
+                anyhow::anyhow!("the router cannot listen (TLS) on {}: {e}", tls.listen)
+            })?;
+        }
     }
+    if options
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.listen == options.listen)
+    {
+        anyhow::bail!(
+            "the router's TLS listener needs its own address, not {}",
+            options.listen
+        );
+    }
+    // A certificate that does not load stops the start (Pingora would panic
+    // on its own thread instead).
+    let tls = match &options.tls {
+        Some(t) => Some((
+            t.listen,
+            Arc::new(tls::ReloadingCert::load(&t.cert, &t.key).map_err(anyhow::Error::msg)?),
+        )),
+        None => None,
+    };
+    let handle_tls = tls.as_ref().map(|(_, cert)| cert.clone());
     let mut state = RouterState::new(
         deps.catalog,
         deps.auth,
@@ -246,6 +287,19 @@ pub fn start(options: RouterOptions, deps: RouterDeps) -> anyhow::Result<RouterH
                 .initial_window_size(limits::H2_INITIAL_STREAM_WINDOW_BYTES)
                 .initial_connection_window_size(limits::H2_INITIAL_CONNECTION_WINDOW_BYTES);
             app.h2_options = Some(h2);
+            // Listeners are bound in the order added, all before any accepts:
+            // TLS first, so that a plain listener that answers means both are up.
+            if let Some((tls_listen, cert)) = &tls {
+                // Paths are unused: the resolver hands out the certificate.
+                let mut settings = TlsSettings::intermediate("", "").expect("TLS settings");
+                settings.set_cert_resolver(cert.clone());
+                settings.enable_h2();
+                service.add_tls_with_settings(&tls_listen.to_string(), None, settings);
+                server.add_service(background_service(
+                    "taskmesh-tls-reload",
+                    tls::Reloader { cert: cert.clone() },
+                ));
+            }
             service.add_tcp(&listen.to_string());
             server.add_service(service);
             server.add_service(background_service(
@@ -262,7 +316,10 @@ pub fn start(options: RouterOptions, deps: RouterDeps) -> anyhow::Result<RouterH
         stop: Some(stop_tx),
         thread: Some(thread),
         state,
+        tls: handle_tls,
     };
+    // The TLS listener is bound before the plain one (see above); it is not
+    // probed (an empty connection is a failed handshake, and logged).
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_err() {
         if Instant::now() > deadline {

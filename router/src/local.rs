@@ -132,7 +132,73 @@ pub async fn function_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use contract::definition::{parse, Syntax};
+    use contract::ports::Counters;
+    use contract::version::ModelSignature;
+    use contract::Principal;
+    use policies::breaker::Outcome;
     use policies::ring::Bounds;
+    use std::sync::Arc;
+
+    struct NoCounters;
+
+    #[async_trait::async_trait]
+    impl Counters for NoCounters {
+        async fn get_counter(&self, _key: &str) -> Result<u64, String> {
+            Ok(0)
+        }
+        async fn add_counters(&self, _deltas: Vec<(String, u64)>) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// Version 1 of a function named `f` in `tenant`, with the default breaker.
+    fn version(tenant: &str) -> FunctionVersion {
+        let body = format!(
+            r#"{{"name": "f", "model": "sha256:{}", "inputs": {{"x": {{"tensor": "x"}}}}, "outputs": {{"y": {{"tensor": "y"}}}}}}"#,
+            "0".repeat(64)
+        );
+        FunctionVersion {
+            tenant: tenant.into(),
+            name: "f".into(),
+            version: 1,
+            created_at_ms: 1,
+            definition: parse(body.as_bytes(), Syntax::Json).unwrap(),
+            signature: ModelSignature {
+                inputs: vec![],
+                outputs: vec![],
+            },
+            inputs: vec![],
+            outputs: vec![],
+            model_size_bytes: 0,
+            schemas: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn breaker_states_are_one_series_per_tenant() {
+        let guards = Guards::new(Arc::new(NoCounters), None);
+        for tenant in ["a", "b"] {
+            let principal = Principal {
+                client_id: format!("{tenant}-app"),
+                tenant: tenant.into(),
+                scopes: vec![],
+                plan: Default::default(),
+            };
+            let version = version(tenant);
+            let mut pass = guards
+                .admit(&principal, &version, &mut Vec::new())
+                .await
+                .unwrap();
+            guards.release(&version, &mut pass, Some(Outcome::Success));
+        }
+        let text = metrics_text(&Metrics::new(), &guards, None);
+        for tenant in ["a", "b"] {
+            let series =
+                format!("taskmesh_router_breaker_state{{tenant=\"{tenant}\",function=\"f\",version=\"1\"}} 0");
+            assert!(text.contains(&series), "{series} missing from {text}");
+        }
+    }
 
     #[test]
     fn readiness_turns_503_while_draining() {

@@ -1,8 +1,11 @@
 //! Router metrics (Prometheus text at `/metrics`).
 //!
 //! Names follow `taskmesh_<area>_<name>_<unit>`; counters end in `_total`.
-//! Labels never carry keys, bodies or anything a caller typed except the
-//! function name of a registered function (unknown names are `-`).
+//! Every family that names a function leads with its `tenant`, so that two
+//! tenants' functions of the same name are two series. Labels never carry
+//! keys, bodies or anything a caller typed except the tenant and name of a
+//! registered function (unknown or unauthenticated calls are tenant `-`,
+//! function `-`).
 //!
 //! Bottom layer: names nothing else in the crate.
 
@@ -18,6 +21,7 @@ pub type MetricsSource = std::sync::Arc<dyn Fn() -> String + Send + Sync>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
+    pub tenant: String,
     pub function: String,
     pub version: String,
     pub status: String,
@@ -25,11 +29,13 @@ pub struct RequestLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FunctionLabels {
+    pub tenant: String,
     pub function: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabels {
+    pub tenant: String,
     pub function: String,
     pub version: String,
     pub code: String,
@@ -37,15 +43,25 @@ pub struct RefusalLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
+    pub tenant: String,
     pub function: String,
     pub version: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionErrorLabels {
+    pub tenant: String,
     pub function: String,
     pub version: String,
     pub kind: String,
+}
+
+fn version_labels(tenant: &str, function: &str, version: u32) -> VersionLabels {
+    VersionLabels {
+        tenant: tenant.to_string(),
+        function: function.to_string(),
+        version: version.to_string(),
+    }
 }
 
 pub struct Metrics {
@@ -74,7 +90,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
-            "Requests answered by the router, by function, version and status",
+            "Requests answered by the router, by tenant, function, version and status",
             requests.clone(),
         );
         let duration = Family::<FunctionLabels, Histogram>::new_with_constructor(|| {
@@ -82,38 +98,38 @@ impl Metrics {
         });
         registry.register_with_unit(
             "request_duration",
-            "Time from request start to the end of the response, by function",
+            "Time from request start to the end of the response, by tenant and function",
             prometheus_client::registry::Unit::Seconds,
             duration.clone(),
         );
         let refusals = Family::<RefusalLabels, Counter>::default();
         registry.register(
             "refusals",
-            "Requests answered with an error, by function, version and error code",
+            "Requests answered with an error, by tenant, function, version and error code",
             refusals.clone(),
         );
         let retries = Family::<VersionLabels, Counter>::default();
         registry.register(
             "retries",
-            "Attempts retried on another node, by function and version",
+            "Attempts retried on another node, by tenant, function and version",
             retries.clone(),
         );
         let breaker_state = Family::<VersionLabels, Gauge>::default();
         registry.register(
             "breaker_state",
-            "Circuit breaker state by function and version: 0 closed, 1 open, 2 half-open",
+            "Circuit breaker state by tenant, function and version: 0 closed, 1 open, 2 half-open",
             breaker_state.clone(),
         );
         let version_calls = Family::<VersionLabels, Counter>::default();
         registry.register(
             "version_calls",
-            "Calls per function version that reached a node or failed on the server side",
+            "Calls per function version (by tenant) that reached a node or failed on the server side",
             version_calls.clone(),
         );
         let version_errors = Family::<VersionErrorLabels, Counter>::default();
         registry.register(
             "version_errors",
-            "Calls per function version answered with a 5xx, by error code (kind)",
+            "Calls per function version (by tenant) answered with a 5xx, by error code (kind)",
             version_errors.clone(),
         );
         let version_latency = Family::<VersionLabels, Histogram>::new_with_constructor(|| {
@@ -121,7 +137,7 @@ impl Metrics {
         });
         registry.register_with_unit(
             "version_latency",
-            "Latency of the calls in version_calls, by function version",
+            "Latency of the calls in version_calls, by tenant and function version",
             prometheus_client::registry::Unit::Seconds,
             version_latency.clone(),
         );
@@ -138,10 +154,18 @@ impl Metrics {
         }
     }
 
-    pub fn record(&self, function: &str, version: Option<u32>, status: u16, seconds: f64) {
+    pub fn record(
+        &self,
+        tenant: &str,
+        function: &str,
+        version: Option<u32>,
+        status: u16,
+        seconds: f64,
+    ) {
         let version = version.map_or_else(|| "-".to_string(), |v| v.to_string());
         self.requests
             .get_or_create(&RequestLabels {
+                tenant: tenant.to_string(),
                 function: function.to_string(),
                 version,
                 status: status.to_string(),
@@ -149,6 +173,7 @@ impl Metrics {
             .inc();
         self.duration
             .get_or_create(&FunctionLabels {
+                tenant: tenant.to_string(),
                 function: function.to_string(),
             })
             .observe(seconds);
@@ -156,16 +181,21 @@ impl Metrics {
 
     /// One call of a version for the per-version metrics; `error` is the
     /// error code of a failed call.
-    pub fn record_version(&self, function: &str, version: u32, error: Option<&str>, seconds: f64) {
-        let labels = VersionLabels {
-            function: function.to_string(),
-            version: version.to_string(),
-        };
+    pub fn record_version(
+        &self,
+        tenant: &str,
+        function: &str,
+        version: u32,
+        error: Option<&str>,
+        seconds: f64,
+    ) {
+        let labels = version_labels(tenant, function, version);
         self.version_calls.get_or_create(&labels).inc();
         self.version_latency.get_or_create(&labels).observe(seconds);
         if let Some(kind) = error {
             self.version_errors
                 .get_or_create(&VersionErrorLabels {
+                    tenant: labels.tenant,
                     function: labels.function,
                     version: labels.version,
                     kind: kind.to_string(),
@@ -174,10 +204,11 @@ impl Metrics {
         }
     }
 
-    pub fn refused(&self, function: &str, version: Option<u32>, code: &str) {
+    pub fn refused(&self, tenant: &str, function: &str, version: Option<u32>, code: &str) {
         let version = version.map_or_else(|| "-".to_string(), |v| v.to_string());
         self.refusals
             .get_or_create(&RefusalLabels {
+                tenant: tenant.to_string(),
                 function: function.to_string(),
                 version,
                 code: code.to_string(),
@@ -185,22 +216,17 @@ impl Metrics {
             .inc();
     }
 
-    pub fn retried(&self, function: &str, version: u32) {
+    pub fn retried(&self, tenant: &str, function: &str, version: u32) {
         self.retries
-            .get_or_create(&VersionLabels {
-                function: function.to_string(),
-                version: version.to_string(),
-            })
+            .get_or_create(&version_labels(tenant, function, version))
             .inc();
     }
 
-    pub fn observe_breakers(&self, states: &[(String, u32, i64)]) {
-        for (function, version, state) in states {
+    /// Breaker states as (tenant, function, version, state).
+    pub fn observe_breakers(&self, states: &[(String, String, u32, i64)]) {
+        for (tenant, function, version, state) in states {
             self.breaker_state
-                .get_or_create(&VersionLabels {
-                    function: function.clone(),
-                    version: version.to_string(),
-                })
+                .get_or_create(&version_labels(tenant, function, *version))
                 .set(*state);
         }
     }
@@ -221,12 +247,62 @@ mod tests {
     #[test]
     fn records_show_up_in_the_text_format() {
         let m = Metrics::new();
-        m.record("digits", Some(2), 200, 0.003);
-        m.record("digits", Some(2), 200, 0.004);
+        m.record("default", "digits", Some(2), 200, 0.003);
+        m.record("default", "digits", Some(2), 200, 0.004);
+        m.record("-", "-", None, 401, 0.001);
+        m.refused("-", "-", None, "unauthenticated");
         let text = m.encode();
-        assert!(text.contains("taskmesh_router_requests_total{function=\"digits\",version=\"2\",status=\"200\"} 2"), "{text}");
+        assert!(text.contains("taskmesh_router_requests_total{tenant=\"default\",function=\"digits\",version=\"2\",status=\"200\"} 2"), "{text}");
         assert!(
-            text.contains("taskmesh_router_request_duration_seconds_count{function=\"digits\"} 2"),
+            text.contains("taskmesh_router_request_duration_seconds_count{tenant=\"default\",function=\"digits\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("taskmesh_router_requests_total{tenant=\"-\",function=\"-\",version=\"-\",status=\"401\"} 1"), "{text}");
+        assert!(text.contains("taskmesh_router_refusals_total{tenant=\"-\",function=\"-\",version=\"-\",code=\"unauthenticated\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn one_function_name_in_two_tenants_is_two_series() {
+        let m = Metrics::new();
+        m.record("a", "digits", Some(1), 200, 0.002);
+        m.record("b", "digits", Some(1), 200, 0.002);
+        m.record("b", "digits", Some(1), 200, 0.002);
+        m.refused("a", "digits", Some(1), "rate_limited");
+        m.retried("b", "digits", 1);
+        m.record_version("a", "digits", 1, Some("function_failed"), 0.01);
+        m.record_version("b", "digits", 1, None, 0.01);
+        m.observe_breakers(&[
+            ("a".to_string(), "digits".to_string(), 1, 1),
+            ("b".to_string(), "digits".to_string(), 1, 0),
+        ]);
+        let text = m.encode();
+        for needle in [
+            "taskmesh_router_requests_total{tenant=\"a\",function=\"digits\",version=\"1\",status=\"200\"} 1",
+            "taskmesh_router_requests_total{tenant=\"b\",function=\"digits\",version=\"1\",status=\"200\"} 2",
+            "taskmesh_router_request_duration_seconds_count{tenant=\"a\",function=\"digits\"} 1",
+            "taskmesh_router_request_duration_seconds_count{tenant=\"b\",function=\"digits\"} 2",
+            "taskmesh_router_refusals_total{tenant=\"a\",function=\"digits\",version=\"1\",code=\"rate_limited\"} 1",
+            "taskmesh_router_retries_total{tenant=\"b\",function=\"digits\",version=\"1\"} 1",
+            "taskmesh_router_version_calls_total{tenant=\"a\",function=\"digits\",version=\"1\"} 1",
+            "taskmesh_router_version_calls_total{tenant=\"b\",function=\"digits\",version=\"1\"} 1",
+            "taskmesh_router_version_errors_total{tenant=\"a\",function=\"digits\",version=\"1\",kind=\"function_failed\"} 1",
+            "taskmesh_router_version_latency_seconds_count{tenant=\"b\",function=\"digits\",version=\"1\"} 1",
+            "taskmesh_router_breaker_state{tenant=\"a\",function=\"digits\",version=\"1\"} 1",
+            "taskmesh_router_breaker_state{tenant=\"b\",function=\"digits\",version=\"1\"} 0",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+        // Only tenant a's call failed, and only tenant b's was retried.
+        assert!(
+            !text.contains("taskmesh_router_version_errors_total{tenant=\"b\""),
+            "{text}"
+        );
+        assert!(
+            !text.contains("taskmesh_router_retries_total{tenant=\"a\""),
+            "{text}"
+        );
+        assert!(
+            !text.contains("taskmesh_router_refusals_total{tenant=\"b\""),
             "{text}"
         );
     }

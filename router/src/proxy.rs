@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use contract::limits::{DEFAULT_MAX_BODY_BYTES, UPSTREAM_MAX_H2_STREAMS};
+use contract::limits::UPSTREAM_MAX_H2_STREAMS;
 use contract::ports::{Authenticator, Catalog, Counters, SharedLimits};
 use contract::{ApiError, ClusterKey, ErrorCode, FunctionVersion, Principal, Qualifier, Scope};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -41,7 +41,7 @@ use policies::breaker::{self, Permit};
 use policies::retry::{FailureKind, RetryDecision};
 
 use crate::admission;
-use crate::call::Ctx;
+use crate::call::{self, Ctx};
 use crate::guards::Guards;
 use crate::local::{self, LocalAnswer};
 use crate::metrics::Metrics;
@@ -276,7 +276,9 @@ impl TaskmeshProxy {
         {
             RetryDecision::RetryAfter(delay) => {
                 ctx.retry_delay = Some(delay);
-                self.state.metrics.retried(&version.name, version.version);
+                self.state
+                    .metrics
+                    .retried(&version.tenant, &version.name, version.version);
                 tracing::info!(invocation_id = %ctx.invocation_id, attempt = ctx.attempts + 1, delay_ms = delay.as_millis() as u64, "retrying on the next node");
                 true
             }
@@ -570,7 +572,7 @@ impl ProxyHttp for TaskmeshProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let err = ctx.refusal.take().unwrap_or_else(|| classify(e));
+        let err = ctx.refusal.take().unwrap_or_else(|| respond::classify(e));
         // A client that went away gets no answer.
         let client_gone = e.esource() == &ErrorSource::Downstream
             && matches!(
@@ -605,16 +607,17 @@ impl ProxyHttp for TaskmeshProxy {
         if let (Some(version), Some(mut pass)) = (ctx.function.clone(), ctx.guard_pass.take()) {
             self.state
                 .guards
-                .release(&version, &mut pass, breaker_outcome(status, e, ctx));
+                .release(&version, &mut pass, call::breaker_outcome(status, e, ctx));
         }
-        let (function, version) = match &ctx.function {
-            Some(v) => (v.name.as_str(), Some(v.version)),
-            None => ("-", None),
+        // A call with no resolved function (unknown, unauthenticated) is `-`, `-`.
+        let (tenant, function, version) = match &ctx.function {
+            Some(v) => (v.tenant.as_str(), v.name.as_str(), Some(v.version)),
+            None => ("-", "-", None),
         };
         let seconds = ctx.started.elapsed().as_secs_f64();
         self.state
             .metrics
-            .record(function, version, status, seconds);
+            .record(tenant, function, version, status, seconds);
         // Per-version evidence for rollouts: calls that reached a node or
         // failed on the server side (a 4xx is the caller's, not the version's).
         if let (Some(served), Some(_)) = (&ctx.function, ctx.body_kind) {
@@ -626,36 +629,21 @@ impl ProxyHttp for TaskmeshProxy {
                         .or(ctx.upstream_error)
                         .map_or("function_failed", |c| c.as_str())
                 });
-                self.state
-                    .metrics
-                    .record_version(&served.name, served.version, kind, seconds);
+                self.state.metrics.record_version(
+                    &served.tenant,
+                    &served.name,
+                    served.version,
+                    kind,
+                    seconds,
+                );
             }
         }
         if let Some(code) = ctx.error_code.or(ctx.upstream_error) {
-            self.state.metrics.refused(function, version, code.as_str());
+            self.state
+                .metrics
+                .refused(tenant, function, version, code.as_str());
         }
     }
-}
-
-/// What a call tells its version's breaker: server faults are failures;
-/// client faults (4xx) and a node's `overloaded` are not the function's; a
-/// call the client cancelled before any answer tells nothing (`None`), so
-/// cancelled calls can never open the breaker for everyone.
-fn breaker_outcome(status: u16, e: Option<&Error>, ctx: &Ctx) -> Option<breaker::Outcome> {
-    let client_gave_up =
-        status == 0 && e.is_some_and(|e| matches!(e.esource(), ErrorSource::Downstream));
-    if client_gave_up {
-        return None;
-    }
-    let not_the_functions_fault = ctx.upstream_error == Some(ErrorCode::Overloaded)
-        || ctx.error_code == Some(ErrorCode::Overloaded);
-    Some(
-        if (status >= 500 || status == 0) && !not_the_functions_fault {
-            breaker::Outcome::Failure
-        } else {
-            breaker::Outcome::Success
-        },
-    )
 }
 
 /// The caller's headers a node is given; the router adds its own
@@ -669,32 +657,3 @@ const FORWARDED_HEADERS: &[&str] = &[
     "traceparent",
     "tracestate",
 ];
-
-/// Maps a proxying failure that no hook classified to the contract's error.
-fn classify(e: &Error) -> ApiError {
-    match e.etype() {
-        ErrorType::ConnectTimedout
-        | ErrorType::ConnectRefused
-        | ErrorType::ConnectNoRoute
-        | ErrorType::ConnectError => {
-            ApiError::new(ErrorCode::Unavailable, "no runtime node could be reached")
-                .with_retry_after(1)
-        }
-        ErrorType::ReadTimedout => ApiError::new(
-            ErrorCode::Timeout,
-            "the runtime node did not answer within the deadline",
-        ),
-        ErrorType::HTTPStatus(413) => admission::too_large(DEFAULT_MAX_BODY_BYTES),
-        ErrorType::HTTPStatus(504) => {
-            ApiError::new(ErrorCode::Timeout, "the invocation's deadline passed")
-        }
-        _ if e.esource() == &ErrorSource::Upstream => ApiError::new(
-            ErrorCode::FunctionFailed,
-            "the runtime node failed while answering",
-        ),
-        _ if e.esource() == &ErrorSource::Downstream => {
-            ApiError::bad_request("the request could not be read")
-        }
-        _ => ApiError::new(ErrorCode::Internal, "internal router error"),
-    }
-}

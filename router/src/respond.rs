@@ -5,8 +5,9 @@
 //! Bottom layer: names nothing else in the crate.
 
 use bytes::Bytes;
-use contract::{headers, ApiError};
-use pingora_error::Result;
+use contract::limits::DEFAULT_MAX_BODY_BYTES;
+use contract::{headers, ApiError, ErrorCode};
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use serde_json::Value;
@@ -100,6 +101,38 @@ pub async fn write_error(
                 .write_error_response(header, body)
                 .await
         }
+    }
+}
+
+/// Maps a proxying failure that no hook classified to the contract's error.
+pub fn classify(e: &Error) -> ApiError {
+    match e.etype() {
+        ErrorType::ConnectTimedout
+        | ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError => {
+            ApiError::new(ErrorCode::Unavailable, "no runtime node could be reached")
+                .with_retry_after(1)
+        }
+        ErrorType::ReadTimedout => ApiError::new(
+            ErrorCode::Timeout,
+            "the runtime node did not answer within the deadline",
+        ),
+        ErrorType::HTTPStatus(413) => ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("body is larger than the limit of {DEFAULT_MAX_BODY_BYTES} bytes"),
+        ),
+        ErrorType::HTTPStatus(504) => {
+            ApiError::new(ErrorCode::Timeout, "the invocation's deadline passed")
+        }
+        _ if e.esource() == &ErrorSource::Upstream => ApiError::new(
+            ErrorCode::FunctionFailed,
+            "the runtime node failed while answering",
+        ),
+        _ if e.esource() == &ErrorSource::Downstream => {
+            ApiError::bad_request("the request could not be read")
+        }
+        _ => ApiError::new(ErrorCode::Internal, "internal router error"),
     }
 }
 

@@ -1,5 +1,8 @@
 //! Runtime metrics (Prometheus text, appended to the router's `/metrics` in
 //! single-process mode and served at the node's own `/metrics`).
+//!
+//! Every family leads with the function's `tenant`, so that two tenants'
+//! functions of the same name are two series.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -9,7 +12,15 @@ use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FunctionLabels {
+    pub tenant: String,
     pub function: String,
+}
+
+fn labels(tenant: &str, function: &str) -> FunctionLabels {
+    FunctionLabels {
+        tenant: tenant.to_string(),
+        function: function.to_string(),
+    }
 }
 
 pub struct RuntimeMetrics {
@@ -33,14 +44,14 @@ impl RuntimeMetrics {
         });
         registry.register_with_unit(
             "cold_start",
-            "Time from a call needing a new instance to the end of its first run (fetch, load, first run), by function",
+            "Time from a call needing a new instance to the end of its first run (fetch, load, first run), by tenant and function",
             Unit::Seconds,
             cold_starts.clone(),
         );
         let evictions = Family::<FunctionLabels, Counter>::default();
         registry.register(
             "evictions",
-            "Idle instances evicted to fit the memory budget, by function",
+            "Idle instances evicted to fit the memory budget, by tenant and function",
             evictions.clone(),
         );
         let batch_sizes = Family::<FunctionLabels, Histogram>::new_with_constructor(|| {
@@ -48,7 +59,7 @@ impl RuntimeMetrics {
         });
         registry.register(
             "batch_size",
-            "Calls combined into one run by dynamic batching, by function",
+            "Calls combined into one run by dynamic batching, by tenant and function",
             batch_sizes.clone(),
         );
         RuntimeMetrics {
@@ -59,27 +70,21 @@ impl RuntimeMetrics {
         }
     }
 
-    pub fn cold_start(&self, function: &str, seconds: f64) {
+    pub fn cold_start(&self, tenant: &str, function: &str, seconds: f64) {
         self.cold_starts
-            .get_or_create(&FunctionLabels {
-                function: function.to_string(),
-            })
+            .get_or_create(&labels(tenant, function))
             .observe(seconds);
     }
 
-    pub fn batch(&self, function: &str, calls: usize) {
+    pub fn batch(&self, tenant: &str, function: &str, calls: usize) {
         self.batch_sizes
-            .get_or_create(&FunctionLabels {
-                function: function.to_string(),
-            })
+            .get_or_create(&labels(tenant, function))
             .observe(calls as f64);
     }
 
-    pub fn evicted(&self, function: &str) {
+    pub fn evicted(&self, tenant: &str, function: &str) {
         self.evictions
-            .get_or_create(&FunctionLabels {
-                function: function.to_string(),
-            })
+            .get_or_create(&labels(tenant, function))
             .inc();
     }
 
@@ -89,5 +94,34 @@ impl RuntimeMetrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_function_name_in_two_tenants_is_two_series() {
+        let m = RuntimeMetrics::new();
+        m.cold_start("a", "digits", 0.2);
+        m.cold_start("b", "digits", 0.3);
+        m.cold_start("b", "digits", 0.3);
+        m.batch("a", "digits", 4);
+        m.evicted("b", "digits");
+        let text = m.encode();
+        for needle in [
+            r#"taskmesh_runtime_cold_start_seconds_count{tenant="a",function="digits"} 1"#,
+            r#"taskmesh_runtime_cold_start_seconds_count{tenant="b",function="digits"} 2"#,
+            r#"taskmesh_runtime_batch_size_count{tenant="a",function="digits"} 1"#,
+            r#"taskmesh_runtime_batch_size_sum{tenant="a",function="digits"} 4"#,
+            r#"taskmesh_runtime_evictions_total{tenant="b",function="digits"} 1"#,
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+        assert!(
+            !text.contains(r#"taskmesh_runtime_evictions_total{tenant="a""#),
+            "{text}"
+        );
     }
 }

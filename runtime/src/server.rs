@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::engine::{Engine, Priority};
-use crate::prepost::{self, Prepost};
+use crate::prepost::{self, Prepost, PreprocessBudget};
 
 /// Header that orders a call in its function's queue: `high`, `normal` or `low`.
 pub const PRIORITY_HEADER: &str = contract::headers::PRIORITY;
@@ -196,7 +196,13 @@ async fn require_cluster_key(
 /// tenant data) needs the cluster key.
 pub fn router(engine: Arc<Engine>, node_id: String, cluster_key: ClusterKey) -> Router {
     let node = Arc::new(Node {
-        prepost: Prepost::new(engine.sources().artifacts.clone()),
+        prepost: Prepost::new(
+            engine.sources().artifacts.clone(),
+            PreprocessBudget::from_limits(
+                engine.config().preprocess,
+                engine.config().memory_budget_bytes,
+            ),
+        ),
         engine,
         node_id,
     });
@@ -345,9 +351,10 @@ async fn invoke(
         let input = json_body(&version, body).await?;
         let checked = protocol::invoke_inputs(&version, &input)?;
         let left = || deadline.saturating_duration_since(Instant::now());
-        let prepared = tokio::time::timeout(left(), node.prepost.prepare(&version, checked))
-            .await
-            .map_err(|_| deadline_passed(&version, limit))??;
+        let prepared =
+            tokio::time::timeout(left(), node.prepost.prepare(&version, checked, deadline))
+                .await
+                .map_err(|_| deadline_passed(&version, limit))??;
         if left().is_zero() {
             return Err(deadline_passed(&version, limit));
         }

@@ -91,7 +91,7 @@ def close(a, b, tol: float) -> bool:
     return a == b
 
 
-METRIC = re.compile(r'^taskmesh_runtime_batch_size_(count|sum)\{function="([^"]+)"\}\s+([0-9.eE+-]+)', re.M)
+METRIC = re.compile(r'^taskmesh_runtime_batch_size_(count|sum)\{tenant="[^"]*",function="([^"]+)"\}\s+([0-9.eE+-]+)', re.M)
 
 
 def batch_counters(tm: Taskmesh) -> dict[str, tuple[float, float]]:

@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::common::{find, items, kind, tensor_names, ItemLimits};
-use crate::limits::{MAX_IMAGE_BYTES, MAX_IMAGE_SIDE};
+use crate::limits::{
+    DEFAULT_IMAGE_DECODED_BYTES, IMAGE_DECODED_PER_RESIZED, MAX_IMAGE_BYTES,
+    MAX_IMAGE_DECODE_BYTES, MAX_IMAGE_SIDE,
+};
 use crate::names::escape;
 use crate::signature::{InputBinding, InputSource, ModelSignature, ModelType};
 use crate::tensor::{shape_display, DType, Violation};
@@ -36,6 +39,11 @@ pub struct ImageSpec {
     pub std: Option<Vec<f64>>,
     #[serde(default)]
     pub layout: Layout,
+    /// Most bytes one image may decode to (width × height × channels × bytes
+    /// per sample, from its header), 1..=[`MAX_IMAGE_DECODE_BYTES`]; absent is
+    /// derived from `resize` (see [`ImageSpec::decoded_bytes_cap`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_decoded_bytes: Option<u64>,
 }
 
 impl ImageSpec {
@@ -44,6 +52,22 @@ impl ImageSpec {
             1
         } else {
             3
+        }
+    }
+
+    /// The most bytes one image of this input may decode to, checked on the
+    /// node against the image's header before any pixel is decoded:
+    /// `max_decoded_bytes` when declared; else, with `resize: [h, w]`,
+    /// [`IMAGE_DECODED_PER_RESIZED`] × `h × w × 4` (the resized image in RGBA
+    /// 8-bit) within [`DEFAULT_IMAGE_DECODED_BYTES`]..=[`MAX_IMAGE_DECODE_BYTES`];
+    /// else [`DEFAULT_IMAGE_DECODED_BYTES`].
+    pub fn decoded_bytes_cap(&self) -> u64 {
+        match (self.max_decoded_bytes, self.resize) {
+            (Some(cap), _) => cap.min(MAX_IMAGE_DECODE_BYTES),
+            (None, Some([h, w])) => (u64::from(h) * u64::from(w) * 4)
+                .saturating_mul(IMAGE_DECODED_PER_RESIZED)
+                .clamp(DEFAULT_IMAGE_DECODED_BYTES, MAX_IMAGE_DECODE_BYTES),
+            (None, None) => DEFAULT_IMAGE_DECODED_BYTES,
         }
     }
 
@@ -112,6 +136,14 @@ pub fn check(p: &str, image: &ImageSpec) -> Vec<Violation> {
             v.push(Violation::new(
                 format!("{p}/resize"),
                 format!("[{h}, {w}]: each side must be in 1..={MAX_IMAGE_SIDE}"),
+            ));
+        }
+    }
+    if let Some(cap) = image.max_decoded_bytes {
+        if !(1..=MAX_IMAGE_DECODE_BYTES).contains(&cap) {
+            v.push(Violation::new(
+                format!("{p}/max_decoded_bytes"),
+                format!("{cap}: must be in 1..={MAX_IMAGE_DECODE_BYTES}"),
             ));
         }
     }

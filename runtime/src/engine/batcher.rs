@@ -121,7 +121,7 @@ impl Engine {
                 "the batch did not finish before its deadline",
             )),
         };
-        self.metrics.batch(&version.name, calls);
+        self.metrics.batch(&version.tenant, &version.name, calls);
         match result {
             Ok(parts) => {
                 for (reply, outputs) in replies.into_iter().zip(parts) {

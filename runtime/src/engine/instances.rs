@@ -192,7 +192,7 @@ impl Engine {
             let pool = state.pools.get_mut(&key).expect("victim pool");
             let slot = pool.slots.remove(index);
             state.memory_used = state.memory_used.saturating_sub(slot.instance.memory);
-            self.metrics.evicted(&key.1);
+            self.metrics.evicted(&key.0, &key.1);
             tracing::info!(function = %key.1, version = key.2, "evicted the least recently used idle instance");
         }
         Ok(())
@@ -242,7 +242,8 @@ impl Engine {
             .take()
         {
             let total = parts.fetch + parts.load + first_run;
-            self.metrics.cold_start(&version.name, total.as_secs_f64());
+            self.metrics
+                .cold_start(&version.tenant, &version.name, total.as_secs_f64());
             tracing::info!(
                 function = %version.name,
                 version = version.version,

@@ -89,6 +89,10 @@ impl Engine {
         &self.sources
     }
 
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
     pub fn metrics(&self) -> &RuntimeMetrics {
         &self.metrics
     }

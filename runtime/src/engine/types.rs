@@ -16,6 +16,7 @@ use ort::session::Session;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::prepost::PreprocessLimits;
 use crate::session::SessionOptions;
 
 /// A function version on this node: tenant, name, version number.
@@ -42,6 +43,11 @@ pub struct EngineConfig {
     pub memory_budget_bytes: u64,
     /// How often idle instances are looked for.
     pub reap_interval: Duration,
+    /// Pre-processing (tokenizing, image decoding) on this node: calls at
+    /// once and bytes of decoded images in flight; `0` fields take their
+    /// defaults (the cores, and `memory_budget_bytes / 4`, at least
+    /// `MAX_IMAGE_DECODE_BYTES`: see `prepost/budget.rs`).
+    pub preprocess: PreprocessLimits,
 }
 
 impl Default for EngineConfig {
@@ -50,6 +56,7 @@ impl Default for EngineConfig {
             session: SessionOptions::default(),
             memory_budget_bytes: 4 << 30,
             reap_interval: Duration::from_millis(250),
+            preprocess: PreprocessLimits::default(),
         }
     }
 }

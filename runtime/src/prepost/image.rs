@@ -1,7 +1,15 @@
-//! Image inputs: decoding under size limits (the header is read first, and
-//! an image over [`MAX_IMAGE_SIDE`] a side is refused before any pixel is
-//! decoded; the decoder runs under an allocation limit), grayscale or RGB,
-//! bilinear resize, `(pixel / scale - mean) / std`, in the declared layout.
+//! Image inputs: decoding under size limits, grayscale or RGB, bilinear
+//! resize, `(pixel / scale - mean) / std`, in the declared layout.
+//!
+//! The header is read first, and before any pixel is decoded an image is
+//! refused (422 with its pointer) when it is over [`MAX_IMAGE_SIDE`] a side or
+//! when its decoded size (width × height × channels × bytes per sample) is
+//! over its input's cap ([`ImageSpec::decoded_bytes_cap`]: `max_decoded_bytes`,
+//! else derived from `resize`). The decoder then runs under the `image`
+//! crate's own limits (sides and [`MAX_IMAGE_DECODE_BYTES`]) as a second line
+//! of defence. Each image asks for its working set (see [`working_bytes`])
+//! before it is decoded, and holds it until it is resized, so the node can
+//! count it against its budget (`budget.rs`).
 //!
 //! Uses only `prepost::common`.
 
@@ -13,7 +21,7 @@ use contract::tensor::{shape_display, DType, Tensor, TensorData};
 use contract::ApiError;
 use contract::InputBinding;
 use image::imageops::FilterType;
-use image::{ImageFormat, ImageReader, Limits};
+use image::{ColorType, DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 
 use super::common::refuse;
 
@@ -35,12 +43,40 @@ fn format_name(format: ImageFormat) -> &'static str {
     }
 }
 
+/// The estimated peak memory of decoding one `width`×`height` image that
+/// decodes to `decoded` bytes into `channels` 8-bit channels: the decoded
+/// buffer plus the converted copy (the resized copy is small beside them).
+pub fn working_bytes(decoded: u64, width: u32, height: u32, channels: usize) -> u64 {
+    let converted = u64::from(width) * u64::from(height) * channels as u64;
+    decoded.saturating_add(converted)
+}
+
+fn describe(color: ColorType) -> String {
+    let channels = color.channel_count();
+    let bits = color.bits_per_pixel() / u16::from(channels.max(1));
+    format!("{channels} channel(s) of {bits} bits")
+}
+
 /// Decodes the images of one field into its tensor, as the spec declares.
 pub fn image_tensor(
     spec: &ImageSpec,
     binding: &InputBinding,
     images: &[Vec<u8>],
     pointer: &str,
+) -> Result<Tensor, ApiError> {
+    image_tensor_within(spec, binding, images, pointer, |_| Ok(()))
+}
+
+/// [`image_tensor`], where each image, once its header passed the checks and
+/// before any pixel is decoded, asks `admit` for its working set in bytes
+/// ([`working_bytes`]) and holds what `admit` returns until it is resized. An
+/// error from `admit` ends the call with that error.
+pub fn image_tensor_within<G>(
+    spec: &ImageSpec,
+    binding: &InputBinding,
+    images: &[Vec<u8>],
+    pointer: &str,
+    mut admit: impl FnMut(u64) -> Result<G, ApiError>,
 ) -> Result<Tensor, ApiError> {
     let item = |i: usize| {
         if images.len() == 1 {
@@ -50,6 +86,7 @@ pub fn image_tensor(
         }
     };
     let channels = spec.channels();
+    let cap = spec.decoded_bytes_cap();
     let mut size: Option<(u32, u32)> = spec.resize.map(|[h, w]| (h, w));
     let mut pixels: Vec<Vec<u8>> = Vec::with_capacity(images.len());
     for (i, bytes) in images.iter().enumerate() {
@@ -63,13 +100,28 @@ pub fn image_tensor(
             (ImageDecode::Any, None) => return Err(refuse(&at, "not a PNG or JPEG image")),
         };
         let name = format_name(format);
-        let (w, h) = ImageReader::with_format(Cursor::new(bytes), format)
-            .into_dimensions()
-            .map_err(|e| refuse(&at, format!("not a valid {name} image: {e}")))?;
+        let invalid = |e: image::ImageError| refuse(&at, format!("not a valid {name} image: {e}"));
+        // The header only: no pixel is decoded before the checks below.
+        let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+        let mut header_limits = Limits::no_limits();
+        header_limits.max_alloc = Some(MAX_IMAGE_DECODE_BYTES);
+        reader.limits(header_limits);
+        let mut decoder = reader.into_decoder().map_err(invalid)?;
+        let (w, h) = decoder.dimensions();
         if w == 0 || h == 0 || w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
             return Err(refuse(
                 &at,
                 format!("the image is {w}x{h}; each side must be in 1..={MAX_IMAGE_SIDE}"),
+            ));
+        }
+        let decoded_bytes = decoder.total_bytes();
+        if decoded_bytes > cap {
+            return Err(refuse(
+                &at,
+                format!(
+                    "the image is {w}x{h} with {}, {decoded_bytes} bytes decoded; the limit for this input is {cap} bytes",
+                    describe(decoder.color_type())
+                ),
             ));
         }
         let (th, tw) = match size {
@@ -90,15 +142,16 @@ pub fn image_tensor(
                 format!("the images give {elements} values; the limit is {MAX_TENSOR_ELEMENTS}"),
             ));
         }
-        let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+        // The second line of defence: the decoder's own limits, with the
+        // output buffer reserved as `ImageReader::decode` does.
         let mut limits = Limits::default();
         limits.max_image_width = Some(MAX_IMAGE_SIDE);
         limits.max_image_height = Some(MAX_IMAGE_SIDE);
         limits.max_alloc = Some(MAX_IMAGE_DECODE_BYTES);
-        reader.limits(limits);
-        let decoded = reader
-            .decode()
-            .map_err(|e| refuse(&at, format!("not a valid {name} image: {e}")))?;
+        limits.reserve(decoded_bytes).map_err(invalid)?;
+        decoder.set_limits(limits).map_err(invalid)?;
+        let held = admit(working_bytes(decoded_bytes, w, h, channels))?;
+        let decoded = DynamicImage::from_decoder(decoder).map_err(invalid)?;
         let raw = if spec.grayscale {
             let luma = decoded.into_luma8();
             if (luma.height(), luma.width()) == (th, tw) {
@@ -114,6 +167,7 @@ pub fn image_tensor(
                 image::imageops::resize(&rgb, tw, th, FilterType::Triangle).into_raw()
             }
         };
+        drop(held);
         pixels.push(raw);
     }
     let (h, w) = size.map_or((0, 0), |(h, w)| (h as usize, w as usize));
@@ -317,5 +371,164 @@ mod tests {
         let any = image_spec(json!({"grayscale": true, "layout": "flat"}));
         let t = image_tensor(&any, &binding, &[jpeg], "/image").unwrap();
         assert_eq!(t.shape, vec![1, 784]);
+    }
+
+    /// A PNG file from its chunks, each `(type, data)`, with their CRCs.
+    fn png_chunks(chunks: &[(&[u8; 4], Vec<u8>)]) -> Vec<u8> {
+        fn crc32(bytes: &[u8]) -> u32 {
+            let mut crc = 0xFFFF_FFFFu32;
+            for b in bytes {
+                crc ^= u32::from(*b);
+                for _ in 0..8 {
+                    crc = if crc & 1 == 1 {
+                        (crc >> 1) ^ 0xEDB8_8320
+                    } else {
+                        crc >> 1
+                    };
+                }
+            }
+            !crc
+        }
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        for (kind, data) in chunks {
+            out.extend((data.len() as u32).to_be_bytes());
+            let mut typed = kind.to_vec();
+            typed.extend(data);
+            out.extend(&typed);
+            out.extend(crc32(&typed).to_be_bytes());
+        }
+        out
+    }
+
+    /// A PNG whose header claims `w`x`h`, 16-bit RGBA, with junk for pixels.
+    fn claimed_png(w: u32, h: u32) -> Vec<u8> {
+        let mut ihdr = Vec::new();
+        ihdr.extend(w.to_be_bytes());
+        ihdr.extend(h.to_be_bytes());
+        ihdr.extend([16, 6, 0, 0, 0]); // 16 bits, RGBA, deflate, no filter, no interlace
+        png_chunks(&[
+            (b"IHDR", ihdr),
+            (b"IDAT", b"not a zlib stream".to_vec()),
+            (b"IEND", Vec::new()),
+        ])
+    }
+
+    /// The finding's bomb, made by the `image` crate's encoder: 4096x4096
+    /// 16-bit RGBA zeros, about 130 KB that decode to 128 MiB.
+    fn bomb() -> Vec<u8> {
+        use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+        use image::ImageEncoder;
+        let mut out = Vec::new();
+        PngEncoder::new_with_quality(&mut out, CompressionType::Best, FilterType::NoFilter)
+            .write_image(
+                &vec![0; 4096 * 4096 * 8],
+                4096,
+                4096,
+                image::ExtendedColorType::Rgba16,
+            )
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn the_decoded_size_is_capped_from_the_header_before_any_pixel_is_decoded() {
+        let fashion = image_spec(
+            json!({"decode": "png", "resize": [28, 28], "grayscale": true, "layout": "flat"}),
+        );
+        let binding = image_binding(&[-1, 784]);
+        let asked = std::cell::RefCell::new(Vec::new());
+        let admit = |bytes: u64| {
+            asked.borrow_mut().push(bytes);
+            Ok(())
+        };
+        // A header alone claims 128 MiB: refused with its size and the cap.
+        // Its pixels are junk, so decoding would have failed differently.
+        let claimed = claimed_png(4096, 4096);
+        assert!(claimed.len() < 100);
+        let err =
+            image_tensor_within(&fashion, &binding, &[claimed], "/image", &admit).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidInput);
+        let cap = contract::limits::DEFAULT_IMAGE_DECODED_BYTES;
+        assert_eq!(
+            pointer_and_message(&err),
+            (
+                "/image".into(),
+                format!(
+                    "the image is 4096x4096 with 4 channel(s) of 16 bits, 134217728 bytes decoded; the limit for this input is {cap} bytes"
+                )
+            )
+        );
+        // The real bomb: a small file that decodes to 128 MiB, the second of two.
+        let bomb = bomb();
+        assert!(bomb.len() < 200 * 1024, "{} bytes", bomb.len());
+        let two = [png(gray(28, 28)), bomb];
+        let err = image_tensor_within(&fashion, &binding, &two, "/image", &admit).unwrap_err();
+        let (pointer, message) = pointer_and_message(&err);
+        assert_eq!(pointer, "/image/1");
+        assert!(message.contains("134217728 bytes decoded"), "{message}");
+        // Only the first, normal image asked for memory: 784 bytes decoded and
+        // 784 converted.
+        assert_eq!(*asked.borrow(), vec![2 * 784]);
+
+        // A declared max_decoded_bytes replaces the default.
+        let mut tight = fashion.clone();
+        tight.max_decoded_bytes = Some(700);
+        let err = image_tensor(&tight, &binding, &[png(gray(28, 28))], "/image").unwrap_err();
+        assert!(
+            pointer_and_message(&err)
+                .1
+                .ends_with("784 bytes decoded; the limit for this input is 700 bytes"),
+            "{err:?}"
+        );
+        // What admit refuses ends the call with its error, before decoding.
+        let err = image_tensor_within(&fashion, &binding, &[png(gray(28, 28))], "/image", |_| {
+            Err::<(), _>(ApiError::new(ErrorCode::Timeout, "late"))
+        })
+        .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Timeout);
+    }
+
+    #[test]
+    fn the_default_cap_follows_the_resize_within_its_bounds() {
+        use contract::limits::{DEFAULT_IMAGE_DECODED_BYTES, MAX_IMAGE_DECODE_BYTES};
+        let cap = |spec: Value| image_spec(spec).decoded_bytes_cap();
+        // Small resizes still take ordinary photos (a 12-megapixel RGB one is 36 MiB).
+        assert_eq!(
+            cap(json!({"resize": [28, 28]})),
+            DEFAULT_IMAGE_DECODED_BYTES
+        );
+        assert_eq!(
+            cap(json!({"resize": [224, 224]})),
+            DEFAULT_IMAGE_DECODED_BYTES
+        );
+        const { assert!(4032 * 3024 * 3 < DEFAULT_IMAGE_DECODED_BYTES) };
+        // 16 × the resized RGBA 8-bit bytes.
+        assert_eq!(cap(json!({"resize": [1024, 1024]})), 64 << 20);
+        assert_eq!(cap(json!({"resize": [4096, 4096]})), MAX_IMAGE_DECODE_BYTES);
+        assert_eq!(cap(json!({})), DEFAULT_IMAGE_DECODED_BYTES);
+        assert_eq!(cap(json!({"max_decoded_bytes": 1000})), 1000);
+        assert_eq!(
+            cap(json!({"resize": [28, 28], "max_decoded_bytes": 200 << 20})),
+            200 << 20
+        );
+        // At registration: within 1..=MAX_IMAGE_DECODE_BYTES.
+        for (bytes, ok) in [
+            (0, false),
+            (1, true),
+            (MAX_IMAGE_DECODE_BYTES, true),
+            (MAX_IMAGE_DECODE_BYTES + 1, false),
+        ] {
+            let violations = contract::processing::image::check(
+                "/inputs/image/image",
+                &image_spec(json!({ "max_decoded_bytes": bytes })),
+            );
+            assert_eq!(violations.is_empty(), ok, "{bytes}: {violations:?}");
+            if !ok {
+                assert_eq!(
+                    violations[0].pointer,
+                    "/inputs/image/image/max_decoded_bytes"
+                );
+            }
+        }
     }
 }

@@ -8,11 +8,17 @@
 //! - **Text**: the Hugging Face `tokenizers` crate with the function's
 //!   tokenizer.json artifact, cached per digest and `max_length`. Truncation to
 //!   `max_length`; padding `none`, `longest` or `max_length`.
-//! - **Images**: the header is read first and images over
-//!   [`MAX_IMAGE_SIDE`](contract::limits::MAX_IMAGE_SIDE) a side are refused
-//!   before any pixel is decoded; the decoder also runs under an allocation
-//!   limit. Then grayscale or RGB, bilinear resize,
-//!   `(pixel / scale - mean) / std`, in the declared layout.
+//! - **Images**: the header is read first, and before any pixel is decoded an
+//!   image is refused when it is over
+//!   [`MAX_IMAGE_SIDE`](contract::limits::MAX_IMAGE_SIDE) a side or when it
+//!   would decode to more bytes than its input's cap
+//!   ([`ImageSpec::decoded_bytes_cap`](contract::definition::ImageSpec::decoded_bytes_cap));
+//!   the decoder also runs under an allocation limit. Then grayscale or RGB,
+//!   bilinear resize, `(pixel / scale - mean) / std`, in the declared layout.
+//! - **Budget**: that work runs within the node's [`PreprocessBudget`]: a
+//!   bounded number of calls at once, and each image's decoded bytes counted
+//!   against a memory budget while it is decoded, all within the call's
+//!   deadline (see `budget.rs`).
 //! - **Outputs**: `mean_pool` → `softmax` → `normalize` → `argmax` → `labels`,
 //!   along the last axis, then `take`.
 //!
@@ -26,13 +32,14 @@
 //! 2. One module per kind, independent of one another: `text.rs`
 //!    ([`configured_tokenizer`], [`tokenize`]), `image.rs` ([`image_tensor`]),
 //!    `post.rs` ([`mean_pool`], [`softmax`], [`l2_normalize`], [`argmax`],
-//!    labels).
+//!    labels); and `budget.rs` ([`PreprocessBudget`]: places and memory).
 //! 3. `mod.rs` (this file): [`Prepost`] (the tokenizer cache, `prepare` and the
 //!    dispatch of each field to its kind) and [`invoke_outputs`].
 //!
 //! A new input kind is one module here, one in `contract/src/processing/`, and
 //! one variant of `contract::definition::InputKind`.
 
+mod budget;
 mod common;
 mod image;
 mod post;
@@ -57,7 +64,8 @@ use tokio::sync::OnceCell;
 use self::common::{bad_output, internal};
 use self::post::{nest_labels, postprocess, Processed};
 
-pub use self::image::image_tensor;
+pub use self::budget::{MemoryHeld, Place, PreprocessBudget, PreprocessLimits};
+pub use self::image::{image_tensor, image_tensor_within, working_bytes};
 pub use self::post::{argmax, l2_normalize, mean_pool, softmax};
 pub use self::text::{configured_tokenizer, tokenize, TextTokenizer};
 
@@ -71,10 +79,12 @@ struct CachedTokenizer {
     last_used: Instant,
 }
 
-/// The node's preprocessing state: loaded tokenizers by digest.
+/// The node's preprocessing state: loaded tokenizers by digest, and the
+/// budget the work runs within.
 pub struct Prepost {
     artifacts: Arc<dyn Blobs>,
     tokenizers: Mutex<HashMap<TokenizerKey, CachedTokenizer>>,
+    budget: Arc<PreprocessBudget>,
 }
 
 /// Input tensors ready to run, and the attention masks the outputs pool over.
@@ -85,18 +95,30 @@ pub struct Prepared {
 }
 
 impl Prepost {
-    pub fn new(artifacts: Arc<dyn Blobs>) -> Self {
+    pub fn new(artifacts: Arc<dyn Blobs>, budget: PreprocessBudget) -> Self {
         Prepost {
             artifacts,
             tokenizers: Mutex::new(HashMap::new()),
+            budget: Arc::new(budget),
         }
     }
 
+    pub fn budget(&self) -> &PreprocessBudget {
+        &self.budget
+    }
+
     /// Turns a checked invoke body into the model's input tensors.
+    ///
+    /// Texts and images are processed on a blocking thread once the call has a
+    /// place in the budget; each image holds its working set from the memory
+    /// budget while it is decoded. A wait for memory ends at `deadline` (504
+    /// `timeout`); the caller bounds the whole call, the wait for a place
+    /// included, with the same deadline.
     pub async fn prepare(
         &self,
         version: &Arc<FunctionVersion>,
         input: InvokeInput,
+        deadline: Instant,
     ) -> Result<Prepared, ApiError> {
         let (mut inputs, texts, images) = input.into_parts();
         if !texts.is_empty() || !images.is_empty() {
@@ -105,9 +127,23 @@ impl Prepost {
                 let spec = text_spec(version, &field.field)?;
                 tokenizers.push(self.tokenizer(spec).await?);
             }
+            let place = self.budget.enter().await?;
             let version = version.clone();
+            let budget = self.budget.clone();
+            let runtime = tokio::runtime::Handle::current();
             let produced = tokio::task::spawn_blocking(move || {
-                preprocess(&version, &texts, &tokenizers, &images)
+                // Held until the work ends, even if the caller gave up.
+                let _place = place;
+                let mut admit = |bytes: u64| {
+                    if Instant::now() >= deadline {
+                        return Err(ApiError::new(
+                            ErrorCode::Timeout,
+                            "the deadline passed before the image was decoded",
+                        ));
+                    }
+                    budget.hold_blocking(&runtime, bytes, deadline)
+                };
+                preprocess(&version, &texts, &tokenizers, &images, &mut admit)
             })
             .await
             .map_err(|e| {
@@ -185,12 +221,14 @@ fn text_spec<'a>(version: &'a FunctionVersion, field: &str) -> Result<&'a TextSp
         .ok_or_else(|| internal(format!("field {field:?} is not a text input")))
 }
 
-/// The CPU part of [`Prepost::prepare`], run on a blocking thread.
+/// The CPU part of [`Prepost::prepare`], run on a blocking thread; `admit`
+/// holds each image's working set from the memory budget.
 fn preprocess(
     version: &FunctionVersion,
     texts: &[TextField],
     tokenizers: &[Arc<TextTokenizer>],
     images: &[ImageField],
+    admit: &mut dyn FnMut(u64) -> Result<MemoryHeld, ApiError>,
 ) -> Result<TensorInputs, ApiError> {
     let mut out = Vec::new();
     for (field, tokenizer) in texts.iter().zip(tokenizers) {
@@ -220,7 +258,7 @@ fn preprocess(
             .find(|b| b.field == field.field && b.source == InputSource::Image)
             .ok_or_else(|| internal(format!("field {:?} has no image binding", field.field)))?;
         let pointer = format!("/{}", escape(&field.field));
-        let tensor = image_tensor(spec, binding, &field.images, &pointer)?;
+        let tensor = image_tensor_within(spec, binding, &field.images, &pointer, &mut *admit)?;
         out.push((binding.tensor.clone(), tensor));
     }
     Ok(out)
@@ -393,5 +431,85 @@ mod tests {
         let err = invoke_outputs(&v, &bad, &masks).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidOutput);
         assert!(err.message.contains("class 7"), "{}", err.message);
+    }
+
+    /// An artifact store with nothing in it (the image tests need none).
+    struct NoArtifacts;
+
+    impl Blobs for NoArtifacts {
+        fn get<'a, 'b, 'c>(
+            &'a self,
+            _hex: &'b str,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = std::io::Result<Vec<u8>>> + Send + 'c>,
+        >
+        where
+            'a: 'c,
+            'b: 'c,
+            Self: 'c,
+        {
+            Box::pin(async { Err(std::io::ErrorKind::NotFound.into()) })
+        }
+
+        fn size_of(&self, _hex: &str) -> Option<u64> {
+            None
+        }
+    }
+
+    fn base64(bytes: &[u8]) -> String {
+        const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+            for i in 0..=chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn preparing_waits_for_a_place_within_its_deadline() {
+        use std::time::Duration;
+
+        let v = Arc::new(version(
+            json!({
+                "image": {"image": {"decode": "png", "resize": [2, 2], "grayscale": true, "layout": "flat"}, "tensor": "pixels"},
+                "ids": {"tensor": "input_ids"}, "mask": {"tensor": "attention_mask"}
+            }),
+            json!({"raw": {"tensor": "label"}}),
+        ));
+        let mut png = std::io::Cursor::new(Vec::new());
+        ::image::DynamicImage::ImageLuma8(::image::GrayImage::new(3, 3))
+            .write_to(&mut png, ::image::ImageFormat::Png)
+            .unwrap();
+        let body = json!({"image": base64(&png.into_inner()), "ids": [[1]], "mask": [[1]]});
+        let input = || contract::protocol::invoke_inputs(&v, &body).unwrap();
+        let prepost = Prepost::new(Arc::new(NoArtifacts), PreprocessBudget::new(1, 1 << 30));
+
+        // The one place is taken: a call waits, and its deadline ends the wait.
+        let place = prepost.budget().enter().await.unwrap();
+        let deadline = Instant::now() + Duration::from_millis(100);
+        let waited =
+            tokio::time::timeout_at(deadline.into(), prepost.prepare(&v, input(), deadline)).await;
+        assert!(waited.is_err(), "it waited for the place");
+        // Once the place is free, the call is prepared.
+        drop(place);
+        let later = Instant::now() + Duration::from_secs(5);
+        let prepared = prepost.prepare(&v, input(), later).await.unwrap();
+        let (_, pixels) = prepared.inputs.iter().find(|(n, _)| n == "pixels").unwrap();
+        assert_eq!(pixels.shape, vec![1, 4]);
+        assert_eq!(prepost.budget().free_places(), 1);
+        assert_eq!(prepost.budget().free_memory_bytes(), 1 << 30);
+        // An image whose deadline has passed is not decoded (504).
+        let err = prepost
+            .prepare(&v, input(), Instant::now())
+            .await
+            .err()
+            .expect("too late");
+        assert_eq!(err.code, ErrorCode::Timeout);
     }
 }
