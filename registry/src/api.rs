@@ -445,19 +445,29 @@ async fn rollout_metrics(State(state): State_, headers: HeaderMap) -> Response {
 }
 
 async fn create_client(State(state): State_, headers: HeaderMap, body: Body) -> ApiResult {
-    ApiResult(async {
-        let principal = admin(&state, &headers).await?;
-        let bytes = read_body(body, 64 * 1024).await?;
-        let request: NewClient = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::new(ErrorCode::InvalidInput, format!("invalid client request: {e}"))
-        })?;
-        let (record, key) = state.auth.create_client(&principal, request).await?;
-        Ok(json_response(
-            StatusCode::CREATED,
-            &json!({"client_id": record.client_id, "api_key": key, "name": record.name, "tenant": record.tenant, "scopes": record.scopes}),
-        ))
-    }
-    .await)
+    ApiResult(
+        async {
+            let principal = admin(&state, &headers).await?;
+            let bytes = read_body(body, 64 * 1024).await?;
+            let request: NewClient = serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::new(
+                    ErrorCode::InvalidInput,
+                    format!("invalid client request: {e}"),
+                )
+            })?;
+            let (record, key) = state.auth.create_client(&principal, request).await?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &client_with_key(&record, &key),
+            ))
+        }
+        .await,
+    )
+}
+
+/// A client and its key, as creation and rotation answer (the key is shown once).
+fn client_with_key(record: &crate::clients::ClientRecord, key: &str) -> Value {
+    json!({"client_id": record.client_id, "api_key": key, "name": record.name, "tenant": record.tenant, "scopes": record.scopes})
 }
 
 async fn revoke_client(
@@ -486,7 +496,7 @@ async fn rotate_client(
             let (record, key) = state.auth.rotate_client(&principal, &id).await?;
             Ok(json_response(
                 StatusCode::OK,
-                &json!({"client_id": record.client_id, "api_key": key, "name": record.name, "tenant": record.tenant, "scopes": record.scopes}),
+                &client_with_key(&record, &key),
             ))
         }
         .await,

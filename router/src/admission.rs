@@ -73,12 +73,7 @@ pub async fn admit_body(
     call_deadline: Instant,
 ) -> Result<Option<StreamedBody>, ApiError> {
     let cap = body_cap(version);
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared = declared_length(session);
     if let Some(length) = declared {
         if length > cap {
             return Err(too_large(cap));
@@ -126,15 +121,20 @@ pub fn check_header_size(request: &pingora_http::RequestHeader) -> Result<(), Ap
 pub const DISCARD_BODY_BYTES: usize = 1024 * 1024;
 const DISCARD_BODY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Reads and drops what is left of a refused request's body, within
-/// [`DISCARD_BODY_BYTES`] and 2 s; an error or a larger body ends it early.
-pub async fn discard_body(session: &mut Session) {
-    let declared = session
+/// The body length the request declares (`content-length`), if any.
+fn declared_length(session: &Session) -> Option<usize> {
+    session
         .req_header()
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+        .and_then(|v| v.parse::<usize>().ok())
+}
+
+/// Reads and drops what is left of a refused request's body, within
+/// [`DISCARD_BODY_BYTES`] and 2 s; an error or a larger body ends it early.
+pub async fn discard_body(session: &mut Session) {
+    let declared = declared_length(session);
     if declared.is_some_and(|n| n > DISCARD_BODY_BYTES) || session.is_body_done() {
         return;
     }
