@@ -246,6 +246,9 @@ fn cap_header_dumping(spec: &str) -> String {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // One rustls crypto provider for every TLS user in the process (the
+    // router's listener, Redis, S3), before any of them starts.
+    registry::cluster::ensure_crypto_provider();
     tracing_subscriber::fmt()
         .with_env_filter(log_filter())
         .with_writer(std::io::stderr)

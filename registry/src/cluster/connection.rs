@@ -30,6 +30,19 @@ use super::scripts::{
 };
 use crate::store::StoreError;
 
+/// Installs aws-lc-rs as the process's rustls crypto provider, once. The
+/// dependency graph enables two providers (ring through pingora-rustls,
+/// aws-lc-rs through reqwest), and then rustls picks none by itself: a TLS
+/// client without an explicit provider (Redis over `rediss://`) would panic.
+/// The binary calls this at start; a store connecting calls it too.
+pub fn ensure_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err: another provider was installed first, which serves as well.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
+}
+
 /// Settings of a [`RedisStore`].
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
@@ -110,6 +123,7 @@ impl RedisStore {
     /// Connects with `options` and checks that Redis answers (within the
     /// options' timeouts).
     pub async fn connect_with(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
+        ensure_crypto_provider();
         // The error says what is wrong with the URL without repeating it (it
         // may hold a password).
         let client = Client::open(url)

@@ -22,6 +22,6 @@ pub mod membership;
 pub mod scripts;
 mod store;
 
-pub use connection::{RedisOptions, RedisStore};
+pub use connection::{ensure_crypto_provider, RedisOptions, RedisStore};
 pub use limits::GcraStep;
 pub use membership::{redacted, Membership, NodeRecord, RedisMembership, HEARTBEAT, TTL};
