@@ -30,9 +30,17 @@ async fn connect_redis(config: &Config) -> Result<RedisStore> {
         .redis
         .as_deref()
         .context("cluster mode needs --redis URL (or TASKMESH_REDIS)")?;
+    let allow_insecure_tls = std::env::var("TASKMESH_REDIS_INSECURE_TLS").is_ok_and(|v| v == "1");
+    if registry::cluster::insecure_tls(url) && !allow_insecure_tls {
+        bail!(registry::cluster::INSECURE_REFUSED);
+    }
+    let options = registry::RedisOptions {
+        allow_insecure_tls,
+        ..registry::RedisOptions::default()
+    };
     let mut delay = Duration::from_millis(200);
     loop {
-        match RedisStore::connect(url).await {
+        match RedisStore::connect_with(url, options.clone()).await {
             Ok(store) => return Ok(store),
             Err(e @ registry::StoreError::Corrupt(_)) => return Err(e.into()),
             Err(e) => {

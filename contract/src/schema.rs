@@ -11,6 +11,7 @@
 use std::sync::{Arc, OnceLock};
 
 use crate::tensor::{DType, Violation};
+use crate::{ApiError, ErrorCode};
 use jsonschema::{PatternOptions, Validator};
 use serde_json::{json, Value};
 
@@ -54,11 +55,25 @@ pub fn violations(validator: &Validator, instance: &Value) -> Vec<Violation> {
             } = e.kind()
             {
                 pointer.push('/');
-                pointer.push_str(&name.replace('~', "~0").replace('/', "~1"));
+                pointer.push_str(&crate::names::escape(name));
             }
-            Violation::new(pointer, e.to_string())
+            Violation::new(pointer, capped(e.to_string()))
         })
         .collect()
+}
+
+/// Most characters of one violation's message: the validator quotes the
+/// offending value, which may be a caller's megabyte-long string.
+pub const MAX_MESSAGE_CHARS: usize = 256;
+
+fn capped(message: String) -> String {
+    match message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((cut, _)) => format!(
+            "{}… (cut at {MAX_MESSAGE_CHARS} characters)",
+            &message[..cut]
+        ),
+        None => message,
+    }
 }
 
 /// A JSON Schema equivalent to the declared input tensors (used for documentation
@@ -121,28 +136,52 @@ fn tensor_schema(dtype: DType, shape: &[i64]) -> Value {
     }
 }
 
+/// A compiled schema, or why it did not compile.
+type Compiled = Result<Arc<Validator>, String>;
+
 /// Compiled schemas of one version, built on first use and kept with it.
+///
+/// A schema that does not compile here (it did at registration, so this means
+/// a store written by another build) fails closed: every call of the version
+/// is refused with 500 rather than skipping the check.
 #[derive(Default)]
 pub struct CompiledSchemas {
-    input: OnceLock<Option<Arc<Validator>>>,
-    output: OnceLock<Option<Arc<Validator>>>,
+    input: OnceLock<Option<Compiled>>,
+    output: OnceLock<Option<Compiled>>,
 }
 
 impl CompiledSchemas {
     fn get(
-        cell: &OnceLock<Option<Arc<Validator>>>,
+        cell: &OnceLock<Option<Compiled>>,
         schema: Option<&Value>,
-    ) -> Option<Arc<Validator>> {
-        cell.get_or_init(|| schema.and_then(|s| compile(s, "").ok()).map(Arc::new))
-            .clone()
+        which: &str,
+    ) -> Result<Option<Arc<Validator>>, ApiError> {
+        let compiled = cell.get_or_init(|| {
+            schema.map(|s| {
+                compile(s, which)
+                    .map(Arc::new)
+                    .map_err(|v| format!("{}: {}", v.pointer, v.message))
+            })
+        });
+        match compiled {
+            None => Ok(None),
+            Some(Ok(validator)) => Ok(Some(validator.clone())),
+            Some(Err(reason)) => Err(ApiError::new(
+                ErrorCode::Internal,
+                format!(
+                    "the function's {} does not compile ({reason}); its calls are refused until a new version is registered",
+                    &which[1..]
+                ),
+            )),
+        }
     }
 
-    pub fn input(&self, schema: Option<&Value>) -> Option<Arc<Validator>> {
-        Self::get(&self.input, schema)
+    pub fn input(&self, schema: Option<&Value>) -> Result<Option<Arc<Validator>>, ApiError> {
+        Self::get(&self.input, schema, "/input_schema")
     }
 
-    pub fn output(&self, schema: Option<&Value>) -> Option<Arc<Validator>> {
-        Self::get(&self.output, schema)
+    pub fn output(&self, schema: Option<&Value>) -> Result<Option<Arc<Validator>>, ApiError> {
+        Self::get(&self.output, schema, "/output_schema")
     }
 }
 
@@ -167,6 +206,39 @@ impl std::fmt::Debug for CompiledSchemas {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_never_echo_a_whole_hostile_value() {
+        let v = compile(
+            &json!({"type": "object", "properties": {"a": {"type": "number"}}}),
+            "",
+        )
+        .unwrap();
+        let huge = "é".repeat(100_000);
+        let found = violations(&v, &json!({ "a": huge }));
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].message.chars().count() < MAX_MESSAGE_CHARS + 40,
+            "{}",
+            found[0].message.len()
+        );
+        assert!(found[0].message.ends_with("characters)"));
+        // Short messages are kept whole.
+        let found = violations(&v, &json!({"a": "x"}));
+        assert!(!found[0].message.contains("cut at"), "{}", found[0].message);
+    }
+
+    #[test]
+    fn a_schema_that_does_not_compile_fails_closed() {
+        let schemas = CompiledSchemas::default();
+        let bad = json!({"type": "string", "pattern": "(?<=look-behind)"});
+        let err = schemas.input(Some(&bad)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Internal);
+        assert!(err.message.contains("input_schema"), "{}", err.message);
+        // Asked again: still refused, never skipped.
+        assert!(schemas.input(Some(&bad)).is_err());
+        assert!(schemas.output(None).unwrap().is_none());
+    }
 
     #[test]
     fn violations_carry_pointers() {

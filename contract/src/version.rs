@@ -39,12 +39,16 @@ pub struct FunctionVersion {
 
 impl FunctionVersion {
     /// The compiled `input_schema`, if the definition has one.
-    pub fn input_validator(&self) -> Option<std::sync::Arc<jsonschema::Validator>> {
+    pub fn input_validator(
+        &self,
+    ) -> Result<Option<std::sync::Arc<jsonschema::Validator>>, crate::ApiError> {
         self.schemas.input(self.definition.input_schema.as_ref())
     }
 
     /// The compiled `output_schema`, if the definition has one.
-    pub fn output_validator(&self) -> Option<std::sync::Arc<jsonschema::Validator>> {
+    pub fn output_validator(
+        &self,
+    ) -> Result<Option<std::sync::Arc<jsonschema::Validator>>, crate::ApiError> {
         self.schemas.output(self.definition.output_schema.as_ref())
     }
 

@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use taskmesh_registry::{RedisStore, Store};
+use taskmesh_registry::{RedisOptions, RedisStore, Store};
 
 struct Server(Child);
 
@@ -61,8 +61,18 @@ async fn the_store_talks_to_redis_over_tls() {
     // certificate the system's roots trust, and the URL has no fragment).
     let url = format!("rediss://127.0.0.1:{port}/#insecure");
     let deadline = Instant::now() + Duration::from_secs(20);
+    // Without the opt-in, such a URL is refused outright.
+    let err = RedisStore::connect(&url).await.expect_err("refused");
+    assert!(
+        err.to_string().contains("TASKMESH_REDIS_INSECURE_TLS"),
+        "{err}"
+    );
+    let options = RedisOptions {
+        allow_insecure_tls: true,
+        ..RedisOptions::default()
+    };
     let store = loop {
-        match RedisStore::connect(&url).await {
+        match RedisStore::connect_with(&url, options.clone()).await {
             Ok(store) => break store,
             Err(e) => {
                 assert!(Instant::now() < deadline, "no TLS connection: {e}");

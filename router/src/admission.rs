@@ -48,7 +48,7 @@ pub fn validate(version: &FunctionVersion, kind: BodyKind, body: &[u8]) -> Resul
     let value = contract::json::parse_body(body, MAX_JSON_DEPTH)?;
     match kind {
         BodyKind::Invoke => {
-            if let Some(validator) = version.input_validator() {
+            if let Some(validator) = version.input_validator()? {
                 let violations = contract::schema::violations(&validator, &value);
                 if !violations.is_empty() {
                     return Err(protocol::invalid_input(violations));

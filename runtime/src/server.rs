@@ -363,7 +363,7 @@ async fn invoke(
             .run(&version, prepared.inputs, Some(left()), priority(&headers)?)
             .await?;
         let output = prepost::invoke_outputs(&version, &outcome.outputs, &prepared.masks)?;
-        if let Some(validator) = version.output_validator() {
+        if let Some(validator) = version.output_validator()? {
             let violations = contract::schema::violations(&validator, &output);
             if !violations.is_empty() {
                 return Err(ApiError::new(

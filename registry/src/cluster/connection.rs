@@ -30,6 +30,14 @@ use super::scripts::{
 };
 use crate::store::StoreError;
 
+/// Why a `rediss://…#insecure` URL is refused without the opt-in.
+pub const INSECURE_REFUSED: &str = "the Redis URL ends in #insecure, which turns off TLS certificate checks; set TASKMESH_REDIS_INSECURE_TLS=1 to allow it (a self-signed development server), or use a certificate the system trusts";
+
+/// Whether a Redis URL asks for TLS without certificate checks.
+pub fn insecure_tls(url: &str) -> bool {
+    url.starts_with("rediss://") && url.ends_with("#insecure")
+}
+
 /// Installs aws-lc-rs as the process's rustls crypto provider, once. The
 /// dependency graph enables two providers (ring through pingora-rustls,
 /// aws-lc-rs through reqwest), and then rustls picks none by itself: a TLS
@@ -52,6 +60,9 @@ pub struct RedisOptions {
     pub connect_timeout: Duration,
     /// Bound on waiting for each reply (default 1 s).
     pub response_timeout: Duration,
+    /// Whether a `rediss://…#insecure` URL (TLS without certificate checks)
+    /// is accepted; off by default, so it is never on by accident.
+    pub allow_insecure_tls: bool,
 }
 
 impl Default for RedisOptions {
@@ -60,6 +71,7 @@ impl Default for RedisOptions {
             prefix: "tm:".into(),
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
+            allow_insecure_tls: false,
         }
     }
 }
@@ -124,6 +136,12 @@ impl RedisStore {
     /// options' timeouts).
     pub async fn connect_with(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
         ensure_crypto_provider();
+        if insecure_tls(url) {
+            if !options.allow_insecure_tls {
+                return Err(StoreError::Backend(INSECURE_REFUSED.into()));
+            }
+            tracing::warn!("Redis TLS certificate checks are off (#insecure)");
+        }
         // The error says what is wrong with the URL without repeating it (it
         // may hold a password).
         let client = Client::open(url)

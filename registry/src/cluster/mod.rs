@@ -22,6 +22,8 @@ pub mod membership;
 pub mod scripts;
 mod store;
 
-pub use connection::{ensure_crypto_provider, RedisOptions, RedisStore};
+pub use connection::{
+    ensure_crypto_provider, insecure_tls, RedisOptions, RedisStore, INSECURE_REFUSED,
+};
 pub use limits::GcraStep;
 pub use membership::{redacted, Membership, NodeRecord, RedisMembership, HEARTBEAT, TTL};
