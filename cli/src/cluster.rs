@@ -154,11 +154,10 @@ pub async fn registry(config: Config) -> Result<()> {
     let listen = config.listen_or("127.0.0.1:8081");
     let redis = connect_redis(&config).await?;
     let store: Arc<dyn registry::Store> = Arc::new(redis.clone());
-    let registry = Arc::new(Registry::new(
-        store.clone(),
-        model_store(&config)?,
-        Arc::new(OrtInspector),
-    ));
+    let registry = Arc::new(
+        Registry::new(store.clone(), model_store(&config)?, Arc::new(OrtInspector))
+            .with_scaling_bounds(config.scaling_bounds),
+    );
     let auth = Arc::new(Auth::new(store, Some(&key)));
     let ready = Arc::new(AtomicBool::new(true));
     // Versions are warmed on their owner node: at registration when they

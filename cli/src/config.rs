@@ -72,6 +72,11 @@ pub struct Config {
     /// Router: PEM private key of the TLS listener (reloaded when it changes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// Registry: the most any tenant's function may ask for in `scaling`
+    /// (`[scaling_bounds]` in taskmesh.toml: min_instances, max_instances,
+    /// concurrency).
+    #[serde(default)]
+    pub scaling_bounds: contract::definition::ScalingBounds,
 }
 
 impl Default for Config {
@@ -101,6 +106,7 @@ impl Default for Config {
             tls_listen: None,
             tls_cert: None,
             tls_key: None,
+            scaling_bounds: Default::default(),
         }
     }
 }

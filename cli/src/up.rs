@@ -39,7 +39,10 @@ pub async fn run(config: Config) -> Result<()> {
     );
     let models =
         ModelStore::open(config.data_dir.join("models")).context("opening the model store")?;
-    let registry = Arc::new(Registry::new(store.clone(), models, Arc::new(OrtInspector)));
+    let registry = Arc::new(
+        Registry::new(store.clone(), models, Arc::new(OrtInspector))
+            .with_scaling_bounds(config.scaling_bounds),
+    );
     let auth = Arc::new(Auth::new(
         store.clone(),
         std::env::var("TASKMESH_ADMIN_KEY").ok().as_deref(),

@@ -414,8 +414,8 @@ async fn a_healthy_rollout_walks_every_step_and_ends_on_the_new_version() {
     for needle in [
         "taskmesh_router_version_calls_total{tenant=\"default\",function=\"healthy\",version=\"2\"}",
         "taskmesh_router_version_latency_seconds_count{tenant=\"default\",function=\"healthy\",version=\"2\"}",
-        "taskmesh_rollout_outcomes_total{function=\"healthy\",alias=\"live\",outcome=\"promoted\"} 1",
-        "taskmesh_rollout_step{function=\"healthy\",alias=\"live\"} -1",
+        "taskmesh_rollout_outcomes_total{tenant=\"default\",function=\"healthy\",alias=\"live\",outcome=\"promoted\"} 1",
+        "taskmesh_rollout_step{tenant=\"default\",function=\"healthy\",alias=\"live\"} -1",
     ] {
         assert!(text.contains(needle), "{needle} missing from {text}");
     }

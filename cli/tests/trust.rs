@@ -510,3 +510,124 @@ async fn huge_headers_get_431_on_both_protocols_and_never_reach_a_node() {
         assert_eq!(call.await.unwrap(), 200, "another caller's call failed");
     }
 }
+
+/// Reads what the server sends until it closes or `within` passes.
+async fn read_answer(socket: &mut tokio::net::TcpStream, within: std::time::Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(within, socket.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn the_router_listener_answers_short_requests_caps_connections_and_closes_stalled_ones() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let p = Platform::start(&["--no-examples"]);
+    let router: std::net::SocketAddr = p
+        .router_url("")
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    // An HTTP/1.0 request shorter than the h2 preface is answered at once.
+    let mut short = TcpStream::connect(router).await.unwrap();
+    short.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let answer = read_answer(&mut short, std::time::Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1."), "no answer: {answer:?}");
+    assert!(answer.contains("not_found"), "{answer}");
+    // Request heads past the cap are refused before parsing.
+    let mut huge = TcpStream::connect(router).await.unwrap();
+    let head = format!("GET /healthz HTTP/1.1\r\nx-big: {}\r\n", "x".repeat(40_000));
+    let _ = huge.write_all(head.as_bytes()).await;
+    let answer = read_answer(&mut huge, std::time::Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    assert!(answer.contains("headers_too_large"), "{answer}");
+
+    // One peer may hold 256 connections; the next is told so and closed.
+    let mut held = Vec::new();
+    for _ in 0..256 {
+        held.push(TcpStream::connect(router).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut over = TcpStream::connect(router).await.unwrap();
+    let answer = read_answer(&mut over, std::time::Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    assert!(answer.contains("overloaded"), "{answer}");
+    // A request line and one header, never finished; a bare h2 preface; a
+    // silent socket: each is closed by its deadline (10 s).
+    let mut stalled = held.pop().unwrap();
+    stalled
+        .write_all(b"POST /v1/functions/x/invoke HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut preface = held.pop().unwrap();
+    preface
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut silent = held.pop().unwrap();
+    for (what, socket) in [
+        ("a silent connection", &mut silent),
+        ("a stalled request", &mut stalled),
+        ("a bare preface", &mut preface),
+    ] {
+        assert!(
+            closed_within(socket, std::time::Duration::from_secs(13)).await,
+            "{what} stayed open"
+        );
+    }
+    drop(held);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The places come back; h2c and HTTP/1.1 clients are served as before.
+    assert_eq!(
+        TestClient::h2c()
+            .get(&p.router_url("/healthz"))
+            .await
+            .status,
+        200
+    );
+    let metrics = p.client().get(&p.router_url("/metrics")).await;
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    for reason in [
+        "per_peer",
+        "first_byte_timeout",
+        "header_timeout",
+        "headers_too_large",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "taskmesh_router_connections_refused_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason} missing from\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn scaling_is_bounded_for_every_tenant() {
+    let p = Platform::start(&["--no-examples"]);
+    let client = p.client();
+    let digest = upload(&client, &p, "examples/digits/model.onnx").await;
+    let url = p.admin_url("/v1/functions");
+    for (field, over) in [
+        (
+            "min_instances",
+            json!({"min_instances": 9, "max_instances": 9}),
+        ),
+        ("max_instances", json!({"max_instances": 100_000})),
+        ("concurrency", json!({"concurrency": 4_000_000})),
+    ] {
+        let doc = digits_definition(&digest, "greedy", &json!({ "scaling": over }));
+        let reply = client.post_json(&url, &doc).await;
+        assert_eq!(reply.status, 422, "{field}: {}", reply.json());
+        let message = reply.json()["error"]["message"].to_string();
+        assert!(message.contains(&format!("/scaling/{field}")), "{message}");
+    }
+    // At the bounds is fine.
+    let doc = digits_definition(
+        &digest,
+        "greedy",
+        &json!({"scaling": {"max_instances": 64, "concurrency": 1024}}),
+    );
+    register(&client, &p, &doc).await;
+}

@@ -15,6 +15,7 @@ use crate::names::{escape, valid_digest, valid_name};
 
 use crate::processing::{image, post, text, Post, TextTensors};
 pub use crate::processing::{ImageDecode, ImageSpec, Layout, Padding, TextSpec};
+pub use crate::scaling::{ScalingBounds, ScalingPolicy};
 
 /// Current definition format version; `format` may be omitted and means this.
 pub const FORMAT_VERSION: u32 = 1;
@@ -202,26 +203,6 @@ pub struct QuotaPolicy {
     /// Concurrent invocations one client may have in flight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<u32>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ScalingPolicy {
-    pub min_instances: u32,
-    pub max_instances: u32,
-    pub concurrency: u32,
-    pub idle_timeout_s: u64,
-}
-
-impl Default for ScalingPolicy {
-    fn default() -> Self {
-        ScalingPolicy {
-            min_instances: 0,
-            max_instances: 4,
-            concurrency: 8,
-            idle_timeout_s: 300,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

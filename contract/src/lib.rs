@@ -18,6 +18,7 @@
 //! `qualifier` → `ports` → `http` (feature `axum`).
 
 pub mod cluster_key;
+pub mod connections;
 pub mod definition;
 pub mod error;
 pub mod headers;
@@ -32,6 +33,7 @@ pub mod principal;
 pub mod processing;
 pub mod protocol;
 pub mod qualifier;
+pub mod scaling;
 pub mod schema;
 pub mod signature;
 pub mod tensor;

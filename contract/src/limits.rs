@@ -29,6 +29,29 @@ pub const H2_INITIAL_STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
 /// HTTP/2: initial connection flow-control window.
 pub const H2_INITIAL_CONNECTION_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
 
+/// Connections one listener (the router's plain or TLS one, a node's, the
+/// admin API's) keeps open at once, and from one peer address; past these a
+/// new connection is refused at once (the router answers it 503 `overloaded`
+/// first, on HTTP/1.1).
+pub const MAX_CONNECTIONS: usize = 4096;
+pub const MAX_CONNECTIONS_PER_PEER: usize = 256;
+
+/// A connection that sends no byte within this is closed (silent sockets).
+pub const FIRST_BYTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// HTTP/1.1: a request's line and headers must arrive within this, counted
+/// from their first byte (slow headers).
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// HTTP/1.1: the most bytes of request line and headers; past this the
+/// router answers 431 `headers_too_large` (the header list cap plus room for
+/// a long request line).
+pub const MAX_REQUEST_HEAD_BYTES: usize = H2_MAX_HEADER_LIST_BYTES as usize + 8 * 1024;
+
+/// An idle connection (HTTP/1.1 between requests, HTTP/2 with no stream
+/// open) is closed after this.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Streams the router multiplexes on one upstream h2c connection to a node.
 pub const UPSTREAM_MAX_H2_STREAMS: usize = 100;
 

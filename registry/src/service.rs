@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use contract::definition::{self, DefinitionError, InputKind, Syntax, TaskDefinition};
+use contract::definition::{
+    self, DefinitionError, InputKind, ScalingBounds, Syntax, TaskDefinition,
+};
 use contract::names::escape;
 use contract::ports::{Catalog, ModelInspector};
 use contract::tensor::Violation;
@@ -59,6 +61,8 @@ pub struct Registry {
     aliases: ReadCache<AliasKey, Option<Arc<AliasRecord>>>,
     /// Store reads for names no cache knows (invented names cost at most this).
     unknown_reads: MissBudget,
+    /// The most a function may ask for in `scaling`.
+    scaling_bounds: ScalingBounds,
 }
 
 type AliasKey = (String, String, String);
@@ -84,7 +88,15 @@ impl Registry {
             listeners: RwLock::new(Vec::new()),
             aliases: ReadCache::new(ALIAS_TTL, MAX_CACHED_NAMES),
             unknown_reads: MissBudget::new(MAX_UNKNOWN_NAME_READS_PER_S),
+            scaling_bounds: ScalingBounds::default(),
         }
+    }
+
+    /// Bounds every tenant's `scaling` by `bounds` (the default is
+    /// [`ScalingBounds::default`]).
+    pub fn with_scaling_bounds(mut self, bounds: ScalingBounds) -> Self {
+        self.scaling_bounds = bounds;
+        self
     }
 
     /// The store behind this registry.
@@ -239,6 +251,10 @@ impl Registry {
         syntax: Syntax,
     ) -> Result<Arc<FunctionVersion>, ApiError> {
         let definition = definition::parse(body, syntax).map_err(definition_error)?;
+        let over = self.scaling_bounds.check(&definition.scaling);
+        if !over.is_empty() {
+            return Err(definition_error(DefinitionError { violations: over }));
+        }
         let hex = definition.model.trim_start_matches("sha256:").to_string();
         let model_size_bytes = self
             .models

@@ -22,7 +22,8 @@
 //!      counts, breakers, retry budgets);
 //!    - `placement`: the live nodes, their ring and this router's load on them;
 //!    - `tls`: the TLS listener's certificate, reloaded from its files.
-//! 2. `admission` (body cap, read and validation; names `routes`) and `local`
+//! 2. `listener` (connection caps and deadlines before Pingora's HTTP
+//!    handling; names `metrics`), `admission` (body cap, read and validation; names `routes`) and `local`
 //!    (the answers the router gives itself; names `routes`, `metrics`,
 //!    `guards`, `placement`).
 //! 3. `call`: the per-call state (Pingora's `CTX`; names `admission`,
@@ -33,6 +34,7 @@
 mod admission;
 mod call;
 pub mod guards;
+mod listener;
 mod local;
 pub mod metrics;
 pub mod placement;
@@ -46,6 +48,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use contract::connections::ConnectionCaps;
 use contract::limits;
 use contract::ports::{Authenticator, Catalog, Counters, SharedLimits};
 use pingora_core::apps::HttpServerOptions;
@@ -55,6 +58,7 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
 
 pub use proxy::{RouterState, TaskmeshProxy};
 
@@ -270,16 +274,17 @@ pub fn start(options: RouterOptions, deps: RouterDeps) -> anyhow::Result<RouterH
             };
             let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
             server.bootstrap();
-            let mut service = pingora_proxy::http_proxy_service(
+            let connection_metrics = thread_state.metrics.connections.clone();
+            let mut app = pingora_proxy::http_proxy(
                 &server.configuration,
                 TaskmeshProxy {
                     state: thread_state,
                 },
             );
-            let app = service.app_logic_mut().expect("proxy app");
             let mut server_options = HttpServerOptions::default();
             server_options.h2c = true;
             server_options.keepalive_request_limit = None;
+            server_options.h2_idle_timeout = Some(limits::IDLE_TIMEOUT);
             app.server_options = Some(server_options);
             let mut h2 = default_h2_options();
             h2.max_concurrent_streams(limits::H2_MAX_CONCURRENT_STREAMS)
@@ -287,6 +292,10 @@ pub fn start(options: RouterOptions, deps: RouterDeps) -> anyhow::Result<RouterH
                 .initial_window_size(limits::H2_INITIAL_STREAM_WINDOW_BYTES)
                 .initial_connection_window_size(limits::H2_INITIAL_CONNECTION_WINDOW_BYTES);
             app.h2_options = Some(h2);
+            let mut service = Service::new(
+                "taskmesh router".to_string(),
+                listener::Guarded::new(app, ConnectionCaps::default(), connection_metrics),
+            );
             // Listeners are bound in the order added, all before any accepts:
             // TLS first, so that a plain listener that answers means both are up.
             if let Some((tls_listen, cert)) = &tls {

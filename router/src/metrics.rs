@@ -56,6 +56,32 @@ pub struct VersionErrorLabels {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+/// The listeners' connection metrics (cheap clones of the registered ones).
+#[derive(Clone, Default)]
+pub struct ConnectionMetrics {
+    /// Connections open now, on all of the router's listeners.
+    pub open: Gauge,
+    /// Connections refused or closed before a request was served, by reason:
+    /// `total` and `per_peer` (caps), `first_byte_timeout`, `header_timeout`,
+    /// `headers_too_large`.
+    pub refused: Family<ReasonLabels, Counter>,
+}
+
+impl ConnectionMetrics {
+    pub fn refused(&self, reason: &str) {
+        self.refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+}
+
 fn version_labels(tenant: &str, function: &str, version: u32) -> VersionLabels {
     VersionLabels {
         tenant: tenant.to_string(),
@@ -76,6 +102,7 @@ pub struct Metrics {
     pub refusals: Family<RefusalLabels, Counter>,
     pub retries: Family<VersionLabels, Counter>,
     pub breaker_state: Family<VersionLabels, Gauge>,
+    pub connections: ConnectionMetrics,
 }
 
 impl Default for Metrics {
@@ -141,8 +168,20 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             version_latency.clone(),
         );
+        let connections = ConnectionMetrics::default();
+        registry.register(
+            "connections_open",
+            "Connections open on the router's listeners",
+            connections.open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused or closed before serving a request, by reason",
+            connections.refused.clone(),
+        );
         Metrics {
             registry,
+            connections,
             version_calls,
             version_errors,
             version_latency,

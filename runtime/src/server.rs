@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use contract::connections::{ConnectionCaps, Connections};
 use contract::http::{error_response, json_response, read_body};
 use contract::limits::{self, DEFAULT_MAX_BODY_BYTES, MAX_JSON_DEPTH};
 use contract::protocol;
@@ -35,63 +36,13 @@ pub use contract::headers;
 /// are sent GOAWAY, or `connection: close` on HTTP/1.1, first).
 pub const CONNECTION_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// How many connections one listener (node or admin API) keeps open at once,
-/// and from one peer address; past these a new connection is closed at once.
-pub const MAX_CONNECTIONS: usize = 4096;
-pub const MAX_CONNECTIONS_PER_PEER: usize = 256;
-/// A connection that sends no byte within this is closed (silent sockets).
-pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTP/1.1: the headers of a request must arrive within this.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub use contract::limits::{
+    FIRST_BYTE_TIMEOUT, HEADER_READ_TIMEOUT, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER,
+};
 /// HTTP/2: a PING after this much silence, and the connection is closed when
 /// its answer takes longer than [`H2_KEEPALIVE_TIMEOUT`].
 pub const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Open connections of a listener, in all and per peer address.
-#[derive(Default)]
-struct Connections {
-    total: usize,
-    per_peer: HashMap<std::net::IpAddr, usize>,
-}
-
-/// A connection's place in [`Connections`], given back when it ends.
-struct ConnectionSlot {
-    connections: Arc<std::sync::Mutex<Connections>>,
-    peer: std::net::IpAddr,
-}
-
-impl ConnectionSlot {
-    fn admit(
-        connections: &Arc<std::sync::Mutex<Connections>>,
-        peer: std::net::IpAddr,
-    ) -> Option<Self> {
-        let mut open = connections.lock().expect("connections lock");
-        let from_peer = open.per_peer.get(&peer).copied().unwrap_or(0);
-        if open.total >= MAX_CONNECTIONS || from_peer >= MAX_CONNECTIONS_PER_PEER {
-            return None;
-        }
-        open.total += 1;
-        open.per_peer.insert(peer, from_peer + 1);
-        Some(ConnectionSlot {
-            connections: connections.clone(),
-            peer,
-        })
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        let mut open = self.connections.lock().expect("connections lock");
-        open.total = open.total.saturating_sub(1);
-        if let Some(n) = open.per_peer.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                open.per_peer.remove(&self.peer);
-            }
-        }
-    }
-}
 
 /// Serves `app` on `listener` with explicit limits until `shutdown`
 /// resolves, then closes open connections gracefully (within [`CONNECTION_DRAIN`]).
@@ -119,7 +70,7 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Out
         .initial_stream_window_size(limits::H2_INITIAL_STREAM_WINDOW_BYTES)
         .initial_connection_window_size(limits::H2_INITIAL_CONNECTION_WINDOW_BYTES);
     let builder = Arc::new(builder);
-    let connections = Arc::new(std::sync::Mutex::new(Connections::default()));
+    let connections = Connections::new(ConnectionCaps::default());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -133,7 +84,7 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Out
                 }
             },
         };
-        let Some(slot) = ConnectionSlot::admit(&connections, peer.ip()) else {
+        let Ok(slot) = connections.admit(peer.ip()) else {
             tracing::debug!(%peer, "connection limit reached; closing the new connection");
             drop(stream);
             continue;

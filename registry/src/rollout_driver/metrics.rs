@@ -1,4 +1,5 @@
-//! The rollout metrics (`taskmesh_rollout_*`).
+//! The rollout metrics (`taskmesh_rollout_*`), labelled by tenant first
+//! like every metric naming a function.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -9,12 +10,14 @@ use crate::rollouts::RolloutRecord;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RolloutLabels {
+    tenant: String,
     function: String,
     alias: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
+    tenant: String,
     function: String,
     alias: String,
     outcome: String,
@@ -59,6 +62,7 @@ impl RolloutMetrics {
 
     pub(super) fn observe(&self, record: &RolloutRecord) {
         let labels = RolloutLabels {
+            tenant: record.tenant.clone(),
             function: record.function.clone(),
             alias: record.alias.clone(),
         };
@@ -77,6 +81,7 @@ impl RolloutMetrics {
         self.observe(record);
         self.outcomes
             .get_or_create(&OutcomeLabels {
+                tenant: record.tenant.clone(),
                 function: record.function.clone(),
                 alias: record.alias.clone(),
                 outcome: record.state.as_str().to_string(),
