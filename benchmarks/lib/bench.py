@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH, PROFILE, TASKMESH_BIN, cpu_split, log, machine_info  # noqa: E402
 
 # Scenario order: cheap and independent first.
-SCENARIOS = ["micro", "ring", "floor", "router-overhead", "vs-mlserver", "cold-start", "batching"]
+SCENARIOS = ["micro", "ring", "floor", "router-overhead", "cluster-limits", "vs-mlserver", "cold-start", "batching"]
 
 
 @dataclass
@@ -103,7 +103,7 @@ def main() -> int:
     if args.quick and out == committed:
         ap.error("a quick run never writes the committed results (benchmarks/results/); use results/quick/")
     chosen = [s for s in SCENARIOS if not only or s in only]
-    needs_binary = {"floor", "router-overhead", "vs-mlserver", "cold-start", "batching"}
+    needs_binary = {"floor", "router-overhead", "cluster-limits", "vs-mlserver", "cold-start", "batching"}
     if needs_binary & set(chosen) and not TASKMESH_BIN.exists():
         how = "cargo build --release -p taskmesh" if PROFILE == "release" else "cargo build -p taskmesh"
         ap.error(f"{TASKMESH_BIN} is missing: run `{how}` (run.sh does)")

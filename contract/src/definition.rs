@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::names::{escape, valid_digest, valid_name};
 
+pub use crate::cache::CachePolicy;
 use crate::processing::{image, post, text, Post, TextTensors};
 pub use crate::processing::{ImageDecode, ImageSpec, Layout, Padding, TextSpec};
 pub use crate::scaling::{ScalingBounds, ScalingPolicy};
@@ -57,6 +58,9 @@ pub struct TaskDefinition {
     /// Dynamic batching of concurrent calls (off when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batching: Option<BatchingPolicy>,
+    /// The router's result cache (off when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CachePolicy>,
 }
 
 /// Combine concurrent calls of one version into one run along the first dimension.
@@ -535,6 +539,9 @@ fn check_fields(d: &TaskDefinition) -> Vec<Violation> {
     }
     if let Some(q) = &d.quota {
         v.extend(check_quota(q, "/quota"));
+    }
+    if let Some(cache) = &d.cache {
+        v.extend(crate::cache::check(cache, "/cache"));
     }
     let s = &d.scaling;
     if s.max_instances == 0 || s.min_instances > s.max_instances || s.concurrency == 0 {

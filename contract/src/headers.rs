@@ -26,6 +26,9 @@ pub const PRIORITY: &str = "x-taskmesh-priority";
 pub const CLUSTER_KEY: &str = "x-taskmesh-cluster-key";
 /// Request: the key an alias's split hashes (else the client id, else the invocation id).
 pub const ROUTING_KEY: &str = "x-taskmesh-routing-key";
+/// On a function with `cache`: `hit` (answered by the router from its cache)
+/// or `miss` (a node answered).
+pub const CACHE: &str = "x-taskmesh-cache";
 
 /// Order of service in a queue; also who is shed first when it is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -17,6 +17,7 @@
 //! kind) → `definition` → `schema` → `version` → `protocol` → `principal`,
 //! `qualifier` → `ports` → `http` (feature `axum`).
 
+pub mod cache;
 pub mod cluster_key;
 pub mod connections;
 pub mod definition;

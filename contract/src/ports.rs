@@ -11,7 +11,7 @@ use async_trait::async_trait;
 
 use crate::definition::TextSpec;
 use crate::{ApiError, FunctionVersion, ModelSignature, Principal, Qualifier};
-use policies::ratelimit::{RateDecision, RateLimitConfig};
+use policies::ratelimit::RateLimitConfig;
 
 /// Resolves names to immutable function versions within a tenant.
 #[async_trait]
@@ -61,16 +61,53 @@ pub trait Blobs: Send + Sync + 'static {
     fn size_of(&self, hex: &str) -> Option<u64>;
 }
 
-/// Limits shared by every router of a cluster (cluster mode: Redis). When
-/// they fail, the router falls back to its own limiter and counters.
+/// Tokens taken from a cluster-wide rate limit's bucket at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenGrant {
+    /// Tokens granted (0 to the number asked for).
+    pub granted: u32,
+    /// Calls that could still follow at once, cluster-wide.
+    pub remaining: u32,
+    /// Granted: until the bucket is full again; none granted: until one may be.
+    pub wait: std::time::Duration,
+    /// Routers that took tokens in the last 10 s (this one included): a router
+    /// that loses the shared limits enforces 1/`routers` of each limit alone.
+    pub routers: u32,
+}
+
+/// Units of a quota reserved at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaGrant {
+    /// This many calls (at least 1) are counted in every window.
+    Granted(u64),
+    /// The window at this index is used up.
+    Exhausted(usize),
+}
+
+/// Limits shared by every router of a cluster (cluster mode: Redis). Routers
+/// take tokens and quota units in small leases, ahead of need, so that a call
+/// rarely waits for the store; when it fails, a router enforces its share of
+/// each limit alone.
 #[async_trait]
 pub trait SharedLimits: Send + Sync + 'static {
-    /// One GCRA step for `key`: is one more call within `config`?
-    async fn rate(&self, key: &str, config: &RateLimitConfig) -> Result<RateDecision, String>;
+    /// Takes up to `want` tokens (1 ≤ `want` ≤ burst) of the GCRA bucket `key`.
+    async fn take_tokens(
+        &self,
+        key: &str,
+        config: &RateLimitConfig,
+        want: u32,
+    ) -> Result<TokenGrant, String>;
 
-    /// Counts one call in every window `(counter key, limit, ttl_s)` if none is
-    /// used up; returns the index of a used-up window instead.
-    async fn admit_quota(&self, windows: &[(String, u64, u64)]) -> Result<Option<usize>, String>;
+    /// Counts up to `want` calls in every window `(counter key, limit, ttl_s)`,
+    /// as many as every window still has room for.
+    async fn reserve_quota(
+        &self,
+        windows: &[(String, u64, u64)],
+        want: u64,
+    ) -> Result<QuotaGrant, String>;
+
+    /// Gives back `unused` reserved calls to each of the counters `keys`.
+    async fn release_quota(&self, keys: &[String], unused: u64) -> Result<(), String>;
 }
 
 /// Reads what uploaded bytes are, for registration; the runtime implements it

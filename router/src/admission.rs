@@ -43,8 +43,13 @@ fn body_cap(version: &FunctionVersion) -> usize {
         .unwrap_or(DEFAULT_MAX_BODY_BYTES)
 }
 
-/// Parses and checks a body against the function version's input schema and tensors.
-pub fn validate(version: &FunctionVersion, kind: BodyKind, body: &[u8]) -> Result<(), ApiError> {
+/// Parses and checks a body against the function version's input schema and
+/// tensors; returns the parsed body.
+pub fn validate(
+    version: &FunctionVersion,
+    kind: BodyKind,
+    body: &[u8],
+) -> Result<serde_json::Value, ApiError> {
     let value = contract::json::parse_body(body, MAX_JSON_DEPTH)?;
     match kind {
         BodyKind::Invoke => {
@@ -54,24 +59,35 @@ pub fn validate(version: &FunctionVersion, kind: BodyKind, body: &[u8]) -> Resul
                     return Err(protocol::invalid_input(violations));
                 }
             }
-            protocol::invoke_inputs(version, &value).map(drop)
+            protocol::invoke_inputs(version, &value)?;
         }
-        BodyKind::Infer => protocol::oip_inputs(version, &value).map(drop),
+        BodyKind::Infer => {
+            protocol::oip_inputs(version, &value)?;
+        }
     }
+    Ok(value)
+}
+
+/// A body the router let through: read and validated, or left to stream.
+pub enum Admitted {
+    /// Read whole (it fits the replay buffer) and valid: the parsed body.
+    Read(serde_json::Value),
+    /// Larger: validated as it streams.
+    Streamed(StreamedBody),
 }
 
 /// Enforces the body cap and validates the body before anything is proxied.
 ///
 /// A declared `content-length` over the cap is refused before a byte is read.
 /// A body that fits the replay buffer is read (buffered for Pingora to forward
-/// afterwards) and validated here: `Ok(None)`. A larger declared one is left
-/// to stream: `Ok(Some(..))`, the state that validates it on its way.
+/// afterwards) and validated here: `Admitted::Read`. A larger declared one is
+/// left to stream: `Admitted::Streamed`, the state that validates it on its way.
 pub async fn admit_body(
     session: &mut Session,
     version: &Arc<FunctionVersion>,
     kind: BodyKind,
     call_deadline: Instant,
-) -> Result<Option<StreamedBody>, ApiError> {
+) -> Result<Admitted, ApiError> {
     let cap = body_cap(version);
     let declared = declared_length(session);
     if let Some(length) = declared {
@@ -79,7 +95,7 @@ pub async fn admit_body(
             return Err(too_large(cap));
         }
         if length > REPLAY_BUFFER_BYTES {
-            return Ok(Some(StreamedBody {
+            return Ok(Admitted::Streamed(StreamedBody {
                 version: version.clone(),
                 kind,
                 cap,
@@ -89,8 +105,7 @@ pub async fn admit_body(
     }
     let deadline = call_deadline.min(Instant::now() + BODY_READ_TIMEOUT);
     let body = read_buffered(session, cap, deadline).await?;
-    validate(version, kind, &body)?;
-    Ok(None)
+    validate(version, kind, &body).map(Admitted::Read)
 }
 
 /// Refuses (431) a request whose headers are over the HTTP/2 header-list

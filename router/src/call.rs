@@ -1,7 +1,8 @@
 //! The state of one call through the router (Pingora's per-request `CTX`),
 //! filled in by the phase hooks in `proxy`.
 //!
-//! Layer: names `guards`, `placement`, `admission`, `routes` and `respond`.
+//! Layer: names `guards`, `placement`, `admission`, `routes`, `respond` and
+//! `cache`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use pingora_error::{Error, ErrorSource};
 use policies::breaker::{Outcome, Permit};
 
 use crate::admission::StreamedBody;
+use crate::cache::CacheUse;
 use crate::guards::GuardPass;
 use crate::placement::InFlight;
 use crate::respond::Stamp;
@@ -50,6 +52,8 @@ pub struct Ctx {
     pub(crate) in_flight: Option<InFlight>,
     /// Nodes earlier attempts of this call went to.
     pub(crate) tried: Vec<String>,
+    /// The result cache's part in this call (a version with `cache` only).
+    pub(crate) cache: Option<CacheUse>,
 }
 
 impl Ctx {
@@ -75,6 +79,7 @@ impl Ctx {
             node_permit: None,
             in_flight: None,
             tried: Vec::new(),
+            cache: None,
         }
     }
 

@@ -2,7 +2,7 @@
 //! counts, circuit breakers and retry budgets. The decisions themselves are
 //! made by `policies`; this module only keys and keeps their state.
 //!
-//! Independent layer: names nothing else in the crate.
+//! Second layer: names `leases`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,6 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use contract::definition::{QuotaPolicy, RateLimitPolicy};
 use contract::ports::{Counters, SharedLimits};
+
+use crate::leases::Leases;
 use contract::{ApiError, ErrorCode};
 use contract::{FunctionVersion, Principal};
 use policies::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Outcome, Permit};
@@ -50,7 +52,8 @@ pub struct GuardPass {
 pub struct Guards {
     /// Durable counters (the store): quotas and per-version statistics.
     durable: Arc<dyn Counters>,
-    shared: Option<Arc<dyn SharedLimits>>,
+    /// Leases of the cluster-wide limits (cluster mode).
+    leases: Option<Leases>,
     /// Set while the shared limits fail, so the fallback is logged once.
     shared_down: std::sync::atomic::AtomicBool,
     limiters: Mutex<HashMap<LimiterKey, Arc<KeyedLimiter<String>>>>,
@@ -80,6 +83,17 @@ fn version_key(version: &FunctionVersion) -> VersionKey {
         version.name.clone(),
         version.version,
     )
+}
+
+/// `config` shared by `routers` routers: each enforces 1/`routers` of the
+/// rate and of the burst (at least one call).
+fn share_of(config: &RateLimitConfig, routers: u32) -> RateLimitConfig {
+    if routers <= 1 {
+        return *config;
+    }
+    let n = f64::from(routers);
+    RateLimitConfig::try_new(config.per_second / n, Some((config.burst / routers).max(1)))
+        .unwrap_or(*config)
 }
 
 fn unix_now() -> u64 {
@@ -156,7 +170,7 @@ impl Guards {
     pub fn new(durable: Arc<dyn Counters>, shared: Option<Arc<dyn SharedLimits>>) -> Self {
         Guards {
             durable,
-            shared,
+            leases: shared.map(Leases::new),
             shared_down: std::sync::atomic::AtomicBool::new(false),
             limiters: Mutex::default(),
             counters: Mutex::default(),
@@ -250,25 +264,29 @@ impl Guards {
             rate_bits: config.per_second.to_bits(),
             burst: config.burst,
         };
-        let shared = match &self.shared {
-            Some(shared) => {
+        let shared = match &self.leases {
+            Some(leases) => {
                 let shared_key = format!(
                     "{}/{}/{}/{:x}/{}",
                     version.tenant, version.name, principal.client_id, key.rate_bits, key.burst
                 );
-                self.shared_result(shared.rate(&shared_key, &config).await)
+                self.shared_result(leases.rate(&shared_key, &config).await)
             }
             None => None,
         };
         let decision = match shared {
             Some(decision) => decision,
             None => {
+                // Alone (no cluster, or the shared store away): this router's
+                // share of the limit, 1/routers of it.
+                let routers = self.leases.as_ref().map_or(1, Leases::routers);
+                let local = share_of(&config, routers);
                 let limiter = self
                     .limiters
                     .lock()
                     .expect("limiters lock")
                     .entry(key)
-                    .or_insert_with(|| Arc::new(KeyedLimiter::new(&config)))
+                    .or_insert_with(|| Arc::new(KeyedLimiter::new(&local)))
                     .clone();
                 limiter.check(&principal.client_id)
             }
@@ -304,7 +322,7 @@ impl Guards {
             (QuotaWindow::Day, quota.per_day),
             (QuotaWindow::Month, quota.per_month),
         ];
-        if let Some(shared) = &self.shared {
+        if let Some(leases) = &self.leases {
             let counted: Vec<_> = windows
                 .iter()
                 .filter_map(|(window, limit)| Some((*window, (*limit)?)))
@@ -319,7 +337,12 @@ impl Guards {
                     (quota_key(principal, version, *window, now), *limit, ttl)
                 })
                 .collect();
-            if let Some(outcome) = self.shared_result(shared.admit_quota(&keys).await) {
+            let lease_key = keys
+                .iter()
+                .map(|(key, limit, _)| format!("{key}={limit}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            if let Some(outcome) = self.shared_result(leases.quota(&lease_key, &keys).await) {
                 return match outcome {
                     None => Ok(()),
                     Some(i) => {
@@ -344,7 +367,7 @@ impl Guards {
                     // Cluster mode with Redis away: count from zero here and add
                     // the calls to the shared counter when it is back (the
                     // documented per-router fallback), rather than refuse.
-                    Err(e) if self.shared.is_some() => {
+                    Err(e) if self.leases.is_some() => {
                         tracing::debug!(error = %e, "quota counter unreadable; counting locally");
                         0
                     }
@@ -382,6 +405,14 @@ impl Guards {
             counter.unflushed += 1;
         }
         Ok(())
+    }
+
+    /// Gives back idle quota reservations (all of them with `all`) and
+    /// forgets old token leases (cluster mode).
+    pub async fn upkeep_leases(&self, all: bool) {
+        if let Some(leases) = &self.leases {
+            leases.upkeep(Instant::now(), all).await;
+        }
     }
 
     /// The shared limits' answer, or `None` (use the local ones) when they failed.

@@ -18,22 +18,28 @@
 //!    - `metrics`: the router's Prometheus metrics;
 //!    - `respond`: writing the router's own JSON answers, with every error
 //!      through one function, `respond::write_error`;
-//!    - `guards`: the guard rails' per-key state (limiters, quotas, in-flight
-//!      counts, breakers, retry budgets);
+//!    - `cache`: the result cache of versions that declare `cache`;
+//!    - `leases`: this router's leases of the cluster-wide rate limits and
+//!      quotas;
 //!    - `placement`: the live nodes, their ring and this router's load on them;
 //!    - `tls`: the TLS listener's certificate, reloaded from its files.
-//! 2. `listener` (connection caps and deadlines before Pingora's HTTP
-//!    handling; names `metrics`), `admission` (body cap, read and validation; names `routes`) and `local`
-//!    (the answers the router gives itself; names `routes`, `metrics`,
-//!    `guards`, `placement`).
-//! 3. `call`: the per-call state (Pingora's `CTX`; names `admission`,
-//!    `guards`, `placement`, `respond`, `routes`).
-//! 4. `proxy`: the `ProxyHttp` phase hooks and `RouterState`; names all of the
-//!    above.
+//! 2. `guards` (the guard rails' per-key state: limiters, quotas, in-flight
+//!    counts, breakers, retry budgets; names `leases`), `listener`
+//!    (connection caps and deadlines before Pingora's HTTP handling; names
+//!    `metrics`), `admission` (body cap, read and validation; names `routes`)
+//!    and `local` (the answers the router gives itself; names `routes`,
+//!    `metrics`, `guards`, `placement`).
+//! 3. `call` (the per-call state, Pingora's `CTX`; names `admission`,
+//!    `cache`, `guards`, `placement`, `respond`, `routes`) and `state`
+//!    (`RouterState`, shared by every call; names `cache`, `guards`,
+//!    `metrics`, `placement`).
+//! 4. `proxy`: the `ProxyHttp` phase hooks; names all of the above.
 
 mod admission;
+mod cache;
 mod call;
 pub mod guards;
+mod leases;
 mod listener;
 mod local;
 pub mod metrics;
@@ -41,6 +47,7 @@ pub mod placement;
 pub mod proxy;
 mod respond;
 pub mod routes;
+mod state;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -140,12 +147,14 @@ impl BackgroundService for Upkeep {
                 _ = tokio::time::sleep(QUOTA_FLUSH_INTERVAL) => {}
             }
             self.state.guards.flush_counters().await;
+            self.state.guards.upkeep_leases(false).await;
             ticks += 1;
             if ticks.is_multiple_of(60) {
                 self.state.guards.retire_idle();
             }
         }
         self.state.guards.flush_counters().await;
+        self.state.guards.upkeep_leases(true).await;
     }
 }
 

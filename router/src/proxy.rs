@@ -24,15 +24,14 @@
 //!
 //! Layer: the top one; names every other module.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use contract::limits::UPSTREAM_MAX_H2_STREAMS;
-use contract::ports::{Authenticator, Catalog, Counters, SharedLimits};
-use contract::{ApiError, ClusterKey, ErrorCode, FunctionVersion, Principal, Qualifier, Scope};
+use contract::{ApiError, ErrorCode, FunctionVersion, Principal, Qualifier, Scope};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -40,57 +39,31 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use policies::breaker::{self, Permit};
 use policies::retry::{FailureKind, RetryDecision};
 
-use crate::admission;
+use crate::admission::{self, Admitted};
+use crate::cache::CacheUse;
 use crate::call::{self, Ctx};
-use crate::guards::Guards;
 use crate::local::{self, LocalAnswer};
-use crate::metrics::Metrics;
-use crate::placement::{LiveNode, NodeSet};
+use crate::placement::LiveNode;
 use crate::respond::{self, Delivery};
 use crate::routes::{self, BodyKind};
 
 pub use crate::metrics::MetricsSource;
 pub use crate::placement::placement_key;
+pub use crate::state::RouterState;
 pub use contract::headers;
 
 /// Extra time the router gives a node beyond the deadline, so that the node's
 /// own 504 (which frees its slot) arrives before the router gives up.
 const NODE_ANSWER_GRACE: Duration = Duration::from_millis(250);
 
-/// Shared state of the router.
-pub struct RouterState {
-    pub extra_metrics: Option<MetricsSource>,
-    pub catalog: Arc<dyn Catalog>,
-    pub auth: Arc<dyn Authenticator>,
-    pub guards: Guards,
-    pub nodes: Arc<NodeSet>,
-    pub metrics: Metrics,
-    /// Sent to nodes with every call: the proof that it comes from inside the cluster.
-    pub cluster_key: ClusterKey,
-    /// Set when a graceful stop begins: `/readyz` turns 503 so balancers move on.
-    pub draining: AtomicBool,
-}
-
-impl RouterState {
-    pub fn new(
-        catalog: Arc<dyn Catalog>,
-        auth: Arc<dyn Authenticator>,
-        counters: Arc<dyn Counters>,
-        nodes: Arc<NodeSet>,
-        shared: Option<Arc<dyn SharedLimits>>,
-        cluster_key: ClusterKey,
-    ) -> Self {
-        RouterState {
-            extra_metrics: None,
-            catalog,
-            auth,
-            guards: Guards::new(counters, shared),
-            nodes,
-            metrics: Metrics::new(),
-            cluster_key,
-            draining: AtomicBool::new(false),
-        }
-    }
+/// What `decide` made of a request.
+enum Decision {
+    /// Proxy it to a node.
+    Proxy,
+    /// Answer it here (health, metadata).
+    Answer(LocalAnswer),
+    /// Answer it from the result cache.
+    Cached(Bytes),
 }
 
 pub struct TaskmeshProxy {
@@ -116,19 +89,20 @@ fn routing_key(session: &Session, principal: &Principal, invocation_id: &str) ->
 }
 
 impl TaskmeshProxy {
-    /// Decides the request: `Ok(None)` to proxy it, `Ok(Some(..))` to answer here.
+    /// Decides the request: proxy it, answer it here, or answer from the cache.
     async fn decide(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-    ) -> std::result::Result<Option<LocalAnswer>, ApiError> {
+    ) -> std::result::Result<Decision, ApiError> {
         let endpoint = {
             let request = session.req_header();
             routes::endpoint(&request.method, request.uri.path(), request.uri.query())?
         };
         let Some((name, qualifier)) = endpoint.function() else {
             let draining = self.state.draining.load(Ordering::Relaxed);
-            return local::router_answer(&endpoint, &self.state.nodes, draining).map(Some);
+            return local::router_answer(&endpoint, &self.state.nodes, draining)
+                .map(Decision::Answer);
         };
         let principal = self.authenticate(session).await?;
         let version = self
@@ -138,15 +112,51 @@ impl TaskmeshProxy {
             let catalog = self.state.catalog.as_ref();
             return local::function_answer(&endpoint, catalog, &principal.tenant, &version)
                 .await
-                .map(Some);
+                .map(Decision::Answer);
         };
         self.prepare_upstream(session, ctx, kind, &version)?;
         let deadline = ctx
             .deadline
             .unwrap_or_else(|| ctx.started + Duration::from_secs(60));
-        ctx.streamed = admission::admit_body(session, &version, kind, deadline).await?;
+        let admitted = admission::admit_body(session, &version, kind, deadline).await?;
         self.apply_guards(ctx, principal, &version).await?;
-        Ok(None)
+        match admitted {
+            Admitted::Streamed(streamed) => ctx.streamed = Some(streamed),
+            Admitted::Read(input) => {
+                if let Some(hit) = self.look_up_cache(session, ctx, &version, kind, &input) {
+                    return Ok(Decision::Cached(hit));
+                }
+            }
+        }
+        Ok(Decision::Proxy)
+    }
+
+    /// Step: the result cache, for a version that declares one (after the
+    /// guards: a hit counts against rate limits and quotas). A hit ends the
+    /// call here and gives back its breaker permit.
+    fn look_up_cache(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        version: &Arc<FunctionVersion>,
+        kind: BodyKind,
+        input: &serde_json::Value,
+    ) -> Option<Bytes> {
+        if version.definition.cache.is_none() || kind != BodyKind::Invoke {
+            return None;
+        }
+        let headers = &session.req_header().headers;
+        let (usage, hit) = self
+            .state
+            .cache
+            .look_up(version, headers, input, Instant::now());
+        ctx.cache = Some(usage);
+        if hit.is_some() {
+            if let Some(mut pass) = ctx.guard_pass.take() {
+                self.state.guards.release(version, &mut pass, None);
+            }
+        }
+        hit
     }
 
     /// Step: the caller's key, which must carry the `invoke` scope (401, 403).
@@ -329,9 +339,12 @@ impl ProxyHttp for TaskmeshProxy {
         // The key has done its work: it never travels further or reaches a log line.
         session.req_header_mut().remove_header("authorization");
         match decided {
-            Ok(None) => return Ok(false),
-            Ok(Some(answer)) => {
+            Ok(Decision::Proxy) => return Ok(false),
+            Ok(Decision::Answer(answer)) => {
                 respond::write_json(session, answer.status, &answer.body, &ctx.stamp()).await?;
+            }
+            Ok(Decision::Cached(body)) => {
+                respond::write_cached(session, body, &ctx.stamp()).await?;
             }
             Err(err) => {
                 ctx.error_code = Some(err.code);
@@ -515,7 +528,29 @@ impl ProxyHttp for TaskmeshProxy {
         for (name, value) in &ctx.rate_headers {
             response.insert_header(*name, value.as_str())?;
         }
+        if let Some(said) = ctx
+            .cache
+            .as_mut()
+            .and_then(|c| c.answered(response.status.as_u16()))
+        {
+            response.insert_header(headers::CACHE, said)?;
+        }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let (Some(usage), Some(version)) = (&mut ctx.cache, &ctx.function) {
+            if let Some((input, result)) = usage.gather(body.as_ref(), end_of_stream) {
+                self.state.cache.put(version, input, result, Instant::now());
+            }
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(
@@ -620,7 +655,9 @@ impl ProxyHttp for TaskmeshProxy {
             .record(tenant, function, version, status, seconds);
         // Per-version evidence for rollouts: calls that reached a node or
         // failed on the server side (a 4xx is the caller's, not the version's).
-        if let (Some(served), Some(_)) = (&ctx.function, ctx.body_kind) {
+        // A cache hit asked no node: it is no evidence about the version.
+        let from_cache = matches!(ctx.cache, Some(CacheUse::Hit));
+        if let (Some(served), Some(_), false) = (&ctx.function, ctx.body_kind, from_cache) {
             if status >= 500 || (ctx.principal.is_some() && status > 0 && status < 400) {
                 let failed = status >= 500;
                 self.state.guards.record_call(served, failed, seconds);

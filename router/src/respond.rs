@@ -77,6 +77,17 @@ pub async fn write_json(
     session.write_response_body(Some(bytes), true).await
 }
 
+/// Writes a result from the cache: the stored JSON body, the call's stamp and
+/// `x-taskmesh-cache: hit`.
+pub async fn write_cached(session: &mut Session, body: Bytes, stamp: &Stamp<'_>) -> Result<()> {
+    let mut header = json_header(200, body.len(), stamp, None)?;
+    header.insert_header(headers::CACHE, "hit")?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), true).await
+}
+
 /// Writes `err` as the contract's JSON error: its status and body, with
 /// `retry-after` when it has one, and the call's stamp. The one place the
 /// router renders an error.

@@ -25,5 +25,4 @@ mod store;
 pub use connection::{
     ensure_crypto_provider, insecure_tls, RedisOptions, RedisStore, INSECURE_REFUSED,
 };
-pub use limits::GcraStep;
 pub use membership::{redacted, Membership, NodeRecord, RedisMembership, HEARTBEAT, TTL};
