@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import shutil
 import sys
 import time
@@ -55,8 +56,12 @@ def make_ctx(quick: bool, workdir: Path) -> Ctx:
                    batching_duration=1.0, batching_warmup=0.3)  # fmt: skip
     # Five short repetitions rather than three long ones: on a shared, noisy
     # machine a median of five shrugs off two disturbed runs.
+    # TASKMESH_BENCH_REPS and TASKMESH_BENCH_DURATION shorten a full run for
+    # side experiments (the committed results use the defaults).
+    reps = int(os.environ.get("TASKMESH_BENCH_REPS", "5"))
+    duration = float(os.environ.get("TASKMESH_BENCH_DURATION", "5"))
     return Ctx(quick=False, workdir=workdir, loadgen_cpus=loadgen, server_cpus=servers,
-               reps=5, duration=5, warmup=1)  # fmt: skip
+               reps=reps, duration=duration, warmup=1)  # fmt: skip
 
 
 def _loadavg() -> str:

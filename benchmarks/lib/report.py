@@ -431,6 +431,21 @@ def write(results: dict, out: Path) -> None:
         if "router_overhead.png" in plots:
             md.append("\n![router overhead](router_overhead.png)\n")
 
+    cl = sc.get("cluster-limits")
+    if cl:
+        md.append("\n## 1b. Cluster-wide limits and the result cache ([case](../cases/cluster-limits/README.md))\n")
+        rows = []
+        for n, t in cl["targets"].items():
+            rows.append([f"**{n}**", _f(t["p50_us_1_stream"]), _f(t["p99_us_1_stream"]), _f(t["rps_4x8"]),
+                         _f(t.get("router_cpu_us_per_req_4x8"), 1) if n != "direct" else "–"])  # fmt: skip
+        md.append(_table(["target", "p50 µs (1 stream)", "p99 µs (1 stream)", "req/s (4×8)", "router CPU µs/req"], rows))
+        md.append(
+            f"\nCluster mode on Redis. Limits (a rate limit and a daily quota that never refuse) cost "
+            f"{_signed(cl['limits_cost_p50_us'])} µs p50 over the same function without them, and "
+            f"{_x(cl['limited_vs_plain_rps'])} its throughput; a cache hit answers in {_f(cl['cache_hit_p50_us'])} µs "
+            f"p50 ({_x(cl['cache_hit_vs_direct_p50'])} the node's own direct p50).\n"
+        )
+
     vm = sc.get("vs-mlserver")
     if vm:
         md.append("\n## 2. Against a serving peer: MLServer ([case](../cases/vs-mlserver/README.md))\n")
@@ -676,6 +691,13 @@ def _headlines(sc: dict) -> list[str]:
                     f"throughput {_x(ro['targets']['taskmesh']['throughput_rps'] / ro['targets'][peer]['throughput_rps'])} "
                     f"of {peer}'s; proxy CPU/req {_f(r.get('proxy_cpu_us_per_req'), 1)} vs {_f(p.get('proxy_cpu_us_per_req'), 1)} µs."
                 )
+    cl = sc.get("cluster-limits")
+    if cl:
+        h.append(
+            f"- **Cluster-wide limits** (Redis, leased): {_signed(cl['limits_cost_p50_us'])} µs p50 over the same "
+            f"function without limits; throughput {_x(cl['limited_vs_plain_rps'])}. **Cache hit**: "
+            f"{_f(cl['cache_hit_p50_us'])} µs p50, {_x(cl['cache_hit_vs_direct_p50'])} the node's direct p50."
+        )
     vm = sc.get("vs-mlserver")
     if vm:
         for peer, kinds in vm["ratios"].items():

@@ -256,6 +256,10 @@ pub fn start(options: RouterOptions, deps: RouterDeps) -> anyhow::Result<RouterH
         deps.cluster_key,
     );
     state.extra_metrics = deps.extra_metrics;
+    // Experiment (see benchmarks/): Pingora's no-steal runtime, with one
+    // upstream connection per worker thread.
+    let work_stealing = std::env::var("TASKMESH_ROUTER_WORK_STEALING").map_or(true, |v| v != "0");
+    state.per_thread_upstreams = !work_stealing;
     let state = Arc::new(state);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let thread_state = state.clone();
@@ -272,6 +276,7 @@ pub fn start(options: RouterOptions, deps: RouterDeps) -> anyhow::Result<RouterH
                 threads,
                 grace_period_seconds: Some(grace),
                 graceful_shutdown_timeout_seconds: Some(1),
+                work_stealing,
                 ..ServerConf::default()
             };
             if let Some(sock) = &upgrade_sock {

@@ -27,6 +27,9 @@ pub struct RouterState {
     pub draining: AtomicBool,
     /// Results of versions that declare `cache`.
     pub cache: ResultCache,
+    /// Each worker thread keeps its own upstream connections to a node (set
+    /// with Pingora's no-steal runtime, where a task stays on its thread).
+    pub per_thread_upstreams: bool,
 }
 
 impl RouterState {
@@ -48,6 +51,7 @@ impl RouterState {
             cluster_key,
             draining: AtomicBool::new(false),
             cache: ResultCache::default(),
+            per_thread_upstreams: false,
         }
     }
 }
