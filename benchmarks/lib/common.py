@@ -30,7 +30,8 @@ BENCH = ROOT / "benchmarks"
 PROFILE = os.environ.get("TASKMESH_BENCH_PROFILE", "release")
 if PROFILE not in ("release", "debug"):
     raise SystemExit(f"TASKMESH_BENCH_PROFILE must be release or debug, not {PROFILE!r}")
-TASKMESH_BIN = ROOT / "target" / PROFILE / "taskmesh"
+# TASKMESH_BENCH_BIN measures another build of the binary (an A/B run).
+TASKMESH_BIN = Path(os.environ.get("TASKMESH_BENCH_BIN") or ROOT / "target" / PROFILE / "taskmesh")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

@@ -244,6 +244,10 @@ fn cap_header_dumping(spec: &str) -> String {
     directives.join(",")
 }
 
+/// mimalloc instead of glibc's malloc: per-thread heaps, no arena locks.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     // One rustls crypto provider for every TLS user in the process (the

@@ -291,6 +291,17 @@ impl NodeSet {
     }
 }
 
+/// This thread's number among the router's workers (from 1, in the order
+/// they first ask).
+pub fn thread_slot() -> u64 {
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static SLOT: u64 = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    SLOT.with(|slot| *slot)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

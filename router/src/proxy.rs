@@ -70,17 +70,6 @@ pub struct TaskmeshProxy {
     pub state: Arc<RouterState>,
 }
 
-/// This thread's number among the router's workers (from 1, in the order
-/// they first ask).
-fn thread_slot() -> u64 {
-    use std::sync::atomic::AtomicU64;
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    thread_local! {
-        static SLOT: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
-    }
-    SLOT.with(|slot| *slot)
-}
-
 /// The routing key an alias splits by: the caller's own
 /// (`x-taskmesh-routing-key`), else its client id, else this invocation's id
 /// (so one caller sticks to one version).
@@ -416,10 +405,9 @@ impl ProxyHttp for TaskmeshProxy {
         peer.options.read_timeout = Some(left + NODE_ANSWER_GRACE);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         peer.options.h2_ping_interval = Some(Duration::from_secs(30));
-        // One upstream connection per worker thread: a call's stream then runs
-        // on the thread that owns its connection (no hand-off between threads).
+        // One upstream connection per worker thread (no-steal runtime only).
         if self.state.per_thread_upstreams {
-            peer.group_key = thread_slot();
+            peer.group_key = crate::placement::thread_slot();
         }
         Ok(Box::new(peer))
     }

@@ -1,4 +1,5 @@
-"""Micro-benchmarks: criterion benches in policies/benches/, folded into the summary."""
+"""Micro-benchmarks: criterion benches in policies/benches/ and the Rust ONNX
+Runtime floor in runtime/benches/, folded into the summary."""
 
 from __future__ import annotations
 
@@ -23,17 +24,19 @@ def run(ctx) -> dict:
     # In quick mode (debug profile) the bench is built without optimisations,
     # with the workspace's features, so it reuses the dependencies that
     # scripts/test.sh built: it only checks the wiring.
-    profile = ["-p", "taskmesh-policies"] if PROFILE == "release" else ["--workspace", "--profile", "dev"]
-    subprocess.run(["cargo", "bench", *profile, "--bench", "hot_paths", "--no-run"], cwd=ROOT, check=True)
+    benches = [("taskmesh-policies", "hot_paths"), ("taskmesh-runtime", "ort_floor")]
     args = ["--warm-up-time", str(ctx.micro_warmup), "--measurement-time", str(ctx.micro_measure)]
     if ctx.quick:
         # Criterion's bootstrap (100,000 resamples per bench) dominates an
         # unoptimised build: 1,000 are plenty to show the bench runs.
         args += ["--quick", "--nresamples", "1000"]
-    cmd = ["cargo", "bench", *profile, "--bench", "hot_paths", "--", *args, "--noplot"]
-    p = subprocess.run(pinned(cmd, ctx.server_cpus[:1]), cwd=ROOT, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"cargo bench failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    for package, bench in benches:
+        profile = ["-p", package] if PROFILE == "release" else ["--workspace", "--profile", "dev"]
+        subprocess.run(["cargo", "bench", *profile, "--bench", bench, "--no-run"], cwd=ROOT, check=True)
+        cmd = ["cargo", "bench", *profile, "--bench", bench, "--", *args, "--noplot"]
+        p = subprocess.run(pinned(cmd, ctx.server_cpus[:1]), cwd=ROOT, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"cargo bench {bench} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     root = target_dir() / "criterion"
     out = {"benches": {}, "profile": "bench" if PROFILE == "release" else "dev (unoptimised: quick mode)"}
     for est in sorted(root.glob("*/*/new/estimates.json")):
@@ -56,4 +59,4 @@ def run(ctx) -> dict:
     return out
 
 
-GROUPS = {"tensor_from_json", "parse_body", "input_schema", "ratelimit_check", "breaker", "ring_place"}
+GROUPS = {"tensor_from_json", "parse_body", "input_schema", "ratelimit_check", "breaker", "ring_place", "ort_floor"}
