@@ -153,14 +153,6 @@ def _plots(results: dict, out: Path) -> list[str]:
         plt.close(fig)
         made.append("floor_vs_platform.png")
 
-    rust_floor = ((sc.get("micro") or {}).get("benches") or {}).get("ort_floor/digits_run")
-    if rust_floor and ro:
-        floor_us = rust_floor["median_ns"] / 1000
-        h.append(
-            f"- **Rust floor**: one digits run through `ort` (tensors in and out, no HTTP or JSON) takes "
-            f"{_f(floor_us, 1)} µs; the node's direct p50 is {_f(ro['targets']['direct']['latency_p50_us'] - floor_us)} "
-            f"µs above it."
-        )
     cs = sc.get("cold-start")
     if cs and cs["models"]:
         names = list(cs["models"])
@@ -721,6 +713,14 @@ def _headlines(sc: dict) -> list[str]:
             f"- **Floor**: ONNX Runtime alone runs digits in {_f(f50, 1)} µs (p50); the node adds "
             f"{_f(ro['targets']['direct']['latency_p50_us'] - f50)} µs (HTTP/2, JSON, tensors, schema) and the "
             f"router {_f(ro['ratios']['taskmesh']['added_p50_us'])} µs more."
+        )
+    rust_floor = ((sc.get("micro") or {}).get("benches") or {}).get("ort_floor/digits_run")
+    if rust_floor and ro:
+        floor_us = rust_floor["median_ns"] / 1000
+        h.append(
+            f"- **Rust floor**: one digits run through `ort` (tensors in and out, no HTTP or JSON) takes "
+            f"{_f(floor_us, 1)} µs; the node's direct p50 is {_f(ro['targets']['direct']['latency_p50_us'] - floor_us)} "
+            f"µs above it."
         )
     cs = sc.get("cold-start")
     if cs and cs["models"]:
