@@ -215,7 +215,7 @@ async fn limits_hold_across_two_routers() {
                             // A client backs off a little when refused (a
                             // refusal costs the router microseconds, so a
                             // tight loop only starves the machine).
-                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            tokio::time::sleep(Duration::from_millis(10)).await;
                         }
                         other => panic!("{other}"),
                     }
