@@ -71,11 +71,11 @@ fn cluster_key(config: &Config) -> Result<contract::ClusterKey> {
         .context("cluster mode needs the cluster key, the same on every router, node and registry: --cluster-key-file PATH or TASKMESH_CLUSTER_KEY (make one with `openssl rand -hex 32`)")
 }
 
+/// The operator key (required in cluster mode), trimmed and checked.
 fn operator_key() -> Result<String> {
-    match std::env::var("TASKMESH_ADMIN_KEY") {
-        Ok(key) if !key.trim().is_empty() => Ok(key),
-        _ => bail!("cluster mode takes the operator key from TASKMESH_ADMIN_KEY, which is not set"),
-    }
+    Config::operator_key(&crate::config::process_env())
+        .map_err(|e| anyhow::anyhow!(e))?
+        .context("cluster mode takes the operator key from TASKMESH_ADMIN_KEY_FILE or TASKMESH_ADMIN_KEY, and neither is set (make one with `openssl rand -hex 32`)")
 }
 
 /// `/readyz` for a process (its app serves `/healthz`); readiness turns false while draining.
@@ -229,12 +229,17 @@ pub async fn node(config: Config) -> Result<()> {
         model_store(&config)?,
         Arc::new(OrtInspector),
     ));
-    let cuda = config.gpu && runtime::session::cuda_available();
-    if config.gpu && !cuda {
-        tracing::warn!(
-            "--gpu given but no CUDA execution provider is available: serving CPU functions only"
+    // A GPU node that cannot run CUDA fails at start-up: running CPU-only
+    // and Ready would take the GPU pool's place in membership and fail every
+    // GPU call (the GPU image on a node without a driver, or no device plugin).
+    if config.gpu && !runtime::session::cuda_available() {
+        bail!(
+            "--gpu was given but ONNX Runtime has no usable CUDA execution provider here \
+             (the onnxruntime-gpu library, an NVIDIA driver and a visible GPU are needed); \
+             run without --gpu for a CPU node"
         );
     }
+    let cuda = config.gpu;
     let engine = Engine::new(
         crate::wiring::node_sources(&registry),
         EngineConfig {
@@ -257,7 +262,9 @@ pub async fn node(config: Config) -> Result<()> {
     };
     let id = format!("node-{address}");
     let membership: Arc<dyn Membership> = Arc::new(RedisMembership::new(redis));
-    let ready = Arc::new(AtomicBool::new(true));
+    // Ready once the node is in membership (its first heartbeat), so a
+    // rollout waits for a node that routers can actually find.
+    let ready = Arc::new(AtomicBool::new(false));
     let app = runtime::server::router(engine.clone(), id.clone(), cluster_key)
         .merge(probes(ready.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -290,12 +297,16 @@ pub async fn node(config: Config) -> Result<()> {
         }
     };
     let heartbeat = {
-        let (membership, record) = (membership.clone(), record.clone());
+        let (membership, record, ready) = (membership.clone(), record.clone(), ready.clone());
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let mut failing = false;
             loop {
-                match membership.heartbeat(&record(false)).await {
+                let beat = membership.heartbeat(&record(false)).await;
+                if beat.is_ok() && !*stop.borrow() {
+                    ready.store(true, Ordering::Relaxed);
+                }
+                match beat {
                     Ok(()) if failing => {
                         tracing::info!("membership heartbeat restored");
                         failing = false;
@@ -362,10 +373,9 @@ pub async fn router(config: Config, upgrade: bool) -> Result<()> {
         ModelStore::open(config.data_dir.join("router-models"))?,
         Arc::new(OrtInspector),
     ));
-    let auth = Arc::new(Auth::new(
-        store.clone(),
-        std::env::var("TASKMESH_ADMIN_KEY").ok().as_deref(),
-    ));
+    let operator =
+        Config::operator_key(&crate::config::process_env()).map_err(anyhow::Error::msg)?;
+    let auth = Arc::new(Auth::new(store.clone(), operator.as_deref()));
     let nodes = Arc::new(router::placement::NodeSet::new(config.bounds()));
     let membership: Arc<dyn Membership> = Arc::new(RedisMembership::new(redis.clone()));
     // The first view of membership before taking traffic.

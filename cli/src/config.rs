@@ -190,6 +190,28 @@ impl Config {
         }
     }
 
+    /// The operator key of cluster mode: from `TASKMESH_ADMIN_KEY_FILE`
+    /// (a mounted Secret), else `TASKMESH_ADMIN_KEY`; `None` when neither is
+    /// set. Trimmed and checked like the cluster key (a key file's trailing
+    /// newline is not part of the key); a key given but unusable is an error
+    /// that names the variable, never the key.
+    pub fn operator_key(env: &[(String, String)]) -> Result<Option<String>, String> {
+        let var = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+        if let Some(path) = var("TASKMESH_ADMIN_KEY_FILE") {
+            let raw = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading TASKMESH_ADMIN_KEY_FILE ({path}): {e}"))?;
+            return contract::cluster_key::parse_shared_secret(&raw, "the operator key")
+                .map(Some)
+                .map_err(|e| format!("TASKMESH_ADMIN_KEY_FILE ({path}): {e}"));
+        }
+        match var("TASKMESH_ADMIN_KEY") {
+            Some(raw) => contract::cluster_key::parse_shared_secret(raw, "the operator key")
+                .map(Some)
+                .map_err(|e| format!("TASKMESH_ADMIN_KEY: {e}")),
+            None => Ok(None),
+        }
+    }
+
     /// Router worker threads: the setting, else one per core this process may
     /// use (its CPU affinity and cgroup quota count), or half of them when the
     /// router shares the process with a runtime node (`taskmesh up`), whose

@@ -43,10 +43,9 @@ pub async fn run(config: Config) -> Result<()> {
         Registry::new(store.clone(), models, Arc::new(OrtInspector))
             .with_scaling_bounds(config.scaling_bounds),
     );
-    let auth = Arc::new(Auth::new(
-        store.clone(),
-        std::env::var("TASKMESH_ADMIN_KEY").ok().as_deref(),
-    ));
+    let operator = crate::config::Config::operator_key(&crate::config::process_env())
+        .map_err(anyhow::Error::msg)?;
+    let auth = Arc::new(Auth::new(store.clone(), operator.as_deref()));
     let new_operator_key = auth
         .ensure_operator()
         .await

@@ -543,3 +543,104 @@ async fn a_router_that_loses_redis_enforces_its_share_of_a_limit() {
         "admitted {ok}, expected {expected:.0} ± 20 %"
     );
 }
+
+/// Keys handed over the way deploy/README.md does it (`openssl rand -hex 32 >
+/// admin.key`, `kubectl create secret --from-file`) end in a newline: the
+/// registry must take the key without it, from the environment and from a
+/// file, and refuse to start on a key that is not one (naming the variable,
+/// never the key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_keys_read_with_a_trailing_newline_work_and_bad_ones_stop_the_start() {
+    let redis = redis_support::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("shared")).unwrap();
+    let key = "0123456789abcdef".repeat(4);
+    let key_file = dir.path().join("admin.key");
+    std::fs::write(&key_file, format!("{key}\n")).unwrap();
+    let with_newline = format!("{key}\n");
+    let file = key_file.to_str().unwrap();
+    for (n, env) in [
+        vec![("TASKMESH_ADMIN_KEY", Some(with_newline.as_str()))],
+        vec![
+            ("TASKMESH_ADMIN_KEY", None),
+            ("TASKMESH_ADMIN_KEY_FILE", Some(file)),
+        ],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let registry = spawn_env(
+            &redis,
+            dir.path(),
+            "registry",
+            n,
+            support::free_addr(),
+            &[],
+            &env,
+        );
+        wait_healthy(&registry);
+        let client = support::TestClient::http1();
+        let listed = client
+            .clone()
+            .with_key(&key)
+            .get(&registry.url("/v1/functions"))
+            .await;
+        assert_eq!(listed.status.as_u16(), 200, "{:?}", listed.body);
+        let padded = client
+            .clone()
+            .with_key(&format!("{key}x"))
+            .get(&registry.url("/v1/functions"))
+            .await;
+        padded.expect_error(401, "unauthenticated");
+    }
+
+    let short = "too-short-secret\n";
+    let mut refused = spawn_env(
+        &redis,
+        dir.path(),
+        "registry",
+        9,
+        support::free_addr(),
+        &[],
+        &[("TASKMESH_ADMIN_KEY", Some(short))],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = refused.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a registry with a bad key kept running"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!status.success(), "a 16-character operator key was taken");
+    let logs = refused.logs();
+    assert!(logs.contains("TASKMESH_ADMIN_KEY"), "{logs}");
+    assert!(!logs.contains("too-short-secret"), "the key leaked: {logs}");
+}
+
+/// `taskmesh node --gpu` where ONNX Runtime has no CUDA provider (every CI
+/// machine) must not come up CPU-only and Ready in the GPU pool's place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_node_without_cuda_fails_at_start_up() {
+    let redis = redis_support::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("shared")).unwrap();
+    let mut node = spawn(&redis, dir.path(), "node", 1, &["--gpu"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = node.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a --gpu node without CUDA kept running: {}",
+            node.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!status.success());
+    assert!(node.logs().contains("CUDA"), "{}", node.logs());
+}

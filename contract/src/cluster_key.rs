@@ -24,17 +24,7 @@ impl ClusterKey {
     /// whitespace (a file's trailing newline) is trimmed; what is left must be
     /// [`MIN_LEN`]..=[`MAX_LEN`] visible ASCII characters.
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let key = raw.trim();
-        if key.len() < MIN_LEN || key.len() > MAX_LEN {
-            return Err(format!(
-                "a cluster key has {MIN_LEN} to {MAX_LEN} characters (this one has {}); make one with `openssl rand -hex 32`",
-                key.len()
-            ));
-        }
-        if !key.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("a cluster key is visible ASCII characters only (no spaces)".into());
-        }
-        Ok(ClusterKey(key.to_string()))
+        parse_shared_secret(raw, "a cluster key").map(ClusterKey)
     }
 
     /// The key, for the header a router sends.
@@ -55,6 +45,28 @@ impl ClusterKey {
             .fold(0u8, |diff, (a, b)| diff | (a ^ b))
             == 0
     }
+}
+
+/// Reads a shared secret (the cluster key, an operator key) as given in a
+/// file or the environment: surrounding whitespace (a file's trailing newline,
+/// as `openssl rand -hex 32 > key` and `kubectl create secret --from-file`
+/// keep it) is trimmed; what is left must be [`MIN_LEN`]..=[`MAX_LEN`]
+/// visible ASCII characters. `what` names the secret in the error, which
+/// never contains the secret itself.
+pub fn parse_shared_secret(raw: &str, what: &str) -> Result<String, String> {
+    let key = raw.trim();
+    if key.len() < MIN_LEN || key.len() > MAX_LEN {
+        return Err(format!(
+            "{what} has {MIN_LEN} to {MAX_LEN} characters (this one has {}); make one with `openssl rand -hex 32`",
+            key.len()
+        ));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{what} is visible ASCII characters only (no spaces inside)"
+        ));
+    }
+    Ok(key.to_string())
 }
 
 impl TryFrom<String> for ClusterKey {

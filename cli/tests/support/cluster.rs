@@ -233,10 +233,25 @@ pub fn spawn_at(
     addr: SocketAddr,
     extra: &[&str],
 ) -> Proc {
+    spawn_env(redis, dir, role, n, addr, extra, &[])
+}
+
+/// [`spawn_at`] with environment variables set (or, with `None`, removed)
+/// over the harness's own.
+pub fn spawn_env(
+    redis: &RedisServer,
+    dir: &std::path::Path,
+    role: &str,
+    n: usize,
+    addr: SocketAddr,
+    extra: &[&str],
+    env: &[(&str, Option<&str>)],
+) -> Proc {
     let data = dir.join(format!("{role}-{n}"));
     std::fs::create_dir_all(&data).unwrap();
     let log = dir.join(format!("{role}-{n}.log"));
-    let child = Command::new(env!("CARGO_BIN_EXE_taskmesh"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_taskmesh"));
+    command
         .arg(role)
         .args(["--listen", &addr.to_string(), "--redis", &redis.url()])
         .args(["--data-dir"])
@@ -257,10 +272,15 @@ pub fn spawn_at(
             "TASKMESH_LOG",
             "info,ort=warn,pingora_core=warn,pingora_proxy=warn",
         )
+        .envs(env.iter().filter_map(|(k, v)| v.map(|v| (k, v))))
         .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .expect("start taskmesh");
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+    for (k, v) in env {
+        if v.is_none() {
+            command.env_remove(k);
+        }
+    }
+    let child = command.spawn().expect("start taskmesh");
     Proc { child, addr, log }
 }
 
