@@ -4,13 +4,19 @@
 # into .deps/deploy-tools and skips that step when they are already there.
 #
 #   1. every .tf file under deploy/terraform parses (python-hcl2);
+#  1b. every reference resolves to a declaration, every module argument to a
+#      variable of the module (deploy/checks/tf_refs.py), as terraform validate
+#      would check first;
 #   2. each module README's inputs/outputs tables match its variables.tf/outputs.tf;
-#   3. the kubernetes module's objects are rendered with example values
-#      (deploy/checks/k8s-values.yaml) and validated against the Kubernetes JSON
-#      schemas (kubernetes-validate, strict) plus the module's own promises;
+#   3. the kubernetes module's objects are rendered from what Terraform would
+#      compute for the examples (deploy/checks/k8s-scenarios.yaml: an example
+#      root configuration each, evaluated by deploy/checks/hcl_config.py) and
+#      validated against the Kubernetes JSON schemas (kubernetes-validate,
+#      strict), canonical quantities and the module's own promises;
 #   4. checkov: Terraform (deploy/terraform), the Dockerfiles, and the rendered
 #      Kubernetes objects; every skip must carry a written reason;
-#   5. the image's health-check script against a local HTTP server.
+#   5. the image's health-check script against a local HTTP server;
+#   6. deploy/docker/pin-digests.sh against a stand-in docker.
 #
 # Needs no stdin (works with CI=true). Run from anywhere.
 set -euo pipefail
@@ -82,6 +88,26 @@ else
   failed+=("hcl")
 fi
 
+# --- 1b. references ------------------------------------------------------------------
+# What terraform validate rejects first, without a terraform binary or provider
+# schemas: in every root and module directory each var., local., data., module.
+# and resource reference resolves, module.NAME.OUTPUT names an output of a local
+# module, module calls pass exactly that module's variables (every one without
+# a default), and each./count./self. appear only where they are valid. Unused
+# variables and locals are printed as warnings. The checker's own unit tests
+# run first.
+t0=$(now)
+if ! out=$("$PYTHON" deploy/checks/test_tf_refs.py 2>&1 </dev/null); then
+  echo "$out"
+  echo "FAIL: deploy/checks/test_tf_refs.py"
+  failed+=("tf-refs-tests")
+fi
+if "$PYTHON" deploy/checks/tf_refs.py --quiet deploy/terraform </dev/null; then
+  log "refs: every reference and module argument resolves ($(elapsed "$t0"))"
+else
+  failed+=("tf-refs")
+fi
+
 # --- 2. README tables ----------------------------------------------------------------
 t0=$(now)
 if lint_py deploy/checks/tfdocs.py deploy/terraform/modules/kubernetes deploy/terraform/modules/aws; then
@@ -97,8 +123,14 @@ RENDERED="$(mktemp -d "${TMPDIR:-/tmp}/taskmesh-k8s.XXXXXX")"
 trap 'rm -rf "$RENDERED"' EXIT
 k8s_args=()
 for v in "${K8S_VERSIONS[@]}"; do k8s_args+=(--kubernetes-version "$v"); done
+if out=$(lint_py -m unittest discover -s deploy/checks -p 'test_hcl_eval.py' 2>&1); then
+  log "kubernetes: the HCL evaluator's tests pass ($(grep -m1 -oE 'Ran [0-9]+ tests' <<<"$out"))"
+else
+  echo "$out"
+  failed+=("hcl-evaluator-tests")
+fi
 if lint_py deploy/checks/render_k8s.py --module deploy/terraform/modules/kubernetes \
-  --values deploy/checks/k8s-values.yaml --out "$RENDERED" "${k8s_args[@]}"; then
+  --scenarios deploy/checks/k8s-scenarios.yaml --out "$RENDERED" "${k8s_args[@]}"; then
   log "kubernetes: every rendered object is valid ($(elapsed "$t0"))"
 else
   failed+=("kubernetes-schemas")
@@ -165,6 +197,32 @@ else
   echo "FAIL: deploy/docker/healthcheck.sh does not tell healthy from unhealthy"
   failed+=("healthcheck")
 fi
+
+# --- 6. base-image digests ------------------------------------------------------------
+# pin-digests.sh on copies of both Dockerfiles, with a stand-in `docker` that
+# answers a digest per image: every FROM line gets pinned, `--check` fails
+# before and passes after, and nothing but the FROM lines changes.
+t0=$(now)
+pin_dir="$(mktemp -d)"
+mkdir -p "$pin_dir/bin"
+cat >"$pin_dir/bin/docker" <<'SH'
+#!/bin/sh
+# docker buildx imagetools inspect --format FORMAT IMAGE
+printf '"sha256:%s"\n' "$(printf '%s' "$6" | sha256sum | cut -c1-64)"
+SH
+chmod +x "$pin_dir/bin/docker"
+cp deploy/docker/Dockerfile deploy/docker/Dockerfile.gpu "$pin_dir/"
+if ! deploy/docker/pin-digests.sh --check "$pin_dir/Dockerfile" "$pin_dir/Dockerfile.gpu" >/dev/null \
+  && PATH="$pin_dir/bin:$PATH" deploy/docker/pin-digests.sh "$pin_dir/Dockerfile" "$pin_dir/Dockerfile.gpu" >/dev/null \
+  && deploy/docker/pin-digests.sh --check "$pin_dir/Dockerfile" "$pin_dir/Dockerfile.gpu" \
+  && [[ "$(diff deploy/docker/Dockerfile "$pin_dir/Dockerfile" | grep -c '^>')" == "$(grep -c '^FROM ' deploy/docker/Dockerfile)" ]] \
+  && ! grep -E '^FROM ' "$pin_dir/Dockerfile" "$pin_dir/Dockerfile.gpu" | grep -vqE '@sha256:[0-9a-f]{64}( |$)'; then
+  log "pin-digests.sh: pins every base image by digest, --check tells pinned from unpinned ($(elapsed "$t0"))"
+else
+  echo "FAIL: deploy/docker/pin-digests.sh does not pin every FROM line"
+  failed+=("pin-digests")
+fi
+rm -rf "$pin_dir"
 
 if ((${#failed[@]})); then
   log "FAILED: ${failed[*]} ($(elapsed "$T_START"))"

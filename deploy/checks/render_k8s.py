@@ -3,162 +3,138 @@
 
 The module (deploy/terraform/modules/kubernetes) keeps each Kubernetes object as
 a template in templates/ and lists, in the `local.manifests` table of main.tf,
-which templates it renders and the variable names it passes to each. This
-script:
+which templates it renders with which variables. Each scenario of the scenarios
+file (k8s-scenarios.yaml) names an example root configuration, the `module`
+block in it that calls the module, and stubs for what exists only after apply.
+For each scenario this script:
 
-1. reads that table with python-hcl2 and checks it against the templates: every
-   `${name}` a template uses is passed by main.tf (templatefile() would fail at
-   plan time otherwise), no name is passed that the template ignores, and every
-   template file is used;
-2. renders every entry of every scenario in k8s-values.yaml (example values, the
-   names checked against main.tf's) with the subset of Terraform's template
-   syntax the templates are allowed to use: `${name}`, `${name.attr}` and
-   `${jsonencode(name)}` (anything else fails, so the templates cannot drift into
-   syntax this renderer would get wrong);
-3. parses the result as YAML 1.2 (as Terraform's yamldecode does: `on`, `yes`,
-   `0755` stay strings) and validates every object against the Kubernetes JSON
-   schemas of kubernetes-validate, in strict mode (unknown fields fail), for each
-   Kubernetes version given;
-4. checks the properties the module promises (rolling updates with
-   maxUnavailable 0, probes on /healthz and /readyz, the security context, the
-   grace period against the drain time, secrets only by reference: the operator
-   key on the router and registry and the cluster key, from one Secret, on the
-   router, registry and every node; node ingress only from the release's routers
-   and registry; selectors that match their pods, autoscaler and budget targets
-   that exist);
-5. writes the rendered objects to --out/<scenario>/ for checkov's Kubernetes
+1. evaluates the example as `terraform plan` would (hcl_config.py, hcl_eval.py):
+   its variables (defaults, then terraform.tfvars.example, then the scenario's
+   overrides), the module block's arguments, the module's variables with their
+   types, optional() defaults and validations, every local value and output;
+   any error Terraform would report is a failure, with its file and line;
+2. checks the table against the templates: every name a template uses is
+   passed by its entry (templatefile() would fail otherwise), no entry passes a
+   name its template ignores, every template file is used, and the templates
+   use only `${name}`, `${name.attr}` and `${jsonencode(name)}` (every
+   computation stays in main.tf);
+3. renders every enabled entry with templatefile() and parses it as YAML 1.2
+   (as Terraform's yamldecode does: `on`, `yes`, `0755` stay strings), and
+   checks that local.objects, what the module applies, is exactly that;
+4. validates every object against the Kubernetes JSON schemas of
+   kubernetes-validate, in strict mode (unknown fields fail), for each
+   Kubernetes version given, and checks that every resource quantity
+   (requests, limits, emptyDir sizeLimit) is in the canonical form the API
+   server returns ("4Gi", not "4096Mi"): kubernetes_manifest compares what it
+   applied with what it reads back, and fails the apply on any difference;
+5. checks the properties the module promises (rolling updates with
+   maxUnavailable 0, or one GPU pod at a time; probes on /healthz and /readyz,
+   the security context, the grace period against the drain time, secrets only
+   by reference: the operator key on the router and registry and the cluster
+   key, from one Secret, on the router, registry and every node; node ingress
+   only from the release's routers and registry; selectors that match their
+   pods, autoscaler and budget targets that exist, ServiceAccounts that exist);
+6. writes the rendered objects to --out/<scenario>/ for checkov's Kubernetes
    checks.
 
 Exit status 1 on any failure, with one line per problem.
 """
 import argparse
-import json
+import math
 import os
 import re
 import sys
+from decimal import Decimal
+from fractions import Fraction
 
-import hcl2
 import kubernetes_validate
 import yaml
 
-EXPR = re.compile(r"^\s*(?:(jsonencode)\(\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*\)|([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*))\s*$")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hcl_config import call_module  # noqa: E402
+from hcl_eval import free_names, template_of, templatefile  # noqa: E402
+from hcl_functions import EvalError, Yaml12Loader, eq  # noqa: E402
 
 problems = []
 
 
 def fail(msg):
-    problems.append(msg)
+    if msg not in problems:
+        problems.append(msg)
 
 
-def unquote(value):
-    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
-        return value[1:-1]
-    return value
+# --- resource quantities, as Kubernetes' resource.Quantity canonicalises them ------------
+
+QUANTITY = re.compile(r"^([+-]?)([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:(Ki|Mi|Gi|Ti|Pi|Ei)|e([+-]?[0-9]+)|([numkMGTPE]?))$")
+BINARY = {"": 0, "Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
+DECIMAL = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
 
 
-# --- Terraform template subset ---------------------------------------------------
-
-def template_parts(text, where):
-    """Split a template into literal strings and expressions (the text inside ${...})."""
-    parts, i, literal = [], 0, []
-    while i < len(text):
-        if text.startswith("$${", i) or text.startswith("%%{", i):
-            literal.append(text[i + 1:i + 3])
-            i += 3
-        elif text.startswith("%{", i):
-            raise ValueError(f"{where}: template directives (%{{...}}) are not used by this module; "
-                             "compute the value in main.tf and pass it in")
-        elif text.startswith("${", i):
-            end = text.find("}", i)
-            if end < 0:
-                raise ValueError(f"{where}: unterminated ${{")
-            parts.append("".join(literal))
-            literal = []
-            parts.append(("expr", text[i + 2:end]))
-            i = end + 1
-        else:
-            literal.append(text[i])
-            i += 1
-    parts.append("".join(literal))
-    return parts
-
-
-def expr_root(expr, where):
-    m = EXPR.match(expr)
+def canonical_quantity(text):
+    """The string the API server returns for a quantity (resource.Quantity's
+    CanonicalizeBytes): the suffix family of the input (binary SI, decimal SI or
+    an exponent), the value rounded up to nano units, then the largest unit
+    that keeps the number whole. A binary value under 1024, or with a fraction,
+    is written in decimal SI ("0.5Ki" is "512", "1.5" is "1500m")."""
+    m = QUANTITY.match(str(text))
     if not m:
-        raise ValueError(f"{where}: unsupported template expression ${{{expr}}}: only ${{name}}, "
-                         "${name.attr} and ${jsonencode(name)} are allowed")
-    path = (m.group(2) or m.group(3)).split(".")
-    return bool(m.group(1)), path
+        raise ValueError(f"{text!r} is not a quantity")
+    sign, digits, binary, exponent, decimal = m.groups()
+    value = Fraction(Decimal(digits))
+    if binary:
+        value *= 2 ** BINARY[binary]
+    elif exponent is not None:
+        value *= Fraction(10) ** int(exponent)
+    else:
+        value *= Fraction(10) ** DECIMAL[decimal]
+    if (value * 10 ** 9).denominator != 1:
+        value = Fraction(math.ceil(value * 10 ** 9), 10 ** 9)
+    if value == 0:
+        return "0"
+    sign = "-" if sign == "-" else ""
+    if binary and value >= 1024 and value.denominator == 1:
+        n, e = int(value), 0
+        while n % 1024 == 0 and e < 60:
+            n, e = n // 1024, e + 10
+        return f"{sign}{n}{next(k for k, v in BINARY.items() if v == e)}"
+    n, e = value, 0
+    while n.denominator != 1:
+        n, e = n * 10, e - 1
+    n = int(n)
+    while n % 10 == 0:
+        n, e = n // 10, e + 1
+    n, e = n * 10 ** (e % 3), e - e % 3
+    if exponent is not None or e not in DECIMAL.values():
+        return f"{sign}{n}" + (f"e{e}" if e else "")
+    return f"{sign}{n}{next(k for k, v in DECIMAL.items() if v == e)}"
 
 
-def tf_string(value, where):
-    """Terraform's conversion of a primitive to string inside ${...}."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else repr(value)
-    if isinstance(value, str):
-        return value
-    raise ValueError(f"{where}: ${{...}} of a {type(value).__name__} needs jsonencode()")
-
-
-def render(text, variables, where):
-    out = []
-    for part in template_parts(text, where):
-        if isinstance(part, str):
-            out.append(part)
+def check_quantities(where, node, path=""):
+    """resources.requests/limits and emptyDir.sizeLimit anywhere in an object."""
+    if isinstance(node, list):
+        for i, x in enumerate(node):
+            check_quantities(where, x, f"{path}/{i}")
+        return
+    if not isinstance(node, dict):
+        return
+    found = []
+    if isinstance(node.get("resources"), dict):
+        for kind in ("requests", "limits"):
+            for res, q in (node["resources"].get(kind) or {}).items():
+                found.append((f"{path}/resources/{kind}/{res}", q))
+    if isinstance(node.get("emptyDir"), dict) and "sizeLimit" in node["emptyDir"]:
+        found.append((f"{path}/emptyDir/sizeLimit", node["emptyDir"]["sizeLimit"]))
+    for p, q in found:
+        try:
+            canon = canonical_quantity(q)
+        except ValueError as e:
+            fail(f"{where} at {p}: {e}")
             continue
-        is_json, path = expr_root(part[1], where)
-        if path[0] not in variables:
-            raise ValueError(f"{where}: no value for template variable {path[0]!r}")
-        value = variables[path[0]]
-        for attr in path[1:]:
-            value = value[attr]
-        if is_json:
-            out.append(json.dumps(value, sort_keys=True, separators=(",", ":")))
-        else:
-            out.append(tf_string(value, where))
-    return "".join(out)
-
-
-def template_variables(text, where):
-    return {expr_root(p[1], where)[1][0] for p in template_parts(text, where) if not isinstance(p, str)}
-
-
-# --- YAML 1.2 core schema, as Terraform's yamldecode ------------------------------------
-
-class Yaml12Loader(yaml.SafeLoader):
-    pass
-
-
-Yaml12Loader.yaml_implicit_resolvers = {
-    k: [(tag, rx) for tag, rx in v if tag not in (
-        "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
-    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
-Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."))
-
-
-def _int12(loader, node):
-    value = loader.construct_scalar(node)
-    if value.startswith("0o"):
-        return int(value[2:], 8)
-    if value.startswith("0x"):
-        return int(value[2:], 16)
-    return int(value, 10)
-
-
-Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _int12)
+        if str(q) != canon:
+            fail(f"{where} at {p}: quantity {q!r} is not canonical; the API server returns {canon!r} "
+                 "and kubernetes_manifest fails the apply on the difference")
+    for k, v in node.items():
+        check_quantities(where, v, f"{path}/{k}")
 
 
 # --- the module's promises -------------------------------------------------------------
@@ -222,7 +198,16 @@ def check_policies(scenario, objects):
         w = f"{where}: Deployment {name}"
         spec = d["spec"]
         strategy = spec.get("strategy", {})
-        if strategy.get("type") != "RollingUpdate" or strategy.get("rollingUpdate", {}).get("maxUnavailable") != 0:
+        rolling = strategy.get("rollingUpdate", {})
+        gpu = any("nvidia.com/gpu" in c.get("resources", {}).get("limits", {})
+                  for c in spec["template"]["spec"]["containers"])
+        if strategy.get("type") != "RollingUpdate":
+            fail(f"{w}: not a rolling update")
+        elif gpu and (rolling.get("maxSurge"), rolling.get("maxUnavailable")) not in ((1, 0), (0, 1)):
+            # A GPU pool may replace pods in place (no spare GPU needed) or surge one.
+            fail(f"{w}: a GPU rollout must surge one pod (maxSurge 1, maxUnavailable 0) "
+                 "or replace one at a time (maxSurge 0, maxUnavailable 1)")
+        elif not gpu and rolling.get("maxUnavailable") != 0:
             fail(f"{w}: rolling update without maxUnavailable: 0")
         selector = spec["selector"]["matchLabels"]
         pod = spec["template"]
@@ -294,6 +279,11 @@ def check_policies(scenario, objects):
         elif o["kind"] == "NetworkPolicy" and \
                 o["spec"].get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "node":
             check_node_ingress(f"{where}: NetworkPolicy {o['metadata']['name']}", o, deployments)
+    accounts = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in objects if o["kind"] == "ServiceAccount"}
+    for name, d in deployments.items():
+        sa = (d["metadata"]["namespace"], d["spec"]["template"]["spec"].get("serviceAccountName", "default"))
+        if accounts and sa not in accounts:
+            fail(f"{where}: Deployment {name} runs as ServiceAccount {sa[1]}, which the module does not create")
     pods = [(d["metadata"]["namespace"], d["spec"]["template"]["metadata"]["labels"]) for d in deployments.values()]
     for o in objects:
         kind, name, ns = o["kind"], o["metadata"]["name"], o["metadata"].get("namespace")
@@ -315,89 +305,140 @@ def check_policies(scenario, objects):
             fail(f"{where}: {kind} {name} has no namespace (kubernetes_manifest needs one)")
 
 
+def template_style(tmpl, where):
+    """The templates keep to ${name}, ${name.attr} and ${jsonencode(name)}: every
+    computation is in main.tf, where the scenarios evaluate it."""
+    def simple(e):
+        return e[0] == "var" or (e[0] == "path" and e[1][0] == "var" and all(s[0] == "attr" for s in e[2]))
+    for part in tmpl[1]:
+        if isinstance(part, str):
+            continue
+        if part[0] in ("tif", "tfor"):
+            fail(f"{where}: template directives (%{{...}}) are not used by this module; "
+                 "compute the value in main.tf and pass it in")
+        elif not (simple(part) or (part[0] == "call" and part[1] == "jsonencode" and len(part[2]) == 1
+                                   and simple(part[2][0]) and not part[3])):
+            fail(f"{where}: unsupported template expression: only ${{name}}, ${{name.attr}} and "
+                 "${jsonencode(name)} are allowed")
+
+
+def stub_tree(flat, where):
+    """{"module.aws": v, "data.terraform_remote_state.infra": v, "kubernetes_secret_v1.redis": v}
+    as the nested mapping hcl_config takes."""
+    tree = {}
+    for addr, value in (flat or {}).items():
+        parts = addr.split(".")
+        if len(parts) != (3 if parts[0] == "data" else 2):
+            raise EvalError(f"{where}: stub address {addr!r} is not module.NAME, data.TYPE.NAME or TYPE.NAME")
+        node = tree
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return tree
+
+
+def scenario_module(name, sc, base, module_dir, found):
+    """Evaluate a scenario: the module's instance; problems are appended to found."""
+    root = os.path.relpath(os.path.normpath(os.path.join(base, sc["root"])))
+    outputs_of = {k: os.path.relpath(os.path.normpath(os.path.join(base, v)))
+                  for k, v in (sc.get("outputs_of") or {}).items()}
+    _, child = call_module(root, sc["module"], found, variables=sc.get("variables"),
+                           tfvars=sc.get("tfvars", "terraform.tfvars.example"),
+                           stubs=stub_tree(sc.get("stubs"), name), key=sc.get("key"), outputs_of=outputs_of)
+    if os.path.abspath(child.cfg.dir) != os.path.abspath(module_dir):
+        raise EvalError(f"module.{sc['module']} of {root} calls {child.cfg.dir}, not {module_dir}")
+    return child
+
+
+def validate(where, obj, versions):
+    for version in versions:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            path = "/".join(str(p) for p in e.path)
+            fail(f"{where} ({obj.get('kind')}) invalid for Kubernetes {version} at /{path}: {e.message}")
+        except (kubernetes_validate.SchemaNotFoundError, kubernetes_validate.InvalidSchemaError,
+                kubernetes_validate.VersionNotSupportedError) as e:
+            fail(f"{where}: {e.message}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--module", required=True)
-    ap.add_argument("--values", required=True)
+    ap.add_argument("--module", required=True, help="the kubernetes module's directory")
+    ap.add_argument("--scenarios", required=True, help="the scenarios file (k8s-scenarios.yaml)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--kubernetes-version", action="append", required=True)
     args = ap.parse_args()
 
-    with open(os.path.join(args.module, "main.tf")) as f:
-        tf = hcl2.load(f)
-    locals_blocks = tf.get("locals", [])
-    table = None
-    for block in locals_blocks if isinstance(locals_blocks, list) else [locals_blocks]:
-        if "manifests" in block:
-            table = block["manifests"]
-    if table is None:
-        print("FAIL: no locals.manifests table in main.tf")
-        return 1
-    table = {unquote(k): v for k, v in table.items()}
+    with open(args.scenarios) as f:
+        scenarios = yaml.safe_load(f)["scenarios"]
+    base = os.path.dirname(os.path.abspath(args.scenarios))
     tdir = os.path.join(args.module, "templates")
-    templates = {}
-    for key, entry in table.items():
-        tname = unquote(entry["template"])
-        passed = {unquote(k) for k in entry["vars"]}
-        with open(os.path.join(tdir, tname)) as f:
-            templates[tname] = f.read()
-        used = template_variables(templates[tname], tname)
-        if used - passed:
-            fail(f"main.tf {key}: {tname} uses {sorted(used - passed)}, which main.tf does not pass")
-        if passed - used:
-            fail(f"main.tf {key}: passes {sorted(passed - used)}, which {tname} does not use")
-        entry["_passed"] = passed
-    for tname in sorted(os.listdir(tdir)):
-        if tname not in templates:
-            fail(f"templates/{tname} is not used by main.tf")
-
-    with open(args.values) as f:
-        values = yaml.safe_load(f)
-    counts = {}
-    for scenario, sc in values["scenarios"].items():
+    used_templates, counts = set(), {}
+    for scenario, sc in scenarios.items():
+        found, table, objects_applied = [], None, None
+        try:
+            module = scenario_module(scenario, sc, base, args.module, found)
+            table = module.local("manifests")
+            objects_applied = module.local("objects")
+        except EvalError as e:  # reported by the module already, unless it stopped the evaluation
+            if not getattr(e, "reported", False):
+                found.append(str(e))
+        for p in found:
+            fail(f"{scenario}: {p}")
+        if table is None:
+            continue
         outdir = os.path.join(args.out, scenario)
         os.makedirs(outdir, exist_ok=True)
-        if set(sc["manifests"]) != set(table):
-            fail(f"{scenario}: entries {sorted(set(sc['manifests']) ^ set(table))} differ from main.tf's table")
-        objects = []
+        objects, rendered = [], {}
         for key, entry in table.items():
-            m = sc["manifests"].get(key)
-            if not m or not m.get("enabled"):
-                continue
-            given = set(m["vars"])
-            if given != entry["_passed"]:
-                fail(f"{scenario}/{key}: values name {sorted(given ^ entry['_passed'])} unlike main.tf")
-                continue
-            tname = unquote(entry["template"])
+            where = f"{scenario}/{key}"
+            path = os.path.join(tdir, entry["template"])
+            used_templates.add(entry["template"])
             try:
-                text = render(templates[tname], m["vars"], f"{scenario}/{key}")
-                obj = yaml.load(text, Loader=Yaml12Loader)
-            except (ValueError, KeyError, yaml.YAMLError) as e:
-                fail(f"{scenario}/{key}: {e}")
+                used = free_names(template_of(path))
+                template_style(template_of(path), f"templates/{entry['template']}")
+            except EvalError as e:
+                fail(f"{where}: {e}")
                 continue
-            for version in args.kubernetes_version:
-                try:
-                    kubernetes_validate.validate(obj, version, strict=True)
-                except kubernetes_validate.ValidationError as e:
-                    path = "/".join(str(p) for p in e.path)
-                    fail(f"{scenario}/{key} ({obj.get('kind')}) invalid for Kubernetes {version} at /{path}: {e.message}")
-                except (kubernetes_validate.SchemaNotFoundError, kubernetes_validate.InvalidSchemaError,
-                        kubernetes_validate.VersionNotSupportedError) as e:
-                    fail(f"{scenario}/{key}: {e.message}")
+            passed = set(entry["vars"])
+            if used - passed:
+                fail(f"main.tf {key}: {entry['template']} uses {sorted(used - passed)}, which main.tf does not pass")
+            if passed - used:
+                fail(f"main.tf {key}: passes {sorted(passed - used)}, which {entry['template']} does not use")
+            if not entry["enabled"] or used - passed:
+                continue
+            try:
+                text = templatefile(path, entry["vars"])
+                obj = yaml.load(text, Loader=Yaml12Loader)
+            except (EvalError, yaml.YAMLError) as e:
+                fail(f"{where}: {e}")
+                continue
+            validate(where, obj, args.kubernetes_version)
+            check_quantities(f"{where} ({obj.get('kind')})", obj)
             objects.append(obj)
+            rendered[key] = obj
             with open(os.path.join(outdir, f"{key}.yaml"), "w") as f:
                 f.write(text)
+        if objects_applied is not None and (set(objects_applied) != set(rendered)
+                                            or not all(eq(objects_applied[k], rendered[k]) for k in rendered)):
+            diff = sorted(set(objects_applied) ^ set(rendered)) or [k for k in rendered if not eq(objects_applied[k], rendered[k])]
+            fail(f"{scenario}: local.objects (what the module applies) differs from the enabled entries of "
+                 f"local.manifests rendered, at {diff}")
         check_policies(scenario, objects)
         kinds = {}
         for o in objects:
             kinds[o["kind"]] = kinds.get(o["kind"], 0) + 1
         counts[scenario] = (len(objects), kinds)
+    for tname in sorted(os.listdir(tdir)):
+        if used_templates and tname not in used_templates:
+            fail(f"templates/{tname} is not used by main.tf")
 
     for scenario, (n, kinds) in counts.items():
         summary = ", ".join(f"{v} {k}" for k, v in sorted(kinds.items()))
-        print(f"  {scenario}: {n} objects rendered ({summary})")
+        print(f"  {scenario}: {n} objects rendered ({summary}) from {scenarios[scenario]['root']}")
     print(f"  schemas: Kubernetes {', '.join(args.kubernetes_version)} (strict); "
-          f"{len(table)} template entries checked against main.tf")
+          f"{len(used_templates)} templates checked against main.tf")
     if problems:
         for p in problems:
             print(f"FAIL: {p}")

@@ -14,12 +14,17 @@ module "taskmesh" {
   namespace        = "taskmesh"
   create_namespace = false
 
-  image              = { repository = var.image_repository, tag = var.image_tag }
+  image              = { repository = var.image_repository, tag = var.image_tag, digest = var.image_digest }
   admin_key_secret   = { name = "taskmesh-admin-key" }
   cluster_key_secret = { name = "taskmesh-cluster-key" }
   redis_url          = var.redis_url
   model_store_url    = var.model_store_url
-  service_account    = { annotations = var.service_account_annotations }
+  # One ServiceAccount per component: the registry writes the model store,
+  # runtime nodes read it, routers need no cloud access.
+  service_accounts = {
+    registry = { annotations = var.registry_service_account_annotations }
+    node     = { annotations = var.node_service_account_annotations }
+  }
 
   # ClusterIP: put your own Ingress or load balancer in front, or use
   # router_service = { type = "LoadBalancer", annotations = {...} } with your

@@ -20,6 +20,12 @@ variable "image_tag" {
   type        = string
 }
 
+variable "image_digest" {
+  description = "Digest (sha256:...) of that image; with it the pods run exactly those bytes (null: the tag)."
+  type        = string
+  default     = null
+}
+
 variable "redis_url" {
   description = "URL of a Redis reachable from the cluster, without credentials (redis://host:6379). For one with a password, create a Secret and use the module's redis_url_secret instead."
   type        = string
@@ -30,8 +36,14 @@ variable "model_store_url" {
   type        = string
 }
 
-variable "service_account_annotations" {
-  description = "Annotations of the pods' ServiceAccount, e.g. {\"eks.amazonaws.com/role-arn\" = \"arn:aws:iam::...:role/...\"}."
+variable "registry_service_account_annotations" {
+  description = "Annotations of the registry's ServiceAccount; it reads and writes the model store, e.g. {\"eks.amazonaws.com/role-arn\" = \"arn:aws:iam::...:role/...\"}."
+  type        = map(string)
+  default     = {}
+}
+
+variable "node_service_account_annotations" {
+  description = "Annotations of the runtime nodes' ServiceAccount; they only read the model store (give them a read-only role)."
   type        = map(string)
   default     = {}
 }

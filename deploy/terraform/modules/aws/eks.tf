@@ -70,30 +70,50 @@ resource "aws_iam_openid_connect_provider" "this" {
   tags           = local.tags
 }
 
-# The VPC CNI enforces Kubernetes NetworkPolicies (the kubernetes module creates
-# them).
-resource "aws_eks_addon" "vpc_cni" {
+# Add-ons follow the cluster: each runs the newest version published for the
+# cluster's Kubernetes version, so an upgrade of kubernetes_version upgrades
+# them in the same apply (after the control plane, before the node groups
+# roll). The VPC CNI enforces Kubernetes NetworkPolicies (the kubernetes module
+# creates them); metrics-server feeds the HorizontalPodAutoscalers.
+locals {
+  addons = {
+    "vpc-cni"        = { configuration = jsonencode({ enableNetworkPolicy = "true" }), after_nodes = false }
+    "kube-proxy"     = { configuration = null, after_nodes = false }
+    "coredns"        = { configuration = null, after_nodes = true }
+    "metrics-server" = { configuration = null, after_nodes = true }
+  }
+}
+
+data "aws_eks_addon_version" "this" {
+  for_each           = local.addons
+  addon_name         = each.key
+  kubernetes_version = aws_eks_cluster.this.version
+  most_recent        = true
+}
+
+# Add-ons whose pods need no node to be created (they are DaemonSets or
+# configuration of the node itself).
+resource "aws_eks_addon" "early" {
+  for_each                    = { for k, a in local.addons : k => a if !a.after_nodes }
   cluster_name                = aws_eks_cluster.this.name
-  addon_name                  = "vpc-cni"
+  addon_name                  = each.key
+  addon_version               = data.aws_eks_addon_version.this[each.key].version
   resolve_conflicts_on_create = "OVERWRITE"
-  resolve_conflicts_on_update = "PRESERVE"
-  configuration_values        = jsonencode({ enableNetworkPolicy = "true" })
+  resolve_conflicts_on_update = "OVERWRITE"
+  configuration_values        = each.value.configuration
   tags                        = local.tags
 }
 
-resource "aws_eks_addon" "kube_proxy" {
+# Add-ons with Deployments: created once the CPU nodes can run them (an EKS
+# add-on whose pods cannot schedule stays DEGRADED and fails the apply).
+resource "aws_eks_addon" "late" {
+  for_each                    = { for k, a in local.addons : k => a if a.after_nodes }
   cluster_name                = aws_eks_cluster.this.name
-  addon_name                  = "kube-proxy"
+  addon_name                  = each.key
+  addon_version               = data.aws_eks_addon_version.this[each.key].version
   resolve_conflicts_on_create = "OVERWRITE"
-  resolve_conflicts_on_update = "PRESERVE"
-  tags                        = local.tags
-}
-
-resource "aws_eks_addon" "coredns" {
-  cluster_name                = aws_eks_cluster.this.name
-  addon_name                  = "coredns"
-  resolve_conflicts_on_create = "OVERWRITE"
-  resolve_conflicts_on_update = "PRESERVE"
+  resolve_conflicts_on_update = "OVERWRITE"
+  configuration_values        = each.value.configuration
   tags                        = local.tags
 
   depends_on = [aws_eks_node_group.cpu]
@@ -159,10 +179,23 @@ resource "aws_launch_template" "cpu" {
   tags = local.tags
 }
 
+# Node groups follow the cluster: version is the control plane's, and
+# release_version the newest EKS AMI release for it (from AWS's public SSM
+# parameters), so upgrading kubernetes_version rolls the nodes onto the new
+# version in the same apply, one instance at a time (update_config). A change
+# that needs a new node group (instance types, AMI type) creates the new one
+# before the old one is destroyed (name_prefix + create_before_destroy), so the
+# pods always have somewhere to go.
+data "aws_ssm_parameter" "cpu_ami_release" {
+  name = "/aws/service/eks/optimized-ami/${aws_eks_cluster.this.version}/amazon-linux-2023/x86_64/standard/recommended/release_version"
+}
+
 resource "aws_eks_node_group" "cpu" {
-  cluster_name    = aws_eks_cluster.this.name
-  node_group_name = "${var.name}-cpu"
-  node_role_arn   = aws_iam_role.node.arn
+  cluster_name           = aws_eks_cluster.this.name
+  node_group_name_prefix = "${var.name}-cpu-"
+  version                = aws_eks_cluster.this.version
+  release_version        = nonsensitive(data.aws_ssm_parameter.cpu_ami_release.value)
+  node_role_arn          = aws_iam_role.node.arn
   subnet_ids      = aws_subnet.private[*].id
   ami_type        = "AL2023_x86_64_STANDARD"
   capacity_type   = "ON_DEMAND"
@@ -187,11 +220,12 @@ resource "aws_eks_node_group" "cpu" {
   tags   = local.tags
 
   lifecycle {
-    # A cluster autoscaler may change the desired size.
+    create_before_destroy = true
+    # The cluster autoscaler owns the desired size after creation.
     ignore_changes = [scaling_config[0].desired_size]
   }
 
-  depends_on = [aws_iam_role_policy_attachment.node, aws_eks_addon.vpc_cni]
+  depends_on = [aws_iam_role_policy_attachment.node, aws_eks_addon.early]
 }
 
 resource "aws_launch_template" "gpu" {
@@ -224,11 +258,22 @@ resource "aws_launch_template" "gpu" {
   tags = local.tags
 }
 
+# The GPU AMI's release: Bottlerocket NVIDIA and AL2023 NVIDIA publish theirs
+# under different SSM paths.
+data "aws_ssm_parameter" "gpu_ami_release" {
+  count = var.gpu_node_group == null ? 0 : 1
+  name = (var.gpu_node_group.ami_type == "AL2023_x86_64_NVIDIA"
+    ? "/aws/service/eks/optimized-ami/${aws_eks_cluster.this.version}/amazon-linux-2023/x86_64/nvidia/recommended/release_version"
+  : "/aws/service/bottlerocket/aws-k8s-${aws_eks_cluster.this.version}-nvidia/x86_64/latest/image_version")
+}
+
 resource "aws_eks_node_group" "gpu" {
-  count           = var.gpu_node_group == null ? 0 : 1
-  cluster_name    = aws_eks_cluster.this.name
-  node_group_name = "${var.name}-gpu"
-  node_role_arn   = aws_iam_role.node.arn
+  count                  = var.gpu_node_group == null ? 0 : 1
+  cluster_name           = aws_eks_cluster.this.name
+  node_group_name_prefix = "${var.name}-gpu-"
+  version                = aws_eks_cluster.this.version
+  release_version        = nonsensitive(data.aws_ssm_parameter.gpu_ami_release[0].value)
+  node_role_arn          = aws_iam_role.node.arn
   subnet_ids      = aws_subnet.private[*].id
   ami_type        = var.gpu_node_group.ami_type
   capacity_type   = "ON_DEMAND"
@@ -261,8 +306,26 @@ resource "aws_eks_node_group" "gpu" {
   tags = local.tags
 
   lifecycle {
-    ignore_changes = [scaling_config[0].desired_size]
+    create_before_destroy = true
+    ignore_changes        = [scaling_config[0].desired_size]
   }
 
-  depends_on = [aws_iam_role_policy_attachment.node, aws_eks_addon.vpc_cni]
+  depends_on = [aws_iam_role_policy_attachment.node, aws_eks_addon.early]
+}
+
+# Earlier versions of this module had one resource per add-on; their state
+# moves here without replacing the add-ons.
+moved {
+  from = aws_eks_addon.vpc_cni
+  to   = aws_eks_addon.early["vpc-cni"]
+}
+
+moved {
+  from = aws_eks_addon.kube_proxy
+  to   = aws_eks_addon.early["kube-proxy"]
+}
+
+moved {
+  from = aws_eks_addon.coredns
+  to   = aws_eks_addon.late["coredns"]
 }

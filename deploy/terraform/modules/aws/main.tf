@@ -13,7 +13,7 @@ data "aws_availability_zones" "available" {
 
 locals {
   account_id = data.aws_caller_identity.current.account_id
-  region     = data.aws_region.region
+  region     = data.aws_region.current.region
   partition  = data.aws_partition.current.partition
   dns_suffix = data.aws_partition.current.dns_suffix
   azs        = var.availability_zones != null ? var.availability_zones : slice(sort(data.aws_availability_zones.available.names), 0, var.availability_zone_count)

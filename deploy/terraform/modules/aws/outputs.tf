@@ -54,9 +54,39 @@ output "model_store_url" {
   value       = "s3://${aws_s3_bucket.models.id}/${var.model_prefix}"
 }
 
-output "taskmesh_role_arn" {
-  description = "IRSA role of the Taskmesh pods: the value of the eks.amazonaws.com/role-arn annotation on their ServiceAccount."
-  value       = aws_iam_role.taskmesh.arn
+output "registry_role_arn" {
+  description = "IRSA role of the registry (reads and writes the model store): the eks.amazonaws.com/role-arn annotation of the kubernetes module's registry ServiceAccount."
+  value       = aws_iam_role.irsa["registry"].arn
+}
+
+output "node_role_arn" {
+  description = "IRSA role of the runtime nodes (read the model store): the eks.amazonaws.com/role-arn annotation of the kubernetes module's node ServiceAccount."
+  value       = aws_iam_role.irsa["node"].arn
+}
+
+output "cluster_autoscaler_role_arn" {
+  description = "IRSA role of the cluster autoscaler (kube-system/cluster-autoscaler)."
+  value       = aws_iam_role.irsa["cluster-autoscaler"].arn
+}
+
+output "kubernetes_version" {
+  description = "Kubernetes version of the control plane (the cluster autoscaler's image follows it)."
+  value       = aws_eks_cluster.this.version
+}
+
+output "gpu_ami_type" {
+  description = "AMI type of the GPU node group, or null without one (AL2023_x86_64_NVIDIA needs the NVIDIA device plugin installed)."
+  value       = var.gpu_node_group == null ? null : var.gpu_node_group.ami_type
+}
+
+output "kubernetes_namespace" {
+  description = "Namespace the IRSA roles trust (the kubernetes module's namespace)."
+  value       = var.kubernetes_namespace
+}
+
+output "kubernetes_service_accounts" {
+  description = "ServiceAccounts the IRSA roles trust (the kubernetes module's service_accounts names)."
+  value       = var.kubernetes_service_accounts
 }
 
 output "ecr_repository_urls" {

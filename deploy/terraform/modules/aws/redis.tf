@@ -37,6 +37,39 @@ resource "random_password" "redis_auth" {
   special = false
 }
 
+# Redis holds every definition, version and client: it must refuse writes when
+# full rather than evict keys (the default policy of ElastiCache's parameter
+# groups, volatile-lru, would drop keys with a TTL, such as leases and cached
+# results, but noeviction makes running out of memory an error that alarms
+# instead of silent loss).
+resource "aws_elasticache_parameter_group" "this" {
+  name        = "${var.name}-redis${local.redis_major}"
+  family      = "redis${local.redis_major}"
+  description = "${var.name}: Redis never evicts keys"
+
+  parameter {
+    name  = "maxmemory-policy"
+    value = "noeviction"
+  }
+
+  tags = local.tags
+
+  # A new major version is a new family and name: create it before the old
+  # one, which the replication group still uses, is deleted.
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+locals {
+  redis_major = split(".", var.redis.engine_version)[0]
+}
+
+# The final snapshot's name must be new for each replication group.
+resource "random_id" "redis_final_snapshot" {
+  byte_length = 4
+}
+
 resource "aws_elasticache_replication_group" "this" {
   replication_group_id = "${var.name}-redis"
   description          = "${var.name}: definitions, membership and counters"
@@ -44,7 +77,7 @@ resource "aws_elasticache_replication_group" "this" {
   engine_version       = var.redis.engine_version
   node_type            = var.redis.node_type
   port                 = 6379
-  parameter_group_name = "default.redis${split(".", var.redis.engine_version)[0]}"
+  parameter_group_name = aws_elasticache_parameter_group.this.name
 
   num_cache_clusters         = var.redis.num_cache_clusters
   automatic_failover_enabled = true
@@ -64,6 +97,7 @@ resource "aws_elasticache_replication_group" "this" {
   auth_token_update_strategy = "ROTATE"
 
   snapshot_retention_limit   = var.redis.snapshot_retention_days
+  final_snapshot_identifier  = "${var.name}-redis-final-${random_id.redis_final_snapshot.hex}"
   snapshot_window            = "03:00-04:00"
   maintenance_window         = "sun:05:00-sun:06:00"
   auto_minor_version_upgrade = true

@@ -80,13 +80,13 @@ variable "cluster_endpoint_public_access_cidrs" {
 }
 
 variable "cpu_node_group" {
-  description = "Managed node group for the routers, the registry and the CPU runtime nodes (label taskmesh.io/pool=cpu). The load balancer targets these instances."
+  description = "Managed node group for the routers, the registry and the CPU runtime nodes (label taskmesh.io/pool=cpu). The load balancer targets these instances. The cluster autoscaler moves the size between min_size and max_size; max_size must hold the HorizontalPodAutoscalers' maximums (deploy/README.md, capacity). desired_size is the size at creation only."
   type = object({
     instance_types = optional(list(string), ["m7i.xlarge"])
     min_size       = optional(number, 2)
-    max_size       = optional(number, 6)
+    max_size       = optional(number, 10)
     desired_size   = optional(number, 3)
-    disk_size_gib  = optional(number, 50)
+    disk_size_gib  = optional(number, 100)
   })
   default = {}
 
@@ -97,14 +97,15 @@ variable "cpu_node_group" {
 }
 
 variable "gpu_node_group" {
-  description = "Managed node group for GPU runtime nodes (label taskmesh.io/pool=gpu, taint nvidia.com/gpu=true:NoSchedule), or null for none. The default AMI type, Bottlerocket NVIDIA, ships the NVIDIA driver and Kubernetes device plugin; with AL2023_x86_64_NVIDIA install the NVIDIA device plugin yourself. The GPU image needs a driver for CUDA 13 (>= 580)."
+  description = "Managed node group for GPU runtime nodes (label taskmesh.io/pool=gpu, taint nvidia.com/gpu=true:NoSchedule), or null for none. The default AMI type, Bottlerocket NVIDIA, ships the NVIDIA driver and Kubernetes device plugin; with AL2023_x86_64_NVIDIA the aws-eks example's workloads configuration installs the NVIDIA device plugin. The GPU image needs a driver for CUDA 13 (>= 580). min_size 0 lets the cluster autoscaler remove every GPU instance when no GPU pod runs and create one when a GPU pod is pending (gpus_per_instance tells it what a new instance offers); desired_size is the size at creation only."
   type = object({
-    instance_types = optional(list(string), ["g6.xlarge"])
-    ami_type       = optional(string, "BOTTLEROCKET_x86_64_NVIDIA")
-    min_size       = optional(number, 0)
-    max_size       = optional(number, 2)
-    desired_size   = optional(number, 1)
-    disk_size_gib  = optional(number, 100)
+    instance_types    = optional(list(string), ["g6.xlarge"])
+    gpus_per_instance = optional(number, 1)
+    ami_type          = optional(string, "BOTTLEROCKET_x86_64_NVIDIA")
+    min_size          = optional(number, 0)
+    max_size          = optional(number, 2)
+    desired_size      = optional(number, 0)
+    disk_size_gib     = optional(number, 100)
   })
   default = {}
 
@@ -170,10 +171,13 @@ variable "kubernetes_namespace" {
   default     = "taskmesh"
 }
 
-variable "kubernetes_service_account" {
-  description = "ServiceAccount of the Taskmesh pods (the IRSA role trusts it only)."
-  type        = string
-  default     = "taskmesh"
+variable "kubernetes_service_accounts" {
+  description = "ServiceAccounts (in kubernetes_namespace) of the components that use AWS: registry (reads and writes the model store) and node (reads it). Each IRSA role trusts its one ServiceAccount; routers get none. The kubernetes module's defaults are <name>-registry and <name>-node."
+  type = object({
+    registry = optional(string, "taskmesh-registry")
+    node     = optional(string, "taskmesh-node")
+  })
+  default = {}
 }
 
 # --- load balancer ------------------------------------------------------------------

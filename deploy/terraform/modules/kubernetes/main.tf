@@ -15,8 +15,36 @@ locals {
   image_ref     = var.image.digest != null ? "${var.image.repository}@${var.image.digest}" : "${var.image.repository}:${var.image.tag}"
   gpu_image_ref = var.gpu_pool == null ? null : (var.gpu_pool.image.digest != null ? "${var.gpu_pool.image.repository}@${var.gpu_pool.image.digest}" : "${var.gpu_pool.image.repository}:${var.gpu_pool.image.tag}")
 
-  service_account = var.service_account.create ? coalesce(var.service_account.name, var.name) : var.service_account.name
-  configmap       = "${var.name}-config"
+  # One ServiceAccount per component (router, registry, node).
+  service_accounts = {
+    for role in ["router", "registry", "node"] : role => {
+      name        = coalesce(var.service_accounts[role].name, "${var.name}-${role}")
+      annotations = var.service_accounts[role].annotations
+    }
+  }
+  configmap = "${var.name}-config"
+
+  # Quantities in the canonical form the API server returns ("4Gi", not
+  # "4096Mi"): kubernetes_manifest compares what it applied with what it
+  # reads back and fails the apply ("inconsistent result") on any difference.
+  mib = {
+    router_memory     = var.router.memory_mib
+    registry_memory   = var.registry.memory_mib
+    cpu_memory        = var.cpu_pool.memory_mib
+    cpu_cache         = var.cpu_pool.cache_size_mib
+    cpu_ephemeral     = var.cpu_pool.cache_size_mib + local.node_scratch_mib
+    gpu_memory        = try(var.gpu_pool.memory_mib, 1024)
+    gpu_cache         = try(var.gpu_pool.cache_size_mib, 1024)
+    gpu_ephemeral     = try(var.gpu_pool.cache_size_mib, 0) + local.node_scratch_mib
+    service_ephemeral = local.service_scratch_mib
+  }
+  quantity = { for k, v in local.mib : k => v % 1024 == 0 ? "${floor(v / 1024)}Gi" : "${v}Mi" }
+  # Local disk a pod may use besides its model cache: /tmp, logs and the
+  # container's writable layer. Requested (and limited) as ephemeral-storage,
+  # so the scheduler never puts more caches on a node than its disk holds
+  # (an overfull disk evicts pods).
+  node_scratch_mib    = 1536
+  service_scratch_mib = 1024
 
   router_port   = 8080
   registry_port = 8081
@@ -115,14 +143,34 @@ locals {
         })
       }
     }
-    "serviceaccount" = {
-      enabled  = var.service_account.create
+    "serviceaccount-router" = {
+      enabled  = var.service_accounts.create
       template = "serviceaccount.yaml.tftpl"
       vars = {
-        name        = local.service_account
+        name        = local.service_accounts.router.name
         namespace   = var.namespace
-        labels      = local.release_labels
-        annotations = var.service_account.annotations
+        labels      = merge(local.release_labels, { "app.kubernetes.io/component" = "router" })
+        annotations = local.service_accounts.router.annotations
+      }
+    }
+    "serviceaccount-registry" = {
+      enabled  = var.service_accounts.create
+      template = "serviceaccount.yaml.tftpl"
+      vars = {
+        name        = local.service_accounts.registry.name
+        namespace   = var.namespace
+        labels      = merge(local.release_labels, { "app.kubernetes.io/component" = "registry" })
+        annotations = local.service_accounts.registry.annotations
+      }
+    }
+    "serviceaccount-node" = {
+      enabled  = var.service_accounts.create
+      template = "serviceaccount.yaml.tftpl"
+      vars = {
+        name        = local.service_accounts.node.name
+        namespace   = var.namespace
+        labels      = merge(local.release_labels, { "app.kubernetes.io/component" = "node" })
+        annotations = local.service_accounts.node.annotations
       }
     }
     "configmap" = {
@@ -144,7 +192,7 @@ locals {
         instance                   = var.name
         labels                     = merge(local.release_labels, { "app.kubernetes.io/component" = "router" })
         pod_annotations            = local.pod_annotations
-        service_account            = local.service_account
+        service_account            = local.service_accounts.router.name
         image                      = local.image_ref
         image_pull_policy          = var.image_pull_policy
         port                       = local.router_port
@@ -159,8 +207,8 @@ locals {
         node_selector              = var.router.node_selector
         tolerations                = local.router_tolerations
         resources = {
-          requests = { cpu = var.router.cpu, memory = "${var.router.memory_mib}Mi" }
-          limits   = { cpu = var.router.cpu, memory = "${var.router.memory_mib}Mi" }
+          requests = { cpu = var.router.cpu, memory = local.quantity.router_memory, "ephemeral-storage" = local.quantity.service_ephemeral }
+          limits   = { cpu = var.router.cpu, memory = local.quantity.router_memory, "ephemeral-storage" = local.quantity.service_ephemeral }
         }
       }
     }
@@ -212,7 +260,7 @@ locals {
         instance                   = var.name
         labels                     = merge(local.release_labels, { "app.kubernetes.io/component" = "registry" })
         pod_annotations            = local.pod_annotations
-        service_account            = local.service_account
+        service_account            = local.service_accounts.registry.name
         image                      = local.image_ref
         image_pull_policy          = var.image_pull_policy
         replicas                   = var.registry.replicas
@@ -228,8 +276,8 @@ locals {
         node_selector              = var.registry.node_selector
         tolerations                = local.registry_tolerations
         resources = {
-          requests = { cpu = var.registry.cpu, memory = "${var.registry.memory_mib}Mi" }
-          limits   = { cpu = var.registry.cpu, memory = "${var.registry.memory_mib}Mi" }
+          requests = { cpu = var.registry.cpu, memory = local.quantity.registry_memory, "ephemeral-storage" = local.quantity.service_ephemeral }
+          limits   = { cpu = var.registry.cpu, memory = local.quantity.registry_memory, "ephemeral-storage" = local.quantity.service_ephemeral }
         }
       }
     }
@@ -269,7 +317,7 @@ locals {
         pool                       = "cpu"
         labels                     = merge(local.release_labels, { "app.kubernetes.io/component" = "node", "taskmesh.io/pool" = "cpu" })
         pod_annotations            = local.pod_annotations
-        service_account            = local.service_account
+        service_account            = local.service_accounts.node.name
         image                      = local.image_ref
         image_pull_policy          = var.image_pull_policy
         args                       = ["node"]
@@ -280,12 +328,14 @@ locals {
         redis_value_from           = local.redis_value_from
         termination_grace_period_s = local.node_grace_s
         memory_budget_mb           = floor(var.cpu_pool.memory_mib * var.cpu_pool.memory_budget_percent / 100)
-        cache_size_mib             = var.cpu_pool.cache_size_mib
+        cache_size                 = local.quantity.cpu_cache
+        max_surge                  = 1
+        max_unavailable            = 0
         node_selector              = var.cpu_pool.node_selector
         tolerations                = local.cpu_tolerations
         resources = {
-          requests = { cpu = var.cpu_pool.cpu, memory = "${var.cpu_pool.memory_mib}Mi" }
-          limits   = { cpu = var.cpu_pool.cpu, memory = "${var.cpu_pool.memory_mib}Mi" }
+          requests = { cpu = var.cpu_pool.cpu, memory = local.quantity.cpu_memory, "ephemeral-storage" = local.quantity.cpu_ephemeral }
+          limits   = { cpu = var.cpu_pool.cpu, memory = local.quantity.cpu_memory, "ephemeral-storage" = local.quantity.cpu_ephemeral }
         }
       }
     }
@@ -328,7 +378,7 @@ locals {
         pool                       = "gpu"
         labels                     = merge(local.release_labels, { "app.kubernetes.io/component" = "node", "taskmesh.io/pool" = "gpu" })
         pod_annotations            = local.pod_annotations
-        service_account            = local.service_account
+        service_account            = local.service_accounts.node.name
         image                      = local.gpu_image_ref
         image_pull_policy          = var.image_pull_policy
         args                       = ["node", "--gpu"]
@@ -339,12 +389,16 @@ locals {
         redis_value_from           = local.redis_value_from
         termination_grace_period_s = local.node_grace_s
         memory_budget_mb           = try(floor(var.gpu_pool.memory_mib * var.gpu_pool.memory_budget_percent / 100), 0)
-        cache_size_mib             = try(var.gpu_pool.cache_size_mib, 0)
-        node_selector              = try(var.gpu_pool.node_selector, {})
-        tolerations                = local.gpu_tolerations
+        cache_size                 = local.quantity.gpu_cache
+        # A GPU is rarely idle: by default a rollout replaces pods in place
+        # instead of waiting for a GPU that may never come (variables.tf).
+        max_surge       = try(var.gpu_pool.max_surge, 0)
+        max_unavailable = try(var.gpu_pool.max_surge, 0) == 0 ? 1 : 0
+        node_selector   = try(var.gpu_pool.node_selector, {})
+        tolerations     = local.gpu_tolerations
         resources = local.gpu_pool_enabled ? {
-          requests = { cpu = var.gpu_pool.cpu, memory = "${var.gpu_pool.memory_mib}Mi", "nvidia.com/gpu" = tostring(var.gpu_pool.gpus) }
-          limits   = { cpu = var.gpu_pool.cpu, memory = "${var.gpu_pool.memory_mib}Mi", "nvidia.com/gpu" = tostring(var.gpu_pool.gpus) }
+          requests = { cpu = var.gpu_pool.cpu, memory = local.quantity.gpu_memory, "ephemeral-storage" = local.quantity.gpu_ephemeral, "nvidia.com/gpu" = tostring(var.gpu_pool.gpus) }
+          limits   = { cpu = var.gpu_pool.cpu, memory = local.quantity.gpu_memory, "ephemeral-storage" = local.quantity.gpu_ephemeral, "nvidia.com/gpu" = tostring(var.gpu_pool.gpus) }
         } : null
       }
     }

@@ -13,9 +13,9 @@ output "registry_url" {
   value       = "http://${var.name}-registry.${var.namespace}.svc.cluster.local:${local.registry_port}"
 }
 
-output "service_account_name" {
-  description = "ServiceAccount of the pods (the IRSA role must trust system:serviceaccount:<namespace>:<this>)."
-  value       = local.service_account
+output "service_account_names" {
+  description = "ServiceAccount of each component ({router, registry, node}); an IRSA role must trust system:serviceaccount:<namespace>:<name>."
+  value       = { for role, sa in local.service_accounts : role => sa.name }
 }
 
 output "termination_grace_period_seconds" {

@@ -170,19 +170,24 @@ variable "extra_config" {
 
 # --- service account (IRSA) --------------------------------------------------------------
 
-variable "service_account" {
-  description = "ServiceAccount of all pods. annotations is the IRSA hook: {\"eks.amazonaws.com/role-arn\" = <role ARN>} gives the pods the IAM role that can read and write the model bucket. With create = false, name must be an existing ServiceAccount."
+variable "service_accounts" {
+  description = "One ServiceAccount per component, so each gets only the cloud access it needs. annotations is the IRSA hook: {\"eks.amazonaws.com/role-arn\" = <role ARN>} on registry (reads and writes the model store) and node (reads it); the router needs none. Names default to <name>-router, <name>-registry and <name>-node. With create = false, the ServiceAccounts must exist under those names."
   type = object({
-    create      = optional(bool, true)
-    name        = optional(string)
-    annotations = optional(map(string), {})
+    create = optional(bool, true)
+    router = optional(object({
+      name        = optional(string)
+      annotations = optional(map(string), {})
+    }), {})
+    registry = optional(object({
+      name        = optional(string)
+      annotations = optional(map(string), {})
+    }), {})
+    node = optional(object({
+      name        = optional(string)
+      annotations = optional(map(string), {})
+    }), {})
   })
   default = {}
-
-  validation {
-    condition     = var.service_account.create || var.service_account.name != null
-    error_message = "service_account.name is required when service_account.create is false."
-  }
 }
 
 # --- router ------------------------------------------------------------------------
@@ -307,7 +312,7 @@ variable "cpu_pool" {
 }
 
 variable "gpu_pool" {
-  description = "Optional GPU runtime node pool (null: none). Its pods run `taskmesh node --gpu` from the GPU image (deploy/docker/Dockerfile.gpu), request gpus nvidia.com/gpu each, and by default tolerate the nvidia.com/gpu taint. Set node_selector to the labels of your GPU nodes."
+  description = "Optional GPU runtime node pool (null: none). Its pods run `taskmesh node --gpu` from the GPU image (deploy/docker/Dockerfile.gpu), request gpus nvidia.com/gpu each, and by default tolerate the nvidia.com/gpu taint. Set node_selector to the labels of your GPU nodes. Rollouts: with max_surge 0 (the default) an upgrade replaces one GPU pod at a time (maxUnavailable 1), which needs no spare GPU but leaves GPU functions with one pod fewer meanwhile (none while the pool has one replica); max_surge 1 starts the new pod first, which needs a free GPU or a cluster autoscaler that adds a GPU instance within the rollout timeout (15 minutes)."
   type = object({
     image = object({
       repository = string
@@ -321,6 +326,7 @@ variable "gpu_pool" {
     memory_mib            = optional(number, 12288)
     memory_budget_percent = optional(number, 75)
     cache_size_mib        = optional(number, 20480)
+    max_surge             = optional(number, 0)
     node_selector         = optional(map(string), {})
     tolerations = optional(list(object({
       key      = optional(string)
@@ -342,6 +348,10 @@ variable "gpu_pool" {
   validation {
     condition     = var.gpu_pool == null || try(var.gpu_pool.gpus >= 1 && var.gpu_pool.replicas >= 1 && var.gpu_pool.max_replicas >= var.gpu_pool.replicas, false)
     error_message = "gpu_pool.gpus and gpu_pool.replicas must be at least 1, and max_replicas at least replicas."
+  }
+  validation {
+    condition     = var.gpu_pool == null || try(contains([0, 1], var.gpu_pool.max_surge), false)
+    error_message = "gpu_pool.max_surge must be 0 (replace pods in place) or 1 (start the new pod first)."
   }
 }
 
