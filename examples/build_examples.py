@@ -120,6 +120,8 @@ def _to_json_value(x):
         return [bool(v) for v in arr.reshape(-1)]
     if np.issubdtype(arr.dtype, np.integer):
         return [int(v) for v in arr.reshape(-1)]
+    if arr.dtype == object or arr.dtype.kind in "US":
+        return [str(v) for v in arr.reshape(-1)]
     if np.issubdtype(arr.dtype, np.floating):
         # float(np.float32) is exact; json writes the shortest round-trip repr
         # of that double, so no precision is lost.
@@ -328,6 +330,57 @@ def build_tensors() -> None:
         assert np.array_equal(out["c3"], feeds["c"] * 3)
         assert np.array_equal(out["nd"], ~feeds["d"])
         assert out["esum"].shape == () and out["esum"].dtype == np.float32
+    _describe(sess)
+
+
+def build_dtypes() -> None:
+    """The Open Inference Protocol's other datatypes: unsigned and narrow
+    integers, float16 and strings (BYTES), each passed through, plus two
+    outputs computed from them."""
+    T = TensorProto
+    kinds = [
+        ("u8", T.UINT8, ["N", 4]),
+        ("u16", T.UINT16, [2]),
+        ("u32", T.UINT32, [2]),
+        ("u64", T.UINT64, [2]),
+        ("i8", T.INT8, [2]),
+        ("i16", T.INT16, [2]),
+        ("h", T.FLOAT16, ["N"]),
+        ("s", T.STRING, ["N"]),
+    ]
+    inputs = [helper.make_tensor_value_info(n, t, shape) for n, t, shape in kinds]
+    outputs = [helper.make_tensor_value_info(f"{n}_out", t, shape) for n, t, shape in kinds]
+    outputs += [
+        helper.make_tensor_value_info("u8_sum", T.FLOAT, []),
+        helper.make_tensor_value_info("h_double", T.FLOAT, ["N"]),
+    ]
+    nodes = [helper.make_node("Identity", [n], [f"{n}_out"], name=f"id_{n}") for n, _, _ in kinds]
+    nodes += [
+        helper.make_node("Cast", ["u8"], ["u8_f"], name="cast_u8", to=T.FLOAT),
+        helper.make_node("ReduceSum", ["u8_f"], ["u8_sum"], name="sum_u8", keepdims=0),
+        helper.make_node("Cast", ["h"], ["h_f"], name="cast_h", to=T.FLOAT),
+        helper.make_node("Mul", ["h_f", "two_f32"], ["h_double"], name="double_h"),
+    ]
+    initializers = [helper.make_tensor("two_f32", T.FLOAT, [], [2.0])]
+    graph = helper.make_graph(nodes, "taskmesh_dtypes", inputs, outputs, initializers)
+    model = _pin_model_metadata(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]))
+    cases = [
+        {
+            "u8": np.array([[0, 1, 254, 255]], dtype=np.uint8),
+            "u16": np.array([0, 65535], dtype=np.uint16),
+            "u32": np.array([7, 4294967295], dtype=np.uint32),
+            "u64": np.array([1, 18446744073709551615], dtype=np.uint64),
+            "i8": np.array([-128, 127], dtype=np.int8),
+            "i16": np.array([-32768, 32767], dtype=np.int16),
+            "h": np.array([0.5, -1.25, 65504.0], dtype=np.float16),
+            "s": np.array(["hello", "wörld", ""], dtype=object),
+        },
+    ]
+    sess, results = _save_and_reference("dtypes", model, cases)
+    for feeds, out in zip(cases, results):
+        for n, _, _ in kinds:
+            assert np.array_equal(out[f"{n}_out"], feeds[n]), n
+        assert out["u8_sum"] == np.float32(feeds["u8"].astype(np.float32).sum())
     _describe(sess)
 
 
@@ -781,6 +834,7 @@ BUILDERS = {
     "digits": build_digits,
     "iris": build_iris,
     "tensors": build_tensors,
+    "dtypes": build_dtypes,
     "slow": build_slow,
     "addpair": build_addpair,
     "exfil": build_exfil,

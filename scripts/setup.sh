@@ -7,7 +7,8 @@
 #   2. Python packages (onnxruntime, onnx, skl2onnx, scikit-learn, numpy,
 #      tokenizers, Pillow, and moto[server] for the S3 tests, pinned) into the
 #      project-local folder .deps/python (nothing system-wide); then, with a
-#      stamp of their own, httpx with HTTP/2 for the TLS tests.
+#      stamp of their own, httpx with HTTP/2 for the TLS tests, and
+#      Schemathesis (the OpenAPI fuzz test) in .deps/python-schemathesis.
 #   3. .deps/lib/libonnxruntime.so -> the ONNX Runtime library from that wheel
 #      (for the `ort` crate's load-dynamic: ORT_DYLIB_PATH).
 #   4. Real model sources, pinned and sha256-checked, downloads cached in
@@ -110,6 +111,39 @@ PY_REQUIREMENTS=(
   "wrapt==2.5.2"
   "xmltodict==1.0.4"
 )
+# Tests only: Schemathesis, which fuzzes both listeners against their
+# OpenAPI documents (cli/tests/openapi.rs), with everything it pulls in, in a
+# folder of its own (.deps/python-schemathesis): its pytest, hypothesis and
+# friends stay out of the example builders' path.
+PY_SCHEMATHESIS_REQUIREMENTS=(
+  "schemathesis==4.32.5"
+  "anyio==4.16.0"
+  "certifi==2026.10.19.post1"
+  "charset_normalizer==3.5.3"
+  "click==8.5.1"
+  "graphql_core==3.3.2"
+  "harfile==0.6.0"
+  "hypothesis==6.170.17"
+  "hypothesis_graphql==0.13.5"
+  "idna==3.20"
+  "iniconfig==2.3.1"
+  "jsonschema_rs==0.60.3"
+  "markdown_it_py==4.3.0"
+  "markupsafe==3.0.4"
+  "mdurl==0.1.2"
+  "packaging==26.4"
+  "pluggy==1.7.0"
+  "pygments==2.21.0"
+  "pyrate_limiter==4.6.0"
+  "pytest==9.2.0"
+  "pyyaml==6.0.4"
+  "requests==2.34.2"
+  "rich==15.0.0"
+  "sortedcontainers==2.4.0"
+  "typing_extensions==4.16.0"
+  "urllib3==2.8.0"
+  "werkzeug==3.1.9"
+)
 # Installed with --no-deps: tokenizers declares huggingface-hub (and a dozen
 # packages under it) only for Tokenizer.from_pretrained, which is never used;
 # Tokenizer.from_file needs nothing else.
@@ -128,6 +162,36 @@ PY_HTTP_REQUIREMENTS=(
   "hpack==4.2.0"
   "hyperframe==6.1.0"
   "anyio==4.16.0"
+)
+# Tests only: the Triton client, HTTP and gRPC (cli/tests/oip_clients.rs), with everything
+# it pulls in, in a folder of its own (.deps/python-triton): its numpy must not
+# replace the one the example builders use.
+PY_TRITON_REQUIREMENTS=(
+  "tritonclient==2.73.0"
+  "aiohttp==3.14.5"
+  "geventhttpclient==2.6.1"
+  "greenlet==3.3.2"
+  "ml_dtypes==0.5.4"
+  "numpy==2.4.6"
+  "python-rapidjson==1.25"
+  "urllib3==2.8.0"
+  "aiohappyeyeballs==2.7.1"
+  "aiosignal==1.4.0"
+  "attrs==26.1.0"
+  "frozenlist==1.8.0"
+  "gevent==26.9.0"
+  "multidict==7.2.1"
+  "propcache==0.5.4"
+  "typing_extensions==4.16.0"
+  "yarl==1.25.1"
+  "brotli==1.2.1"
+  "certifi==2026.10.19.post1"
+  "idna==3.20"
+  "zope.event==6.2"
+  "zope.interface==8.7"
+  "grpcio==1.85.3"
+  "protobuf==6.33.6"
+  "packaging==26.4"
 )
 DEB_PACKAGES=(cmake redis-server nghttp2-client curl pkg-config libssl-dev build-essential openssl)
 
@@ -188,6 +252,21 @@ else
   log "python: done ($(elapsed "$t0"))"
 fi
 t0=$(now)
+ST_DIR="$ROOT/.deps/python-schemathesis"
+st_hash="$(printf '%s\n' "$py_tag" "${PY_SCHEMATHESIS_REQUIREMENTS[@]}" | sha256sum | cut -c1-16)"
+if [[ -f "$ST_DIR/.stamp-$st_hash" ]]; then
+  log "python: schemathesis up to date (stamp $st_hash), skipped ($(elapsed "$t0"))"
+else
+  log "python: installing ${#PY_SCHEMATHESIS_REQUIREMENTS[@]} pinned packages (schemathesis) into .deps/python-schemathesis"
+  rm -rf "$ST_DIR.tmp"
+  "$PYTHON" -m pip install --disable-pip-version-check --no-input -q \
+    --root-user-action=ignore --no-deps --target "$ST_DIR.tmp" "${PY_SCHEMATHESIS_REQUIREMENTS[@]}" </dev/null
+  touch "$ST_DIR.tmp/.stamp-$st_hash"
+  rm -rf "$ST_DIR"
+  mv "$ST_DIR.tmp" "$ST_DIR"
+  log "python: schemathesis done ($(elapsed "$t0"))"
+fi
+t0=$(now)
 http_hash="$(printf '%s\n' "$py_tag" "${PY_HTTP_REQUIREMENTS[@]}" | sha256sum | cut -c1-16)"
 HTTP_STAMP="$PY_DIR/.stamp-http-$http_hash"
 if [[ -f "$HTTP_STAMP" ]]; then
@@ -199,6 +278,22 @@ else
     --root-user-action=ignore --no-deps --upgrade --target "$PY_DIR" "${PY_HTTP_REQUIREMENTS[@]}" </dev/null
   touch "$HTTP_STAMP"
   log "python: httpx done ($(elapsed "$t0"))"
+fi
+
+t0=$(now)
+TRITON_DIR="$ROOT/.deps/python-triton"
+triton_hash="$(printf '%s\n' "$py_tag" "${PY_TRITON_REQUIREMENTS[@]}" | sha256sum | cut -c1-16)"
+if [[ -f "$TRITON_DIR/.stamp-$triton_hash" ]]; then
+  log "python: tritonclient up to date (stamp $triton_hash), skipped ($(elapsed "$t0"))"
+else
+  log "python: installing ${#PY_TRITON_REQUIREMENTS[@]} pinned packages (tritonclient) into .deps/python-triton"
+  rm -rf "$TRITON_DIR.tmp"
+  "$PYTHON" -m pip install --disable-pip-version-check --no-input -q \
+    --root-user-action=ignore --no-deps --target "$TRITON_DIR.tmp" "${PY_TRITON_REQUIREMENTS[@]}" </dev/null
+  touch "$TRITON_DIR.tmp/.stamp-$triton_hash"
+  rm -rf "$TRITON_DIR"
+  mv "$TRITON_DIR.tmp" "$TRITON_DIR"
+  log "python: tritonclient done ($(elapsed "$t0"))"
 fi
 
 # --- 3. ONNX Runtime shared library ----------------------------------------

@@ -69,7 +69,7 @@ async fn keys_tenants_and_scopes() {
         .expect_error(404, "not_found");
     acme.get(&p.router_url("/v2/models/digits"))
         .await
-        .expect_error(404, "not_found");
+        .expect_oip_error(404, "not_found");
     acme.get(&p.admin_url("/v1/functions/digits"))
         .await
         .expect_error(404, "not_found");

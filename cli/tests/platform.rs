@@ -126,7 +126,8 @@ async fn open_inference_protocol_gives_the_same_numbers() {
     assert_eq!(meta["versions"], json!(["1"]));
     assert_eq!(
         meta["inputs"],
-        json!([{"name": "float_input", "datatype": "FP32", "shape": [-1, 4]}])
+        // What infer accepts: the definition's [1, 4] (the model says [-1, 4]).
+        json!([{"name": "float_input", "datatype": "FP32", "shape": [1, 4]}])
     );
     assert_eq!(meta["outputs"][0]["datatype"], "INT64");
     let ready = client
@@ -193,24 +194,29 @@ async fn open_inference_protocol_gives_the_same_numbers() {
     assert_eq!(out["outputs"].as_array().unwrap().len(), 1);
     // OIP refusals.
     let wrong_type = json!({"inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "INT64", "data": [1, 2, 3, 4]}]});
-    let err = client
+    let message = client
         .post_json(&p.router_url("/v2/models/iris/infer"), &wrong_type)
         .await
-        .expect_error(422, "invalid_input");
-    assert_eq!(err["details"][0]["pointer"], "/inputs/0/datatype");
+        .expect_oip_error(422, "invalid_input");
+    assert!(message.contains("/inputs/0/datatype"), "{message}");
     let wrong_shape = json!({"inputs": [{"name": "float_input", "shape": [1, 5], "datatype": "FP32", "data": [1, 2, 3, 4, 5]}]});
     client
         .post_json(&p.router_url("/v2/models/iris/infer"), &wrong_shape)
         .await
-        .expect_error(422, "invalid_input");
+        .expect_oip_error(422, "invalid_input");
     client
         .get(&p.router_url("/v2/models/nope"))
         .await
-        .expect_error(404, "not_found");
+        .expect_oip_error(404, "not_found");
     client
         .get(&p.router_url("/v2/models/iris/versions/9"))
         .await
-        .expect_error(404, "not_found");
+        .expect_oip_error(404, "not_found");
+    // The /v1 contract keeps its own error body.
+    client
+        .get(&p.router_url("/v1/functions/nope/invoke"))
+        .await
+        .expect_error(405, "method_not_allowed");
 }
 
 #[tokio::test]
@@ -488,7 +494,14 @@ async fn up_registers_the_examples_and_serves_http1_too() {
         .collect();
     assert_eq!(
         names,
-        vec!["digits", "fashion-mnist", "iris", "minilm-embed", "tensors"]
+        vec![
+            "digits",
+            "dtypes",
+            "fashion-mnist",
+            "iris",
+            "minilm-embed",
+            "tensors"
+        ]
     );
     let status = p.terminate();
     assert!(status.success(), "{status:?}");

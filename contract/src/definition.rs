@@ -189,7 +189,7 @@ impl Default for CircuitBreakerPolicy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitPolicy {
     pub per_second: f64,
@@ -197,7 +197,7 @@ pub struct RateLimitPolicy {
     pub burst: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,9 +1,13 @@
 //! The contract's error codes and the one place that maps them to HTTP status.
 
+use serde::Serialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 /// Stable error codes of the HTTP contract (`{"error": {"code": ...}}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Serialized as their wire spelling ([`ErrorCode::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     MalformedJson,
     BadRequest,
@@ -125,13 +129,16 @@ impl ApiError {
         self.code.status()
     }
 
-    /// The JSON body: `{"error": {"code", "message", "details"?}}`.
+    /// The JSON body: `{"error": {"code", "message", "details"?}}` ([`ErrorBody`]).
     pub fn body(&self) -> Value {
-        let mut error = json!({ "code": self.code.as_str(), "message": self.message });
-        if let Some(details) = &self.details {
-            error["details"] = details.clone();
-        }
-        json!({ "error": error })
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message.clone(),
+                details: self.details.clone(),
+            },
+        };
+        serde_json::to_value(body).unwrap_or_else(|_| json!({}))
     }
 
     pub fn body_bytes(&self) -> Vec<u8> {
@@ -151,9 +158,33 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer (the OpenAPI documents' `Error`).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable code, a message for people, and details for
+/// client faults (for `invalid_input`, a list of `{pointer, message}`).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Any JSON; absent when there are none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Value, required = false)]
+    pub details: Option<Value>,
+}
+
 impl ErrorCode {
     pub fn from_wire(code: &str) -> Option<Self> {
         ALL_CODES.iter().copied().find(|c| c.as_str() == code)
+    }
+
+    /// Every code, in the order of the contract's table.
+    pub fn all() -> &'static [ErrorCode] {
+        &ALL_CODES
     }
 }
 
@@ -197,6 +228,7 @@ mod tests {
     fn every_code_round_trips_through_its_wire_name() {
         for code in ALL_CODES {
             assert_eq!(ErrorCode::from_wire(code.as_str()), Some(code));
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }
     }
 

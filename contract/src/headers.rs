@@ -53,6 +53,21 @@ impl Priority {
     }
 }
 
+/// The caller's headers a router passes on to a node (with
+/// `inference-header-content-length` of binary OIP bodies); every other one
+/// is dropped, and the router adds its own (tenant, deadline, invocation id,
+/// cluster key).
+pub const FORWARDED_TO_NODE: &[&str] = &[
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "te",
+    PRIORITY,
+    "traceparent",
+    "tracestate",
+    crate::oip::HEADER_LENGTH,
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

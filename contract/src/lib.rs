@@ -12,7 +12,7 @@
 //! plane never links a storage engine.
 //!
 //! Layering (each module uses only those above it):
-//! `error`, `limits`, `names`, `onnx`, `cluster_key` → `tensor`, `json`,
+//! `error`, `limits`, `names`, `onnx`, `cluster_key` → `openapi`, `tensor`, `json`,
 //! `headers` → `signature` → `processing` (one module per input or output
 //! kind) → `definition` → `schema` → `version` → `protocol` → `principal`,
 //! `qualifier` → `ports` → `http` (feature `axum`).
@@ -22,13 +22,16 @@ pub mod cluster_key;
 pub mod connections;
 pub mod definition;
 pub mod error;
+pub mod grpc;
 pub mod headers;
 #[cfg(feature = "axum")]
 pub mod http;
 pub mod json;
 pub mod limits;
 pub mod names;
+pub mod oip;
 pub mod onnx;
+pub mod openapi;
 pub mod ports;
 pub mod principal;
 pub mod processing;

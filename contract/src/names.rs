@@ -1,5 +1,8 @@
 //! The spelling of names and digests, and JSON pointer escaping.
 
+/// [`valid_name`] as a regular expression (for the OpenAPI documents).
+pub const NAME_PATTERN: &str = "^[a-z][a-z0-9_-]{0,63}$";
+
 /// Whether a name (function, alias or tenant) is acceptable in a URL path
 /// segment and a store key: a lowercase letter, then up to 63 of `a-z 0-9 - _`.
 pub fn valid_name(name: &str) -> bool {
@@ -38,6 +41,21 @@ mod tests {
         assert!(!valid_name("Live"));
         assert!(!valid_name(&"a".repeat(65)));
         assert!(valid_name(&"a".repeat(64)));
+        let pattern = jsonschema::validator_for(
+            &serde_json::json!({"type": "string", "pattern": NAME_PATTERN}),
+        )
+        .unwrap();
+        let long = "a".repeat(64);
+        let longer = "a".repeat(65);
+        for name in [
+            "digits", "a-b_c9", "9a", "", "a/b", "Live", "a\n", &long, &longer,
+        ] {
+            assert_eq!(
+                pattern.is_valid(&serde_json::json!(name)),
+                valid_name(name),
+                "{name:?}"
+            );
+        }
         assert!(valid_digest(&format!("sha256:{}", "a".repeat(64))));
         assert!(!valid_digest("sha256:ABC"));
     }

@@ -1,12 +1,13 @@
 //! The authenticated caller of a request: its tenant, scopes and plan.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::definition::{QuotaPolicy, RateLimitPolicy};
 use crate::{ApiError, ErrorCode};
 
 /// What a key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// The platform operator: creates clients in any tenant.
@@ -21,7 +22,7 @@ pub enum Scope {
 }
 
 /// A client's plan: limits that replace the function's for this client.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
     #[serde(default, skip_serializing_if = "Option::is_none")]

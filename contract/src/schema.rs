@@ -106,9 +106,17 @@ fn items_schema(item: Value) -> Value {
 fn tensor_schema(dtype: DType, shape: &[i64]) -> Value {
     let leaf = match dtype {
         DType::Float32 | DType::Float64 => json!({"type": "number"}),
+        DType::Float16 => json!({"type": "number", "minimum": -65504.0, "maximum": 65504.0}),
+        DType::UInt8 => json!({"type": "integer", "minimum": 0, "maximum": u8::MAX}),
+        DType::UInt16 => json!({"type": "integer", "minimum": 0, "maximum": u16::MAX}),
+        DType::UInt32 => json!({"type": "integer", "minimum": 0, "maximum": u32::MAX}),
+        DType::UInt64 => json!({"type": "integer", "minimum": 0}),
+        DType::Int8 => json!({"type": "integer", "minimum": i8::MIN, "maximum": i8::MAX}),
+        DType::Int16 => json!({"type": "integer", "minimum": i16::MIN, "maximum": i16::MAX}),
         DType::Int32 => json!({"type": "integer", "minimum": i32::MIN, "maximum": i32::MAX}),
         DType::Int64 => json!({"type": "integer"}),
         DType::Bool => json!({"type": "boolean"}),
+        DType::String => json!({"type": "string"}),
     };
     let fixed: Option<i64> =
         shape.iter().try_fold(

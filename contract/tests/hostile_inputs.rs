@@ -39,13 +39,7 @@ fn json_value() -> impl Strategy<Value = Value> {
 }
 
 fn dtype() -> impl Strategy<Value = DType> {
-    prop_oneof![
-        Just(DType::Float32),
-        Just(DType::Float64),
-        Just(DType::Int32),
-        Just(DType::Int64),
-        Just(DType::Bool),
-    ]
+    prop::sample::select(DType::ALL)
 }
 
 fn info(name: &str, dtype: DType, shape: &[i64]) -> TensorInfo {
@@ -155,11 +149,23 @@ proptest! {
         let version = version();
         for result in [
             protocol::invoke_inputs(&version, &body).map(drop),
-            protocol::oip_inputs(&version, &body).map(drop),
+            taskmesh_contract::oip::infer_request(&version, &body, &[]).map(drop),
         ] {
             if let Err(err) = result {
                 prop_assert!(err.code.is_client_fault(), "{err}");
             }
+        }
+    }
+
+    #[test]
+    fn any_binary_infer_body_is_mapped_or_refused_as_the_callers_fault(
+        body in prop::collection::vec(any::<u8>(), 0..512),
+        split in 0usize..600,
+    ) {
+        let version = version();
+        let header = split.to_string();
+        if let Err(err) = taskmesh_contract::oip::parse_infer(&version, &body, Some(&header)) {
+            prop_assert!(err.code.is_client_fault(), "{err}");
         }
     }
 

@@ -28,31 +28,24 @@ pub struct AliasRecord {
     pub updated_at_ms: u64,
 }
 
-impl AliasRecord {
-    /// The alias as the API shows it.
-    pub fn to_json(&self) -> serde_json::Value {
-        json!({
-            "function": self.function,
-            "alias": self.name,
-            "routes": self.routes,
-            "updated_at_ms": self.updated_at_ms,
-        })
-    }
-}
-
 /// The body of `PUT /v1/functions/{name}/aliases/{alias}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AliasBody {
+    #[schema(min_items = 1)]
     pub routes: Vec<RouteBody>,
 }
 
 /// One route as a client sends it; weights are read as any JSON number so a
 /// negative or fractional weight gets a precise 422 rather than a parse error.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteBody {
+    /// An existing version of the function.
+    #[schema(value_type = u32, minimum = 1)]
     pub version: serde_json::Value,
+    /// Its share of calls, relative to the other routes' weights.
+    #[schema(value_type = u32, maximum = 1_000_000)]
     pub weight: serde_json::Value,
 }
 

@@ -6,17 +6,22 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, post, put, MethodRouter};
 use axum::Router;
 use contract::http::{error_response, json_response, read_body};
 use contract::limits::{MAX_ARTIFACT_BYTES, MAX_DEFINITION_BYTES, MAX_MODEL_BYTES};
 use contract::{ApiError, ErrorCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::auth::{Auth, NewClient, Principal, Scope};
 use crate::rollout_driver::{Action, Rollouts};
 use crate::service::Registry;
+use crate::wire::{
+    AliasList, AliasView, ClientWithKey, FunctionDetail, FunctionEntry, FunctionList, Health,
+    NodeList, Registered, RolloutList, RolloutView, Stored, VersionView,
+};
 use contract::definition::Syntax;
+use contract::openapi::OPENAPI_PATH;
 
 /// What the admin handlers share.
 pub struct AdminState {
@@ -65,6 +70,57 @@ pub fn router(
     router_with_rollouts(registry, auth, nodes, None)
 }
 
+/// Every route of the admin API: the router is built from this list, and
+/// the OpenAPI document's test (`crate::openapi`) checks each against it.
+pub(crate) fn routes() -> Vec<(&'static str, MethodRouter<Arc<AdminState>>)> {
+    vec![
+        ("/v1/models", post(upload_model)),
+        ("/v1/artifacts", post(upload_artifact)),
+        ("/v1/clients", post(create_client)),
+        ("/v1/clients/{id}", axum::routing::delete(revoke_client)),
+        ("/v1/clients/{id}/rotate", post(rotate_client)),
+        ("/v1/nodes", get(list_nodes)),
+        ("/v1/functions", post(register_function).get(list_functions)),
+        ("/v1/functions/{name}", get(get_function)),
+        ("/v1/functions/{name}/versions/{version}", get(get_version)),
+        ("/v1/functions/{name}/aliases", get(list_aliases)),
+        (
+            "/v1/functions/{name}/aliases/{alias}",
+            put(put_alias).get(get_alias).delete(delete_alias),
+        ),
+        (
+            "/v1/functions/{name}/rollouts",
+            post(start_rollout).get(list_rollouts),
+        ),
+        ("/v1/functions/{name}/rollouts/{id}", get(get_rollout)),
+        (
+            "/v1/functions/{name}/rollouts/{id}/{action}",
+            post(control_rollout),
+        ),
+        ("/metrics", get(rollout_metrics)),
+        (
+            "/healthz",
+            get(|| async {
+                reply(
+                    StatusCode::OK,
+                    &Health {
+                        status: "ok".into(),
+                    },
+                )
+            }),
+        ),
+        (
+            OPENAPI_PATH,
+            get(|| async { json_response(StatusCode::OK, crate::openapi::document()) }),
+        ),
+    ]
+}
+
+/// A JSON response from one of the API's response types (`crate::wire`).
+fn reply<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    json_response(status, &serde_json::to_value(body).unwrap_or(Value::Null))
+}
+
 /// The admin API router, with the rollout routes served by `rollouts`
 /// (without it they answer 503 `unavailable`).
 pub fn router_with_rollouts(
@@ -73,35 +129,11 @@ pub fn router_with_rollouts(
     nodes: Option<Arc<dyn NodeDirectory>>,
     rollouts: Option<Arc<Rollouts>>,
 ) -> Router {
-    Router::new()
-        .route("/v1/models", post(upload_model))
-        .route("/v1/artifacts", post(upload_artifact))
-        .route("/v1/clients", post(create_client))
-        .route("/v1/clients/{id}", axum::routing::delete(revoke_client))
-        .route("/v1/clients/{id}/rotate", post(rotate_client))
-        .route("/v1/nodes", get(list_nodes))
-        .route("/v1/functions", post(register_function).get(list_functions))
-        .route("/v1/functions/{name}", get(get_function))
-        .route("/v1/functions/{name}/versions/{version}", get(get_version))
-        .route("/v1/functions/{name}/aliases", get(list_aliases))
-        .route(
-            "/v1/functions/{name}/aliases/{alias}",
-            put(put_alias).get(get_alias).delete(delete_alias),
-        )
-        .route(
-            "/v1/functions/{name}/rollouts",
-            post(start_rollout).get(list_rollouts),
-        )
-        .route("/v1/functions/{name}/rollouts/{id}", get(get_rollout))
-        .route(
-            "/v1/functions/{name}/rollouts/{id}/{action}",
-            post(control_rollout),
-        )
-        .route("/metrics", get(rollout_metrics))
-        .route(
-            "/healthz",
-            get(|| async { json_response(StatusCode::OK, &json!({"status": "ok"})) }),
-        )
+    routes()
+        .into_iter()
+        .fold(Router::new(), |router, (path, route)| {
+            router.route(path, route)
+        })
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(Arc::new(AdminState {
@@ -132,9 +164,12 @@ async fn upload_model(State(state): State_, headers: HeaderMap, body: Body) -> A
             admin(&state, &headers).await?;
             let bytes = read_body(body, MAX_MODEL_BYTES).await?;
             let digest = state.registry.upload_model(&bytes).await?;
-            Ok(json_response(
+            Ok(reply(
                 StatusCode::CREATED,
-                &json!({"digest": digest, "size": bytes.len()}),
+                &Stored {
+                    digest,
+                    size: bytes.len() as u64,
+                },
             ))
         }
         .await,
@@ -147,9 +182,12 @@ async fn upload_artifact(State(state): State_, headers: HeaderMap, body: Body) -
             admin(&state, &headers).await?;
             let bytes = read_body(body, MAX_ARTIFACT_BYTES).await?;
             let digest = state.registry.upload_artifact(&bytes).await?;
-            Ok(json_response(
+            Ok(reply(
                 StatusCode::CREATED,
-                &json!({"digest": digest, "size": bytes.len()}),
+                &Stored {
+                    digest,
+                    size: bytes.len() as u64,
+                },
             ))
         }
         .await,
@@ -169,9 +207,12 @@ async fn register_function(State(state): State_, headers: HeaderMap, body: Body)
                 .registry
                 .register(&principal.tenant, &bytes, syntax)
                 .await?;
-            Ok(json_response(
+            Ok(reply(
                 StatusCode::CREATED,
-                &json!({"name": version.name, "version": version.version}),
+                &Registered {
+                    name: version.name.clone(),
+                    version: version.version,
+                },
             ))
         }
         .await,
@@ -183,10 +224,8 @@ async fn list_functions(State(state): State_, headers: HeaderMap) -> ApiResult {
         async {
             let principal = admin(&state, &headers).await?;
             let functions = state.registry.list(&principal.tenant).await?;
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({"functions": functions}),
-            ))
+            let functions = functions.into_iter().map(FunctionEntry::from).collect();
+            Ok(reply(StatusCode::OK, &FunctionList { functions }))
         }
         .await,
     )
@@ -215,14 +254,14 @@ async fn get_function(
                     &crate::Qualifier::Version(summary.latest_version),
                 )
                 .await?;
-            Ok(json_response(
+            Ok(reply(
                 StatusCode::OK,
-                &json!({
-                    "name": summary.name,
-                    "latest_version": summary.latest_version,
-                    "versions": summary.versions,
-                    "latest": version_json(&latest),
-                }),
+                &FunctionDetail {
+                    name: summary.name,
+                    latest_version: summary.latest_version,
+                    versions: summary.versions,
+                    latest: VersionView::from(latest.as_ref()),
+                },
             ))
         }
         .await,
@@ -244,7 +283,7 @@ async fn get_version(
                 .registry
                 .resolve(&principal.tenant, &name, &crate::Qualifier::Version(number))
                 .await?;
-            Ok(json_response(StatusCode::OK, &version_json(&found)))
+            Ok(reply(StatusCode::OK, &VersionView::from(found.as_ref())))
         }
         .await,
     )
@@ -262,11 +301,8 @@ async fn list_aliases(
                 .registry
                 .list_aliases(&principal.tenant, &name)
                 .await?;
-            let aliases: Vec<Value> = aliases.iter().map(|a| a.to_json()).collect();
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({ "aliases": aliases }),
-            ))
+            let aliases = aliases.iter().map(AliasView::from).collect();
+            Ok(reply(StatusCode::OK, &AliasList { aliases }))
         }
         .await,
     )
@@ -288,7 +324,7 @@ async fn put_alias(
                 .registry
                 .put_alias(&principal.tenant, &name, &alias, routes)
                 .await?;
-            Ok(json_response(StatusCode::OK, &record.to_json()))
+            Ok(reply(StatusCode::OK, &AliasView::from(&record)))
         }
         .await,
     )
@@ -315,7 +351,7 @@ async fn get_alias(
                 .ok_or_else(|| {
                     ApiError::not_found(format!("function {name:?} has no alias {alias:?}"))
                 })?;
-            Ok(json_response(StatusCode::OK, &record.to_json()))
+            Ok(reply(StatusCode::OK, &AliasView::from(&record)))
         }
         .await,
     )
@@ -358,7 +394,7 @@ async fn start_rollout(
             let record = rollouts(&state)?
                 .start(&principal.tenant, &name, &bytes)
                 .await?;
-            Ok(json_response(StatusCode::CREATED, &record.to_json()))
+            Ok(reply(StatusCode::CREATED, &RolloutView::from(&record)))
         }
         .await,
     )
@@ -373,8 +409,8 @@ async fn list_rollouts(
         async {
             let principal = admin(&state, &headers).await?;
             let list = rollouts(&state)?.list(&principal.tenant, &name).await?;
-            let list: Vec<Value> = list.iter().map(|r| r.to_json()).collect();
-            Ok(json_response(StatusCode::OK, &json!({ "rollouts": list })))
+            let rollouts = list.iter().map(RolloutView::from).collect();
+            Ok(reply(StatusCode::OK, &RolloutList { rollouts }))
         }
         .await,
     )
@@ -389,7 +425,7 @@ async fn get_rollout(
         async {
             let principal = admin(&state, &headers).await?;
             let record = rollouts(&state)?.get(&principal.tenant, &name, &id).await?;
-            Ok(json_response(StatusCode::OK, &record.to_json()))
+            Ok(reply(StatusCode::OK, &RolloutView::from(&record)))
         }
         .await,
     )
@@ -411,7 +447,7 @@ async fn control_rollout(
             let record = rollouts(&state)?
                 .control(&principal.tenant, &name, &id, action)
                 .await?;
-            Ok(json_response(StatusCode::OK, &record.to_json()))
+            Ok(reply(StatusCode::OK, &RolloutView::from(&record)))
         }
         .await,
     )
@@ -456,18 +492,13 @@ async fn create_client(State(state): State_, headers: HeaderMap, body: Body) -> 
                 )
             })?;
             let (record, key) = state.auth.create_client(&principal, request).await?;
-            Ok(json_response(
+            Ok(reply(
                 StatusCode::CREATED,
-                &client_with_key(&record, &key),
+                &ClientWithKey::new(&record, &key),
             ))
         }
         .await,
     )
-}
-
-/// A client and its key, as creation and rotation answer (the key is shown once).
-fn client_with_key(record: &crate::clients::ClientRecord, key: &str) -> Value {
-    json!({"client_id": record.client_id, "api_key": key, "name": record.name, "tenant": record.tenant, "scopes": record.scopes})
 }
 
 async fn revoke_client(
@@ -494,10 +525,7 @@ async fn rotate_client(
         async {
             let principal = admin(&state, &headers).await?;
             let (record, key) = state.auth.rotate_client(&principal, &id).await?;
-            Ok(json_response(
-                StatusCode::OK,
-                &client_with_key(&record, &key),
-            ))
+            Ok(reply(StatusCode::OK, &ClientWithKey::new(&record, &key)))
         }
         .await,
     )
@@ -512,22 +540,8 @@ async fn list_nodes(State(state): State_, headers: HeaderMap) -> ApiResult {
                 Some(directory) => directory.nodes(tenant).await?,
                 None => Vec::new(),
             };
-            Ok(json_response(StatusCode::OK, &json!({ "nodes": nodes })))
+            Ok(reply(StatusCode::OK, &NodeList { nodes }))
         }
         .await,
     )
-}
-
-/// A version as the API shows it (the tenant is implied by the caller's key).
-pub fn version_json(v: &contract::FunctionVersion) -> Value {
-    json!({
-        "name": v.name,
-        "version": v.version,
-        "created_at_ms": v.created_at_ms,
-        "definition": v.definition,
-        "signature": v.signature,
-        "inputs": v.inputs,
-        "outputs": v.outputs,
-        "effective_input_schema": v.definition.input_schema.clone().unwrap_or_else(|| contract::schema::derived_input_schema(&v.inputs)),
-    })
 }

@@ -22,12 +22,13 @@ use crate::store::{store_error, Store};
 pub use contract::principal::{Plan, Principal, Scope};
 
 /// A client creation request (`POST /v1/clients`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewClient {
     pub name: String,
     #[serde(default)]
     pub tenant: Option<String>,
+    #[schema(min_items = 1)]
     pub scopes: Vec<Scope>,
     #[serde(default)]
     pub plan: Plan,

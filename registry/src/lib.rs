@@ -28,7 +28,11 @@
 //! 6. `rollout_driver::metrics` (`rollouts`); `rollout_driver` (`metrics`,
 //!    `service`, `store`, `rollouts`); `rollout_driver::operations` and
 //!    `::driver` (`rollout_driver`, `store`, `rollouts`, `aliases`);
-//! 7. `api` (`auth`, `service`, `rollout_driver`, `store`, `aliases`).
+//! 7. `wire` (the API's response types: `aliases`, `clients`, `rollouts`,
+//!    `store`); `openapi` (the API's document: `wire`, `auth`, `aliases`,
+//!    `rollout_driver`);
+//! 8. `api` (`auth`, `service`, `rollout_driver`, `store`, `aliases`, `wire`,
+//!    `openapi`).
 
 pub mod aliases;
 pub mod api;
@@ -37,10 +41,12 @@ pub mod cache;
 pub mod clients;
 pub mod cluster;
 pub mod models;
+pub mod openapi;
 pub mod rollout_driver;
 pub mod rollouts;
 pub mod service;
 pub mod store;
+pub mod wire;
 
 pub use auth::Auth;
 pub use cluster::{RedisOptions, RedisStore};

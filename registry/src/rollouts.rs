@@ -10,10 +10,10 @@
 use policies::rollout::{RolloutSpec, Stats};
 use policies::split::Route;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 /// Where a rollout is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RolloutState {
     /// The target version is being warmed; the alias is unchanged.
@@ -51,7 +51,7 @@ impl RolloutState {
 }
 
 /// What one version (or the old versions together) served in a step.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Evidence {
     pub calls: u64,
     pub errors: u64,
@@ -128,49 +128,6 @@ impl RolloutRecord {
             RolloutState::Promoted => 100,
             _ => 0,
         }
-    }
-
-    /// The rollout as the API shows it (counter baselines left out).
-    pub fn to_json(&self) -> Value {
-        let steps: Vec<Value> = self
-            .steps
-            .iter()
-            .map(|s| {
-                json!({
-                    "percent": s.percent,
-                    "routes": s.routes,
-                    "started_at_ms": s.started_at_ms,
-                    "ended_at_ms": s.ended_at_ms,
-                    "verdict": s.verdict,
-                    "new": s.new,
-                    "old": s.old,
-                })
-            })
-            .collect();
-        json!({
-            "id": self.id,
-            "function": self.function,
-            "alias": self.alias,
-            "to_version": self.to_version,
-            "state": self.state,
-            "outcome": (!self.is_active()).then(|| self.state.as_str()),
-            "step": self.step,
-            "percent": self.percent(),
-            "steps_planned": self.spec.steps,
-            "step_interval_s": self.spec.step_interval_s,
-            "min_calls_per_step": self.spec.min_calls_per_step,
-            "max_error_rate": self.spec.max_error_rate,
-            "max_p99_ms": self.spec.max_p99_ms,
-            "error_rate_margin": self.spec.error_rate_margin,
-            "p99_ratio": self.spec.p99_ratio,
-            "previous_routes": self.previous_routes,
-            "steps": steps,
-            "status": self.status,
-            "reason": self.reason,
-            "created_at_ms": self.created_at_ms,
-            "updated_at_ms": self.updated_at_ms,
-            "finished_at_ms": self.finished_at_ms,
-        })
     }
 }
 

@@ -44,15 +44,18 @@ fn body_cap(version: &FunctionVersion) -> usize {
 }
 
 /// Parses and checks a body against the function version's input schema and
-/// tensors; returns the parsed body.
+/// tensors; returns the parsed invoke body (`Null` for an OIP infer body,
+/// which may be JSON followed by raw tensors: `oip_header_length` is its
+/// `inference-header-content-length`).
 pub fn validate(
     version: &FunctionVersion,
     kind: BodyKind,
     body: &[u8],
+    oip_header_length: Option<&str>,
 ) -> Result<serde_json::Value, ApiError> {
-    let value = contract::json::parse_body(body, MAX_JSON_DEPTH)?;
     match kind {
         BodyKind::Invoke => {
+            let value = contract::json::parse_body(body, MAX_JSON_DEPTH)?;
             if let Some(validator) = version.input_validator()? {
                 let violations = contract::schema::violations(&validator, &value);
                 if !violations.is_empty() {
@@ -60,12 +63,27 @@ pub fn validate(
                 }
             }
             protocol::invoke_inputs(version, &value)?;
+            Ok(value)
         }
         BodyKind::Infer => {
-            protocol::oip_inputs(version, &value)?;
+            contract::oip::parse_infer(version, body, oip_header_length)?;
+            Ok(serde_json::Value::Null)
+        }
+        BodyKind::GrpcInfer => {
+            let request = contract::grpc::decode(body)?;
+            contract::grpc::infer_request(version, &request)?;
+            Ok(serde_json::Value::Null)
         }
     }
-    Ok(value)
+}
+
+/// The request's `inference-header-content-length` (binary OIP bodies).
+fn oip_header_length(session: &Session) -> Option<String> {
+    session
+        .req_header()
+        .headers
+        .get(contract::oip::HEADER_LENGTH)
+        .map(|v| v.to_str().unwrap_or("?").to_string())
 }
 
 /// A body the router let through: read and validated, or left to stream.
@@ -100,12 +118,14 @@ pub async fn admit_body(
                 kind,
                 cap,
                 buffer: Vec::with_capacity(length),
+                oip_header_length: oip_header_length(session),
             }));
         }
     }
     let deadline = call_deadline.min(Instant::now() + BODY_READ_TIMEOUT);
     let body = read_buffered(session, cap, deadline).await?;
-    validate(version, kind, &body).map(Admitted::Read)
+    let header_length = oip_header_length(session);
+    validate(version, kind, &body, header_length.as_deref()).map(Admitted::Read)
 }
 
 /// Refuses (431) a request whose headers are over the HTTP/2 header-list
@@ -165,7 +185,7 @@ pub async fn discard_body(session: &mut Session) {
 
 /// Reads the whole body through Pingora's replay buffer (enabled first, so
 /// Pingora can still forward it), within the cap and the replay buffer.
-async fn read_buffered(
+pub(crate) async fn read_buffered(
     session: &mut Session,
     cap: usize,
     deadline: Instant,
@@ -205,6 +225,7 @@ pub struct StreamedBody {
     kind: BodyKind,
     cap: usize,
     buffer: Vec<u8>,
+    oip_header_length: Option<String>,
 }
 
 impl StreamedBody {
@@ -222,7 +243,12 @@ impl StreamedBody {
             return Ok(Bytes::new());
         }
         let whole = std::mem::take(&mut self.buffer);
-        validate(&self.version, self.kind, &whole)?;
+        validate(
+            &self.version,
+            self.kind,
+            &whole,
+            self.oip_header_length.as_deref(),
+        )?;
         Ok(Bytes::from(whole))
     }
 
@@ -271,6 +297,7 @@ mod tests {
             version,
             kind: BodyKind::Infer,
             buffer: Vec::new(),
+            oip_header_length: None,
         }
     }
 
@@ -304,11 +331,11 @@ mod tests {
     #[test]
     fn validation_maps_the_body_by_its_kind() {
         let version = version(1024);
-        assert!(validate(&version, BodyKind::Infer, b"{\"inputs\": []}").is_ok());
-        let err = validate(&version, BodyKind::Infer, b"{}").unwrap_err();
+        assert!(validate(&version, BodyKind::Infer, b"{\"inputs\": []}", None).is_ok());
+        let err = validate(&version, BodyKind::Infer, b"{}", None).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidInput, "{err:?}");
         let deep = "[".repeat(MAX_JSON_DEPTH + 1);
-        let err = validate(&version, BodyKind::Invoke, deep.as_bytes()).unwrap_err();
+        let err = validate(&version, BodyKind::Invoke, deep.as_bytes(), None).unwrap_err();
         assert_eq!(err.code, ErrorCode::BadRequest, "the depth guard: {err:?}");
     }
 }

@@ -22,13 +22,14 @@
 //!    - `leases`: this router's leases of the cluster-wide rate limits and
 //!      quotas;
 //!    - `placement`: the live nodes, their ring and this router's load on them;
-//!    - `tls`: the TLS listener's certificate, reloaded from its files.
+//!    - `tls`: the TLS listener's certificate, reloaded from its files;
+//!    - `openapi`: the router's OpenAPI document (`GET /openapi.json`).
 //! 2. `guards` (the guard rails' per-key state: limiters, quotas, in-flight
 //!    counts, breakers, retry budgets; names `leases`), `listener`
 //!    (connection caps and deadlines before Pingora's HTTP handling; names
 //!    `metrics`), `admission` (body cap, read and validation; names `routes`)
 //!    and `local` (the answers the router gives itself; names `routes`,
-//!    `metrics`, `guards`, `placement`).
+//!    `metrics`, `guards`, `placement`, `openapi`).
 //! 3. `call` (the per-call state, Pingora's `CTX`; names `admission`,
 //!    `cache`, `guards`, `placement`, `respond`, `routes`) and `state`
 //!    (`RouterState`, shared by every call; names `cache`, `guards`,
@@ -38,11 +39,13 @@
 mod admission;
 mod cache;
 mod call;
+mod grpc;
 pub mod guards;
 mod leases;
 mod listener;
 mod local;
 pub mod metrics;
+pub mod openapi;
 pub mod placement;
 pub mod proxy;
 mod respond;

@@ -2,11 +2,11 @@
 //! `/healthz`, `/readyz`, OIP server liveness and readiness, and OIP model
 //! metadata and readiness (from the registry).
 //!
-//! Layer: names `routes`, `metrics`, `guards` and `placement`.
+//! Layer: names `routes`, `metrics`, `guards`, `placement` and `openapi`.
 
 use bytes::Bytes;
 use contract::ports::Catalog;
-use contract::{protocol, ApiError, ErrorCode, FunctionVersion};
+use contract::{ApiError, ErrorCode, FunctionVersion};
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -86,7 +86,17 @@ pub fn router_answer(
             }
         }
         Endpoint::Live => LocalAnswer::ok(json!({"live": true})),
-        Endpoint::ServerReady => LocalAnswer::ok(json!({"ready": true})),
+        // Ready when calls can be served: not draining, and a node is live.
+        // Not ready is 503 (as `/readyz`, and KServe's servers, answer it).
+        Endpoint::ServerReady => {
+            let ready = !draining && !nodes.is_empty();
+            LocalAnswer {
+                status: if ready { 200 } else { 503 },
+                body: json!({"ready": ready}),
+            }
+        }
+        Endpoint::ServerMetadata => LocalAnswer::ok(contract::oip::server_metadata()),
+        Endpoint::OpenApi => LocalAnswer::ok(crate::openapi::document().clone()),
         Endpoint::Metrics => {
             return Err(ApiError::new(
                 ErrorCode::Internal,
@@ -112,16 +122,28 @@ pub async fn function_answer(
     catalog: &dyn Catalog,
     tenant: &str,
     version: &FunctionVersion,
+    nodes: &NodeSet,
 ) -> Result<LocalAnswer, ApiError> {
     match endpoint {
         Endpoint::Metadata { name, .. } => {
             let versions = catalog.versions(tenant, name).await?;
-            Ok(LocalAnswer::ok(protocol::oip_metadata(version, &versions)))
+            Ok(LocalAnswer::ok(contract::oip::model_metadata(
+                version, &versions,
+            )))
         }
-        // A resolved version is ready: nodes load versions on demand.
-        Endpoint::ModelReady { .. } => Ok(LocalAnswer::ok(
-            json!({"name": version.name, "version": version.version.to_string(), "ready": true}),
-        )),
+        // Ready when a live node can serve the version (a GPU node for a GPU
+        // function); nodes load versions on demand, so no warm instance is
+        // needed. Not ready is 503.
+        Endpoint::ModelReady { .. } => {
+            let gpu = version.definition.resources.gpu;
+            let ready = nodes
+                .owner(&crate::placement::placement_key(version), gpu)
+                .is_some();
+            Ok(LocalAnswer {
+                status: if ready { 200 } else { 503 },
+                body: json!({"name": version.name, "version": version.version.to_string(), "ready": ready}),
+            })
+        }
         _ => Err(ApiError::new(
             ErrorCode::Internal,
             "this endpoint is not answered by the router",

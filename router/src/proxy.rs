@@ -57,9 +57,11 @@ pub use contract::headers;
 const NODE_ANSWER_GRACE: Duration = Duration::from_millis(250);
 
 /// What `decide` made of a request.
-enum Decision {
+pub(crate) enum Decision {
     /// Proxy it to a node.
     Proxy,
+    /// Answer it here with one gRPC message (a framed body, then `grpc-status: 0`).
+    Grpc(Bytes),
     /// Answer it here (health, metadata).
     Answer(LocalAnswer),
     /// Answer it from the result cache.
@@ -95,6 +97,9 @@ impl TaskmeshProxy {
         session: &mut Session,
         ctx: &mut Ctx,
     ) -> std::result::Result<Decision, ApiError> {
+        if let Some(method) = crate::grpc::method_of(session) {
+            return self.decide_grpc(session, ctx, method).await;
+        }
         let endpoint = {
             let request = session.req_header();
             routes::endpoint(&request.method, request.uri.path(), request.uri.query())?
@@ -110,7 +115,8 @@ impl TaskmeshProxy {
             .await?;
         let Some(kind) = endpoint.body_kind() else {
             let catalog = self.state.catalog.as_ref();
-            return local::function_answer(&endpoint, catalog, &principal.tenant, &version)
+            let nodes = &self.state.nodes;
+            return local::function_answer(&endpoint, catalog, &principal.tenant, &version, nodes)
                 .await
                 .map(Decision::Answer);
         };
@@ -160,7 +166,10 @@ impl TaskmeshProxy {
     }
 
     /// Step: the caller's key, which must carry the `invoke` scope (401, 403).
-    async fn authenticate(&self, session: &Session) -> std::result::Result<Principal, ApiError> {
+    pub(crate) async fn authenticate(
+        &self,
+        session: &Session,
+    ) -> std::result::Result<Principal, ApiError> {
         let principal = self.caller(session).await?;
         principal.require(Scope::Invoke)?;
         Ok(principal)
@@ -179,7 +188,7 @@ impl TaskmeshProxy {
     /// Step: the immutable version the call is for, in the caller's tenant; an
     /// alias picks by the [`routing_key`]. Another tenant's function is simply
     /// not there (404, never 403).
-    async fn resolve(
+    pub(crate) async fn resolve(
         &self,
         session: &Session,
         ctx: &mut Ctx,
@@ -199,7 +208,7 @@ impl TaskmeshProxy {
 
     /// Step: where an upstream-bound call goes and by when. The priority
     /// header is checked at the edge so a bad one never costs a node a stream.
-    fn prepare_upstream(
+    pub(crate) fn prepare_upstream(
         &self,
         session: &Session,
         ctx: &mut Ctx,
@@ -222,7 +231,7 @@ impl TaskmeshProxy {
     /// Step: the guard rails (`Guards::admit`: rate limit, quota, concurrency,
     /// circuit breaker). The `RateLimit` headers are kept for the answer,
     /// admitted or not.
-    async fn apply_guards(
+    pub(crate) async fn apply_guards(
         &self,
         ctx: &mut Ctx,
         principal: Principal,
@@ -346,6 +355,7 @@ impl ProxyHttp for TaskmeshProxy {
             Ok(Decision::Cached(body)) => {
                 respond::write_cached(session, body, &ctx.stamp()).await?;
             }
+            Ok(Decision::Grpc(body)) => respond::write_grpc(session, body, &ctx.stamp()).await?,
             Err(err) => {
                 ctx.error_code = Some(err.code);
                 if err.code != ErrorCode::PayloadTooLarge {
@@ -431,7 +441,7 @@ impl ProxyHttp for TaskmeshProxy {
         let unneeded: Vec<http::HeaderName> = request
             .headers
             .keys()
-            .filter(|name| !FORWARDED_HEADERS.contains(&name.as_str()))
+            .filter(|name| !headers::FORWARDED_TO_NODE.contains(&name.as_str()))
             .cloned()
             .collect();
         for name in unneeded {
@@ -639,6 +649,11 @@ impl ProxyHttp for TaskmeshProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        // A gRPC error is a 200 with a grpc-status: count it by its code's status.
+        let code = ctx.error_code.or(ctx.upstream_error);
+        let status = code
+            .filter(|_| status == 200)
+            .map_or(status, |c| c.status());
         // Only refused connections count against a node (see `fail_to_connect`);
         // an answered or reset stream means the node was reachable.
         let _ = e;
@@ -686,15 +701,3 @@ impl ProxyHttp for TaskmeshProxy {
         }
     }
 }
-
-/// The caller's headers a node is given; the router adds its own
-/// (`x-taskmesh-tenant`, deadline, invocation id, cluster key).
-const FORWARDED_HEADERS: &[&str] = &[
-    "content-type",
-    "content-length",
-    "transfer-encoding",
-    "te",
-    headers::PRIORITY,
-    "traceparent",
-    "tracestate",
-];

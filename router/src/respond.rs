@@ -88,17 +88,73 @@ pub async fn write_cached(session: &mut Session, body: Bytes, stamp: &Stamp<'_>)
     session.write_response_body(Some(body), true).await
 }
 
+/// Writes one gRPC message the router answers itself: `200`, the framed
+/// message, then the trailers `grpc-status: 0`.
+pub async fn write_grpc(session: &mut Session, body: Bytes, stamp: &Stamp<'_>) -> Result<()> {
+    let mut header = ResponseHeader::build(200, Some(3))?;
+    header.insert_header("content-type", "application/grpc")?;
+    header.insert_header(headers::INVOCATION_ID, stamp.invocation_id)?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), false).await?;
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    session.write_response_trailers(trailers).await
+}
+
+/// A gRPC call's error: `200` with `content-type: application/grpc`, then
+/// trailers with `grpc-status`, `grpc-message`, and the contract's code and
+/// `retry-after` as metadata. (Not trailers-only: Pingora ends a stream with
+/// an empty DATA frame, which gRPC clients take as a broken stream.)
+async fn write_grpc_error(session: &mut Session, err: &ApiError, stamp: &Stamp<'_>) -> Result<()> {
+    let mut header = ResponseHeader::build(200, Some(3))?;
+    header.insert_header("content-type", "application/grpc")?;
+    header.insert_header(headers::INVOCATION_ID, stamp.invocation_id)?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    let mut trailers = http::HeaderMap::new();
+    let status = contract::grpc::status(err.code).to_string();
+    let message = contract::grpc::message_header(&err.message);
+    for (name, value) in [
+        ("grpc-status", status.as_str()),
+        ("grpc-message", message.as_str()),
+        (headers::ERROR_CODE, err.code.as_str()),
+    ] {
+        if let Ok(value) = http::HeaderValue::from_str(value) {
+            trailers.insert(name, value);
+        }
+    }
+    if let Some(s) = err.retry_after_s {
+        trailers.insert("retry-after", http::HeaderValue::from(s));
+    }
+    session.write_response_trailers(trailers).await
+}
+
 /// Writes `err` as the contract's JSON error: its status and body, with
-/// `retry-after` when it has one, and the call's stamp. The one place the
-/// router renders an error.
+/// `retry-after` when it has one, and the call's stamp (on `/v2` paths the
+/// protocol's body; on gRPC calls a gRPC status). The one place the router
+/// renders an error.
 pub async fn write_error(
     session: &mut Session,
     err: &ApiError,
     stamp: &Stamp<'_>,
     delivery: Delivery,
 ) -> Result<()> {
-    let body = Bytes::from(err.body_bytes());
-    let header = json_header(err.status(), body.len(), stamp, err.retry_after_s)?;
+    if crate::grpc::is_grpc_path(session.req_header().uri.path()) {
+        return write_grpc_error(session, err, stamp).await;
+    }
+    // On the protocol's paths, the protocol's error body (KServe and Triton
+    // clients read `{"error": "<message>"}`); the code is in a header.
+    let oip = contract::oip::is_oip_path(session.req_header().uri.path());
+    let body = Bytes::from(if oip {
+        contract::oip::error_body(err)
+    } else {
+        err.body_bytes()
+    });
+    let mut header = json_header(err.status(), body.len(), stamp, err.retry_after_s)?;
+    header.insert_header(headers::ERROR_CODE, err.code.as_str())?;
     match delivery {
         Delivery::Refusal => {
             session

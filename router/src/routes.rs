@@ -19,6 +19,10 @@ pub enum Endpoint {
     Live,
     /// `GET /v2/health/ready`
     ServerReady,
+    /// `GET /v2`: OIP server metadata.
+    ServerMetadata,
+    /// `GET /openapi.json`: the router's OpenAPI document.
+    OpenApi,
     Invoke {
         name: String,
         qualifier: Qualifier,
@@ -45,7 +49,9 @@ impl Endpoint {
             | Endpoint::Ready
             | Endpoint::Metrics
             | Endpoint::Live
-            | Endpoint::ServerReady => None,
+            | Endpoint::ServerReady
+            | Endpoint::ServerMetadata
+            | Endpoint::OpenApi => None,
             Endpoint::Invoke { name, qualifier }
             | Endpoint::Metadata { name, qualifier }
             | Endpoint::ModelReady { name, qualifier }
@@ -69,8 +75,10 @@ impl Endpoint {
 pub enum BodyKind {
     /// `POST /v1/functions/{name}/invoke`: named fields (`protocol::invoke_inputs`).
     Invoke,
-    /// OIP v2 `infer`: raw tensors by name (`protocol::oip_inputs`).
+    /// OIP v2 `infer`: raw tensors by name (`oip::parse_infer`).
     Infer,
+    /// OIP over gRPC, `ModelInfer` (`grpc::infer_request`): the node answers in gRPC.
+    GrpcInfer,
 }
 
 impl BodyKind {
@@ -84,6 +92,10 @@ impl BodyKind {
             ),
             BodyKind::Infer => format!(
                 "/v2/models/{}/versions/{}/infer",
+                version.name, version.version
+            ),
+            BodyKind::GrpcInfer => format!(
+                "/grpc/models/{}/versions/{}/infer",
                 version.name, version.version
             ),
         }
@@ -121,6 +133,8 @@ pub fn endpoint(method: &Method, path: &str, query: Option<&str>) -> Result<Endp
         ["metrics"] => expect(method, Method::GET, path, Endpoint::Metrics),
         ["v2", "health", "live"] => expect(method, Method::GET, path, Endpoint::Live),
         ["v2", "health", "ready"] => expect(method, Method::GET, path, Endpoint::ServerReady),
+        ["v2"] => expect(method, Method::GET, path, Endpoint::ServerMetadata),
+        ["openapi.json"] => expect(method, Method::GET, path, Endpoint::OpenApi),
         ["v1", "functions", f, "invoke"] if !f.is_empty() => {
             let qualifier = Qualifier::from_query(query)?;
             expect(

@@ -51,25 +51,15 @@ pub fn shape_key(inputs: &TensorInputs) -> Vec<(String, DType, Vec<usize>)> {
 }
 
 fn extend(into: &mut TensorData, from: &TensorData) -> Result<(), ApiError> {
-    match (into, from) {
-        (TensorData::Float32(a), TensorData::Float32(b)) => a.extend_from_slice(b),
-        (TensorData::Float64(a), TensorData::Float64(b)) => a.extend_from_slice(b),
-        (TensorData::Int32(a), TensorData::Int32(b)) => a.extend_from_slice(b),
-        (TensorData::Int64(a), TensorData::Int64(b)) => a.extend_from_slice(b),
-        (TensorData::Bool(a), TensorData::Bool(b)) => a.extend_from_slice(b),
-        _ => return Err(not_batchable("element types differ")),
+    if into.extend(from) {
+        Ok(())
+    } else {
+        Err(not_batchable("element types differ"))
     }
-    Ok(())
 }
 
 fn slice(data: &TensorData, start: usize, end: usize) -> TensorData {
-    match data {
-        TensorData::Float32(v) => TensorData::Float32(v[start..end].to_vec()),
-        TensorData::Float64(v) => TensorData::Float64(v[start..end].to_vec()),
-        TensorData::Int32(v) => TensorData::Int32(v[start..end].to_vec()),
-        TensorData::Int64(v) => TensorData::Int64(v[start..end].to_vec()),
-        TensorData::Bool(v) => TensorData::Bool(v[start..end].to_vec()),
-    }
+    data.slice(start, end)
 }
 
 /// Concatenates calls (same [`shape_key`]) along the first dimension, in order.

@@ -8,14 +8,15 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use contract::connections::{ConnectionCaps, Connections};
 use contract::http::{error_response, json_response, read_body};
 use contract::limits::{self, DEFAULT_MAX_BODY_BYTES, MAX_JSON_DEPTH};
-use contract::protocol;
+use contract::{oip, protocol};
 use contract::{ApiError, ClusterKey, ErrorCode};
 use contract::{FunctionVersion, Qualifier, DEFAULT_TENANT};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -25,6 +26,8 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::engine::{Engine, Priority};
+
+mod grpc;
 use crate::prepost::{self, Prepost, PreprocessBudget};
 
 /// Header that orders a call in its function's queue: `high`, `normal` or `low`.
@@ -165,6 +168,10 @@ pub fn router(engine: Arc<Engine>, node_id: String, cluster_key: ClusterKey) -> 
         .route("/v2/models/{name}/versions/{version}/ready", get(ready))
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer))
+        .route(
+            "/grpc/models/{name}/versions/{version}/infer",
+            post(grpc::infer),
+        )
         .route("/v1/functions/{name}/versions/{version}/warm", post(warm))
         .route(
             "/metrics",
@@ -193,6 +200,7 @@ pub fn router(engine: Arc<Engine>, node_id: String, cluster_key: ClusterKey) -> 
             "/v2/health/ready",
             get(|| async { json_response(StatusCode::OK, &json!({"ready": true})) }),
         )
+        .layer(axum::middleware::from_fn(oip_error_bodies))
         .with_state(node)
 }
 
@@ -390,16 +398,23 @@ async fn infer(
             Ok(version)
         };
         let (version, body) = refuse_early(early.await, body).await?;
-        let input = json_body(&version, body).await?;
-        let mut request = protocol::oip_inputs(&version, &input)?;
+        let cap = version
+            .definition
+            .max_body_bytes
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        let bytes = read_body(body, cap).await?;
+        let header_length = headers
+            .get(oip::HEADER_LENGTH)
+            .map(|v| v.to_str().unwrap_or("?"));
+        let mut request = oip::parse_infer(&version, &bytes, header_length)?;
         let inputs = std::mem::take(&mut request.inputs);
         let outcome = node
             .engine
             .run(&version, inputs, budget(&headers), priority(&headers)?)
             .await?;
-        let output = protocol::oip_response(&version, &request, &outcome.outputs);
+        let answer = oip::infer_answer(&version, &request, &outcome.outputs);
         Ok(with_headers(
-            json_response(StatusCode::OK, &output),
+            oip_response(answer),
             &node,
             &version,
             Some(outcome.cold_start),
@@ -426,7 +441,7 @@ async fn metadata(
             .await?;
         Ok(json_response(
             StatusCode::OK,
-            &protocol::oip_metadata(&version, &versions),
+            &oip::model_metadata(&version, &versions),
         ))
     }
     .await;
@@ -470,6 +485,52 @@ async fn ready(
     }
     .await;
     result.unwrap_or_else(|e: ApiError| error_response(&e))
+}
+
+/// An infer answer: JSON, or JSON and raw outputs with the header's length.
+fn oip_response(answer: oip::OipAnswer) -> Response {
+    let mut response = Response::new(Body::from(answer.body));
+    let h = response.headers_mut();
+    match answer.json_length {
+        Some(length) => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert(oip::HEADER_LENGTH, HeaderValue::from(length));
+        }
+        None => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+    }
+    response
+}
+
+/// On the protocol's paths (`/v2/...`), errors carry the protocol's body,
+/// `{"error": "<message>"}`, which KServe and Triton clients read; the code
+/// stays in `x-taskmesh-error-code`.
+async fn oip_error_bodies(request: axum::extract::Request, next: Next) -> Response {
+    let oip = oip::is_oip_path(request.uri().path());
+    let response = next.run(request).await;
+    if !oip || !(response.status().is_client_error() || response.status().is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let Some(err) = ApiError::from_body(parts.status.as_u16(), &bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    let body = oip::error_body(&err);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    if let Ok(code) = HeaderValue::from_str(err.code.as_str()) {
+        parts.headers.entry(headers::ERROR_CODE).or_insert(code);
+    }
+    Response::from_parts(parts, Body::from(body))
 }
 
 fn finish(result: Result<Response, ApiError>, name: &str, id: &str) -> Response {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use contract::processing::TextSpec;
-use contract::tensor::{DType, Tensor, TensorData};
+use contract::tensor::{DType, Tensor, TensorData, F16};
 use contract::{ModelInspector, ModelSignature, ModelType, TensorInfo};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{RunOptions, Session};
@@ -85,14 +85,23 @@ pub fn build_session(bytes: &[u8], options: SessionOptions) -> Result<Session, S
 }
 
 fn dtype_of(ty: TensorElementType) -> ModelType {
-    match ty {
-        TensorElementType::Float32 => ModelType::Supported(DType::Float32),
-        TensorElementType::Float64 => ModelType::Supported(DType::Float64),
-        TensorElementType::Int32 => ModelType::Supported(DType::Int32),
-        TensorElementType::Int64 => ModelType::Supported(DType::Int64),
-        TensorElementType::Bool => ModelType::Supported(DType::Bool),
-        other => ModelType::Other(format!("{other:?}").to_lowercase()),
-    }
+    let supported = match ty {
+        TensorElementType::Bool => DType::Bool,
+        TensorElementType::Uint8 => DType::UInt8,
+        TensorElementType::Uint16 => DType::UInt16,
+        TensorElementType::Uint32 => DType::UInt32,
+        TensorElementType::Uint64 => DType::UInt64,
+        TensorElementType::Int8 => DType::Int8,
+        TensorElementType::Int16 => DType::Int16,
+        TensorElementType::Int32 => DType::Int32,
+        TensorElementType::Int64 => DType::Int64,
+        TensorElementType::Float16 => DType::Float16,
+        TensorElementType::Float32 => DType::Float32,
+        TensorElementType::Float64 => DType::Float64,
+        TensorElementType::String => DType::String,
+        other => return ModelType::Other(format!("{other:?}").to_lowercase()),
+    };
+    ModelType::Supported(supported)
 }
 
 fn info_of(name: &str, ty: &ValueType) -> TensorInfo {
@@ -155,11 +164,24 @@ impl ModelInspector for OrtInspector {
 fn to_ort(tensor: Tensor) -> Result<DynValue, String> {
     let shape = tensor.shape;
     let value = match tensor.data {
-        TensorData::Float32(v) => OrtTensor::from_array((shape, v)).map(|t| t.into_dyn()),
-        TensorData::Float64(v) => OrtTensor::from_array((shape, v)).map(|t| t.into_dyn()),
+        TensorData::Bool(v) => OrtTensor::from_array((shape, v)).map(|t| t.into_dyn()),
+        TensorData::UInt8(v) => OrtTensor::from_array((shape, v)).map(|t| t.into_dyn()),
+        TensorData::UInt16(v) => OrtTensor::from_array((shape, v)).map(|t| t.into_dyn()),
+        TensorData::UInt32(v) => OrtTensor::from_array((shape, v)).map(|t| t.into_dyn()),
+        TensorData::UInt64(v) => OrtTensor::from_array((shape, v)).map(|t| t.into_dyn()),
+        TensorData::Int8(v) => OrtTensor::from_array((shape, v)).map(|t| t.into_dyn()),
+        TensorData::Int16(v) => OrtTensor::from_array((shape, v)).map(|t| t.into_dyn()),
         TensorData::Int32(v) => OrtTensor::from_array((shape, v)).map(|t| t.into_dyn()),
         TensorData::Int64(v) => OrtTensor::from_array((shape, v)).map(|t| t.into_dyn()),
-        TensorData::Bool(v) => OrtTensor::from_array((shape, v)).map(|t| t.into_dyn()),
+        TensorData::Float16(v) => {
+            let v: Vec<half::f16> = v.iter().map(|x| half::f16::from_bits(x.0)).collect();
+            OrtTensor::from_array((shape, v)).map(|t| t.into_dyn())
+        }
+        TensorData::Float32(v) => OrtTensor::from_array((shape, v)).map(|t| t.into_dyn()),
+        TensorData::Float64(v) => OrtTensor::from_array((shape, v)).map(|t| t.into_dyn()),
+        TensorData::String(v) => {
+            OrtTensor::from_string_array((shape, v.as_slice())).map(|t| t.into_dyn())
+        }
     };
     value.map_err(|e| e.to_string())
 }
@@ -168,36 +190,49 @@ fn from_ort(value: &DynValue) -> Result<Option<Tensor>, String> {
     let ValueType::Tensor { ty, .. } = value.dtype() else {
         return Ok(None);
     };
+    fn dims(shape: &ort::value::Shape) -> Vec<usize> {
+        shape.iter().map(|d| (*d).max(0) as usize).collect()
+    }
     fn parts<T: ort::value::PrimitiveTensorElementType + Clone>(
         value: &DynValue,
     ) -> Result<(Vec<usize>, Vec<T>), String> {
         let (shape, data) = value.try_extract_tensor::<T>().map_err(|e| e.to_string())?;
-        Ok((
-            shape.iter().map(|d| (*d).max(0) as usize).collect(),
-            data.to_vec(),
-        ))
+        Ok((dims(shape), data.to_vec()))
+    }
+    macro_rules! take {
+        ($t:ty, $variant:ident) => {
+            parts::<$t>(value).map(|(shape, d)| Tensor {
+                shape,
+                data: TensorData::$variant(d),
+            })?
+        };
     }
     let tensor = match ty {
-        TensorElementType::Float32 => parts::<f32>(value).map(|(s, d)| Tensor {
-            shape: s,
-            data: TensorData::Float32(d),
-        })?,
-        TensorElementType::Float64 => parts::<f64>(value).map(|(s, d)| Tensor {
-            shape: s,
-            data: TensorData::Float64(d),
-        })?,
-        TensorElementType::Int32 => parts::<i32>(value).map(|(s, d)| Tensor {
-            shape: s,
-            data: TensorData::Int32(d),
-        })?,
-        TensorElementType::Int64 => parts::<i64>(value).map(|(s, d)| Tensor {
-            shape: s,
-            data: TensorData::Int64(d),
-        })?,
-        TensorElementType::Bool => parts::<bool>(value).map(|(s, d)| Tensor {
-            shape: s,
-            data: TensorData::Bool(d),
-        })?,
+        TensorElementType::Bool => take!(bool, Bool),
+        TensorElementType::Uint8 => take!(u8, UInt8),
+        TensorElementType::Uint16 => take!(u16, UInt16),
+        TensorElementType::Uint32 => take!(u32, UInt32),
+        TensorElementType::Uint64 => take!(u64, UInt64),
+        TensorElementType::Int8 => take!(i8, Int8),
+        TensorElementType::Int16 => take!(i16, Int16),
+        TensorElementType::Int32 => take!(i32, Int32),
+        TensorElementType::Int64 => take!(i64, Int64),
+        TensorElementType::Float32 => take!(f32, Float32),
+        TensorElementType::Float64 => take!(f64, Float64),
+        TensorElementType::Float16 => {
+            let (shape, d) = parts::<half::f16>(value)?;
+            Tensor {
+                shape,
+                data: TensorData::Float16(d.iter().map(|x| F16(x.to_bits())).collect()),
+            }
+        }
+        TensorElementType::String => {
+            let (shape, d) = value.try_extract_strings().map_err(|e| e.to_string())?;
+            Tensor {
+                shape: dims(shape),
+                data: TensorData::String(d),
+            }
+        }
         _ => return Ok(None),
     };
     Ok(Some(tensor))

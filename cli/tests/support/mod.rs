@@ -290,6 +290,22 @@ impl Reply {
     }
 
     /// Asserts the contract's error shape and returns the error object.
+    /// An error on an Open Inference Protocol path: the protocol's body
+    /// `{"error": "<message>"}`, the contract's status, and its code in
+    /// `x-taskmesh-error-code`. Returns the message.
+    pub fn expect_oip_error(&self, status: u16, code: &str) -> String {
+        let body = self.json();
+        assert_eq!(self.status.as_u16(), status, "status; body {body}");
+        assert_eq!(
+            self.header("x-taskmesh-error-code"),
+            Some(code),
+            "code; body {body}"
+        );
+        let fields: Vec<&String> = body.as_object().expect("an object").keys().collect();
+        assert_eq!(fields, ["error"], "the protocol's error body: {body}");
+        body["error"].as_str().expect("a message").to_string()
+    }
+
     pub fn expect_error(&self, status: u16, code: &str) -> Value {
         let body = self.json();
         assert_eq!(self.status.as_u16(), status, "status; body {body}");

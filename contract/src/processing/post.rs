@@ -63,7 +63,7 @@ pub fn check_against(
     violations: &mut Vec<Violation>,
 ) {
     let p = format!("/outputs/{}", escape(field));
-    let float = matches!(dtype, DType::Float32 | DType::Float64);
+    let float = matches!(dtype, DType::Float16 | DType::Float32 | DType::Float64);
     let mut shape = info.shape.clone().unwrap_or_default();
     if let Some(mask) = spec.mean_pool {
         if !masks.iter().any(|m| m == mask) {
@@ -101,7 +101,7 @@ pub fn check_against(
             ));
         }
     }
-    if spec.argmax && (dtype == DType::Bool || shape.is_empty()) {
+    if spec.argmax && (matches!(dtype, DType::Bool | DType::String) || shape.is_empty()) {
         violations.push(Violation::new(
             format!("{p}/argmax"),
             format!(

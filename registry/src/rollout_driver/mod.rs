@@ -30,6 +30,8 @@ mod driver;
 mod metrics;
 mod operations;
 
+pub use operations::StartBody;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -12,9 +12,9 @@ use crate::rollouts::{Evidence, RolloutRecord, RolloutState};
 use crate::store::{now_ms, store_error};
 
 /// The body of `POST /v1/functions/{name}/rollouts`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct StartBody {
+pub struct StartBody {
     #[serde(default = "live")]
     alias: String,
     to_version: u32,

@@ -102,6 +102,16 @@ fn to_f64(data: &TensorData) -> Vec<f64> {
         TensorData::Int32(v) => v.iter().map(|x| f64::from(*x)).collect(),
         TensorData::Int64(v) => v.iter().map(|x| *x as f64).collect(),
         TensorData::Bool(v) => v.iter().map(|x| f64::from(u8::from(*x))).collect(),
+        TensorData::UInt8(v) => v.iter().map(|x| f64::from(*x)).collect(),
+        TensorData::UInt16(v) => v.iter().map(|x| f64::from(*x)).collect(),
+        TensorData::UInt32(v) => v.iter().map(|x| f64::from(*x)).collect(),
+        TensorData::UInt64(v) => v.iter().map(|x| *x as f64).collect(),
+        TensorData::Int8(v) => v.iter().map(|x| f64::from(*x)).collect(),
+        TensorData::Int16(v) => v.iter().map(|x| f64::from(*x)).collect(),
+        TensorData::Float16(v) => v.iter().map(|x| f64::from(x.to_f32())).collect(),
+        // Registration refuses numeric post-processing of string tensors
+        // (contract::processing::post).
+        TensorData::String(v) => vec![f64::NAN; v.len()],
     }
 }
 

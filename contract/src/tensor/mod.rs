@@ -4,176 +4,17 @@
 //! (422 before any node is touched); the runtime uses the same code to build the
 //! tensors it hands to ONNX Runtime, so both always agree.
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Number, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::limits::MAX_TENSOR_ELEMENTS;
 
-/// Element types a declared tensor may have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DType {
-    Float32,
-    Float64,
-    Int32,
-    Int64,
-    Bool,
-}
+mod binary;
+mod data;
 
-impl DType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DType::Float32 => "float32",
-            DType::Float64 => "float64",
-            DType::Int32 => "int32",
-            DType::Int64 => "int64",
-            DType::Bool => "bool",
-        }
-    }
-
-    /// The Open Inference Protocol v2 spelling (`FP32`, `INT64`, ...).
-    pub fn oip_name(self) -> &'static str {
-        match self {
-            DType::Float32 => "FP32",
-            DType::Float64 => "FP64",
-            DType::Int32 => "INT32",
-            DType::Int64 => "INT64",
-            DType::Bool => "BOOL",
-        }
-    }
-
-    pub fn from_oip(name: &str) -> Option<Self> {
-        match name {
-            "FP32" => Some(DType::Float32),
-            "FP64" => Some(DType::Float64),
-            "INT32" => Some(DType::Int32),
-            "INT64" => Some(DType::Int64),
-            "BOOL" => Some(DType::Bool),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for DType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Typed, flat (row-major) tensor contents.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TensorData {
-    Float32(Vec<f32>),
-    Float64(Vec<f64>),
-    Int32(Vec<i32>),
-    Int64(Vec<i64>),
-    Bool(Vec<bool>),
-}
-
-impl TensorData {
-    fn with_capacity(dtype: DType, n: usize) -> Self {
-        match dtype {
-            DType::Float32 => TensorData::Float32(Vec::with_capacity(n)),
-            DType::Float64 => TensorData::Float64(Vec::with_capacity(n)),
-            DType::Int32 => TensorData::Int32(Vec::with_capacity(n)),
-            DType::Int64 => TensorData::Int64(Vec::with_capacity(n)),
-            DType::Bool => TensorData::Bool(Vec::with_capacity(n)),
-        }
-    }
-
-    pub fn dtype(&self) -> DType {
-        match self {
-            TensorData::Float32(_) => DType::Float32,
-            TensorData::Float64(_) => DType::Float64,
-            TensorData::Int32(_) => DType::Int32,
-            TensorData::Int64(_) => DType::Int64,
-            TensorData::Bool(_) => DType::Bool,
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        match self {
-            TensorData::Float32(v) => v.len(),
-            TensorData::Float64(v) => v.len(),
-            TensorData::Int32(v) => v.len(),
-            TensorData::Int64(v) => v.len(),
-            TensorData::Bool(v) => v.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Element `i` as JSON. Non-finite floats become `null` (JSON has no NaN).
-    pub fn element_json(&self, i: usize) -> Value {
-        match self {
-            TensorData::Float32(v) => float_json(f64::from(v[i])),
-            TensorData::Float64(v) => float_json(v[i]),
-            TensorData::Int32(v) => Value::from(v[i]),
-            TensorData::Int64(v) => Value::from(v[i]),
-            TensorData::Bool(v) => Value::from(v[i]),
-        }
-    }
-
-    /// All elements as one flat JSON array (the OIP v2 `data` field).
-    pub fn to_flat_json(&self) -> Value {
-        Value::Array((0..self.len()).map(|i| self.element_json(i)).collect())
-    }
-
-    /// Appends one JSON leaf, converted to this tensor's element type.
-    fn push(&mut self, leaf: &Value) -> Result<(), String> {
-        match self {
-            TensorData::Float32(v) => {
-                let x = as_float(leaf)?;
-                if x.is_finite() && x.abs() > f64::from(f32::MAX) {
-                    return Err(format!("{x} is out of range for float32"));
-                }
-                v.push(x as f32);
-            }
-            TensorData::Float64(v) => v.push(as_float(leaf)?),
-            TensorData::Int32(v) => {
-                let x = as_int(leaf)?;
-                v.push(i32::try_from(x).map_err(|_| format!("{x} is out of range for int32"))?);
-            }
-            TensorData::Int64(v) => v.push(as_int(leaf)?),
-            TensorData::Bool(v) => match leaf {
-                Value::Bool(b) => v.push(*b),
-                other => return Err(format!("expected a boolean, got {}", kind(other))),
-            },
-        }
-        Ok(())
-    }
-}
-
-fn float_json(x: f64) -> Value {
-    Number::from_f64(x).map_or(Value::Null, Value::Number)
-}
-
-fn as_float(leaf: &Value) -> Result<f64, String> {
-    leaf.as_f64()
-        .ok_or_else(|| format!("expected a number, got {}", kind(leaf)))
-}
-
-fn as_int(leaf: &Value) -> Result<i64, String> {
-    match leaf {
-        Value::Number(n) => n
-            .as_i64()
-            .ok_or_else(|| format!("expected an integer, got {n}")),
-        other => Err(format!("expected an integer, got {}", kind(other))),
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
+pub use binary::tensor_from_raw;
+use data::kind;
+pub use data::{DType, Element, TensorData, F16};
 
 /// A tensor: its shape and its flat, typed contents.
 #[derive(Debug, Clone, PartialEq)]
@@ -292,15 +133,12 @@ pub fn tensor_from_json(
     Ok(Tensor { shape, data })
 }
 
-/// Builds a tensor from an explicit shape and flat (or nested) data, as the OIP v2
-/// infer request sends it, checked against the declared shape.
-pub fn tensor_from_parts(
+/// An OIP request's explicit shape, checked against the declared one.
+pub(crate) fn checked_shape(
     shape: &[i64],
-    data: &Value,
-    dtype: DType,
     declared: &[i64],
     pointer: &str,
-) -> Result<Tensor, Vec<Violation>> {
+) -> Result<Vec<usize>, Vec<Violation>> {
     let Some(shape) = shape
         .iter()
         .map(|d| usize::try_from(*d).ok())
@@ -321,6 +159,19 @@ pub fn tensor_from_parts(
             ),
         )]);
     }
+    Ok(shape)
+}
+
+/// Builds a tensor from an explicit shape and flat (or nested) data, as the OIP v2
+/// infer request sends it, checked against the declared shape.
+pub fn tensor_from_parts(
+    shape: &[i64],
+    data: &Value,
+    dtype: DType,
+    declared: &[i64],
+    pointer: &str,
+) -> Result<Tensor, Vec<Violation>> {
+    let shape = checked_shape(shape, declared, pointer)?;
     let nested = nested_shape(data);
     let data = collect_leaves(data, dtype, &nested, &format!("{pointer}/data"))?;
     let expected = shape.iter().try_fold(1usize, |acc, d| acc.checked_mul(*d));
