@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH, PROFILE, TASKMESH_BIN, cpu_split, log, machine_info  # noqa: E402
 
 # Scenario order: cheap and independent first.
-SCENARIOS = ["micro", "ring", "floor", "router-overhead", "cluster-limits", "vs-mlserver", "cold-start", "batching"]
+SCENARIOS = ["micro", "ring", "floor", "router-overhead", "cluster-limits", "protocols", "vs-mlserver", "cold-start",
+             "batching"]
 
 
 @dataclass

@@ -446,6 +446,19 @@ def write(results: dict, out: Path) -> None:
             f"p50 ({_x(cl['cache_hit_vs_direct_p50'])} the node's own direct p50).\n"
         )
 
+    pr = sc.get("protocols")
+    if pr:
+        md.append("\n## 1c. One call through each protocol ([case](../cases/protocols/README.md))\n")
+        rows = []
+        for n, row in pr["paths"].items():
+            one, loaded, ratio = row["one_stream"], row["loaded"], pr["vs_rest_json"][n]
+            rows.append([f"**{n}**", _f(one["p50_us"]), _f(one["p99_us"]), _f(loaded["rps"]),
+                         _f(loaded.get("cpu_us_per_req"), 1), _x(ratio["p50"]), _x(ratio["throughput"])])  # fmt: skip
+        md.append(_table(["path", "p50 µs (1 stream)", "p99 µs (1 stream)", "req/s (4×8)", "CPU µs/req (4×8)",
+                          "p50 vs REST JSON", "req/s vs REST JSON"], rows))  # fmt: skip
+        md.append("\nThe digits sample through `taskmesh up`: /v1 invoke, OIP REST (JSON and binary tensors) and "
+                  "OIP gRPC (`ModelInfer`, raw contents).\n")  # fmt: skip
+
     vm = sc.get("vs-mlserver")
     if vm:
         md.append("\n## 2. Against a serving peer: MLServer ([case](../cases/vs-mlserver/README.md))\n")
