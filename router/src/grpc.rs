@@ -62,8 +62,20 @@ impl TaskmeshProxy {
                 "gRPC calls are POST",
             ));
         }
+        // The key before the body: an unknown caller costs no read or decode.
+        let principal = match method {
+            Method::ModelReady | Method::ModelMetadata | Method::ModelInfer => {
+                Some(self.authenticate(session).await?)
+            }
+            _ => None,
+        };
         let wait = Instant::now() + Duration::from_secs(10);
         let body = admission::read_buffered(session, REPLAY_BUFFER_BYTES, wait).await?;
+        let principal = || {
+            principal
+                .clone()
+                .ok_or_else(|| ApiError::new(ErrorCode::Internal, "no caller for a model's method"))
+        };
         match method {
             Method::ServerLive => Ok(answer(&pb::ServerLiveResponse { live: true })),
             Method::ServerReady => {
@@ -74,7 +86,7 @@ impl TaskmeshProxy {
             Method::ServerMetadata => Ok(answer(&grpc::server_metadata())),
             Method::ModelReady => {
                 let request: pb::ModelReadyRequest = grpc::decode(&body)?;
-                let principal = self.authenticate(session).await?;
+                let principal = principal()?;
                 let qualifier = grpc::qualifier(&request.version)?;
                 let version = self
                     .resolve(session, ctx, &principal, &request.name, &qualifier)
@@ -89,7 +101,7 @@ impl TaskmeshProxy {
             }
             Method::ModelMetadata => {
                 let request: pb::ModelMetadataRequest = grpc::decode(&body)?;
-                let principal = self.authenticate(session).await?;
+                let principal = principal()?;
                 let qualifier = grpc::qualifier(&request.version)?;
                 let version = self
                     .resolve(session, ctx, &principal, &request.name, &qualifier)
@@ -103,7 +115,7 @@ impl TaskmeshProxy {
             }
             Method::ModelInfer => {
                 let request: pb::ModelInferRequest = grpc::decode(&body)?;
-                let principal = self.authenticate(session).await?;
+                let principal = principal()?;
                 let qualifier = grpc::qualifier(&request.model_version)?;
                 let version = self
                     .resolve(session, ctx, &principal, &request.model_name, &qualifier)
