@@ -268,11 +268,19 @@ fn alias() -> utoipa::openapi::path::Parameter {
 }
 
 fn rollout_id() -> utoipa::openapi::path::Parameter {
-    path_param("id", "The rollout's id.", doc::string())
+    path_param(
+        "id",
+        "The rollout's id (`r` and hex digits).",
+        string_matching("^r[0-9a-f]+$"),
+    )
 }
 
 fn client_id() -> utoipa::openapi::path::Parameter {
-    path_param("id", "The client's id (16 hex digits).", doc::string())
+    path_param(
+        "id",
+        "The client's id (16 hex digits).",
+        string_matching("^[0-9a-fA-F]{16}$"),
+    )
 }
 
 /// The admin API's document.
