@@ -57,6 +57,16 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The status a call is counted by: the answer's, or for a gRPC error (a
+    /// `200` with `grpc-status`) the status of its contract code; 0 when
+    /// nothing was answered.
+    pub(crate) fn effective_status(&self, written: Option<u16>) -> u16 {
+        let status = written.unwrap_or(0);
+        let code = self.error_code.or(self.upstream_error);
+        code.filter(|_| status == 200)
+            .map_or(status, |c| c.status())
+    }
+
     /// A new call, with a fresh invocation id (UUID v7).
     pub fn new() -> Self {
         Ctx {

@@ -30,24 +30,6 @@ use crate::placement::placement_key;
 use crate::proxy::{Decision, TaskmeshProxy};
 use crate::routes::BodyKind;
 
-/// The gRPC method a request calls, if it is a gRPC call of the service.
-pub fn method_of(session: &Session) -> Option<Method> {
-    let request = session.req_header();
-    let content_type = request
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    if !grpc::is_grpc(content_type) {
-        return None;
-    }
-    Method::from_path(request.uri.path())
-}
-
-/// Whether a path is one of the service's (its errors are gRPC statuses).
-pub fn is_grpc_path(path: &str) -> bool {
-    path.starts_with(grpc::SERVICE)
-}
-
 impl TaskmeshProxy {
     /// Decides a gRPC call: answered here, or proxied (`ModelInfer`).
     pub(crate) async fn decide_grpc(

@@ -97,7 +97,7 @@ impl TaskmeshProxy {
         session: &mut Session,
         ctx: &mut Ctx,
     ) -> std::result::Result<Decision, ApiError> {
-        if let Some(method) = crate::grpc::method_of(session) {
+        if let Some(method) = routes::grpc_method(session.req_header()) {
             return self.decide_grpc(session, ctx, method).await;
         }
         let endpoint = {
@@ -648,12 +648,7 @@ impl ProxyHttp for TaskmeshProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        // A gRPC error is a 200 with a grpc-status: count it by its code's status.
-        let code = ctx.error_code.or(ctx.upstream_error);
-        let status = code
-            .filter(|_| status == 200)
-            .map_or(status, |c| c.status());
+        let status = ctx.effective_status(session.response_written().map(|r| r.status.as_u16()));
         // Only refused connections count against a node (see `fail_to_connect`);
         // an answered or reset stream means the node was reachable.
         let _ = e;

@@ -142,7 +142,12 @@ pub async fn write_error(
     stamp: &Stamp<'_>,
     delivery: Delivery,
 ) -> Result<()> {
-    if crate::grpc::is_grpc_path(session.req_header().uri.path()) {
+    if session
+        .req_header()
+        .uri
+        .path()
+        .starts_with(contract::grpc::SERVICE)
+    {
         return write_grpc_error(session, err, stamp).await;
     }
     // On the protocol's paths, the protocol's error body (KServe and Triton

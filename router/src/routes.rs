@@ -102,6 +102,19 @@ impl BodyKind {
     }
 }
 
+/// The OIP gRPC method a request calls (`content-type: application/grpc` on
+/// `/inference.GRPCInferenceService/<Method>`), if it is one.
+pub fn grpc_method(request: &pingora_http::RequestHeader) -> Option<contract::grpc::Method> {
+    let content_type = request
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    if !contract::grpc::is_grpc(content_type) {
+        return None;
+    }
+    contract::grpc::Method::from_path(request.uri.path())
+}
+
 fn method_not_allowed(method: &Method, path: &str) -> ApiError {
     ApiError::new(
         ErrorCode::MethodNotAllowed,

@@ -113,7 +113,7 @@ pub fn record(tenant: &str, name: &str) -> FunctionVersion {
         signature: ModelSignature {
             inputs: vec![TensorInfo {
                 name: "x".into(),
-                dtype: ModelType::Other("float16".into()),
+                dtype: ModelType::Other("bfloat16".into()),
                 shape: Some(vec![-1, 4]),
             }],
             outputs: vec![],
