@@ -485,12 +485,13 @@ t0=$(now)
 BUILD_SCRIPT="examples/build_examples.py"
 # One group per set of builders; a group is rebuilt when one of its outputs is
 # missing or older than the script, the Python stamp or one of its inputs.
-CORE_NAMES=(digits iris tensors slow addpair exfil)
+CORE_NAMES=(digits iris tensors dtypes slow addpair exfil)
 CORE_OUTPUTS=(
   examples/digits/model.onnx examples/digits/reference.json
   examples/digits/sample.json examples/digits/sample_label.txt
   examples/iris/model.onnx examples/iris/reference.json examples/iris/sample.json
   examples/tensors/model.onnx examples/tensors/reference.json
+  examples/dtypes/model.onnx examples/dtypes/reference.json
   tests/models/slow/model.onnx tests/models/addpair/model.onnx
   tests/models/exfil/model.onnx
 )
@@ -559,5 +560,5 @@ fi
 digits_label="$(cat examples/digits/sample_label.txt)"
 fashion_label="$(cat examples/fashion-mnist/sample_label.txt)"
 echo "setup ok: onnxruntime ${ORT_VERSION} at .deps/lib/libonnxruntime.so;" \
-  "examples digits, iris, tensors, minilm-embed, fashion-mnist built" \
+  "examples digits, iris, tensors, dtypes, minilm-embed, fashion-mnist built" \
   "(digits sample label ${digits_label}, fashion-mnist sample label ${fashion_label})"

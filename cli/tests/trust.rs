@@ -125,6 +125,11 @@ async fn metrics_need_the_operator_or_a_key_with_the_metrics_scope() {
         .await
         .expect_error(403, "forbidden");
     assert_eq!(operator.get(&metrics).await.status, 200);
+    // Only GET and HEAD read them; another method gets the contract's 405.
+    operator
+        .send(Method::TRACE, &metrics, &[], Vec::new())
+        .await
+        .expect_error(405, "method_not_allowed");
     // The admin API's rollout metrics name every tenant's functions too.
     TestClient::h2c()
         .get(&p.admin_url("/metrics"))

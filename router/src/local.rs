@@ -17,8 +17,15 @@ use crate::metrics::{Metrics, MetricsSource};
 use crate::placement::NodeSet;
 use crate::routes::Endpoint;
 
-/// `/metrics` is answered before routing, for any method.
+/// `/metrics` is answered before routing (GET and HEAD; another method is
+/// routed, and gets the contract's 405).
 pub const METRICS_PATH: &str = "/metrics";
+
+/// Whether a request asks for the metrics (`GET` or `HEAD /metrics`).
+pub fn is_metrics_request(request: &pingora_http::RequestHeader) -> bool {
+    request.uri.path() == METRICS_PATH
+        && matches!(request.method, http::Method::GET | http::Method::HEAD)
+}
 
 /// A JSON answer the router gives itself.
 #[derive(Debug, Clone, PartialEq)]

@@ -325,7 +325,7 @@ impl ProxyHttp for TaskmeshProxy {
             respond::write_error(session, &err, &ctx.stamp(), Delivery::Refusal).await?;
             return Ok(true);
         }
-        if session.req_header().uri.path() == local::METRICS_PATH {
+        if local::is_metrics_request(session.req_header()) {
             // Metrics name every tenant's functions: the operator's key or one
             // with the `metrics` scope (401 without a key, 403 with another).
             let allowed = match self.caller(session).await {
