@@ -391,18 +391,7 @@ async fn infer(
     let id = invocation_id(&headers);
     let name = params.get("name").cloned().unwrap_or_default();
     let result: Result<Response, ApiError> = async {
-        let early = async {
-            let version = resolve(&node, &headers, &name, &path_qualifier(&params)?).await?;
-            node.engine
-                .precheck(&version, priority(&headers)?, budget(&headers))?;
-            Ok(version)
-        };
-        let (version, body) = refuse_early(early.await, body).await?;
-        let cap = version
-            .definition
-            .max_body_bytes
-            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
-        let bytes = read_body(body, cap).await?;
+        let (version, bytes) = admitted_body(&node, &headers, &name, &params, body).await?;
         let header_length = headers
             .get(oip::HEADER_LENGTH)
             .map(|v| v.to_str().unwrap_or("?"));
@@ -423,6 +412,31 @@ async fn infer(
     }
     .await;
     finish(result, &name, &id)
+}
+
+/// An infer call's first steps (REST and gRPC alike): the pinned version,
+/// the engine's precheck (refused before the body is read), then the body
+/// within the version's cap.
+async fn admitted_body(
+    node: &Node,
+    headers: &HeaderMap,
+    name: &str,
+    params: &HashMap<String, String>,
+    body: Body,
+) -> Result<(Arc<FunctionVersion>, bytes::Bytes), ApiError> {
+    let early = async {
+        let version = resolve(node, headers, name, &path_qualifier(params)?).await?;
+        node.engine
+            .precheck(&version, priority(headers)?, budget(headers))?;
+        Ok(version)
+    };
+    let (version, body) = refuse_early(early.await, body).await?;
+    let cap = version
+        .definition
+        .max_body_bytes
+        .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    let bytes = read_body(body, cap).await?;
+    Ok((version, bytes))
 }
 
 async fn metadata(

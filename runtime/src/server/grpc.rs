@@ -13,11 +13,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use contract::grpc::{self, pb};
-use contract::limits::DEFAULT_MAX_BODY_BYTES;
 use contract::{headers, ApiError};
 use http_body_util::{BodyExt, Full};
 
-use super::{budget, invocation_id, path_qualifier, priority, read_body, refuse_early, resolve};
+use super::{budget, invocation_id, priority};
 use super::{with_headers, Node};
 
 pub(super) async fn infer(
@@ -29,18 +28,7 @@ pub(super) async fn infer(
     let id = invocation_id(&headers);
     let name = params.get("name").cloned().unwrap_or_default();
     let result: Result<Response, ApiError> = async {
-        let early = async {
-            let version = resolve(&node, &headers, &name, &path_qualifier(&params)?).await?;
-            node.engine
-                .precheck(&version, priority(&headers)?, budget(&headers))?;
-            Ok(version)
-        };
-        let (version, body) = refuse_early(early.await, body).await?;
-        let cap = version
-            .definition
-            .max_body_bytes
-            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
-        let bytes = read_body(body, cap).await?;
+        let (version, bytes) = super::admitted_body(&node, &headers, &name, &params, body).await?;
         let message: pb::ModelInferRequest = grpc::decode(&bytes)?;
         let mut request = grpc::infer_request(&version, &message)?;
         let inputs = std::mem::take(&mut request.inputs);
