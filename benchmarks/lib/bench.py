@@ -23,7 +23,7 @@ from common import BENCH, PROFILE, TASKMESH_BIN, cpu_split, log, machine_info  #
 
 # Scenario order: cheap and independent first.
 SCENARIOS = ["micro", "ring", "floor", "router-overhead", "cluster-limits", "protocols", "vs-mlserver", "cold-start",
-             "batching"]
+             "batching", "tasks"]
 
 
 @dataclass
@@ -109,7 +109,7 @@ def main() -> int:
     if args.quick and out == committed:
         ap.error("a quick run never writes the committed results (benchmarks/results/); use results/quick/")
     chosen = [s for s in SCENARIOS if not only or s in only]
-    needs_binary = {"floor", "router-overhead", "cluster-limits", "vs-mlserver", "cold-start", "batching"}
+    needs_binary = {"floor", "router-overhead", "cluster-limits", "vs-mlserver", "cold-start", "batching", "tasks"}
     if needs_binary & set(chosen) and not TASKMESH_BIN.exists():
         how = "cargo build --release -p taskmesh" if PROFILE == "release" else "cargo build -p taskmesh"
         ap.error(f"{TASKMESH_BIN} is missing: run `{how}` (run.sh does)")

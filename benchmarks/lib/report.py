@@ -459,6 +459,20 @@ def write(results: dict, out: Path) -> None:
         md.append("\nThe digits sample through `taskmesh up`: /v1 invoke, OIP REST (JSON and binary tensors) and "
                   "OIP gRPC (`ModelInfer`, raw contents).\n")  # fmt: skip
 
+    tk = sc.get("tasks")
+    if tk:
+        md.append("\n## 1d. Tasks: asynchronous invocations ([case](../cases/tasks/README.md))\n")
+        lo, bl = tk["low_load"], tk["backlog"]
+        md.append(_table(
+            ["measure", "synchronous call", "task (submit → result)", "task ÷ sync"],
+            [["p50 ms (one at a time)", _f(lo["sync_p50_ms"], 2), _f(lo["task_p50_ms"], 2), _x(lo["ratio_p50"])],
+             ["p99 ms (one at a time)", _f(lo["sync_p99_ms"], 2), _f(lo["task_p99_ms"], 2), ""],
+             ["throughput /s", _f(bl["sync_rps"]), _f(bl["tasks_per_s"]), _x(bl["tasks_vs_sync_throughput"])]],
+        ))  # fmt: skip
+        md.append(f"\nA backlog of {bl['tasks']} digits tasks submitted at once (16 submitters, "
+                  f"{_f(bl['submit_per_s'])} submits/s) on the embedded store; a task adds "
+                  f"{_f(lo['added_p50_ms'], 2)} ms p50 over the synchronous call at low load.\n")  # fmt: skip
+
     vm = sc.get("vs-mlserver")
     if vm:
         md.append("\n## 2. Against a serving peer: MLServer ([case](../cases/vs-mlserver/README.md))\n")

@@ -406,8 +406,13 @@ pub async fn router(config: Config, upgrade: bool) -> Result<()> {
             }
         })
     };
+    let tasks = registry::cluster::RedisTasks::new(
+        redis.clone(),
+        Some(config.task_retention_s.saturating_mul(1000)),
+    );
     let deps = router::RouterDeps {
         limits: Some(Arc::new(redis)),
+        tasks: Some(Arc::new(tasks)),
         ..crate::wiring::router_deps(registry, auth, store, nodes, cluster_key)
     };
     let options = router::RouterOptions {

@@ -57,6 +57,8 @@ pub struct Config {
     /// How long a node finishes in-flight calls after SIGTERM, and a router
     /// lets open connections finish after GOAWAY, in seconds.
     pub drain_timeout_s: u64,
+    /// How long finished tasks (and their results) are kept, in seconds.
+    pub task_retention_s: u64,
     /// Router: the Unix socket of the graceful upgrade (default <data-dir>/router-upgrade.sock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade_sock: Option<PathBuf>,
@@ -101,6 +103,7 @@ impl Default for Config {
             advertise: None,
             gpu: false,
             drain_timeout_s: 30,
+            task_retention_s: 24 * 3600,
             upgrade_sock: None,
             cluster_key_file: None,
             tls_listen: None,

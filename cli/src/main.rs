@@ -4,6 +4,7 @@ mod client;
 mod cluster;
 mod config;
 mod rollout;
+mod task;
 mod up;
 mod wiring;
 
@@ -45,6 +46,11 @@ enum Command {
     },
     /// Invoke a function through the router over HTTP/2.
     Invoke(InvokeArgs),
+    /// Asynchronous invocations: submit, get, list, cancel and retry tasks.
+    Task {
+        #[command(subcommand)]
+        command: task::TaskCommand,
+    },
     /// Aliases: named weighted routes to versions (talks to the admin API).
     Alias {
         #[command(subcommand)]
@@ -287,6 +293,7 @@ fn main() -> Result<()> {
             flag(&mut flags, "admin_url", admin_url.clone());
         }
         Command::Invoke(a) => flag(&mut flags, "router_url", a.router_url.clone()),
+        Command::Task { command } => flag(&mut flags, "router_url", command.router_url()),
         Command::Alias { command } => flag(&mut flags, "admin_url", command.admin_url()),
         Command::Rollout { command } => flag(&mut flags, "admin_url", command.admin_url()),
         Command::Registry(a) | Command::Node(a) | Command::Router(a) => {
@@ -339,6 +346,7 @@ fn main() -> Result<()> {
             command: FnCommand::List { .. },
         } => runtime.block_on(list(&config)),
         Command::Invoke(args) => runtime.block_on(invoke(&config, &args)),
+        Command::Task { command } => runtime.block_on(task::run(&config, command)),
         Command::Alias { command } => runtime.block_on(rollout::alias(&config, command)),
         Command::Rollout { command } => runtime.block_on(rollout::rollout(&config, command)),
         Command::Registry(_) => runtime.block_on(cluster::registry(config)),

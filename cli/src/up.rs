@@ -37,6 +37,11 @@ pub async fn run(config: Config) -> Result<()> {
         EmbeddedStore::open(&config.data_dir.join("registry.redb"))
             .context("opening the embedded store")?,
     );
+    let tasks = registry::EmbeddedTasks::open(
+        &config.data_dir.join("tasks.redb"),
+        Some(config.task_retention_s.saturating_mul(1000)),
+    )
+    .context("opening the task store")?;
     let models =
         ModelStore::open(config.data_dir.join("models")).context("opening the model store")?;
     let registry = Arc::new(
@@ -147,6 +152,7 @@ pub async fn run(config: Config) -> Result<()> {
             text.push('\n');
             text
         })),
+        tasks: Some(Arc::new(tasks)),
         ..crate::wiring::router_deps(
             registry,
             auth,

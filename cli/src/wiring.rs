@@ -31,5 +31,6 @@ pub fn router_deps(
         extra_metrics: None,
         limits: None,
         cluster_key,
+        tasks: None,
     }
 }

@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::names::{escape, valid_digest, valid_name};
 
 pub use crate::cache::CachePolicy;
+pub use crate::cost::{CostMeasure, CostPolicy};
 use crate::processing::{image, post, text, Post, TextTensors};
 pub use crate::processing::{ImageDecode, ImageSpec, Layout, Padding, TextSpec};
 pub use crate::scaling::{ScalingBounds, ScalingPolicy};
@@ -61,6 +62,9 @@ pub struct TaskDefinition {
     /// The router's result cache (off when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CachePolicy>,
+    /// What one call weighs (`crate::cost`); every call costs 1 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CostPolicy>,
 }
 
 /// Combine concurrent calls of one version into one run along the first dimension.
@@ -540,6 +544,7 @@ fn check_fields(d: &TaskDefinition) -> Vec<Violation> {
     if let Some(q) = &d.quota {
         v.extend(check_quota(q, "/quota"));
     }
+    v.extend(crate::cost::check(d, "/cost"));
     if let Some(cache) = &d.cache {
         v.extend(crate::cache::check(cache, "/cache"));
     }

@@ -1,6 +1,6 @@
 //! Header names of the invocation contract, shared by router and node.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ApiError;
 
@@ -29,9 +29,20 @@ pub const ROUTING_KEY: &str = "x-taskmesh-routing-key";
 /// On a function with `cache`: `hit` (answered by the router from its cache)
 /// or `miss` (a node answered).
 pub const CACHE: &str = "x-taskmesh-cache";
+/// Router → node: what the call weighs (`crate::cost`), for the node's queue
+/// estimate; absent or unreadable is 1. Never taken from a caller (not in
+/// [`FORWARDED_TO_NODE`]).
+pub const COST: &str = "x-taskmesh-cost";
+
+/// The cost a router passed along, within 1..=[`crate::cost::MAX_COST`].
+pub fn cost(value: Option<&str>) -> u64 {
+    value
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(1, |c| c.clamp(1, crate::cost::MAX_COST))
+}
 
 /// Order of service in a queue; also who is shed first when it is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     Low,
@@ -49,6 +60,24 @@ impl Priority {
             Some(other) => Err(ApiError::bad_request(format!(
                 "{PRIORITY} must be high, normal or low, got {other:?}"
             ))),
+        }
+    }
+
+    /// The wire spelling (`high`, `normal`, `low`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    /// Queue order: 0 for `high`, 1 for `normal`, 2 for `low`.
+    pub fn rank(self) -> u8 {
+        match self {
+            Priority::High => 0,
+            Priority::Normal => 1,
+            Priority::Low => 2,
         }
     }
 }

@@ -15,11 +15,13 @@
 //! `error`, `limits`, `names`, `onnx`, `cluster_key` → `openapi`, `tensor`, `json`,
 //! `headers` → `signature` → `processing` (one module per input or output
 //! kind) → `definition` → `schema` → `version` → `protocol` → `principal`,
-//! `qualifier` → `ports` → `http` (feature `axum`).
+//! `qualifier` → `task` (asynchronous invocations and their store port) →
+//! `ports` → `http` (feature `axum`).
 
 pub mod cache;
 pub mod cluster_key;
 pub mod connections;
+pub mod cost;
 pub mod definition;
 pub mod error;
 pub mod grpc;
@@ -40,6 +42,7 @@ pub mod qualifier;
 pub mod scaling;
 pub mod schema;
 pub mod signature;
+pub mod task;
 pub mod tensor;
 pub mod version;
 

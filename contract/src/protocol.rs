@@ -74,6 +74,18 @@ pub struct InvokeInput {
 
 impl InvokeInput {
     /// Tensors of the tensor fields, then the text and image fields to preprocess.
+    pub fn tensors(&self) -> &TensorInputs {
+        &self.tensors
+    }
+
+    pub fn texts(&self) -> &[TextField] {
+        &self.texts
+    }
+
+    pub fn images(&self) -> &[ImageField] {
+        &self.images
+    }
+
     pub fn into_parts(self) -> (TensorInputs, Vec<TextField>, Vec<ImageField>) {
         (self.tensors, self.texts, self.images)
     }

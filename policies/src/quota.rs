@@ -112,7 +112,7 @@ fn day_to_secs(days: u64) -> u64 {
 }
 
 /// `(year, month 1..=12, day 1..=31)` of day number `days` since 1970-01-01.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
+pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
     // Shift the epoch to 0000-03-01 so that leap days end a year, then split
     // into 400-year eras of 146 097 days. Everything here is non-negative.
     let z = days + 719_468;

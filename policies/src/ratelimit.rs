@@ -150,8 +150,22 @@ impl<K: Hash + Eq + Clone, C: Clock> KeyedLimiter<K, C> {
 
     /// Takes one call from `key`'s bucket, if there is one.
     pub fn check(&self, key: &K) -> RateDecision {
+        self.check_n(key, 1)
+    }
+
+    /// Takes `n` tokens (a call of cost `n`, at least 1) from `key`'s bucket,
+    /// all or none. More than the burst is never granted: such a call is
+    /// limited for good, so callers clamp `n` to the burst.
+    pub fn check_n(&self, key: &K, n: u32) -> RateDecision {
         let limit = self.quota.burst_size().get();
-        match self.limiter.check_key(key) {
+        let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        let Ok(checked) = self.limiter.check_key_n(key, n) else {
+            return RateDecision::Limited {
+                limit,
+                retry_after: MAX_REFILL,
+            };
+        };
+        match checked {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity().min(limit);
                 RateDecision::Allowed {
@@ -306,6 +320,28 @@ mod tests {
             "a burst of 1 at 0.000001/s takes longer than a day to refill"
         );
         assert!(RateLimitConfig::try_new(1.0 / 86_400.0, None).is_ok());
+    }
+
+    #[test]
+    fn a_call_of_cost_n_takes_n_tokens_all_or_none() {
+        let (l, clock) = limiter(10.0, 10);
+        assert!(admitted(&l.check_n(&"a", 7)));
+        // 3 left: a call of 4 is refused whole and takes nothing...
+        let RateDecision::Limited { retry_after, .. } = l.check_n(&"a", 4) else {
+            panic!("a call of 4 with 3 tokens left was admitted");
+        };
+        assert_eq!(retry_after, 100 * MS);
+        // ...so the 3 are still there for calls of 1.
+        for _ in 0..3 {
+            assert!(admitted(&l.check(&"a")));
+        }
+        assert!(!admitted(&l.check(&"a")));
+        clock.advance(400 * MS);
+        assert!(admitted(&l.check_n(&"a", 4)));
+        // More than the burst can never be granted.
+        clock.advance(Duration::from_secs(5));
+        assert!(!admitted(&l.check_n(&"b", 11)));
+        assert!(admitted(&l.check_n(&"b", 10)));
     }
 
     #[test]

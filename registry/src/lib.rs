@@ -54,4 +54,5 @@ pub use contract::{Principal, Qualifier, Scope, DEFAULT_TENANT};
 pub use models::{ModelRemote, ModelStore};
 pub use service::Registry;
 pub use store::embedded::EmbeddedStore;
+pub use store::tasks::EmbeddedTasks;
 pub use store::{FunctionSummary, Store, StoreCounters, StoreError};

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use contract::cost::{self, Measured};
 use contract::limits::{DEFAULT_MAX_BODY_BYTES, MAX_JSON_DEPTH};
 use contract::{protocol, ApiError, ErrorCode, FunctionVersion};
 use pingora_proxy::Session;
@@ -43,16 +44,24 @@ fn body_cap(version: &FunctionVersion) -> usize {
         .unwrap_or(DEFAULT_MAX_BODY_BYTES)
 }
 
+/// A body that passed: the parsed invoke body (`Null` for OIP and gRPC
+/// bodies) and what the call costs (`contract::cost`).
+#[derive(Debug)]
+pub struct Validated {
+    pub body: serde_json::Value,
+    pub cost: u64,
+}
+
 /// Parses and checks a body against the function version's input schema and
-/// tensors; returns the parsed invoke body (`Null` for an OIP infer body,
-/// which may be JSON followed by raw tensors: `oip_header_length` is its
-/// `inference-header-content-length`).
+/// tensors, and measures its cost. An OIP infer body may be JSON followed by
+/// raw tensors: `oip_header_length` is its `inference-header-content-length`.
 pub fn validate(
     version: &FunctionVersion,
     kind: BodyKind,
     body: &[u8],
     oip_header_length: Option<&str>,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<Validated, ApiError> {
+    let d = &version.definition;
     match kind {
         BodyKind::Invoke => {
             let value = contract::json::parse_body(body, MAX_JSON_DEPTH)?;
@@ -62,18 +71,39 @@ pub fn validate(
                     return Err(protocol::invalid_input(violations));
                 }
             }
-            protocol::invoke_inputs(version, &value)?;
-            Ok(value)
+            let input = protocol::invoke_inputs(version, &value)?;
+            let cost = cost::call_cost(d, body.len(), Measured::Invoke(&input));
+            Ok(Validated { body: value, cost })
         }
         BodyKind::Infer => {
-            contract::oip::parse_infer(version, body, oip_header_length)?;
-            Ok(serde_json::Value::Null)
+            let request = contract::oip::parse_infer(version, body, oip_header_length)?;
+            let cost = cost::call_cost(d, body.len(), Measured::Tensors(&request.inputs));
+            Ok(Validated {
+                body: serde_json::Value::Null,
+                cost,
+            })
         }
         BodyKind::GrpcInfer => {
             let request = contract::grpc::decode(body)?;
-            contract::grpc::infer_request(version, &request)?;
-            Ok(serde_json::Value::Null)
+            let request = contract::grpc::infer_request(version, &request)?;
+            let cost = cost::call_cost(d, body.len(), Measured::Tensors(&request.inputs));
+            Ok(Validated {
+                body: serde_json::Value::Null,
+                cost,
+            })
         }
+    }
+}
+
+/// What a streamed body is charged before it has arrived: its exact cost
+/// when that is counted in bytes (its declared length), else 1; the rest is
+/// charged when it has streamed ([`StreamedBody::cost`]).
+pub fn streamed_estimate(version: &FunctionVersion, declared: usize) -> u64 {
+    match &version.definition.cost {
+        Some(policy) if policy.per == cost::CostMeasure::InputBytes => {
+            policy.cost_of(declared as u64)
+        }
+        _ => 1,
     }
 }
 
@@ -88,8 +118,8 @@ fn oip_header_length(session: &Session) -> Option<String> {
 
 /// A body the router let through: read and validated, or left to stream.
 pub enum Admitted {
-    /// Read whole (it fits the replay buffer) and valid: the parsed body.
-    Read(serde_json::Value),
+    /// Read whole (it fits the replay buffer) and valid.
+    Read(Validated),
     /// Larger: validated as it streams.
     Streamed(StreamedBody),
 }
@@ -119,6 +149,8 @@ pub async fn admit_body(
                 cap,
                 buffer: Vec::with_capacity(length),
                 oip_header_length: oip_header_length(session),
+                charged: streamed_estimate(version, length),
+                cost: None,
             }));
         }
     }
@@ -191,6 +223,32 @@ pub(crate) async fn read_buffered(
     deadline: Instant,
 ) -> Result<Vec<u8>, ApiError> {
     session.enable_retry_buffering();
+    read_body(session, cap, deadline, REPLAY_BUFFER_BYTES).await
+}
+
+/// Reads and validates a task's input: the whole body, up to the version's
+/// cap (it is stored, never forwarded, so the replay buffer does not bound it).
+pub async fn read_task_input(
+    session: &mut Session,
+    version: &FunctionVersion,
+) -> Result<Validated, ApiError> {
+    let cap = body_cap(version);
+    if declared_length(session).is_some_and(|length| length > cap) {
+        return Err(too_large(cap));
+    }
+    let deadline = Instant::now() + BODY_READ_TIMEOUT;
+    let body = read_body(session, cap, deadline, cap).await?;
+    validate(version, BodyKind::Invoke, &body, None)
+}
+
+/// Reads the whole body within `cap` and `deadline`; a body without a
+/// declared length may be at most `undeclared_cap`.
+async fn read_body(
+    session: &mut Session,
+    cap: usize,
+    deadline: Instant,
+    undeclared_cap: usize,
+) -> Result<Vec<u8>, ApiError> {
     let mut body = Vec::new();
     loop {
         let chunk = tokio::time::timeout_at(deadline.into(), session.read_request_body())
@@ -208,10 +266,10 @@ pub(crate) async fn read_buffered(
         if body.len() + chunk.len() > cap {
             return Err(too_large(cap));
         }
-        if body.len() + chunk.len() > REPLAY_BUFFER_BYTES {
+        if body.len() + chunk.len() > undeclared_cap {
             return Err(ApiError::new(
                 ErrorCode::PayloadTooLarge,
-                format!("bodies over {REPLAY_BUFFER_BYTES} bytes must declare content-length"),
+                format!("bodies over {undeclared_cap} bytes must declare content-length"),
             ));
         }
         body.extend_from_slice(&chunk);
@@ -226,6 +284,10 @@ pub struct StreamedBody {
     cap: usize,
     buffer: Vec<u8>,
     oip_header_length: Option<String>,
+    /// What the call was charged at admission ([`streamed_estimate`]).
+    pub charged: u64,
+    /// Its cost, once the whole body validated.
+    pub cost: Option<u64>,
 }
 
 impl StreamedBody {
@@ -243,13 +305,20 @@ impl StreamedBody {
             return Ok(Bytes::new());
         }
         let whole = std::mem::take(&mut self.buffer);
-        validate(
+        let validated = validate(
             &self.version,
             self.kind,
             &whole,
             self.oip_header_length.as_deref(),
         )?;
+        self.cost = Some(validated.cost);
         Ok(Bytes::from(whole))
+    }
+
+    /// The cost still to charge once the body validated: what it costs
+    /// beyond what it was charged at admission (0 before that).
+    pub fn uncharged(&self) -> u64 {
+        self.cost.map_or(0, |c| c.saturating_sub(self.charged))
     }
 
     /// Forgets what was held back (a new upstream request starts).
@@ -298,7 +367,28 @@ mod tests {
             kind: BodyKind::Infer,
             buffer: Vec::new(),
             oip_header_length: None,
+            charged: 1,
+            cost: None,
         }
+    }
+
+    #[test]
+    fn a_streamed_body_owes_the_rest_of_its_cost_once_it_validated() {
+        let mut body = streamed(1024);
+        let mut version = (*body.version).clone();
+        version.definition.cost = Some(contract::cost::CostPolicy {
+            per: contract::cost::CostMeasure::InputBytes,
+            unit: 4,
+        });
+        assert_eq!(streamed_estimate(&version, 14), 4);
+        body.version = Arc::new(version);
+        body.take(Some(Bytes::from_static(b"{\"inputs\"")), false)
+            .unwrap();
+        assert_eq!(body.uncharged(), 0, "nothing is owed before the end");
+        body.take(Some(Bytes::from_static(b": []}")), true).unwrap();
+        // 14 bytes at 4 a unit cost 4; 1 was charged at admission.
+        assert_eq!(body.cost, Some(4));
+        assert_eq!(body.uncharged(), 3);
     }
 
     #[test]

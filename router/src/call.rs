@@ -54,6 +54,9 @@ pub struct Ctx {
     pub(crate) tried: Vec<String>,
     /// The result cache's part in this call (a version with `cache` only).
     pub(crate) cache: Option<CacheUse>,
+    /// What the call weighs (`contract::cost`; 1 until measured), sent to
+    /// the node for its queue estimate.
+    pub(crate) cost: u64,
 }
 
 impl Ctx {
@@ -90,6 +93,7 @@ impl Ctx {
             in_flight: None,
             tried: Vec::new(),
             cache: None,
+            cost: 1,
         }
     }
 

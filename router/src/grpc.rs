@@ -107,7 +107,12 @@ impl TaskmeshProxy {
                     let wanted = ctx.started + limit;
                     ctx.deadline = Some(ctx.deadline.map_or(wanted, |d| d.min(wanted)));
                 }
-                grpc::infer_request(&version, &request)?;
+                let inputs = grpc::infer_request(&version, &request)?.inputs;
+                ctx.cost = contract::cost::call_cost(
+                    &version.definition,
+                    body.len(),
+                    contract::cost::Measured::Tensors(&inputs),
+                );
                 self.apply_guards(ctx, principal, &version).await?;
                 Ok(Decision::Proxy)
             }

@@ -182,11 +182,14 @@ impl Guards {
     }
 
     /// Rate limit, quota, concurrency and breaker, in that order; the first refusal wins.
+    /// A call of `cost` (`contract::cost`) takes that many rate-limit tokens
+    /// (at most the burst) and quota calls.
     /// `rate_headers` receives the IETF `RateLimit` headers, admitted or not.
     pub async fn admit(
         &self,
         principal: &Principal,
         version: &FunctionVersion,
+        cost: u64,
         rate_headers: &mut Vec<(&'static str, String)>,
     ) -> Result<GuardPass, ApiError> {
         let mut pass = GuardPass::default();
@@ -196,7 +199,7 @@ impl Guards {
             .as_ref()
             .or(version.definition.rate_limit.as_ref());
         if let Some(rate) = rate {
-            self.rate_limit(principal, version, rate, rate_headers)
+            self.rate_limit(principal, version, rate, cost, rate_headers)
                 .await?;
         }
         let quota = principal
@@ -205,7 +208,7 @@ impl Guards {
             .as_ref()
             .or(version.definition.quota.as_ref());
         if let Some(quota) = quota {
-            self.quota(principal, version, quota).await?;
+            self.quota(principal, version, quota, cost).await?;
             if let Some(max) = quota.max_in_flight {
                 let key = (principal.client_id.clone(), function_key(version));
                 let mut in_flight = self.in_flight.lock().expect("in-flight lock");
@@ -218,26 +221,11 @@ impl Guards {
                 pass.in_flight_key = Some(key);
             }
         }
-        if let Some(config) = breaker_config(version) {
-            let now = Instant::now();
-            let mut breakers = self.breakers.lock().expect("breakers lock");
-            let breaker = breakers
-                .entry(version_key(version))
-                .or_insert_with(|| CircuitBreaker::new(config));
-            match breaker.try_acquire(now) {
-                Ok(permit) => pass.permit = Some(permit),
-                Err(rejected) => {
-                    drop(breakers);
-                    self.release(version, &mut pass, None);
-                    return Err(ApiError::new(
-                        ErrorCode::CircuitOpen,
-                        format!(
-                            "function {} version {} is failing; its circuit is open",
-                            version.name, version.version
-                        ),
-                    )
-                    .with_retry_after(ceil_secs(rejected.retry_after)));
-                }
+        match self.breaker_permit(version) {
+            Ok(permit) => pass.permit = permit,
+            Err(err) => {
+                self.release(version, &mut pass, None);
+                return Err(err);
             }
         }
         self.budgets
@@ -249,16 +237,119 @@ impl Guards {
         Ok(pass)
     }
 
+    /// A permit of the version's circuit breaker (none without a breaker);
+    /// 503 `circuit_open` while it is open.
+    fn breaker_permit(&self, version: &FunctionVersion) -> Result<Option<Permit>, ApiError> {
+        let Some(config) = breaker_config(version) else {
+            return Ok(None);
+        };
+        let now = Instant::now();
+        let mut breakers = self.breakers.lock().expect("breakers lock");
+        let breaker = breakers
+            .entry(version_key(version))
+            .or_insert_with(|| CircuitBreaker::new(config));
+        match breaker.try_acquire(now) {
+            Ok(permit) => Ok(Some(permit)),
+            Err(rejected) => Err(ApiError::new(
+                ErrorCode::CircuitOpen,
+                format!(
+                    "function {} version {} is failing; its circuit is open",
+                    version.name, version.version
+                ),
+            )
+            .with_retry_after(ceil_secs(rejected.retry_after))),
+        }
+    }
+
+    /// A task's submission: counted against the quotas only (its rate limit
+    /// paces it when it runs, [`Guards::admit_task_attempt`]).
+    pub async fn admit_task_submit(
+        &self,
+        principal: &Principal,
+        version: &FunctionVersion,
+        cost: u64,
+    ) -> Result<(), ApiError> {
+        let quota = principal
+            .plan
+            .quota
+            .as_ref()
+            .or(version.definition.quota.as_ref());
+        match quota {
+            Some(quota) => self.quota(principal, version, quota, cost).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The rest of a streamed call's cost, known once its body has streamed
+    /// and validated (it was admitted on an estimate): more rate-limit
+    /// tokens and quota calls, or the refusal that stops it before a node
+    /// sees the body.
+    pub async fn charge_more(
+        &self,
+        principal: &Principal,
+        version: &FunctionVersion,
+        extra: u64,
+    ) -> Result<(), ApiError> {
+        if extra == 0 {
+            return Ok(());
+        }
+        let rate = principal
+            .plan
+            .rate_limit
+            .as_ref()
+            .or(version.definition.rate_limit.as_ref());
+        if let Some(rate) = rate {
+            self.rate_limit(principal, version, rate, extra, &mut Vec::new())
+                .await?;
+        }
+        self.admit_task_submit(principal, version, extra).await
+    }
+
+    /// One attempt of a task: the breaker, then the rate limit (a refusal
+    /// says how long the task waits for its turn; an open breaker takes no
+    /// token from the client's limit); the quota was counted at submit.
+    pub async fn admit_task_attempt(
+        &self,
+        principal: &Principal,
+        version: &FunctionVersion,
+        cost: u64,
+    ) -> Result<GuardPass, ApiError> {
+        let mut pass = GuardPass {
+            permit: self.breaker_permit(version)?,
+            in_flight_key: None,
+        };
+        let rate = principal
+            .plan
+            .rate_limit
+            .as_ref()
+            .or(version.definition.rate_limit.as_ref());
+        if let Some(rate) = rate {
+            let limited = self
+                .rate_limit(principal, version, rate, cost, &mut Vec::new())
+                .await;
+            if let Err(err) = limited {
+                self.release(version, &mut pass, None);
+                return Err(err);
+            }
+        }
+        Ok(pass)
+    }
+
     async fn rate_limit(
         &self,
         principal: &Principal,
         version: &FunctionVersion,
         rate: &RateLimitPolicy,
+        cost: u64,
         rate_headers: &mut Vec<(&'static str, String)>,
     ) -> Result<(), ApiError> {
         let Ok(config) = RateLimitConfig::try_new(rate.per_second, rate.burst) else {
             return Ok(());
         };
+        // A call never takes more than a full bucket (it could never pass).
+        let tokens = u32::try_from(cost)
+            .unwrap_or(u32::MAX)
+            .clamp(1, config.burst.max(1));
         let key = LimiterKey {
             function: function_key(version),
             rate_bits: config.per_second.to_bits(),
@@ -270,7 +361,7 @@ impl Guards {
                     "{}/{}/{}/{:x}/{}",
                     version.tenant, version.name, principal.client_id, key.rate_bits, key.burst
                 );
-                self.shared_result(leases.rate(&shared_key, &config).await)
+                self.shared_result(leases.rate(&shared_key, &config, tokens).await)
             }
             None => None,
         };
@@ -288,7 +379,7 @@ impl Guards {
                     .entry(key)
                     .or_insert_with(|| Arc::new(KeyedLimiter::new(&local)))
                     .clone();
-                limiter.check(&principal.client_id)
+                limiter.check_n(&principal.client_id, tokens)
             }
         };
         *rate_headers = rate_limit_headers(&version.name, &decision, &config);
@@ -297,15 +388,25 @@ impl Guards {
             RateDecision::Limited { retry_after, .. } => {
                 let mut err = ApiError::new(
                     ErrorCode::RateLimited,
-                    format!(
-                        "rate limit of {} calls per second exceeded",
-                        config.per_second
-                    ),
+                    if tokens > 1 {
+                        format!(
+                            "rate limit of {} calls per second exceeded (this call costs {tokens})",
+                            config.per_second
+                        )
+                    } else {
+                        format!(
+                            "rate limit of {} calls per second exceeded",
+                            config.per_second
+                        )
+                    },
                 )
                 .with_retry_after(ceil_secs(retry_after));
-                err.details = Some(
-                    serde_json::json!({"limit_per_second": config.per_second, "burst": config.burst}),
-                );
+                err.details = Some(serde_json::json!({
+                    "limit_per_second": config.per_second,
+                    "burst": config.burst,
+                    "retry_after_ms": retry_after.as_millis() as u64,
+                    "cost": tokens,
+                }));
                 Err(err)
             }
         }
@@ -316,7 +417,9 @@ impl Guards {
         principal: &Principal,
         version: &FunctionVersion,
         quota: &QuotaPolicy,
+        cost: u64,
     ) -> Result<(), ApiError> {
+        let cost = cost.max(1);
         let now = unix_now();
         let windows = [
             (QuotaWindow::Day, quota.per_day),
@@ -342,7 +445,7 @@ impl Guards {
                 .map(|(key, limit, _)| format!("{key}={limit}"))
                 .collect::<Vec<_>>()
                 .join(" ");
-            if let Some(outcome) = self.shared_result(leases.quota(&lease_key, &keys).await) {
+            if let Some(outcome) = self.shared_result(leases.quota(&lease_key, &keys, cost).await) {
                 return match outcome {
                     None => Ok(()),
                     Some(i) => {
@@ -394,15 +497,17 @@ impl Guards {
         // Check every window first, then count in all of them, under one lock.
         let mut counters = self.counters.lock().expect("counters lock");
         for (window, limit, key) in &keys {
-            let used = counters.get(key).map_or(0, |c| c.count);
+            // Room for the whole cost: the call is refused when `used +
+            // cost` would pass the limit.
+            let used = counters.get(key).map_or(0, |c| c.count) + (cost - 1);
             if let QuotaDecision::Exhausted { .. } = quota::decide(*window, used, *limit, now) {
                 return Err(quota_exhausted(*window, *limit, now));
             }
         }
         for (_, _, key) in &keys {
             let counter = counters.entry(key.clone()).or_default();
-            counter.count += 1;
-            counter.unflushed += 1;
+            counter.count += cost;
+            counter.unflushed += cost;
         }
         Ok(())
     }

@@ -90,9 +90,16 @@ impl Leases {
         self.routers.load(Ordering::Relaxed).max(1)
     }
 
-    /// One call against the rate limit `key`. Err: the shared store failed.
-    pub async fn rate(&self, key: &str, config: &RateLimitConfig) -> Result<RateDecision, String> {
-        let want = token_lease_size(config);
+    /// One call of `cost` tokens (1 ≤ cost ≤ burst) against the rate limit
+    /// `key`, all or none. Err: the shared store failed.
+    pub async fn rate(
+        &self,
+        key: &str,
+        config: &RateLimitConfig,
+        cost: u32,
+    ) -> Result<RateDecision, String> {
+        let cost = cost.clamp(1, config.burst.max(1));
+        let want = token_lease_size(config).max(cost);
         let now = Instant::now();
         {
             let mut leases = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
@@ -100,8 +107,8 @@ impl Leases {
                 if lease.expires.is_some_and(|at| at <= now) {
                     lease.tokens = 0;
                 }
-                if lease.tokens > 0 {
-                    lease.tokens -= 1;
+                if lease.tokens >= cost {
+                    lease.tokens -= cost;
                     let decision = RateDecision::Allowed {
                         limit: config.burst,
                         remaining: lease.remaining.saturating_add(lease.tokens),
@@ -132,14 +139,26 @@ impl Leases {
         self.routers.store(grant.routers, Ordering::Relaxed);
         let mut leases = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         let lease = leases.entry(key.to_string()).or_default();
-        if grant.granted == 0 {
-            lease.refused_until = Some(now + grant.wait);
+        // Tokens this router already holds count towards a costly call.
+        let held = if lease.expires.is_some_and(|at| at > now) {
+            lease.tokens
+        } else {
+            0
+        };
+        let have = held + grant.granted;
+        if have < cost {
+            if grant.granted > 0 {
+                store_tokens(lease, &grant, have, now);
+            }
+            let short = config.period().saturating_mul(cost - have);
+            let wait = grant.wait.max(short);
+            lease.refused_until = Some(now + wait);
             return Ok(RateDecision::Limited {
                 limit: config.burst,
-                retry_after: grant.wait,
+                retry_after: wait,
             });
         }
-        store_tokens(lease, &grant, grant.granted - 1, now);
+        store_tokens(lease, &grant, have - cost, now);
         Ok(RateDecision::Allowed {
             limit: config.burst,
             remaining: grant.remaining.saturating_add(lease.tokens),
@@ -178,26 +197,30 @@ impl Leases {
         });
     }
 
-    /// One call against the quota windows `(counter key, limit, ttl_s)`,
-    /// leased under `lease_key`. Ok(Some(i)): window i is used up. Err: the
-    /// shared store failed.
+    /// One call of `cost` units against the quota windows `(counter key,
+    /// limit, ttl_s)`, leased under `lease_key`, all or none. Ok(Some(i)):
+    /// window i is used up (has no room for the call). Err: the shared store
+    /// failed.
     pub async fn quota(
         &self,
         lease_key: &str,
         windows: &[(String, u64, u64)],
+        cost: u64,
     ) -> Result<Option<usize>, String> {
-        let smallest = windows
+        let cost = cost.max(1);
+        let (tightest, smallest) = windows
             .iter()
-            .map(|(_, limit, _)| *limit)
-            .min()
-            .unwrap_or(1);
-        let want = quota_lease_size(smallest);
+            .enumerate()
+            .map(|(i, (_, limit, _))| (i, *limit))
+            .min_by_key(|(_, limit)| *limit)
+            .unwrap_or((0, 1));
+        let want = quota_lease_size(smallest).max(cost);
         let now = Instant::now();
         {
             let mut leases = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(lease) = leases.get_mut(lease_key) {
-                if lease.units > 0 {
-                    lease.units -= 1;
+                if lease.units >= cost {
+                    lease.units -= cost;
                     lease.last_used = now;
                     let refill = want > 1
                         && lease.units * 2 <= want
@@ -232,10 +255,17 @@ impl Leases {
             });
         lease.last_used = now;
         match grant {
-            QuotaGrant::Granted(n) => {
-                lease.units += n - 1;
+            QuotaGrant::Granted(n) if lease.units + n >= cost => {
+                lease.units = lease.units + n - cost;
                 lease.exhausted = None;
                 Ok(None)
+            }
+            // Room for less than the call: what was reserved stays leased
+            // (given back when idle) and the call is refused.
+            QuotaGrant::Granted(n) => {
+                lease.units += n;
+                lease.exhausted = Some((now + EXHAUSTED_RECHECK, tightest));
+                Ok(Some(tightest))
             }
             QuotaGrant::Exhausted(window) => {
                 lease.exhausted = Some((now + EXHAUSTED_RECHECK, window));
@@ -411,7 +441,7 @@ mod tests {
         let config = config(1000.0, 100);
         let mut allowed = 0;
         for _ in 0..200 {
-            if let RateDecision::Allowed { .. } = leases.rate("k", &config).await.unwrap() {
+            if let RateDecision::Allowed { .. } = leases.rate("k", &config, 1).await.unwrap() {
                 allowed += 1;
             }
             settle().await;
@@ -432,13 +462,13 @@ mod tests {
         let leases = Leases::new(shared.clone());
         let config = config(40.0, 10);
         for _ in 0..5 {
-            let decision = leases.rate("k", &config).await.unwrap();
+            let decision = leases.rate("k", &config, 1).await.unwrap();
             assert!(matches!(decision, RateDecision::Limited { .. }));
         }
         assert_eq!(shared.calls.load(Ordering::SeqCst), 1);
         shared.down.store(true, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(60)).await;
-        assert!(leases.rate("k", &config).await.is_err());
+        assert!(leases.rate("k", &config, 1).await.is_err());
     }
 
     #[tokio::test]
@@ -448,7 +478,7 @@ mod tests {
         // Limit 2000: leases of 10.
         let windows = vec![("day".to_string(), 2000, 86_400)];
         for _ in 0..7 {
-            assert_eq!(leases.quota("q", &windows).await.unwrap(), None);
+            assert_eq!(leases.quota("q", &windows, 1).await.unwrap(), None);
             settle().await;
         }
         let reserved = shared.counters.lock().unwrap()["day"];
@@ -463,12 +493,57 @@ mod tests {
         let small = vec![("small".to_string(), 3, 86_400)];
         let mut admitted = 0;
         for _ in 0..10 {
-            if leases.quota("s", &small).await.unwrap().is_none() {
+            if leases.quota("s", &small, 1).await.unwrap().is_none() {
                 admitted += 1;
             }
         }
         assert_eq!(admitted, 3);
         assert_eq!(shared.counters.lock().unwrap()["small"], 3);
+    }
+
+    #[tokio::test]
+    async fn a_costly_call_takes_its_cost_from_the_limits_all_or_none() {
+        let shared = Arc::new(FakeShared::default());
+        shared.tokens.store(25, Ordering::SeqCst);
+        let leases = Leases::new(shared.clone());
+        let config = config(1000.0, 100);
+        // 25 tokens in the bucket: two calls of 10, then one of 10 is refused
+        // while the 5 left are held for later, not lost.
+        for _ in 0..2 {
+            let d = leases.rate("k", &config, 10).await.unwrap();
+            assert!(matches!(d, RateDecision::Allowed { .. }), "{d:?}");
+        }
+        let d = leases.rate("k", &config, 10).await.unwrap();
+        assert!(matches!(d, RateDecision::Limited { .. }), "{d:?}");
+        assert_eq!(shared.tokens.load(Ordering::SeqCst), 0);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        for _ in 0..5 {
+            let d = leases.rate("k", &config, 1).await.unwrap();
+            assert!(matches!(d, RateDecision::Allowed { .. }), "{d:?}");
+        }
+        assert!(matches!(
+            leases.rate("k", &config, 1).await.unwrap(),
+            RateDecision::Limited { .. }
+        ));
+
+        // A quota of 30: calls of 12 are admitted twice, the third has no
+        // room; the counter never reads more than 30, and after the idle
+        // return exactly what was admitted.
+        let windows = vec![("day".to_string(), 30, 86_400)];
+        let mut admitted = 0;
+        for _ in 0..3 {
+            if leases.quota("q", &windows, 12).await.unwrap().is_none() {
+                admitted += 12;
+            }
+            settle().await;
+            assert!(shared.counters.lock().unwrap()["day"] <= 30);
+        }
+        assert_eq!(admitted, 24);
+        assert_eq!(leases.quota("q", &windows, 6).await.unwrap(), None);
+        leases
+            .upkeep(Instant::now() + QUOTA_IDLE_RETURN, false)
+            .await;
+        assert_eq!(shared.counters.lock().unwrap()["day"], 30);
     }
 
     #[test]

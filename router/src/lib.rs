@@ -34,7 +34,9 @@
 //!    `cache`, `guards`, `placement`, `respond`, `routes`) and `state`
 //!    (`RouterState`, shared by every call; names `cache`, `guards`,
 //!    `metrics`, `placement`).
-//! 4. `proxy`: the `ProxyHttp` phase hooks; names all of the above.
+//! 4. `tasks` (the task endpoints and the worker that runs queued tasks;
+//!    names `admission`, `guards`, `local`, `routes`, `state`).
+//! 5. `proxy`: the `ProxyHttp` phase hooks; names all of the above.
 
 mod admission;
 mod cache;
@@ -51,6 +53,7 @@ pub mod proxy;
 mod respond;
 pub mod routes;
 mod state;
+pub mod tasks;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -130,6 +133,8 @@ pub struct RouterDeps {
     pub extra_metrics: Option<metrics::MetricsSource>,
     /// The cluster key the nodes require of every call.
     pub cluster_key: contract::ClusterKey,
+    /// Where tasks are queued; `None` serves no tasks (their endpoints answer 503).
+    pub tasks: Option<Arc<dyn contract::task::TaskStore>>,
 }
 
 /// How often quota counters are written to the store (the most a crash can lose).
@@ -259,6 +264,10 @@ pub fn start(options: RouterOptions, deps: RouterDeps) -> anyhow::Result<RouterH
         deps.cluster_key,
     );
     state.extra_metrics = deps.extra_metrics;
+    state.tasks = deps.tasks.map(|store| state::Tasks {
+        store,
+        wake: tokio::sync::Notify::new(),
+    });
     // Experiment (see benchmarks/): Pingora's no-steal runtime, with one
     // upstream connection per worker thread.
     let work_stealing = std::env::var("TASKMESH_ROUTER_WORK_STEALING").map_or(true, |v| v != "0");
@@ -267,6 +276,7 @@ pub fn start(options: RouterOptions, deps: RouterDeps) -> anyhow::Result<RouterH
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let thread_state = state.clone();
     let upkeep_state = state.clone();
+    let thread_state_for_tasks = state.clone();
     let listen = options.listen;
     let threads = options.threads;
     let upgrade = options.upgrade;
@@ -328,6 +338,13 @@ pub fn start(options: RouterOptions, deps: RouterDeps) -> anyhow::Result<RouterH
             }
             service.add_tcp(&listen.to_string());
             server.add_service(service);
+            if thread_state_for_tasks.tasks.is_some() {
+                let worker = tasks::worker::TaskWorker::new(thread_state_for_tasks);
+                server.add_service(background_service(
+                    "taskmesh-tasks",
+                    tasks::worker::WorkerService(Arc::new(worker)),
+                ));
+            }
             server.add_service(background_service(
                 "taskmesh-upkeep",
                 Upkeep {

@@ -32,11 +32,21 @@ pub fn is_metrics_request(request: &pingora_http::RequestHeader) -> bool {
 pub struct LocalAnswer {
     pub status: u16,
     pub body: Value,
+    /// More headers than every answer has (a task's `location`).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl LocalAnswer {
-    fn ok(body: Value) -> Self {
-        LocalAnswer { status: 200, body }
+    pub fn ok(body: Value) -> Self {
+        LocalAnswer::new(200, body)
+    }
+
+    pub fn new(status: u16, body: Value) -> Self {
+        LocalAnswer {
+            status,
+            body,
+            headers: Vec::new(),
+        }
     }
 }
 
@@ -84,10 +94,7 @@ pub fn router_answer(
         Endpoint::Ready => {
             let nodes = nodes.len();
             if draining {
-                LocalAnswer {
-                    status: 503,
-                    body: json!({"status": "draining", "nodes": nodes}),
-                }
+                LocalAnswer::new(503, json!({"status": "draining", "nodes": nodes}))
             } else {
                 LocalAnswer::ok(json!({"status": "ready", "nodes": nodes}))
             }
@@ -97,10 +104,7 @@ pub fn router_answer(
         // Not ready is 503 (as `/readyz`, and KServe's servers, answer it).
         Endpoint::ServerReady => {
             let ready = !draining && !nodes.is_empty();
-            LocalAnswer {
-                status: if ready { 200 } else { 503 },
-                body: json!({"ready": ready}),
-            }
+            LocalAnswer::new(if ready { 200 } else { 503 }, json!({"ready": ready}))
         }
         Endpoint::ServerMetadata => LocalAnswer::ok(contract::oip::server_metadata()),
         Endpoint::OpenApi => LocalAnswer::ok(crate::openapi::document().clone()),
@@ -111,6 +115,8 @@ pub fn router_answer(
             ))
         }
         Endpoint::Invoke { .. }
+        | Endpoint::SubmitTask { .. }
+        | Endpoint::Tasks { .. }
         | Endpoint::Metadata { .. }
         | Endpoint::ModelReady { .. }
         | Endpoint::Infer { .. } => {
@@ -146,10 +152,8 @@ pub async fn function_answer(
             let ready = nodes
                 .owner(&crate::placement::placement_key(version), gpu)
                 .is_some();
-            Ok(LocalAnswer {
-                status: if ready { 200 } else { 503 },
-                body: json!({"name": version.name, "version": version.version.to_string(), "ready": ready}),
-            })
+            let body = json!({"name": version.name, "version": version.version.to_string(), "ready": ready});
+            Ok(LocalAnswer::new(if ready { 200 } else { 503 }, body))
         }
         _ => Err(ApiError::new(
             ErrorCode::Internal,
@@ -216,7 +220,7 @@ mod tests {
             };
             let version = version(tenant);
             let mut pass = guards
-                .admit(&principal, &version, &mut Vec::new())
+                .admit(&principal, &version, 1, &mut Vec::new())
                 .await
                 .unwrap();
             guards.release(&version, &mut pass, Some(Outcome::Success));

@@ -57,6 +57,83 @@ pub struct VersionErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub tenant: String,
+    pub function: String,
+    pub outcome: String,
+}
+
+/// The task queues' numbers (read from the task store, so every router of a
+/// cluster shows the same queue gauges: aggregate them with `max`, not `sum`)
+/// and this router's task outcomes.
+#[derive(Clone, Default)]
+pub struct TaskMetrics {
+    pub queued: Family<FunctionLabels, Gauge>,
+    pub running: Family<FunctionLabels, Gauge>,
+    pub backlog_cost: Family<FunctionLabels, Gauge>,
+    pub oldest_age: Family<FunctionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub dead: Family<FunctionLabels, Gauge>,
+    pub outcomes: Family<OutcomeLabels, Counter>,
+}
+
+impl TaskMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let tasks = registry.sub_registry_with_prefix("tasks");
+        tasks.register("queued", "Tasks waiting in their queue (queued, or failed and waiting for a retry), by tenant and function", self.queued.clone());
+        tasks.register(
+            "running",
+            "Tasks a worker is running, by tenant and function",
+            self.running.clone(),
+        );
+        tasks.register("backlog_cost", "The summed cost of waiting and running tasks (the autoscaling signal), by tenant and function", self.backlog_cost.clone());
+        tasks.register_with_unit(
+            "oldest_age",
+            "Age of the oldest unfinished task entry, by tenant and function",
+            prometheus_client::registry::Unit::Seconds,
+            self.oldest_age.clone(),
+        );
+        tasks.register(
+            "dead",
+            "Dead tasks kept (retries exhausted), by tenant and function",
+            self.dead.clone(),
+        );
+        tasks.register("outcomes", "Task events on this router by tenant, function and outcome: submitted, succeeded, retried, dead, deferred", self.outcomes.clone());
+    }
+
+    /// Counts one task event.
+    pub fn outcome(&self, tenant: &str, function: &str, outcome: &str) {
+        self.outcomes
+            .get_or_create(&OutcomeLabels {
+                tenant: tenant.into(),
+                function: function.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// Sets the queue gauges from the store's numbers.
+    pub fn observe(&self, stats: &[contract::task::QueueStats], now_ms: u64) {
+        for q in stats {
+            let labels = FunctionLabels {
+                tenant: q.tenant.clone(),
+                function: q.function.clone(),
+            };
+            let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            self.queued.get_or_create(&labels).set(gauge(q.queued));
+            self.running.get_or_create(&labels).set(gauge(q.running));
+            self.backlog_cost
+                .get_or_create(&labels)
+                .set(gauge(q.backlog_cost));
+            self.dead.get_or_create(&labels).set(gauge(q.dead));
+            let age = q
+                .oldest_created_at
+                .map_or(0.0, |t| now_ms.saturating_sub(t) as f64 / 1000.0);
+            self.oldest_age.get_or_create(&labels).set(age);
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -103,6 +180,7 @@ pub struct Metrics {
     pub retries: Family<VersionLabels, Counter>,
     pub breaker_state: Family<VersionLabels, Gauge>,
     pub connections: ConnectionMetrics,
+    pub tasks: TaskMetrics,
 }
 
 impl Default for Metrics {
@@ -168,6 +246,8 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             version_latency.clone(),
         );
+        let tasks = TaskMetrics::default();
+        tasks.register(&mut registry);
         let connections = ConnectionMetrics::default();
         registry.register(
             "connections_open",
@@ -182,6 +262,7 @@ impl Metrics {
         Metrics {
             registry,
             connections,
+            tasks,
             version_calls,
             version_errors,
             version_latency,
@@ -298,6 +379,33 @@ mod tests {
         );
         assert!(text.contains("taskmesh_router_requests_total{tenant=\"-\",function=\"-\",version=\"-\",status=\"401\"} 1"), "{text}");
         assert!(text.contains("taskmesh_router_refusals_total{tenant=\"-\",function=\"-\",version=\"-\",code=\"unauthenticated\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn task_queues_and_outcomes_are_exported() {
+        let m = Metrics::new();
+        let stats = contract::task::QueueStats {
+            tenant: "a".into(),
+            function: "digits".into(),
+            queued: 3,
+            running: 1,
+            backlog_cost: 40,
+            oldest_created_at: Some(1_000),
+            dead: 2,
+        };
+        m.tasks.observe(&[stats], 3_500);
+        m.tasks.outcome("a", "digits", "succeeded");
+        let text = m.encode();
+        for needle in [
+            "taskmesh_router_tasks_queued{tenant=\"a\",function=\"digits\"} 3",
+            "taskmesh_router_tasks_running{tenant=\"a\",function=\"digits\"} 1",
+            "taskmesh_router_tasks_backlog_cost{tenant=\"a\",function=\"digits\"} 40",
+            "taskmesh_router_tasks_dead{tenant=\"a\",function=\"digits\"} 2",
+            "taskmesh_router_tasks_oldest_age_seconds{tenant=\"a\",function=\"digits\"} 2.5",
+            "taskmesh_router_tasks_outcomes_total{tenant=\"a\",function=\"digits\",outcome=\"succeeded\"} 1",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
     }
 
     #[test]

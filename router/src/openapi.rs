@@ -76,6 +76,50 @@ pub struct InferRequest {
     pub inputs: Vec<Value>,
 }
 
+/// A task's status and where it is (`POST …/tasks`).
+#[derive(Serialize, ToSchema)]
+pub struct TaskSubmitted {
+    pub task_id: String,
+    /// `queued` for a new task; a replayed idempotency key gives the earlier
+    /// task's current status.
+    pub status: String,
+}
+
+/// An error as a task keeps it.
+#[derive(Serialize, ToSchema)]
+pub struct TaskErrorView {
+    pub code: String,
+    pub message: String,
+}
+
+/// A task (`GET /v1/tasks/{id}`).
+#[derive(Serialize, ToSchema)]
+pub struct Task {
+    pub task_id: String,
+    pub function: String,
+    pub version: u32,
+    /// `queued`, `running`, `succeeded`, `failed` (will be retried), `dead` or `cancelled`.
+    pub status: String,
+    /// `high`, `normal` or `low`.
+    pub priority: String,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub cost: u64,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    pub updated_at: String,
+    /// The function's output, once it succeeded.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+    pub error: Option<TaskErrorView>,
+}
+
+/// `GET /v1/tasks`: newest first.
+#[derive(Serialize, ToSchema)]
+pub struct TaskList {
+    pub tasks: Vec<Task>,
+}
+
 /// The document as JSON, built once.
 pub fn document() -> &'static Value {
     static DOCUMENT: OnceLock<Value> = OnceLock::new();
@@ -172,6 +216,84 @@ fn invoke() -> OperationBuilder {
 
 fn oip(id: &str, summary: &str) -> OperationBuilder {
     operation(id, "oip", summary)
+}
+
+fn task_id() -> Parameter {
+    path_param("id", "A task's id.", doc::string())
+}
+
+/// The task routes: submit, read, list, cancel, retry.
+fn task_routes() -> Vec<Route> {
+    use HttpMethod::{Delete, Get, Post};
+    let located = |r| with_header(r, "location", "`/v1/tasks/{id}`.");
+    let submit = operation("submit_task", "tasks", "Queue a task of a function")
+        .description(Some(
+            "Checked like an invoke (key, version, input, quota) and queued; the rate \
+             limit paces it when it runs. `idempotency-key` (per client, 24 h) gives back \
+             the earlier task with `idempotent-replayed: true`.",
+        ))
+        .parameter(name())
+        .parameter(query_param(
+            "version",
+            "Run this version.",
+            doc::version_number(),
+        ))
+        .parameter(query_param(
+            "alias",
+            "Run the version this alias picks now.",
+            string_matching(NAME_PATTERN),
+        ))
+        .request_body(Some(json_body(
+            free_object(),
+            Some(json!({"pixels": vec![0.0; 64]})),
+        )))
+        .response("202", located(ok::<TaskSubmitted>("Queued.")));
+    let list = operation(
+        "list_tasks",
+        "tasks",
+        "The caller's tenant's tasks, newest first",
+    )
+    .parameter(query_param(
+        "function",
+        "Only this function's.",
+        doc::string(),
+    ))
+    .parameter(query_param(
+        "status",
+        "Only tasks in this status.",
+        doc::string(),
+    ))
+    .parameter(query_param(
+        "limit",
+        "At most this many (1–1000, default 50).",
+        doc::string(),
+    ))
+    .response("200", ok::<TaskList>("The tasks."));
+    let get = operation("get_task", "tasks", "A task")
+        .parameter(task_id())
+        .response("200", ok::<Task>("The task."));
+    let cancel = operation("cancel_task", "tasks", "Cancel a queued or failed task")
+        .parameter(task_id())
+        .response("200", ok::<Task>("Cancelled."));
+    let retry = operation(
+        "retry_task",
+        "tasks",
+        "Queue a dead or cancelled task again",
+    )
+    .parameter(task_id())
+    .response(
+        "202",
+        located(ok::<Task>("Queued again, its attempts reset.")),
+    );
+    let store: [u16; 5] = [401, 403, 404, 500, 503];
+    let with = |extra: &[u16]| -> Vec<u16> { store.iter().chain(extra).copied().collect() };
+    vec![
+        keyed(Post, "/v1/functions/{name}/tasks", submit, true),
+        finish(Get, "/v1/tasks", list, true, &with(&[400])),
+        finish(Get, "/v1/tasks/{id}", get, true, &store),
+        finish(Delete, "/v1/tasks/{id}", cancel, true, &with(&[409])),
+        finish(Post, "/v1/tasks/{id}/retry", retry, true, &with(&[409])),
+    ]
 }
 
 /// Every operation the router serves.
@@ -304,6 +426,9 @@ fn routes() -> Vec<Route> {
             true,
         ),
     ]
+    .into_iter()
+    .chain(task_routes())
+    .collect()
 }
 
 /// The router's document.
@@ -316,6 +441,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc::schemas_of::<ModelReady>(&mut schemas);
     doc::schemas_of::<OipError>(&mut schemas);
     doc::schemas_of::<InferRequest>(&mut schemas);
+    doc::schemas_of::<TaskSubmitted>(&mut schemas);
+    doc::schemas_of::<Task>(&mut schemas);
+    doc::schemas_of::<TaskList>(&mut schemas);
     doc::document(
         "Taskmesh router",
         "Invoke functions (`/v1`) and the Open Inference Protocol v2 (`/v2`). Every `/v1` \

@@ -36,16 +36,16 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use policies::breaker::{self, Permit};
+use policies::breaker;
 use policies::retry::{FailureKind, RetryDecision};
 
 use crate::admission::{self, Admitted};
 use crate::cache::CacheUse;
 use crate::call::{self, Ctx};
 use crate::local::{self, LocalAnswer};
-use crate::placement::LiveNode;
 use crate::respond::{self, Delivery};
-use crate::routes::{self, BodyKind};
+use crate::routes::{self, BodyKind, Endpoint};
+use crate::tasks;
 
 pub use crate::metrics::MetricsSource;
 pub use crate::placement::placement_key;
@@ -104,6 +104,11 @@ impl TaskmeshProxy {
             let request = session.req_header();
             routes::endpoint(&request.method, request.uri.path(), request.uri.query())?
         };
+        if let Endpoint::Tasks(request) = &endpoint {
+            let principal = self.authenticate(session).await?;
+            let answer = tasks::api::answer(&self.state, &principal, request).await?;
+            return Ok(Decision::Answer(answer));
+        }
         let Some((name, qualifier)) = endpoint.function() else {
             let draining = self.state.draining.load(Ordering::Relaxed);
             return local::router_answer(&endpoint, &self.state.nodes, draining)
@@ -113,6 +118,13 @@ impl TaskmeshProxy {
         let version = self
             .resolve(session, ctx, &principal, name, qualifier)
             .await?;
+        if let Endpoint::SubmitTask { .. } = endpoint {
+            let id = ctx.invocation_id.clone();
+            let answer =
+                tasks::api::submit(&self.state, session, &id, &principal, &version).await?;
+            ctx.principal = Some(principal);
+            return Ok(Decision::Answer(answer));
+        }
         let Some(kind) = endpoint.body_kind() else {
             let catalog = self.state.catalog.as_ref();
             let nodes = &self.state.nodes;
@@ -125,11 +137,16 @@ impl TaskmeshProxy {
             .deadline
             .unwrap_or_else(|| ctx.started + Duration::from_secs(60));
         let admitted = admission::admit_body(session, &version, kind, deadline).await?;
+        ctx.cost = match &admitted {
+            Admitted::Read(validated) => validated.cost,
+            Admitted::Streamed(streamed) => streamed.charged,
+        };
         self.apply_guards(ctx, principal, &version).await?;
         match admitted {
             Admitted::Streamed(streamed) => ctx.streamed = Some(streamed),
-            Admitted::Read(input) => {
-                if let Some(hit) = self.look_up_cache(session, ctx, &version, kind, &input) {
+            Admitted::Read(validated) => {
+                let input = &validated.body;
+                if let Some(hit) = self.look_up_cache(session, ctx, &version, kind, input) {
                     return Ok(Decision::Cached(hit));
                 }
             }
@@ -240,37 +257,11 @@ impl TaskmeshProxy {
         let pass = self
             .state
             .guards
-            .admit(&principal, version, &mut ctx.rate_headers)
+            .admit(&principal, version, ctx.cost, &mut ctx.rate_headers)
             .await;
         ctx.principal = Some(principal);
         ctx.guard_pass = Some(pass?);
         Ok(())
-    }
-
-    /// Placement: ring order under bounded load. A retry goes to the first
-    /// candidate not tried yet (all tried: start over); a node whose breaker
-    /// is open is passed over. Returns the node and its node-breaker permit.
-    fn choose_node(
-        &self,
-        version: &FunctionVersion,
-        tried: &[String],
-    ) -> Option<(Arc<LiveNode>, Permit)> {
-        let key = placement_key(version);
-        let gpu = version.definition.resources.gpu;
-        let mut permit = None;
-        let guards = &self.state.guards;
-        let mut take = |node: &Arc<LiveNode>, untried_only: bool| {
-            if untried_only && tried.contains(&node.info.id) {
-                return false;
-            }
-            permit = guards.acquire_node(node.info.addr);
-            permit.is_some()
-        };
-        self.state
-            .nodes
-            .pick(&key, gpu, |n| take(n, true))
-            .or_else(|| self.state.nodes.pick(&key, gpu, |n| take(n, false)))
-            .zip(permit)
     }
 
     /// Reports the pending node attempt's outcome to its node breaker.
@@ -350,7 +341,8 @@ impl ProxyHttp for TaskmeshProxy {
         match decided {
             Ok(Decision::Proxy) => return Ok(false),
             Ok(Decision::Answer(answer)) => {
-                respond::write_json(session, answer.status, &answer.body, &ctx.stamp()).await?;
+                let (status, body, extra) = (answer.status, &answer.body, &answer.headers);
+                respond::write_json(session, status, body, extra, &ctx.stamp()).await?;
             }
             Ok(Decision::Cached(body)) => {
                 respond::write_cached(session, body, &ctx.stamp()).await?;
@@ -395,7 +387,7 @@ impl ProxyHttp for TaskmeshProxy {
             .function
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no function resolved"))?;
-        let Some((node, permit)) = self.choose_node(version, &ctx.tried) else {
+        let Some((node, permit)) = self.state.choose_node(version, &ctx.tried) else {
             let reason = if version.definition.resources.gpu {
                 "no runtime node with a GPU is available: CPU-only nodes cannot serve GPU functions (resources.gpu)"
             } else {
@@ -461,6 +453,7 @@ impl ProxyHttp for TaskmeshProxy {
         request.remove_header("authorization");
         // Overwrites whatever a client sent under that name.
         request.insert_header(headers::CLUSTER_KEY, self.state.cluster_key.expose())?;
+        request.insert_header(headers::COST, ctx.cost.to_string())?;
         if let Some(streamed) = &mut ctx.streamed {
             streamed.clear();
         }
@@ -477,7 +470,20 @@ impl ProxyHttp for TaskmeshProxy {
         let Some(streamed) = ctx.streamed.as_mut() else {
             return Ok(());
         };
-        match streamed.take(body.take(), end_of_stream) {
+        let mut taken = streamed.take(body.take(), end_of_stream);
+        let extra = streamed.uncharged();
+        if taken.is_ok() && extra > 0 {
+            // The rest of its cost, now known: charged before the node sees
+            // the body (the estimate stays what the node was told).
+            streamed.charged += extra;
+            if let (Some(principal), Some(version)) = (&ctx.principal, &ctx.function) {
+                let guards = &self.state.guards;
+                if let Err(err) = guards.charge_more(principal, version, extra).await {
+                    taken = Err(err);
+                }
+            }
+        }
+        match taken {
             Ok(forward) => {
                 *body = Some(forward);
                 Ok(())

@@ -62,15 +62,20 @@ fn json_header(
     Ok(header)
 }
 
-/// Writes a local answer (health, readiness, OIP metadata) as JSON.
+/// Writes a local answer (health, readiness, OIP metadata, tasks) as JSON,
+/// with `extra` headers (a task's `location`).
 pub async fn write_json(
     session: &mut Session,
     status: u16,
     body: &Value,
+    extra: &[(&'static str, String)],
     stamp: &Stamp<'_>,
 ) -> Result<()> {
     let bytes = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
-    let header = json_header(status, bytes.len(), stamp, None)?;
+    let mut header = json_header(status, bytes.len(), stamp, None)?;
+    for (name, value) in extra {
+        header.insert_header(*name, value.as_str())?;
+    }
     session
         .write_response_header(Box::new(header), false)
         .await?;

@@ -39,6 +39,36 @@ pub enum Endpoint {
         name: String,
         qualifier: Qualifier,
     },
+    /// `POST /v1/functions/{name}/tasks`: queue a task.
+    SubmitTask {
+        name: String,
+        qualifier: Qualifier,
+    },
+    /// `/v1/tasks…`: read, list, cancel or retry tasks.
+    Tasks(TaskRequest),
+}
+
+/// What a `/v1/tasks…` request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskRequest {
+    /// `GET /v1/tasks?function=&status=&limit=` (the raw query).
+    List(Option<String>),
+    /// `GET /v1/tasks/{id}`
+    Get(String),
+    /// `DELETE /v1/tasks/{id}`
+    Cancel(String),
+    /// `POST /v1/tasks/{id}/retry`
+    Retry(String),
+}
+
+/// The longest task id looked up (ids are UUIDs; anything longer is 404).
+const MAX_TASK_ID_BYTES: usize = 64;
+
+fn task_id(id: &str) -> Result<String, ApiError> {
+    if id.is_empty() || id.len() > MAX_TASK_ID_BYTES {
+        return Err(ApiError::not_found("no such task"));
+    }
+    Ok(id.to_string())
 }
 
 impl Endpoint {
@@ -51,8 +81,10 @@ impl Endpoint {
             | Endpoint::Live
             | Endpoint::ServerReady
             | Endpoint::ServerMetadata
-            | Endpoint::OpenApi => None,
+            | Endpoint::OpenApi
+            | Endpoint::Tasks(_) => None,
             Endpoint::Invoke { name, qualifier }
+            | Endpoint::SubmitTask { name, qualifier }
             | Endpoint::Metadata { name, qualifier }
             | Endpoint::ModelReady { name, qualifier }
             | Endpoint::Infer { name, qualifier } => Some((name, qualifier)),
@@ -160,6 +192,35 @@ pub fn endpoint(method: &Method, path: &str, query: Option<&str>) -> Result<Endp
                 },
             )
         }
+        ["v1", "functions", f, "tasks"] if !f.is_empty() => {
+            let qualifier = Qualifier::from_query(query)?;
+            expect(
+                method,
+                Method::POST,
+                path,
+                Endpoint::SubmitTask {
+                    name: name(f),
+                    qualifier,
+                },
+            )
+        }
+        ["v1", "tasks"] => expect(
+            method,
+            Method::GET,
+            path,
+            Endpoint::Tasks(TaskRequest::List(query.map(str::to_string))),
+        ),
+        ["v1", "tasks", id] => match *method {
+            Method::GET | Method::HEAD => Ok(Endpoint::Tasks(TaskRequest::Get(task_id(id)?))),
+            Method::DELETE => Ok(Endpoint::Tasks(TaskRequest::Cancel(task_id(id)?))),
+            _ => Err(method_not_allowed(method, path)),
+        },
+        ["v1", "tasks", id, "retry"] => expect(
+            method,
+            Method::POST,
+            path,
+            Endpoint::Tasks(TaskRequest::Retry(task_id(id)?)),
+        ),
         ["v2", "models", m] if !m.is_empty() => expect(
             method,
             Method::GET,
@@ -287,6 +348,48 @@ mod tests {
             endpoint(&Method::GET, "/v2/health/live", None).unwrap(),
             Endpoint::Live
         );
+    }
+
+    #[test]
+    fn task_paths() {
+        assert_eq!(
+            endpoint(
+                &Method::POST,
+                "/v1/functions/digits/tasks",
+                Some("version=2")
+            )
+            .unwrap(),
+            Endpoint::SubmitTask {
+                name: "digits".into(),
+                qualifier: Qualifier::Version(2)
+            }
+        );
+        let id = "0192f0c4-1c3e-7e1a-9d3e-000000000000";
+        let path = format!("/v1/tasks/{id}");
+        assert_eq!(
+            endpoint(&Method::DELETE, &path, None).unwrap(),
+            Endpoint::Tasks(TaskRequest::Cancel(id.into()))
+        );
+        assert_eq!(
+            endpoint(&Method::POST, &format!("{path}/retry"), None).unwrap(),
+            Endpoint::Tasks(TaskRequest::Retry(id.into()))
+        );
+        assert_eq!(
+            endpoint(&Method::GET, "/v1/tasks", Some("status=dead")).unwrap(),
+            Endpoint::Tasks(TaskRequest::List(Some("status=dead".into())))
+        );
+        assert_eq!(
+            endpoint(&Method::PUT, &path, None).unwrap_err().code,
+            ErrorCode::MethodNotAllowed
+        );
+        let long = format!("/v1/tasks/{}", "a".repeat(65));
+        assert_eq!(
+            endpoint(&Method::GET, &long, None).unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        let submit = endpoint(&Method::POST, "/v1/functions/digits/tasks", None).unwrap();
+        assert_eq!(submit.function(), Some(("digits", &Qualifier::Default)));
+        assert_eq!(submit.body_kind(), None);
     }
 
     #[test]

@@ -6,12 +6,21 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use contract::ports::{Authenticator, Catalog, Counters, SharedLimits};
-use contract::ClusterKey;
+use contract::task::TaskStore;
+use contract::{ClusterKey, FunctionVersion};
+use policies::breaker::Permit;
 
 use crate::cache::ResultCache;
 use crate::guards::Guards;
 use crate::metrics::{Metrics, MetricsSource};
-use crate::placement::NodeSet;
+use crate::placement::{placement_key, LiveNode, NodeSet};
+
+/// The task queues a router serves and works (contract: tasks).
+pub struct Tasks {
+    pub store: Arc<dyn TaskStore>,
+    /// Wakes this router's worker when a task was queued here.
+    pub wake: tokio::sync::Notify,
+}
 
 /// Shared state of the router.
 pub struct RouterState {
@@ -30,6 +39,8 @@ pub struct RouterState {
     /// Each worker thread keeps its own upstream connections to a node (set
     /// with Pingora's no-steal runtime, where a task stays on its thread).
     pub per_thread_upstreams: bool,
+    /// Tasks, when this router serves them.
+    pub tasks: Option<Tasks>,
 }
 
 impl RouterState {
@@ -52,6 +63,32 @@ impl RouterState {
             draining: AtomicBool::new(false),
             cache: ResultCache::default(),
             per_thread_upstreams: false,
+            tasks: None,
         }
+    }
+
+    /// Placement: ring order under bounded load. A retry goes to the first
+    /// candidate not tried yet (all tried: start over); a node whose breaker
+    /// is open is passed over. Returns the node and its node-breaker permit.
+    pub fn choose_node(
+        &self,
+        version: &FunctionVersion,
+        tried: &[String],
+    ) -> Option<(Arc<LiveNode>, Permit)> {
+        let key = placement_key(version);
+        let gpu = version.definition.resources.gpu;
+        let mut permit = None;
+        let guards = &self.guards;
+        let mut take = |node: &Arc<LiveNode>, untried_only: bool| {
+            if untried_only && tried.contains(&node.info.id) {
+                return false;
+            }
+            permit = guards.acquire_node(node.info.addr);
+            permit.is_some()
+        };
+        self.nodes
+            .pick(&key, gpu, |n| take(n, true))
+            .or_else(|| self.nodes.pick(&key, gpu, |n| take(n, false)))
+            .zip(permit)
     }
 }

@@ -25,7 +25,7 @@ use hyper_util::service::TowerToHyperService;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use crate::engine::{Engine, Priority};
+use crate::engine::{Engine, Priority, Ticket};
 
 mod grpc;
 use crate::prepost::{self, Prepost, PreprocessBudget};
@@ -217,6 +217,14 @@ fn priority(headers: &HeaderMap) -> Result<Priority, ApiError> {
     Priority::from_header(headers.get(PRIORITY_HEADER).and_then(|v| v.to_str().ok()))
 }
 
+/// The call's place in its version's queue: its priority and its cost.
+fn ticket(headers: &HeaderMap) -> Result<Ticket, ApiError> {
+    Ok(Ticket {
+        priority: priority(headers)?,
+        cost: headers::cost(headers.get(headers::COST).and_then(|v| v.to_str().ok())),
+    })
+}
+
 /// The time budget the router passed along, if any.
 fn budget(headers: &HeaderMap) -> Option<std::time::Duration> {
     headers
@@ -300,7 +308,7 @@ async fn invoke(
             )
             .await?;
             node.engine
-                .precheck(&version, priority(&headers)?, budget(&headers))?;
+                .precheck(&version, ticket(&headers)?, budget(&headers))?;
             Ok(version)
         };
         let (version, body) = refuse_early(early.await, body).await?;
@@ -319,7 +327,7 @@ async fn invoke(
         }
         let outcome = node
             .engine
-            .run(&version, prepared.inputs, Some(left()), priority(&headers)?)
+            .run(&version, prepared.inputs, Some(left()), ticket(&headers)?)
             .await?;
         let output = prepost::invoke_outputs(&version, &outcome.outputs, &prepared.masks)?;
         if let Some(validator) = version.output_validator()? {
@@ -399,7 +407,7 @@ async fn infer(
         let inputs = std::mem::take(&mut request.inputs);
         let outcome = node
             .engine
-            .run(&version, inputs, budget(&headers), priority(&headers)?)
+            .run(&version, inputs, budget(&headers), ticket(&headers)?)
             .await?;
         let answer = oip::infer_answer(&version, &request, &outcome.outputs);
         Ok(with_headers(
@@ -427,7 +435,7 @@ async fn admitted_body(
     let early = async {
         let version = resolve(node, headers, name, &path_qualifier(params)?).await?;
         node.engine
-            .precheck(&version, priority(headers)?, budget(headers))?;
+            .precheck(&version, ticket(headers)?, budget(headers))?;
         Ok(version)
     };
     let (version, body) = refuse_early(early.await, body).await?;

@@ -728,3 +728,53 @@ pub async fn create_client(client: &TestClient, p: &Platform, body: Value) -> (S
         out["api_key"].as_str().unwrap().to_string(),
     )
 }
+
+/// Submits `n` tasks to `url` (`…/v1/functions/{name}/tasks`) at once, so a
+/// queue builds up faster than it drains; each must be accepted (202).
+/// Returns their ids.
+pub async fn submit_tasks(
+    client: &TestClient,
+    url: &str,
+    body: &Value,
+    headers: &[(&str, &str)],
+    n: usize,
+) -> Vec<String> {
+    let mut all: Vec<(String, String)> = vec![("content-type".into(), "application/json".into())];
+    all.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let body = serde_json::to_vec(body).unwrap();
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let (client, url, all, body) =
+                (client.clone(), url.to_string(), all.clone(), body.clone());
+            tokio::spawn(async move {
+                let headers: Vec<(&str, &str)> =
+                    all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let reply = client.send(Method::POST, &url, &headers, body).await;
+                assert_eq!(
+                    reply.status,
+                    202,
+                    "{}",
+                    String::from_utf8_lossy(&reply.body)
+                );
+                reply.json()["task_id"].as_str().unwrap().to_string()
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for call in calls {
+        ids.push(call.await.unwrap());
+    }
+    ids
+}
+
+/// Polls a task (`…/v1/tasks/{id}`) until it is succeeded, dead or
+/// cancelled; returns its view.
+pub async fn wait_task(client: &TestClient, url: &str, limit: Duration) -> Value {
+    poll_json(client, url, limit, |t| {
+        matches!(
+            t["status"].as_str(),
+            Some("succeeded" | "dead" | "cancelled")
+        )
+    })
+    .await
+}

@@ -291,3 +291,18 @@ fn redis_error(e: RedisError) -> StoreError {
         StoreError::Backend(format!("redis: {e}"))
     }
 }
+
+/// A name as a key segment: `%`, `:`, `{` and `}` percent-encoded.
+pub(super) fn segment(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            ':' => out.push_str("%3A"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    out
+}

@@ -10,10 +10,11 @@
 //! - [`membership`]: the live set of runtime nodes, behind the [`Membership`]
 //!   trait ([`RedisMembership`]);
 //! - [`limits`]: rate limits and quotas shared by every router
-//!   (`contract::ports::SharedLimits` for [`RedisStore`]).
+//!   (`contract::ports::SharedLimits` for [`RedisStore`]);
+//! - [`tasks`]: task queues on Redis Streams (`contract::task::TaskStore`).
 //!
 //! This module only declares and re-exports its children. Among them,
-//! `connection` uses [`scripts`], and `store`, [`membership`] and [`limits`]
+//! `connection` uses [`scripts`], and `store`, [`membership`], [`limits`] and [`tasks`]
 //! use `connection`; none imports another.
 
 mod connection;
@@ -21,8 +22,10 @@ pub mod limits;
 pub mod membership;
 pub mod scripts;
 mod store;
+pub mod tasks;
 
 pub use connection::{
     ensure_crypto_provider, insecure_tls, RedisOptions, RedisStore, INSECURE_REFUSED,
 };
 pub use membership::{redacted, Membership, NodeRecord, RedisMembership, HEARTBEAT, TTL};
+pub use tasks::RedisTasks;

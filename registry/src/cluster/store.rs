@@ -72,7 +72,7 @@
 
 use async_trait::async_trait;
 
-use super::connection::{RedisStore, Retry};
+use super::connection::{segment, RedisStore, Retry};
 use crate::aliases::AliasRecord;
 use crate::clients::ClientRecord;
 use crate::rollouts::RolloutRecord;
@@ -140,21 +140,6 @@ impl RedisStore {
             .map(|b| serde_json::from_slice(&b).map_err(corrupt))
             .transpose()
     }
-}
-
-/// A name as a key segment: `%`, `:`, `{` and `}` percent-encoded.
-fn segment(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for c in name.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            ':' => out.push_str("%3A"),
-            '{' => out.push_str("%7B"),
-            '}' => out.push_str("%7D"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// Undoes [`segment`].

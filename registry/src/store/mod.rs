@@ -7,6 +7,8 @@
 //! This module depends on neither.
 
 pub mod embedded;
+mod group_commit;
+pub mod tasks;
 
 use std::sync::Arc;
 

@@ -16,7 +16,7 @@ use contract::{ApiError, ErrorCode};
 use tokio::sync::{mpsc, oneshot};
 
 use super::pool::{Engine, Grant};
-use super::types::{key_of, overloaded, BatchItem, RunOutcome};
+use super::types::{key_of, overloaded, BatchItem, RunOutcome, Ticket};
 use crate::batch;
 
 impl Engine {
@@ -26,7 +26,7 @@ impl Engine {
         version: &Arc<FunctionVersion>,
         inputs: TensorInputs,
         deadline: Instant,
-        priority: Priority,
+        ticket: Ticket,
     ) -> Result<RunOutcome, ApiError> {
         let rows = batch::rows(&inputs)?;
         let (tx, rx) = oneshot::channel();
@@ -36,7 +36,7 @@ impl Engine {
             rows,
             arrived: Instant::now(),
             deadline,
-            priority,
+            ticket,
             tx,
         };
         let sender = self.batcher(version);
@@ -184,12 +184,17 @@ impl PendingBatch {
         })
     }
 
-    fn priority(&self) -> Priority {
-        self.items
-            .iter()
-            .map(|i| i.priority)
-            .max()
-            .unwrap_or(Priority::Normal)
+    /// The batch's ticket: its best priority and its summed cost.
+    fn ticket(&self) -> Ticket {
+        Ticket {
+            priority: self
+                .items
+                .iter()
+                .map(|i| i.ticket.priority)
+                .max()
+                .unwrap_or(Priority::Normal),
+            cost: self.items.iter().map(|i| i.ticket.cost).sum::<u64>().max(1),
+        }
     }
 
     fn fail(self, error: ApiError) {
@@ -278,9 +283,9 @@ async fn collect_batches(
             next: None,
         };
         gather.take_ready();
-        let (deadline, priority) = (gather.batch.deadlines().0, gather.batch.priority());
+        let (deadline, ticket) = (gather.batch.deadlines().0, gather.batch.ticket());
         let grant = {
-            let acquire = engine.acquire(&version, deadline, priority);
+            let acquire = engine.acquire(&version, deadline, ticket);
             tokio::pin!(acquire);
             loop {
                 let open = gather.open();

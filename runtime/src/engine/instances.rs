@@ -11,7 +11,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use contract::headers::Priority;
 use contract::ports::Blobs;
 use contract::protocol::{TensorInputs, TensorOutputs};
 use contract::FunctionVersion;
@@ -20,7 +19,7 @@ use ort::session::RunOptions;
 use tokio::sync::oneshot;
 
 use super::pool::{worst_waiter, Engine, Grant, Lease, Pool, Slot, State, Waiter};
-use super::types::{key_of, overloaded, ColdParts, Instance};
+use super::types::{key_of, overloaded, ColdParts, Instance, Ticket};
 use crate::session::{self, SessionOptions};
 
 /// The memory an instance is charged: twice the model's bytes (weights as
@@ -36,8 +35,9 @@ impl Engine {
         self: &Arc<Self>,
         version: &Arc<FunctionVersion>,
         deadline: Instant,
-        priority: Priority,
+        ticket: Ticket,
     ) -> Result<Grant, ApiError> {
+        let priority = ticket.priority;
         let rx = {
             let mut state = self.lock();
             let key = key_of(version);
@@ -49,11 +49,11 @@ impl Engine {
                 slot.busy = true;
                 let cold = std::mem::replace(&mut slot.fresh, false);
                 return Ok(Grant {
-                    lease: Lease::new(self, &key, &slot.instance),
+                    lease: Lease::new(self, &key, &slot.instance, ticket.cost),
                     cold,
                 });
             }
-            pool.check_deadline(priority, deadline)?;
+            pool.check_deadline(ticket, deadline)?;
             if pool.queue.len() >= pool.queue_capacity() {
                 let victim =
                     worst_waiter(&pool.queue).filter(|i| pool.queue[*i].priority < priority);
@@ -88,7 +88,12 @@ impl Engine {
             let (tx, rx) = oneshot::channel();
             pool.seq += 1;
             let seq = pool.seq;
-            pool.queue.push(Waiter { priority, seq, tx });
+            pool.queue.push(Waiter {
+                priority,
+                cost: ticket.cost,
+                seq,
+                tx,
+            });
             rx
         };
         match rx.await {

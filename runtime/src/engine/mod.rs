@@ -63,7 +63,9 @@ use crate::metrics::RuntimeMetrics;
 
 pub use self::instances::instance_memory_estimate;
 pub use self::pool::Engine;
-pub use self::types::{EngineConfig, EngineSnapshot, Instance, PoolSnapshot, RunOutcome, Sources};
+pub use self::types::{
+    EngineConfig, EngineSnapshot, Instance, PoolSnapshot, RunOutcome, Sources, Ticket,
+};
 pub use contract::headers::Priority;
 
 impl Engine {
@@ -154,7 +156,7 @@ impl Engine {
     pub fn precheck(
         &self,
         version: &FunctionVersion,
-        priority: Priority,
+        ticket: Ticket,
         budget: Option<Duration>,
     ) -> Result<(), ApiError> {
         let limit = Duration::from_millis(version.definition.timeout_ms);
@@ -163,14 +165,14 @@ impl Engine {
         let Some(pool) = state.pools.get(&key_of(version)) else {
             return Ok(());
         };
-        if !pool.has_room(priority) {
+        if !pool.has_room(ticket.priority) {
             let wait = pool.average_run.unwrap_or(Duration::from_secs(1));
             return Err(overloaded(
                 format!("the queue of function {} is full", version.name),
                 wait,
             ));
         }
-        pool.check_deadline(priority, deadline)
+        pool.check_deadline(ticket, deadline)
     }
 
     /// Makes sure `version` has a loaded instance, cold-starting one if it has
@@ -178,7 +180,9 @@ impl Engine {
     /// is not judged on a cold start). The instance goes back to the pool.
     pub async fn warm(self: &Arc<Self>, version: &Arc<FunctionVersion>) -> Result<(), ApiError> {
         let deadline = Instant::now() + Duration::from_secs(120);
-        let grant = self.acquire(version, deadline, Priority::Normal).await?;
+        let grant = self
+            .acquire(version, deadline, Ticket::of(Priority::Normal))
+            .await?;
         drop(grant.lease);
         Ok(())
     }
@@ -192,13 +196,12 @@ impl Engine {
         version: &Arc<FunctionVersion>,
         inputs: TensorInputs,
         budget: Option<Duration>,
-        priority: Priority,
+        ticket: Ticket,
     ) -> Result<RunOutcome, ApiError> {
         let limit = Duration::from_millis(version.definition.timeout_ms);
         let timeout = budget.map_or(limit, |b| b.min(limit));
         let deadline = Instant::now() + timeout;
-        match tokio::time::timeout(timeout, self.run_inner(version, inputs, deadline, priority))
-            .await
+        match tokio::time::timeout(timeout, self.run_inner(version, inputs, deadline, ticket)).await
         {
             Ok(result) => result,
             Err(_) => Err(ApiError::new(
@@ -218,12 +221,12 @@ impl Engine {
         version: &Arc<FunctionVersion>,
         inputs: TensorInputs,
         deadline: Instant,
-        priority: Priority,
+        ticket: Ticket,
     ) -> Result<RunOutcome, ApiError> {
         if version.definition.batching.is_some() {
-            return self.run_batched(version, inputs, deadline, priority).await;
+            return self.run_batched(version, inputs, deadline, ticket).await;
         }
-        let grant = self.acquire(version, deadline, priority).await?;
+        let grant = self.acquire(version, deadline, ticket).await?;
         let cold_start = grant.cold;
         let outputs = self.execute(version, grant, inputs).await?;
         Ok(RunOutcome {

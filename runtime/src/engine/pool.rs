@@ -16,7 +16,7 @@ use contract::ApiError;
 use contract::FunctionVersion;
 use tokio::sync::{mpsc, oneshot};
 
-use super::types::{overloaded, BatchItem, EngineConfig, Instance, Sources, VersionKey};
+use super::types::{overloaded, BatchItem, EngineConfig, Instance, Sources, Ticket, VersionKey};
 use crate::metrics::RuntimeMetrics;
 
 /// The node's instances, keyed by function version.
@@ -52,6 +52,7 @@ pub(super) struct Grant {
 
 pub(super) struct Waiter {
     pub(super) priority: Priority,
+    pub(super) cost: u64,
     pub(super) seq: u64,
     pub(super) tx: oneshot::Sender<Result<Grant, ApiError>>,
 }
@@ -61,7 +62,7 @@ pub(super) struct Pool {
     pub(super) slots: Vec<Slot>,
     pub(super) loading: usize,
     pub(super) queue: Vec<Waiter>,
-    /// Exponentially weighted average run time.
+    /// Exponentially weighted average run time of one cost unit.
     pub(super) average_run: Option<Duration>,
     pub(super) seq: u64,
 }
@@ -100,7 +101,7 @@ impl Pool {
             let waiter = self.queue.remove(best);
             let slot = &mut self.slots[index];
             let grant = Grant {
-                lease: Lease::new(engine, key, &slot.instance),
+                lease: Lease::new(engine, key, &slot.instance, waiter.cost),
                 cold: slot.fresh,
             };
             match waiter.tx.send(Ok(grant)) {
@@ -115,21 +116,26 @@ impl Pool {
         }
     }
 
-    /// Refuses at once a call that could not start before its deadline.
-    pub(super) fn check_deadline(
-        &self,
-        priority: Priority,
-        deadline: Instant,
-    ) -> Result<(), ApiError> {
+    /// Refuses at once a call that could not finish before its deadline: the
+    /// cost units queued ahead of it, its own included, shared among the
+    /// instances, at the average run time of a unit.
+    pub(super) fn check_deadline(&self, ticket: Ticket, deadline: Instant) -> Result<(), ApiError> {
+        let priority = ticket.priority;
         let Some(average) = self.average_run else {
             return Ok(());
         };
         if self.slots.iter().any(|s| !s.busy) {
             return Ok(());
         }
-        let ahead = self.queue.iter().filter(|w| w.priority >= priority).count();
-        let workers = (self.slots.len() + self.loading).max(1);
-        let wait = average.mul_f64(((ahead + 1) as f64 / workers as f64).ceil());
+        let ahead: u64 = self
+            .queue
+            .iter()
+            .filter(|w| w.priority >= priority)
+            .map(|w| w.cost)
+            .sum();
+        let workers = (self.slots.len() + self.loading).max(1) as u64;
+        let units = (ahead + ticket.cost.max(1)).div_ceil(workers);
+        let wait = average.saturating_mul(u32::try_from(units).unwrap_or(u32::MAX));
         if wait > deadline.saturating_duration_since(Instant::now()) {
             return Err(overloaded(
                 format!(
@@ -150,7 +156,8 @@ impl Pool {
             || self.queue.iter().any(|w| w.priority < priority)
     }
 
-    fn record_run(&mut self, took: Duration) {
+    fn record_run(&mut self, took: Duration, cost: u64) {
+        let took = took / u32::try_from(cost.max(1)).unwrap_or(u32::MAX);
         self.average_run = Some(match self.average_run {
             None => took,
             Some(avg) => avg.mul_f64(0.8) + took.mul_f64(0.2),
@@ -179,10 +186,10 @@ impl Engine {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn release(self: &Arc<Self>, key: &VersionKey, instance: &Instance, took: Duration) {
+    fn release(self: &Arc<Self>, key: &VersionKey, instance: &Instance, took: Duration, cost: u64) {
         let mut state = self.lock();
         if let Some(pool) = state.pools.get_mut(key) {
-            pool.record_run(took);
+            pool.record_run(took, cost);
             if let Some(slot) = pool.slots.iter_mut().find(|s| s.instance.id == instance.id) {
                 slot.busy = false;
                 slot.last_used = Instant::now();
@@ -198,16 +205,24 @@ pub(super) struct Lease {
     key: VersionKey,
     pub(super) instance: Arc<Instance>,
     pub(super) started: Instant,
+    /// The cost units the run serves (its average is kept per unit).
+    pub(super) cost: u64,
     armed: bool,
 }
 
 impl Lease {
-    pub(super) fn new(engine: &Arc<Engine>, key: &VersionKey, instance: &Arc<Instance>) -> Self {
+    pub(super) fn new(
+        engine: &Arc<Engine>,
+        key: &VersionKey,
+        instance: &Arc<Instance>,
+        cost: u64,
+    ) -> Self {
         Lease {
             engine: engine.clone(),
             key: key.clone(),
             instance: instance.clone(),
             started: Instant::now(),
+            cost,
             armed: true,
         }
     }
@@ -222,7 +237,7 @@ impl Drop for Lease {
     fn drop(&mut self) {
         if self.armed {
             self.engine
-                .release(&self.key, &self.instance, self.started.elapsed());
+                .release(&self.key, &self.instance, self.started.elapsed(), self.cost);
         }
     }
 }
@@ -234,9 +249,69 @@ mod tests {
     fn waiter(priority: Priority, seq: u64) -> Waiter {
         Waiter {
             priority,
+            cost: 1,
             seq,
             tx: oneshot::channel().0,
         }
+    }
+
+    fn pool(average_ms: u64, costs: &[u64]) -> Pool {
+        let body = format!(
+            r#"{{"name": "f", "model": "sha256:{}", "inputs": {{"x": {{"tensor": "x"}}}}, "outputs": {{"y": {{"tensor": "y"}}}}}}"#,
+            "0".repeat(64)
+        );
+        let definition =
+            contract::definition::parse(body.as_bytes(), contract::definition::Syntax::Json)
+                .unwrap();
+        let mut pool = Pool::new(Arc::new(FunctionVersion {
+            tenant: "t".into(),
+            name: "f".into(),
+            version: 1,
+            created_at_ms: 1,
+            definition,
+            signature: contract::version::ModelSignature {
+                inputs: vec![],
+                outputs: vec![],
+            },
+            inputs: vec![],
+            outputs: vec![],
+            model_size_bytes: 0,
+            schemas: Default::default(),
+        }));
+        pool.average_run = Some(Duration::from_millis(average_ms));
+        for (seq, cost) in costs.iter().enumerate() {
+            let mut w = waiter(Priority::Normal, seq as u64);
+            w.cost = *cost;
+            pool.queue.push(w);
+        }
+        pool
+    }
+
+    #[test]
+    fn the_wait_estimate_counts_cost_units_not_calls() {
+        let within = |pool: &Pool, cost: u64, ms: u64| {
+            let deadline = Instant::now() + Duration::from_millis(ms);
+            let ticket = Ticket {
+                priority: Priority::Normal,
+                cost,
+            };
+            pool.check_deadline(ticket, deadline).is_ok()
+        };
+        // Two light calls ahead at 10 ms a unit: a light call needs ~30 ms.
+        let light = pool(10, &[1, 1]);
+        assert!(within(&light, 1, 100));
+        // The same two calls weighing 20 each: 410 ms, refused at once.
+        let heavy = pool(10, &[20, 20]);
+        assert!(!within(&heavy, 1, 100));
+        assert!(within(&heavy, 1, 1000));
+        // A costly call behind light ones waits for its own units too.
+        assert!(!within(&light, 50, 100));
+        // Calls of lower priority are not ahead of it.
+        let mut low = pool(10, &[]);
+        let mut w = waiter(Priority::Low, 1);
+        w.cost = 1000;
+        low.queue.push(w);
+        assert!(within(&low, 1, 100));
     }
 
     #[test]

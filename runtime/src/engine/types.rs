@@ -113,6 +113,22 @@ pub struct Instance {
     pub(super) cold: Mutex<Option<ColdParts>>,
 }
 
+/// What a call asks of its version's queue: its priority, and its cost (the
+/// router's `x-taskmesh-cost`, 1 without one): the queue's wait estimate
+/// counts cost units, not calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    pub priority: Priority,
+    pub cost: u64,
+}
+
+impl Ticket {
+    /// A call of `priority` that costs 1.
+    pub fn of(priority: Priority) -> Self {
+        Ticket { priority, cost: 1 }
+    }
+}
+
 /// One call waiting to be batched.
 pub(super) struct BatchItem {
     pub(super) inputs: TensorInputs,
@@ -121,6 +137,6 @@ pub(super) struct BatchItem {
     pub(super) rows: usize,
     pub(super) arrived: Instant,
     pub(super) deadline: Instant,
-    pub(super) priority: Priority,
+    pub(super) ticket: Ticket,
     pub(super) tx: oneshot::Sender<Result<RunOutcome, ApiError>>,
 }

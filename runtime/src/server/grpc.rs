@@ -16,7 +16,7 @@ use contract::grpc::{self, pb};
 use contract::{headers, ApiError};
 use http_body_util::{BodyExt, Full};
 
-use super::{budget, invocation_id, priority};
+use super::{budget, invocation_id, ticket};
 use super::{with_headers, Node};
 
 pub(super) async fn infer(
@@ -34,7 +34,7 @@ pub(super) async fn infer(
         let inputs = std::mem::take(&mut request.inputs);
         let outcome = node
             .engine
-            .run(&version, inputs, budget(&headers), priority(&headers)?)
+            .run(&version, inputs, budget(&headers), ticket(&headers)?)
             .await?;
         let answer = grpc::infer_response(&version, &request, &outcome.outputs);
         Ok(with_headers(
