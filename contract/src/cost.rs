@@ -269,6 +269,72 @@ mod tests {
         assert_eq!(p.cost_of(u64::MAX), MAX_COST);
     }
 
+    fn definition(inputs: &str, cost: &str) -> TaskDefinition {
+        let body = format!(
+            r#"{{"name": "f", "model": "sha256:{}", "inputs": {inputs}, "outputs": {{"y": {{"tensor": "y"}}}}, "cost": {cost}}}"#,
+            "0".repeat(64)
+        );
+        crate::definition::parse(body.as_bytes(), crate::definition::Syntax::Json).unwrap()
+    }
+
+    #[test]
+    fn tokens_are_estimated_per_text_within_max_length() {
+        let tokenizer = format!("sha256:{}", "1".repeat(64));
+        let d = definition(
+            &format!(r#"{{"text": {{"text": {{"tokenizer": "{tokenizer}", "max_length": 16}}}}}}"#),
+            r#"{"per": "tokens", "unit": 4}"#,
+        );
+        let field = TextField {
+            field: "text".into(),
+            // 8 bytes: 2 tokens + 2 special; 400 bytes: capped at 16.
+            texts: vec!["abcdefgh".into(), "x".repeat(400)],
+        };
+        assert_eq!(text_tokens(&d, &field), 4 + 16);
+        assert_eq!(d.cost.as_ref().unwrap().cost_of(20), 5);
+    }
+
+    #[test]
+    fn pixels_come_from_each_images_header_and_unreadable_ones_count_as_the_largest() {
+        let d = definition(
+            r#"{"image": {"tensor": "x", "image": {"decode": "png", "resize": [28, 28]}}}"#,
+            r#"{"per": "pixels", "unit": 1024}"#,
+        );
+        let spec = d.inputs["image"].image.clone().unwrap();
+        let field = |images| ImageField {
+            field: "image".into(),
+            images,
+        };
+        assert_eq!(image_pixels(&d, &field(vec![png(64, 32)])), 2048);
+        assert_eq!(
+            image_pixels(&d, &field(vec![png(64, 32), jpeg(10, 10)])),
+            2148
+        );
+        assert_eq!(
+            image_pixels(&d, &field(vec![b"not an image".to_vec()])),
+            spec.decoded_bytes_cap() / 4
+        );
+    }
+
+    #[test]
+    fn registration_needs_what_the_measure_counts() {
+        let tensor = r#"{"x": {"tensor": "x"}}"#;
+        let d = definition(tensor, r#"{"per": "elements", "unit": 1}"#);
+        assert!(check(&d, "/cost").is_empty());
+        for (cost, pointer) in [
+            (r#"{"per": "tokens", "unit": 1}"#, "/cost/per"),
+            (r#"{"per": "pixels", "unit": 1}"#, "/cost/per"),
+            (r#"{"per": "input_bytes", "unit": 0}"#, "/cost/unit"),
+        ] {
+            let body = format!(
+                r#"{{"name": "f", "model": "sha256:{}", "inputs": {tensor}, "outputs": {{"y": {{"tensor": "y"}}}}, "cost": {cost}}}"#,
+                "0".repeat(64)
+            );
+            let err = crate::definition::parse(body.as_bytes(), crate::definition::Syntax::Json)
+                .unwrap_err();
+            assert_eq!(err.violations[0].pointer, pointer, "{cost}");
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn image_size_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
