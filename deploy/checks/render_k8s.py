@@ -43,6 +43,7 @@ import argparse
 import math
 import os
 import re
+import pathlib
 import sys
 from decimal import Decimal
 from fractions import Fraction
@@ -183,6 +184,13 @@ def check_node_ingress(where, policy, deployments):
                 fail(f"{where}: ingress port {port} is not the node's port {sorted(ports)}")
 
 
+def adapter_metrics():
+    """External metric names deploy/prometheus-adapter/rules.yaml serves."""
+    path = pathlib.Path(__file__).resolve().parent.parent / "prometheus-adapter" / "rules.yaml"
+    rules = yaml.safe_load(path.read_text())
+    return {r["name"]["as"] for r in rules.get("externalRules", [])}
+
+
 def check_policies(scenario, objects):
     where = f"{scenario}"
     cluster_key_refs = set()
@@ -301,6 +309,12 @@ def check_policies(scenario, objects):
                 fail(f"{where}: HorizontalPodAutoscaler {name} targets a missing Deployment {target}")
             elif "replicas" in deployments[target]["spec"]:
                 fail(f"{where}: Deployment {target} sets replicas although {name} owns the count")
+            for m in o["spec"].get("metrics", []):
+                if m["type"] == "External":
+                    metric = m["external"]["metric"]["name"]
+                    if metric not in adapter_metrics():
+                        fail(f"{where}: HorizontalPodAutoscaler {name} scales on {metric}, which "
+                             f"deploy/prometheus-adapter/rules.yaml does not serve ({sorted(adapter_metrics())})")
         if ns is None and kind != "Namespace":
             fail(f"{where}: {kind} {name} has no namespace (kubernetes_manifest needs one)")
 

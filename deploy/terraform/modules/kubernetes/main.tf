@@ -24,6 +24,28 @@ locals {
   }
   configmap = "${var.name}-config"
 
+  # HorizontalPodAutoscaler metrics (autoscaling/v2): CPU utilisation for
+  # every scaled Deployment, and for the CPU node pool with task_autoscaling
+  # also the weighted task backlog, an external metric served by
+  # prometheus-adapter from the routers' taskmesh_router_tasks_backlog_cost
+  # (deploy/prometheus-adapter/rules.yaml). The HPA follows whichever of the
+  # two asks for more pods: ceil(backlog / backlog_per_node) for the backlog.
+  cpu_metric = {
+    for name, utilization in {
+      router = var.router.target_cpu_utilization
+      cpu    = var.cpu_pool.target_cpu_utilization
+      gpu    = 80
+    } : name => { type = "Resource", resource = { name = "cpu", target = { type = "Utilization", averageUtilization = utilization } } }
+  }
+  backlog_metric = {
+    type = "External"
+    external = {
+      metric = { name = var.task_autoscaling.metric_name }
+      target = { type = "AverageValue", averageValue = tostring(var.task_autoscaling.backlog_per_node) }
+    }
+  }
+  node_cpu_metrics = var.task_autoscaling.enabled ? [local.cpu_metric.cpu, local.backlog_metric] : [local.cpu_metric.cpu]
+
   # Quantities in the canonical form the API server returns ("4Gi", not
   # "4096Mi"): kubernetes_manifest compares what it applied with what it
   # reads back and fails the apply ("inconsistent result") on any difference.
@@ -233,7 +255,7 @@ locals {
         target                 = "${var.name}-router"
         min_replicas           = var.router.replicas
         max_replicas           = var.router.max_replicas
-        target_cpu_utilization = var.router.target_cpu_utilization
+        metrics                = [local.cpu_metric.router]
         scale_down_window_s    = 300
       }
     }
@@ -349,7 +371,7 @@ locals {
         target                 = "${var.name}-node-cpu"
         min_replicas           = var.cpu_pool.replicas
         max_replicas           = var.cpu_pool.max_replicas
-        target_cpu_utilization = var.cpu_pool.target_cpu_utilization
+        metrics                = local.node_cpu_metrics
         scale_down_window_s    = 600
       }
     }
@@ -412,7 +434,7 @@ locals {
         target                 = "${var.name}-node-gpu"
         min_replicas           = try(var.gpu_pool.replicas, 1)
         max_replicas           = try(var.gpu_pool.max_replicas, 1)
-        target_cpu_utilization = 80
+        metrics                = [local.cpu_metric.gpu]
         scale_down_window_s    = 900
       }
     }

@@ -311,6 +311,25 @@ variable "cpu_pool" {
   }
 }
 
+variable "task_autoscaling" {
+  description = "Scale the CPU node pool on the weighted task backlog as well as on CPU (the HorizontalPodAutoscaler follows whichever asks for more pods, between cpu_pool.replicas and cpu_pool.max_replicas): ceil(backlog / backlog_per_node) pods, where the backlog is the summed cost of queued and running tasks. Needs an external metrics API serving metric_name, e.g. prometheus-adapter with deploy/prometheus-adapter/rules.yaml and a Prometheus that scrapes the routers' /metrics."
+  type = object({
+    enabled          = optional(bool, false)
+    metric_name      = optional(string, "taskmesh_tasks_backlog_cost")
+    backlog_per_node = optional(number, 64)
+  })
+  default = {}
+
+  validation {
+    condition     = var.task_autoscaling.backlog_per_node >= 1 && floor(var.task_autoscaling.backlog_per_node) == var.task_autoscaling.backlog_per_node
+    error_message = "task_autoscaling.backlog_per_node must be a whole number of cost units, at least 1."
+  }
+  validation {
+    condition     = can(regex("^[a-z_][a-z0-9_]*$", var.task_autoscaling.metric_name))
+    error_message = "task_autoscaling.metric_name must be a Prometheus-style metric name (lowercase letters, digits and underscores)."
+  }
+}
+
 variable "gpu_pool" {
   description = "Optional GPU runtime node pool (null: none). Its pods run `taskmesh node --gpu` from the GPU image (deploy/docker/Dockerfile.gpu), request gpus nvidia.com/gpu each, and by default tolerate the nvidia.com/gpu taint. Set node_selector to the labels of your GPU nodes. Rollouts: with max_surge 0 (the default) an upgrade replaces one GPU pod at a time (maxUnavailable 1), which needs no spare GPU but leaves GPU functions with one pod fewer meanwhile (none while the pool has one replica); max_surge 1 starts the new pod first, which needs a free GPU or a cluster autoscaler that adds a GPU instance within the rollout timeout (15 minutes)."
   type = object({

@@ -147,6 +147,10 @@ module "taskmesh" {
   registry = { replicas = 2, node_selector = { "taskmesh.io/pool" = "cpu" } }
   cpu_pool = { replicas = 2, max_replicas = 6, node_selector = { "taskmesh.io/pool" = "cpu" } }
 
+  # Also scale the CPU nodes on the weighted task backlog (needs
+  # prometheus-adapter with deploy/prometheus-adapter/rules.yaml).
+  task_autoscaling = { enabled = true, backlog_per_node = 64 }
+
   gpu_pool = local.gpu ? {
     image = {
       repository = local.infra.ecr_repository_urls["taskmesh-gpu"]
