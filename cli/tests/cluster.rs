@@ -196,6 +196,46 @@ async fn limits_hold_across_two_routers() {
     }
     assert_eq!(admitted, 25);
 
+    // Cost weights through the shared limits: a digits call (64 values) at
+    // 16 a unit costs 4, so a quota of 20 admits 5 calls and a burst of 12
+    // (refilling once in 100 s) admits 3, whichever router is asked.
+    let weighed = |extra: Value| {
+        let mut extra = extra;
+        extra["cost"] = json!({"per": "elements", "unit": 16});
+        extra
+    };
+    cluster
+        .digits(
+            &digest,
+            "weighed-quota",
+            weighed(json!({"quota": {"per_day": 20}})),
+        )
+        .await;
+    cluster
+        .digits(
+            &digest,
+            "weighed-rate",
+            weighed(json!({"rate_limit": {"per_second": 0.01, "burst": 12}})),
+        )
+        .await;
+    for (name, code, expected) in [
+        ("weighed-quota", "quota_exceeded", 5),
+        ("weighed-rate", "rate_limited", 3),
+    ] {
+        let mut admitted = 0;
+        for i in 0..12 {
+            let url = cluster.routers[i % 2].url(&format!("/v1/functions/{name}/invoke"));
+            let reply = client.post_json(&url, &sample()).await;
+            match reply.status.as_u16() {
+                200 => admitted += 1,
+                _ => {
+                    reply.expect_error(429, code);
+                }
+            }
+        }
+        assert_eq!(admitted, expected, "{name}");
+    }
+
     // Rate: 40 per second across both routers, 16 concurrent callers for 3 s.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let start = Instant::now();
