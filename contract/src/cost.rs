@@ -17,12 +17,11 @@
 //!   header (an image whose header cannot be read counts as the largest the
 //!   input accepts: its decoded-bytes cap over 4 bytes per pixel).
 //!
-//! Independent layer: names only the definition and tensor types.
+//! The measuring itself is `crate::measure`. Independent layer: names only
+//! the tensor types.
 
 use serde::{Deserialize, Serialize};
 
-use crate::definition::TaskDefinition;
-use crate::protocol::{ImageField, InvokeInput, TensorInputs, TextField};
 use crate::tensor::Violation;
 
 /// The most one call can cost.
@@ -67,30 +66,20 @@ impl CostPolicy {
     }
 }
 
-/// Registration checks: `unit` in 1..=[`MAX_UNIT`]; `tokens` needs a text
-/// input and `pixels` an image input (otherwise every call would cost 1,
-/// which is never what was meant).
-pub fn check(d: &TaskDefinition, pointer: &str) -> Vec<Violation> {
+/// Registration checks of a definition's `cost` (at `pointer`): `unit` in
+/// 1..=[`MAX_UNIT`]; `tokens` needs a text input and `pixels` an image input
+/// (otherwise every call would cost 1, which is never what was meant).
+pub fn check(cost: &CostPolicy, has_text: bool, has_image: bool, pointer: &str) -> Vec<Violation> {
     let mut v = Vec::new();
-    let Some(cost) = &d.cost else { return v };
     if !(1..=MAX_UNIT).contains(&cost.unit) {
         v.push(Violation::new(
             format!("{pointer}/unit"),
             format!("must be between 1 and {MAX_UNIT}"),
         ));
     }
-    let has = |text: bool| {
-        d.inputs.values().any(|spec| {
-            if text {
-                spec.text.is_some()
-            } else {
-                spec.image.is_some()
-            }
-        })
-    };
     let missing = match cost.per {
-        CostMeasure::Tokens if !has(true) => Some("a text input"),
-        CostMeasure::Pixels if !has(false) => Some("an image input"),
+        CostMeasure::Tokens if !has_text => Some("a text input"),
+        CostMeasure::Pixels if !has_image => Some("an image input"),
         _ => None,
     };
     if let Some(missing) = missing {
@@ -103,74 +92,6 @@ pub fn check(d: &TaskDefinition, pointer: &str) -> Vec<Violation> {
         ));
     }
     v
-}
-
-/// What a validated call is measured on.
-pub enum Measured<'a> {
-    /// A JSON invoke body, mapped onto the definition's inputs.
-    Invoke(&'a InvokeInput),
-    /// An Open Inference Protocol request (REST or gRPC): its tensors.
-    Tensors(&'a TensorInputs),
-}
-
-/// The cost of one validated call of a function defined by `d`, whose body
-/// was `body_bytes` long.
-pub fn call_cost(d: &TaskDefinition, body_bytes: usize, input: Measured<'_>) -> u64 {
-    let Some(policy) = &d.cost else { return 1 };
-    let (tensors, texts, images): (&TensorInputs, &[TextField], &[ImageField]) = match input {
-        Measured::Invoke(input) => (input.tensors(), input.texts(), input.images()),
-        Measured::Tensors(tensors) => (tensors, &[], &[]),
-    };
-    let amount = match policy.per {
-        CostMeasure::InputBytes => body_bytes as u64,
-        CostMeasure::Elements => {
-            let values: u64 = tensors
-                .iter()
-                .map(|(_, t)| t.shape.iter().map(|&n| n as u64).product::<u64>())
-                .sum();
-            let items: usize = texts.iter().map(|f| f.texts.len()).sum::<usize>()
-                + images.iter().map(|f| f.images.len()).sum::<usize>();
-            values.saturating_add(items as u64)
-        }
-        CostMeasure::Tokens => texts.iter().map(|f| text_tokens(d, f)).sum(),
-        CostMeasure::Pixels => images.iter().map(|f| image_pixels(d, f)).sum(),
-    };
-    policy.cost_of(amount)
-}
-
-/// Estimated tokens of one text field: 4 bytes a token, plus 2 special
-/// tokens, at most `max_length` per text.
-fn text_tokens(d: &TaskDefinition, field: &TextField) -> u64 {
-    let spec = d.inputs.get(&field.field).and_then(|s| s.text.as_ref());
-    let max_length = spec.map_or(u64::MAX, |s| s.max_length as u64);
-    let special = spec.map_or(0, |s| if s.add_special_tokens { 2 } else { 0 });
-    field
-        .texts
-        .iter()
-        .map(|t| {
-            (t.len() as u64)
-                .div_ceil(4)
-                .saturating_add(special)
-                .min(max_length)
-        })
-        .sum()
-}
-
-/// Pixels of one image field, from each image's header.
-fn image_pixels(d: &TaskDefinition, field: &ImageField) -> u64 {
-    let largest = d
-        .inputs
-        .get(&field.field)
-        .and_then(|s| s.image.as_ref())
-        .map_or(u64::MAX / 1024, |s| s.decoded_bytes_cap() / 4);
-    field
-        .images
-        .iter()
-        .map(|bytes| match image_size(bytes) {
-            Some((w, h)) => (u64::from(w) * u64::from(h)).min(largest),
-            None => largest,
-        })
-        .fold(0u64, u64::saturating_add)
 }
 
 /// Width and height from a PNG's IHDR chunk or a JPEG's first
@@ -223,10 +144,10 @@ pub fn image_size(bytes: &[u8]) -> Option<(u32, u32)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn png(w: u32, h: u32) -> Vec<u8> {
+    pub(crate) fn png(w: u32, h: u32) -> Vec<u8> {
         let mut b = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
         b.extend_from_slice(&w.to_be_bytes());
         b.extend_from_slice(&h.to_be_bytes());
@@ -234,7 +155,7 @@ mod tests {
         b
     }
 
-    fn jpeg(w: u16, h: u16) -> Vec<u8> {
+    pub(crate) fn jpeg(w: u16, h: u16) -> Vec<u8> {
         let mut b = vec![0xFF, 0xD8];
         // An APP0 segment to skip, with fill bytes before the next marker.
         b.extend_from_slice(&[0xFF, 0xE0, 0x00, 0x06, b'J', b'F', b'I', b'F']);
@@ -267,72 +188,6 @@ mod tests {
         assert_eq!(p.cost_of(1000), 1);
         assert_eq!(p.cost_of(1001), 2);
         assert_eq!(p.cost_of(u64::MAX), MAX_COST);
-    }
-
-    fn definition(inputs: &str, cost: &str) -> TaskDefinition {
-        let body = format!(
-            r#"{{"name": "f", "model": "sha256:{}", "inputs": {inputs}, "outputs": {{"y": {{"tensor": "y"}}}}, "cost": {cost}}}"#,
-            "0".repeat(64)
-        );
-        crate::definition::parse(body.as_bytes(), crate::definition::Syntax::Json).unwrap()
-    }
-
-    #[test]
-    fn tokens_are_estimated_per_text_within_max_length() {
-        let tokenizer = format!("sha256:{}", "1".repeat(64));
-        let d = definition(
-            &format!(r#"{{"text": {{"text": {{"tokenizer": "{tokenizer}", "max_length": 16}}}}}}"#),
-            r#"{"per": "tokens", "unit": 4}"#,
-        );
-        let field = TextField {
-            field: "text".into(),
-            // 8 bytes: 2 tokens + 2 special; 400 bytes: capped at 16.
-            texts: vec!["abcdefgh".into(), "x".repeat(400)],
-        };
-        assert_eq!(text_tokens(&d, &field), 4 + 16);
-        assert_eq!(d.cost.as_ref().unwrap().cost_of(20), 5);
-    }
-
-    #[test]
-    fn pixels_come_from_each_images_header_and_unreadable_ones_count_as_the_largest() {
-        let d = definition(
-            r#"{"image": {"tensor": "x", "image": {"decode": "png", "resize": [28, 28]}}}"#,
-            r#"{"per": "pixels", "unit": 1024}"#,
-        );
-        let spec = d.inputs["image"].image.clone().unwrap();
-        let field = |images| ImageField {
-            field: "image".into(),
-            images,
-        };
-        assert_eq!(image_pixels(&d, &field(vec![png(64, 32)])), 2048);
-        assert_eq!(
-            image_pixels(&d, &field(vec![png(64, 32), jpeg(10, 10)])),
-            2148
-        );
-        assert_eq!(
-            image_pixels(&d, &field(vec![b"not an image".to_vec()])),
-            spec.decoded_bytes_cap() / 4
-        );
-    }
-
-    #[test]
-    fn registration_needs_what_the_measure_counts() {
-        let tensor = r#"{"x": {"tensor": "x"}}"#;
-        let d = definition(tensor, r#"{"per": "elements", "unit": 1}"#);
-        assert!(check(&d, "/cost").is_empty());
-        for (cost, pointer) in [
-            (r#"{"per": "tokens", "unit": 1}"#, "/cost/per"),
-            (r#"{"per": "pixels", "unit": 1}"#, "/cost/per"),
-            (r#"{"per": "input_bytes", "unit": 0}"#, "/cost/unit"),
-        ] {
-            let body = format!(
-                r#"{{"name": "f", "model": "sha256:{}", "inputs": {tensor}, "outputs": {{"y": {{"tensor": "y"}}}}, "cost": {cost}}}"#,
-                "0".repeat(64)
-            );
-            let err = crate::definition::parse(body.as_bytes(), crate::definition::Syntax::Json)
-                .unwrap_err();
-            assert_eq!(err.violations[0].pointer, pointer, "{cost}");
-        }
     }
 
     proptest::proptest! {

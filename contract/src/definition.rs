@@ -544,7 +544,11 @@ fn check_fields(d: &TaskDefinition) -> Vec<Violation> {
     if let Some(q) = &d.quota {
         v.extend(check_quota(q, "/quota"));
     }
-    v.extend(crate::cost::check(d, "/cost"));
+    if let Some(cost) = &d.cost {
+        let has_text = d.inputs.values().any(|spec| spec.text.is_some());
+        let has_image = d.inputs.values().any(|spec| spec.image.is_some());
+        v.extend(crate::cost::check(cost, has_text, has_image, "/cost"));
+    }
     if let Some(cache) = &d.cache {
         v.extend(crate::cache::check(cache, "/cache"));
     }

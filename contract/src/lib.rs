@@ -30,6 +30,7 @@ pub mod headers;
 pub mod http;
 pub mod json;
 pub mod limits;
+pub mod measure;
 pub mod names;
 pub mod oip;
 pub mod onnx;

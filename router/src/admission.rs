@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use contract::cost::{self, Measured};
+use contract::cost;
 use contract::limits::{DEFAULT_MAX_BODY_BYTES, MAX_JSON_DEPTH};
+use contract::measure::{self, Measured};
 use contract::{protocol, ApiError, ErrorCode, FunctionVersion};
 use pingora_proxy::Session;
 
@@ -72,12 +73,12 @@ pub fn validate(
                 }
             }
             let input = protocol::invoke_inputs(version, &value)?;
-            let cost = cost::call_cost(d, body.len(), Measured::Invoke(&input));
+            let cost = measure::call_cost(d, body.len(), Measured::Invoke(&input));
             Ok(Validated { body: value, cost })
         }
         BodyKind::Infer => {
             let request = contract::oip::parse_infer(version, body, oip_header_length)?;
-            let cost = cost::call_cost(d, body.len(), Measured::Tensors(&request.inputs));
+            let cost = measure::call_cost(d, body.len(), Measured::Tensors(&request.inputs));
             Ok(Validated {
                 body: serde_json::Value::Null,
                 cost,
@@ -86,7 +87,7 @@ pub fn validate(
         BodyKind::GrpcInfer => {
             let request = contract::grpc::decode(body)?;
             let request = contract::grpc::infer_request(version, &request)?;
-            let cost = cost::call_cost(d, body.len(), Measured::Tensors(&request.inputs));
+            let cost = measure::call_cost(d, body.len(), Measured::Tensors(&request.inputs));
             Ok(Validated {
                 body: serde_json::Value::Null,
                 cost,

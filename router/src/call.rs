@@ -8,13 +8,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use contract::{ApiError, ErrorCode, FunctionVersion, Principal};
 use pingora_error::{Error, ErrorSource};
 use policies::breaker::{Outcome, Permit};
 
 use crate::admission::StreamedBody;
 use crate::cache::CacheUse;
-use crate::guards::GuardPass;
+use crate::guards::{GuardPass, Guards};
 use crate::placement::InFlight;
 use crate::respond::Stamp;
 use crate::routes::BodyKind;
@@ -95,6 +97,30 @@ impl Ctx {
             cache: None,
             cost: 1,
         }
+    }
+
+    /// Feeds a chunk of a streamed body (`None`: the body is not streamed).
+    /// Once the whole body validated, the rest of its cost is charged
+    /// before the node sees it (the estimate stays what the node was told).
+    pub(crate) async fn take_streamed(
+        &mut self,
+        guards: &Guards,
+        chunk: Option<Bytes>,
+        end_of_stream: bool,
+    ) -> Option<Result<Bytes, ApiError>> {
+        let streamed = self.streamed.as_mut()?;
+        let taken = streamed.take(chunk, end_of_stream);
+        let extra = streamed.uncharged();
+        if taken.is_err() || extra == 0 {
+            return Some(taken);
+        }
+        streamed.charged += extra;
+        if let (Some(principal), Some(version)) = (&self.principal, &self.function) {
+            if let Err(err) = guards.charge_more(principal, version, extra).await {
+                return Some(Err(err));
+            }
+        }
+        Some(taken)
     }
 
     /// The time left before the call's deadline.

@@ -108,10 +108,10 @@ impl TaskmeshProxy {
                     ctx.deadline = Some(ctx.deadline.map_or(wanted, |d| d.min(wanted)));
                 }
                 let inputs = grpc::infer_request(&version, &request)?.inputs;
-                ctx.cost = contract::cost::call_cost(
+                ctx.cost = contract::measure::call_cost(
                     &version.definition,
                     body.len(),
-                    contract::cost::Measured::Tensors(&inputs),
+                    contract::measure::Measured::Tensors(&inputs),
                 );
                 self.apply_guards(ctx, principal, &version).await?;
                 Ok(Decision::Proxy)

@@ -467,22 +467,12 @@ impl ProxyHttp for TaskmeshProxy {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let Some(streamed) = ctx.streamed.as_mut() else {
+        let Some(taken) = ctx
+            .take_streamed(&self.state.guards, body.take(), end_of_stream)
+            .await
+        else {
             return Ok(());
         };
-        let mut taken = streamed.take(body.take(), end_of_stream);
-        let extra = streamed.uncharged();
-        if taken.is_ok() && extra > 0 {
-            // The rest of its cost, now known: charged before the node sees
-            // the body (the estimate stays what the node was told).
-            streamed.charged += extra;
-            if let (Some(principal), Some(version)) = (&ctx.principal, &ctx.function) {
-                let guards = &self.state.guards;
-                if let Err(err) = guards.charge_more(principal, version, extra).await {
-                    taken = Err(err);
-                }
-            }
-        }
         match taken {
             Ok(forward) => {
                 *body = Some(forward);
