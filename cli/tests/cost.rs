@@ -37,7 +37,8 @@ async fn heavy_calls_take_their_cost_from_rate_limits_and_quotas() {
     // Without a cost every call costs 1: ten calls of 6 rows pass.
     let url = p.router_url("/v1/functions/unweighed/invoke");
     for _ in 0..10 {
-        assert_eq!(client.post_json(&url, &rows(6)).await.status, 200);
+        let reply = client.post_json(&url, &rows(6)).await;
+        assert_eq!(reply.status, 200, "{}", reply.json());
     }
 
     // With one: 6 of the 10 tokens, then a call of 6 is refused whole (its

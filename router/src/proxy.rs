@@ -467,6 +467,9 @@ impl ProxyHttp for TaskmeshProxy {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if ctx.streamed.is_none() {
+            return Ok(());
+        }
         let Some(taken) = ctx
             .take_streamed(&self.state.guards, body.take(), end_of_stream)
             .await
