@@ -498,7 +498,8 @@ fn retries_total(metrics: &str) -> u64 {
 #[tokio::test]
 async fn a_refused_connection_is_retried_and_the_dead_node_ejected() {
     // The first candidate of some functions is a node that is not there.
-    let dead = free_addr().to_string();
+    let (_held, dead) = dead_addr();
+    let dead = dead.to_string();
     let p = Platform::start(&["--no-examples", "--extra-node", &dead]);
     let client = p.client();
     let names: Vec<String> = (0..8).map(|i| format!("f{i}")).collect();
@@ -532,7 +533,8 @@ async fn a_refused_connection_is_retried_and_the_dead_node_ejected() {
 
 #[tokio::test]
 async fn a_refused_connection_without_retries_is_503() {
-    let dead = free_addr().to_string();
+    let (_held, dead) = dead_addr();
+    let dead = dead.to_string();
     let p = Platform::start(&["--no-examples", "--extra-node", &dead]);
     let client = p.client();
     let mut unavailable = 0;

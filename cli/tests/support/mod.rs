@@ -41,6 +41,18 @@ pub fn free_addr() -> SocketAddr {
     listener.local_addr().expect("local addr")
 }
 
+/// An address nothing answers on: a port bound but not listening, so a
+/// connection is refused, and held (keep the socket) so that no other test's
+/// process can take it meanwhile, as it could a port from [`free_addr`].
+pub fn dead_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.1:0".parse().unwrap())
+        .expect("bind a free port");
+    let addr = socket.local_addr().expect("local addr");
+    (socket, addr)
+}
+
 /// A running `taskmesh up`, killed on drop.
 pub struct Platform {
     child: Child,
