@@ -105,7 +105,8 @@ pub fn image_size(bytes: &[u8]) -> Option<(u32, u32)> {
         }
         let w = u32::from_be_bytes(bytes.get(16..20)?.try_into().ok()?);
         let h = u32::from_be_bytes(bytes.get(20..24)?.try_into().ok()?);
-        return Some((w, h));
+        // A zero side is no image: unreadable, so it counts as the largest.
+        return (w > 0 && h > 0).then_some((w, h));
     }
     if !bytes.starts_with(&[0xFF, 0xD8]) {
         return None;
@@ -137,7 +138,7 @@ pub fn image_size(bytes: &[u8]) -> Option<(u32, u32)> {
             // length (2), precision (1), height (2), width (2).
             let h = u16::from_be_bytes(bytes.get(at + 3..at + 5)?.try_into().ok()?);
             let w = u16::from_be_bytes(bytes.get(at + 5..at + 7)?.try_into().ok()?);
-            return Some((u32::from(w), u32::from(h)));
+            return (w > 0 && h > 0).then_some((u32::from(w), u32::from(h)));
         }
         at += length;
     }
@@ -173,6 +174,8 @@ pub(crate) mod tests {
         assert_eq!(image_size(&png(640, 480)[..20]), None);
         assert_eq!(image_size(&jpeg(320, 200)[..14]), None);
         assert_eq!(image_size(b"GIF89a"), None);
+        assert_eq!(image_size(&png(0, 480)), None);
+        assert_eq!(image_size(&jpeg(320, 0)), None);
         assert_eq!(image_size(&[0xFF, 0xD8, 0xFF, 0xD9]), None);
         // A segment length below 2 would not advance: refused, not looped on.
         assert_eq!(image_size(&[0xFF, 0xD8, 0xFF, 0xE0, 0, 0]), None);

@@ -114,9 +114,11 @@ impl Ctx {
         if taken.is_err() || extra == 0 {
             return Some(taken);
         }
+        let charged = streamed.charged;
         streamed.charged += extra;
         if let (Some(principal), Some(version)) = (&self.principal, &self.function) {
-            if let Err(err) = guards.charge_more(principal, version, extra).await {
+            let cost = charged + extra;
+            if let Err(err) = guards.charge_more(principal, version, charged, cost).await {
                 return Some(Err(err));
             }
         }

@@ -284,13 +284,16 @@ impl Guards {
     /// and validated (it was admitted on an estimate): more rate-limit
     /// tokens and quota calls, or the refusal that stops it before a node
     /// sees the body.
+    /// `charged` is what it was admitted on, `cost` its whole cost; the rate
+    /// limit takes at most a burst for the two together.
     pub async fn charge_more(
         &self,
         principal: &Principal,
         version: &FunctionVersion,
-        extra: u64,
+        charged: u64,
+        cost: u64,
     ) -> Result<(), ApiError> {
-        if extra == 0 {
+        if cost <= charged {
             return Ok(());
         }
         let rate = principal
@@ -299,10 +302,16 @@ impl Guards {
             .as_ref()
             .or(version.definition.rate_limit.as_ref());
         if let Some(rate) = rate {
-            self.rate_limit(principal, version, rate, extra, &mut Vec::new())
-                .await?;
+            let burst = RateLimitConfig::try_new(rate.per_second, rate.burst)
+                .map_or(u64::MAX, |c| u64::from(c.burst));
+            let tokens = cost.min(burst).saturating_sub(charged.min(burst));
+            if tokens > 0 {
+                self.rate_limit(principal, version, rate, tokens, &mut Vec::new())
+                    .await?;
+            }
         }
-        self.admit_task_submit(principal, version, extra).await
+        self.admit_task_submit(principal, version, cost - charged)
+            .await
     }
 
     /// One attempt of a task: the breaker, then the rate limit (a refusal
@@ -379,7 +388,8 @@ impl Guards {
                     .entry(key)
                     .or_insert_with(|| Arc::new(KeyedLimiter::new(&local)))
                     .clone();
-                limiter.check_n(&principal.client_id, tokens)
+                // This router's share may hold fewer tokens than the call.
+                limiter.check_n(&principal.client_id, tokens.min(local.burst.max(1)))
             }
         };
         *rate_headers = rate_limit_headers(&version.name, &decision, &config);

@@ -99,7 +99,10 @@ impl Leases {
         cost: u32,
     ) -> Result<RateDecision, String> {
         let cost = cost.clamp(1, config.burst.max(1));
-        let want = token_lease_size(config).max(cost);
+        // Leases refill at their usual size; a costly call that finds too
+        // few asks for what it needs.
+        let lease_size = token_lease_size(config);
+        let want = lease_size.max(cost);
         let now = Instant::now();
         {
             let mut leases = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
@@ -114,8 +117,8 @@ impl Leases {
                         remaining: lease.remaining.saturating_add(lease.tokens),
                         reset_after: lease.reset_after,
                     };
-                    let refill = want > 1
-                        && lease.tokens * 2 <= want
+                    let refill = lease_size > 1
+                        && lease.tokens * 2 <= lease_size
                         && !lease.fetching
                         && lease.refused_until.is_none_or(|until| now >= until);
                     if refill {
@@ -123,7 +126,7 @@ impl Leases {
                     }
                     drop(leases);
                     if refill {
-                        self.refill_tokens(key, config, want);
+                        self.refill_tokens(key, config, lease_size);
                     }
                     return Ok(decision);
                 }
@@ -150,9 +153,15 @@ impl Leases {
             if grant.granted > 0 {
                 store_tokens(lease, &grant, have, now);
             }
+            // Until the missing tokens have refilled. Only an empty bucket is
+            // remembered as a refusal: a cheaper call may still pass now.
             let short = config.period().saturating_mul(cost - have);
-            let wait = grant.wait.max(short);
-            lease.refused_until = Some(now + wait);
+            let wait = if grant.granted > 0 {
+                short
+            } else {
+                lease.refused_until = Some(now + grant.wait);
+                grant.wait.max(short)
+            };
             return Ok(RateDecision::Limited {
                 limit: config.burst,
                 retry_after: wait,
@@ -214,7 +223,8 @@ impl Leases {
             .map(|(i, (_, limit, _))| (i, *limit))
             .min_by_key(|(_, limit)| *limit)
             .unwrap_or((0, 1));
-        let want = quota_lease_size(smallest).max(cost);
+        let lease_size = quota_lease_size(smallest);
+        let want = lease_size.max(cost);
         let now = Instant::now();
         {
             let mut leases = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
@@ -222,8 +232,8 @@ impl Leases {
                 if lease.units >= cost {
                     lease.units -= cost;
                     lease.last_used = now;
-                    let refill = want > 1
-                        && lease.units * 2 <= want
+                    let refill = lease_size > 1
+                        && lease.units * 2 <= lease_size
                         && !lease.fetching
                         && lease.exhausted.is_none_or(|(until, _)| now >= until);
                     if refill {
@@ -231,7 +241,7 @@ impl Leases {
                     }
                     drop(leases);
                     if refill {
-                        self.refill_quota(lease_key, windows, want);
+                        self.refill_quota(lease_key, windows, lease_size);
                     }
                     return Ok(None);
                 }
@@ -516,8 +526,12 @@ mod tests {
         let d = leases.rate("k", &config, 10).await.unwrap();
         assert!(matches!(d, RateDecision::Limited { .. }), "{d:?}");
         assert_eq!(shared.tokens.load(Ordering::SeqCst), 0);
+        // The refusal of a costly call does not refuse a cheap one: it
+        // spends a held token at once.
+        let d = leases.rate("k", &config, 1).await.unwrap();
+        assert!(matches!(d, RateDecision::Allowed { .. }), "{d:?}");
         tokio::time::sleep(Duration::from_millis(60)).await;
-        for _ in 0..5 {
+        for _ in 0..4 {
             let d = leases.rate("k", &config, 1).await.unwrap();
             assert!(matches!(d, RateDecision::Allowed { .. }), "{d:?}");
         }
