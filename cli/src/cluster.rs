@@ -427,6 +427,7 @@ pub async fn router(config: Config, upgrade: bool) -> Result<()> {
         ),
         grace: Duration::from_secs(config.drain_timeout_s),
         tls,
+        callbacks_allow_private: config.callbacks_allow_private,
     };
     std::fs::create_dir_all(&config.data_dir)?;
     let handle = tokio::task::spawn_blocking(move || router::start(options, deps)).await??;

@@ -59,6 +59,9 @@ pub struct Config {
     pub drain_timeout_s: u64,
     /// How long finished tasks (and their results) are kept, in seconds.
     pub task_retention_s: u64,
+    /// Router: task callbacks may reach private addresses (loopback, private
+    /// networks, link-local); off by default (`tasks::callback`).
+    pub callbacks_allow_private: bool,
     /// Router: the Unix socket of the graceful upgrade (default <data-dir>/router-upgrade.sock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade_sock: Option<PathBuf>,
@@ -104,6 +107,7 @@ impl Default for Config {
             gpu: false,
             drain_timeout_s: 30,
             task_retention_s: 24 * 3600,
+            callbacks_allow_private: false,
             upgrade_sock: None,
             cluster_key_file: None,
             tls_listen: None,

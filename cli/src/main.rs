@@ -114,9 +114,14 @@ struct ClusterArgs {
     tls: TlsArgs,
 }
 
-/// The router's TLS listener (each also `TASKMESH_TLS_*` or `tls_*` in taskmesh.toml).
+/// The router's TLS listener (each also `TASKMESH_TLS_*` or `tls_*` in taskmesh.toml),
+/// and its task callbacks.
 #[derive(Args, Default)]
 struct TlsArgs {
+    /// Router: task completion callbacks may reach private addresses
+    /// (loopback, private networks, link-local); also TASKMESH_CALLBACKS_ALLOW_PRIVATE.
+    #[arg(long)]
+    callbacks_allow_private: bool,
     /// Router: also serve TLS here (h2 and HTTP/1.1 by ALPN); needs --tls-cert and --tls-key.
     #[arg(long, value_name = "ADDR")]
     tls_listen: Option<String>,
@@ -130,6 +135,9 @@ struct TlsArgs {
 
 impl TlsArgs {
     fn flags(&self, dict: &mut Dict) {
+        if self.callbacks_allow_private {
+            dict.insert("callbacks_allow_private".into(), true.into());
+        }
         flag(dict, "tls_listen", self.tls_listen.clone());
         flag(
             dict,

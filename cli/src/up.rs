@@ -164,6 +164,7 @@ pub async fn run(config: Config) -> Result<()> {
     let tls_listen = tls.as_ref().map(|t| t.listen);
     let options = router::RouterOptions {
         tls,
+        callbacks_allow_private: config.callbacks_allow_private,
         ..router::RouterOptions::new(listen, router_threads)
     };
     let router = tokio::task::spawn_blocking(move || router::start(options, deps)).await??;

@@ -155,6 +155,9 @@ pub struct TaskRecord {
     /// Until when that attempt holds it (ms since the epoch).
     #[serde(default)]
     pub lease_until: u64,
+    /// Where the finished task is POSTed (completion webhook), if anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 impl TaskRecord {
@@ -173,6 +176,7 @@ impl TaskRecord {
             "updated_at": rfc3339(self.updated_at),
             "result": self.result,
             "error": self.error.as_ref().map(|e| json!({"code": e.code, "message": e.message})),
+            "callback_url": self.callback_url,
         })
     }
 
@@ -470,6 +474,7 @@ mod tests {
             idempotency_key: None,
             claim: None,
             lease_until: 0,
+            callback_url: None,
         }
     }
 

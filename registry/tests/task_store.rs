@@ -107,6 +107,7 @@ fn task(id: &str, tenant: &str, priority: Priority) -> TaskRecord {
         idempotency_key: None,
         claim: None,
         lease_until: 0,
+        callback_url: None,
     }
 }
 

@@ -89,6 +89,8 @@ pub struct RouterOptions {
     pub grace: Duration,
     /// A TLS listener beside the plain one (`h2` and `http/1.1` by ALPN).
     pub tls: Option<tls::TlsOptions>,
+    /// Task callbacks may reach private addresses (`tasks::callback`).
+    pub callbacks_allow_private: bool,
 }
 
 impl RouterOptions {
@@ -101,6 +103,7 @@ impl RouterOptions {
             upgrade_sock: None,
             grace: Duration::ZERO,
             tls: None,
+            callbacks_allow_private: false,
         }
     }
 }
@@ -264,9 +267,12 @@ pub fn start(options: RouterOptions, deps: RouterDeps) -> anyhow::Result<RouterH
         deps.cluster_key,
     );
     state.extra_metrics = deps.extra_metrics;
+    let callbacks =
+        tasks::callback::Callbacks::new(&state.cluster_key, options.callbacks_allow_private);
     state.tasks = deps.tasks.map(|store| state::Tasks {
         store,
         wake: tokio::sync::Notify::new(),
+        callbacks: Arc::new(callbacks),
     });
     // Experiment (see benchmarks/): Pingora's no-steal runtime, with one
     // upstream connection per worker thread.

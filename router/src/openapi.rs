@@ -112,6 +112,21 @@ pub struct Task {
     #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
     pub error: Option<TaskErrorView>,
+    /// Where the finished task is POSTed, if anywhere.
+    pub callback_url: Option<String>,
+}
+
+/// `GET /v1/callbacks/secret`: what the caller checks its callbacks with.
+#[derive(Serialize, ToSchema)]
+pub struct CallbackSecret {
+    /// `whsec_` and 64 hex digits; the HMAC-SHA256 key of the signatures.
+    pub secret: String,
+    /// `hmac-sha256`.
+    pub algorithm: String,
+    /// `x-taskmesh-signature`.
+    pub header: String,
+    /// How the header is formed.
+    pub signed: String,
 }
 
 /// `GET /v1/tasks`: newest first.
@@ -230,7 +245,10 @@ fn task_routes() -> Vec<Route> {
         .description(Some(
             "Checked like an invoke (key, version, input, quota) and queued; the rate \
              limit paces it when it runs. `idempotency-key` (per client, 24 h) gives back \
-             the earlier task with `idempotent-replayed: true`.",
+             the earlier task with `idempotent-replayed: true`. A `callback_url` (query, \
+             or the `x-taskmesh-callback-url` header) is POSTed the finished task, signed \
+             (`GET /v1/callbacks/secret`); private addresses are refused unless the \
+             operator allows them.",
         ))
         .parameter(name())
         .parameter(query_param(
@@ -242,6 +260,11 @@ fn task_routes() -> Vec<Route> {
             "alias",
             "Run the version this alias picks now.",
             string_matching(NAME_PATTERN),
+        ))
+        .parameter(query_param(
+            "callback_url",
+            "POST the finished task here (http or https, a public address).",
+            doc::string(),
         ))
         .request_body(Some(json_body(
             free_object(),
@@ -285,6 +308,12 @@ fn task_routes() -> Vec<Route> {
         "202",
         located(ok::<Task>("Queued again, its attempts reset.")),
     );
+    let secret = operation(
+        "callback_secret",
+        "tasks",
+        "The caller's secret for checking its task callbacks",
+    )
+    .response("200", ok::<CallbackSecret>("The secret."));
     let store: [u16; 5] = [401, 403, 404, 500, 503];
     let with = |extra: &[u16]| -> Vec<u16> { store.iter().chain(extra).copied().collect() };
     vec![
@@ -293,6 +322,13 @@ fn task_routes() -> Vec<Route> {
         finish(Get, "/v1/tasks/{id}", get, true, &store),
         finish(Delete, "/v1/tasks/{id}", cancel, true, &with(&[409])),
         finish(Post, "/v1/tasks/{id}/retry", retry, true, &with(&[409])),
+        finish(
+            Get,
+            "/v1/callbacks/secret",
+            secret,
+            true,
+            &[401, 403, 500, 503],
+        ),
     ]
 }
 

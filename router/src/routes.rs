@@ -59,6 +59,8 @@ pub enum TaskRequest {
     Cancel(String),
     /// `POST /v1/tasks/{id}/retry`
     Retry(String),
+    /// `GET /v1/callbacks/secret`: the caller's completion-webhook secret.
+    CallbackSecret,
 }
 
 /// The longest task id looked up (ids are UUIDs; anything longer is 404).
@@ -204,6 +206,12 @@ pub fn endpoint(method: &Method, path: &str, query: Option<&str>) -> Result<Endp
                 },
             )
         }
+        ["v1", "callbacks", "secret"] => expect(
+            method,
+            Method::GET,
+            path,
+            Endpoint::Tasks(TaskRequest::CallbackSecret),
+        ),
         ["v1", "tasks"] => expect(
             method,
             Method::GET,

@@ -20,6 +20,8 @@ pub struct Tasks {
     pub store: Arc<dyn TaskStore>,
     /// Wakes this router's worker when a task was queued here.
     pub wake: tokio::sync::Notify,
+    /// Completion webhooks.
+    pub callbacks: Arc<crate::tasks::callback::Callbacks>,
 }
 
 /// Shared state of the router.

@@ -20,6 +20,7 @@ use crate::admission;
 use crate::local::LocalAnswer;
 use crate::routes::TaskRequest;
 use crate::state::{RouterState, Tasks};
+use crate::tasks::callback;
 
 /// The contract's 503 when the task store fails (the store's words are logged, not shown).
 fn unavailable(err: String) -> ApiError {
@@ -42,6 +43,54 @@ fn not_found() -> ApiError {
 
 fn header<'s>(session: &'s Session, name: &str) -> Option<&'s [u8]> {
     session.req_header().headers.get(name).map(|v| v.as_bytes())
+}
+
+/// The submission's callback URL: `?callback_url=` (percent-encoded) or the
+/// `x-taskmesh-callback-url` header, checked (`callback::check_url`).
+fn callback_url(session: &Session, tasks: &Tasks) -> Result<Option<String>, ApiError> {
+    let query = session.req_header().uri.query().unwrap_or_default();
+    let from_query = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "callback_url")
+        .map(|(_, v)| v.into_owned());
+    let from_header = header(session, callback::URL_HEADER)
+        .map(|v| {
+            std::str::from_utf8(v)
+                .map(str::to_string)
+                .map_err(|_| ApiError::bad_request("invalid callback URL: not UTF-8"))
+        })
+        .transpose()?;
+    let raw = match (from_query, from_header) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give the callback URL in the query or in the header, not both",
+            ))
+        }
+        (Some(url), None) | (None, Some(url)) => url,
+        (None, None) => return Ok(None),
+    };
+    callback::check_url(&raw, tasks.callbacks.allow_private).map(Some)
+}
+
+/// Sends a finished task's view to its callback URL, if it has one.
+pub(crate) fn notify(state: &Arc<RouterState>, task: &TaskRecord) {
+    let (Some(url), Some(tasks)) = (&task.callback_url, &state.tasks) else {
+        return;
+    };
+    let body = serde_json::to_vec(&task.view()).unwrap_or_default();
+    let metrics = state.clone();
+    let (tenant, function) = (task.tenant.clone(), task.function.clone());
+    tasks.callbacks.deliver(
+        url,
+        &task.task_id,
+        (&task.tenant, &task.client_id),
+        body,
+        move |outcome| {
+            metrics
+                .metrics
+                .tasks
+                .outcome(&tenant, &function, outcome.label());
+        },
+    );
 }
 
 /// `POST /v1/functions/{name}/tasks`: → 202 `{"task_id", "status"}` with
@@ -86,6 +135,7 @@ pub async fn submit(
         idempotency_key,
         claim: None,
         lease_until: 0,
+        callback_url: callback_url(session, tasks)?,
     };
     let submitted = tasks.store.submit(record).await.map_err(unavailable)?;
     let task = &submitted.task;
@@ -121,7 +171,7 @@ pub(crate) fn now_ms() -> u64 {
 /// `GET /v1/tasks[/{id}]`, `DELETE /v1/tasks/{id}`, `POST /v1/tasks/{id}/retry`,
 /// within the caller's tenant (another tenant's task is 404).
 pub async fn answer(
-    state: &RouterState,
+    state: &Arc<RouterState>,
     principal: &Principal,
     request: &TaskRequest,
 ) -> Result<LocalAnswer, ApiError> {
@@ -153,7 +203,17 @@ pub async fn answer(
                     ),
                 ));
             }
+            notify(state, &task);
             Ok(LocalAnswer::ok(task.view()))
+        }
+        TaskRequest::CallbackSecret => {
+            let signer = &tasks(state)?.callbacks.signer;
+            Ok(LocalAnswer::ok(json!({
+                "secret": signer.secret(tenant, &principal.client_id),
+                "algorithm": "hmac-sha256",
+                "header": callback::SIGNATURE_HEADER,
+                "signed": "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\" under the secret>",
+            })))
         }
         TaskRequest::Retry(id) => {
             let before = store.get(tenant, id).await.map_err(unavailable)?;

@@ -213,7 +213,19 @@ impl TaskWorker {
             recorded = tasks.store.finish(&claim, finish.clone()).await;
         }
         match recorded {
-            Ok(true) => {}
+            Ok(true) => {
+                let terminal = matches!(finish, Finish::Succeeded(_) | Finish::Dead(_));
+                if terminal && task.callback_url.is_some() {
+                    // The recorded task, as a reader would see it now.
+                    match tasks.store.get(&task.tenant, &task.task_id).await {
+                        Ok(Some(done)) => super::api::notify(&self.state, &done),
+                        Ok(None) => {}
+                        Err(error) => {
+                            tracing::warn!(task_id = %task.task_id, %error, "reading a finished task for its callback failed");
+                        }
+                    }
+                }
+            }
             Ok(false) => {
                 tracing::warn!(task_id = %task.task_id, "another worker took this task over; its outcome here is not recorded");
             }
