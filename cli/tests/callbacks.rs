@@ -263,3 +263,47 @@ async fn callbacks_may_not_reach_private_addresses_unless_the_operator_allows() 
         "a private address was called"
     );
 }
+
+#[tokio::test]
+async fn a_cancelled_task_is_posted_too() {
+    let p = Platform::start(&["--no-examples", "--callbacks-allow-private"]);
+    let client = p.client();
+    let digest = upload(&client, &p, "examples/digits/model.onnx").await;
+    // One call in 100 s: the first task runs, the second waits its turn.
+    let paced = json!({"rate_limit": {"per_second": 0.01, "burst": 1}});
+    register(&client, &p, &digits_definition(&digest, "digits", &paced)).await;
+    let (addr, seen) = receiver(0).await;
+    let hook = format!("http://{addr}/hook");
+    let headers = [("x-taskmesh-callback-url", hook.as_str())];
+    let first = submit(&p, "", &headers).await.json()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for(&seen, 1, Duration::from_secs(30)).await;
+    let second = submit(&p, "", &headers).await.json()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A worker may hold it for a moment (claimed, then put off by the rate
+    // limit): a cancel then is 409, and is tried again.
+    let url = p.router_url(&format!("/v1/tasks/{second}"));
+    let mut cancelled = client.send(Method::DELETE, &url, &[], Vec::new()).await;
+    for _ in 0..50 {
+        if cancelled.status != 409 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        cancelled = client.send(Method::DELETE, &url, &[], Vec::new()).await;
+    }
+    assert_eq!(cancelled.status, 200, "{}", cancelled.json());
+    wait_for(&seen, 2, Duration::from_secs(10)).await;
+    let seen = seen.lock().unwrap().clone();
+    let views: Vec<Value> = seen
+        .iter()
+        .map(|(_, b)| serde_json::from_slice(b).unwrap())
+        .collect();
+    assert_eq!(views[0]["task_id"], first.as_str());
+    assert_eq!(views[0]["status"], "succeeded");
+    assert_eq!(views[1]["task_id"], second.as_str());
+    assert_eq!(views[1]["status"], "cancelled");
+}
