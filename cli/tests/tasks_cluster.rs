@@ -131,6 +131,15 @@ async fn queued_tasks_complete_after_redis_restarts_from_its_aof() {
     let client = cluster.client();
     let ids = submit_many(&client, &cluster.routers[0], "slow", &rows(40), 40).await;
     cluster.redis.kill9();
+    // Redis down at submit: 503, and nothing half-written (the count below).
+    let refused = client
+        .post_json(&cluster.routers[0].url("/v1/functions/slow/tasks"), &rows(1))
+        .await;
+    let error = refused.expect_error(503, "unavailable");
+    assert!(
+        error["message"].as_str().unwrap().contains("task store"),
+        "{error}"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.redis.restart();
     for id in &ids {
