@@ -133,7 +133,10 @@ async fn queued_tasks_complete_after_redis_restarts_from_its_aof() {
     cluster.redis.kill9();
     // Redis down at submit: 503, and nothing half-written (the count below).
     let refused = client
-        .post_json(&cluster.routers[0].url("/v1/functions/slow/tasks"), &rows(1))
+        .post_json(
+            &cluster.routers[0].url("/v1/functions/slow/tasks"),
+            &rows(1),
+        )
         .await;
     let error = refused.expect_error(503, "unavailable");
     assert!(
