@@ -164,7 +164,7 @@ pub async fn registry(config: Config) -> Result<()> {
     // keep `min_instances`, and before a rollout's first step.
     let warmer = Arc::new(OwnerWarmer {
         membership: Arc::new(RedisMembership::new(redis.clone())),
-        client: crate::client::H2Client::new(None),
+        client: crate::api::H2Client::new(None),
         cluster_key,
     });
     {
@@ -463,7 +463,7 @@ pub async fn router(config: Config, upgrade: bool) -> Result<()> {
 /// the live nodes, as routers place it).
 struct OwnerWarmer {
     membership: Arc<dyn Membership>,
-    client: crate::client::H2Client,
+    client: crate::api::H2Client,
     /// The warm endpoint is internal: nodes want the cluster key.
     cluster_key: contract::ClusterKey,
 }

@@ -82,6 +82,9 @@ pub struct Config {
     /// concurrency).
     #[serde(default)]
     pub scaling_bounds: contract::definition::ScalingBounds,
+    /// How read commands print: `text` (default) or `json` (the server's JSON).
+    #[serde(default)]
+    pub output: crate::api::Output,
 }
 
 impl Default for Config {
@@ -114,6 +117,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             scaling_bounds: Default::default(),
+            output: Default::default(),
         }
     }
 }

@@ -1,8 +1,10 @@
 //! `taskmesh`: run the platform and talk to it.
 
-mod client;
+mod api;
+mod clients;
 mod cluster;
 mod config;
+mod functions;
 mod rollout;
 mod task;
 mod up;
@@ -10,19 +12,27 @@ mod wiring;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use figment::value::{Dict, Value as FigValue};
-use http::Method;
 
-use crate::client::H2Client;
+use crate::api::Output;
 use crate::config::Config;
+use crate::functions::{FnCommand, InvokeArgs};
 
 #[derive(Parser)]
 #[command(
     name = "taskmesh",
     version,
-    about = "Serverless platform for ONNX functions"
+    about = "Serverless platform for ONNX functions",
+    after_help = "Examples:\n  \
+        taskmesh up                                   # router, registry and a node, with the examples\n  \
+        taskmesh fn list\n  \
+        taskmesh invoke digits --data @examples/digits/sample.json\n  \
+        taskmesh task submit digits --data @examples/digits/sample.json --wait\n  \
+        KEY=$(taskmesh client create web-app --scope invoke)\n\n\
+        Exit codes: 0 ok, 1 failed, 2 usage, 3 unreachable, 4 unauthenticated or forbidden,\n\
+        5 not found, 6 refused (invalid, conflict, too large), 7 rate limit or quota, 8 server error."
 )]
 struct Cli {
     /// Config file (default: ./taskmesh.toml when present).
@@ -31,6 +41,9 @@ struct Cli {
     /// API key for `fn` and `invoke` (default: TASKMESH_API_KEY, then <data-dir>/admin.key).
     #[arg(long, global = true)]
     api_key: Option<String>,
+    /// How read commands print (also TASKMESH_OUTPUT): text, or the server's JSON.
+    #[arg(long, global = true, value_enum)]
+    output: Option<Output>,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,6 +59,11 @@ enum Command {
     },
     /// Invoke a function through the router over HTTP/2.
     Invoke(InvokeArgs),
+    /// API keys: create, list, revoke and rotate clients (talks to the admin API).
+    Client {
+        #[command(subcommand)]
+        command: clients::ClientCommand,
+    },
     /// Asynchronous invocations: submit, get, list, cancel and retry tasks.
     Task {
         #[command(subcommand)]
@@ -182,37 +200,6 @@ struct UpArgs {
     tls: TlsArgs,
 }
 
-#[derive(Subcommand)]
-enum FnCommand {
-    /// Register a definition file (JSON or YAML). A `model` or a text input's
-    /// `tokenizer` that is a path (e.g. `./model.onnx`, relative to the file)
-    /// is uploaded first.
-    Register {
-        file: PathBuf,
-        #[arg(long)]
-        admin_url: Option<String>,
-    },
-    /// List registered functions.
-    List {
-        #[arg(long)]
-        admin_url: Option<String>,
-    },
-}
-
-#[derive(Args)]
-struct InvokeArgs {
-    /// Function name.
-    name: String,
-    /// JSON input.
-    #[arg(long)]
-    data: String,
-    /// Version to call (default: latest).
-    #[arg(long)]
-    version: Option<u32>,
-    #[arg(long)]
-    router_url: Option<String>,
-}
-
 fn flag(dict: &mut Dict, key: &str, value: Option<impl Into<FigValue>>) {
     if let Some(v) = value {
         dict.insert(key.into(), v.into());
@@ -262,7 +249,14 @@ fn cap_header_dumping(spec: &str) -> String {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> Result<()> {
+fn main() {
+    if let Err(error) = run() {
+        eprintln!("error: {error:#}");
+        std::process::exit(api::exit_code(&error));
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     // One rustls crypto provider for every TLS user in the process (the
     // router's listener, Redis, S3), before any of them starts.
@@ -274,6 +268,14 @@ fn main() -> Result<()> {
     let env = config::process_env();
     let mut flags = Dict::new();
     flag(&mut flags, "api_key", cli.api_key.clone());
+    if let Some(output) = cli.output {
+        let text = if output == Output::Json {
+            "json"
+        } else {
+            "text"
+        };
+        flags.insert("output".into(), text.into());
+    }
     match &cli.command {
         Command::Up(a) => {
             flag(&mut flags, "listen", a.listen.clone());
@@ -295,11 +297,8 @@ fn main() -> Result<()> {
             );
             a.tls.flags(&mut flags);
         }
-        Command::Fn {
-            command: FnCommand::Register { admin_url, .. } | FnCommand::List { admin_url },
-        } => {
-            flag(&mut flags, "admin_url", admin_url.clone());
-        }
+        Command::Fn { command } => flag(&mut flags, "admin_url", command.admin_url()),
+        Command::Client { command } => flag(&mut flags, "admin_url", command.admin_url()),
         Command::Invoke(a) => flag(&mut flags, "router_url", a.router_url.clone()),
         Command::Task { command } => flag(&mut flags, "router_url", command.router_url()),
         Command::Alias { command } => flag(&mut flags, "admin_url", command.admin_url()),
@@ -347,13 +346,9 @@ fn main() -> Result<()> {
             }
             runtime.block_on(up::run(config))
         }
-        Command::Fn {
-            command: FnCommand::Register { file, .. },
-        } => runtime.block_on(register(&config, &file)),
-        Command::Fn {
-            command: FnCommand::List { .. },
-        } => runtime.block_on(list(&config)),
-        Command::Invoke(args) => runtime.block_on(invoke(&config, &args)),
+        Command::Fn { command } => runtime.block_on(functions::run(&config, command)),
+        Command::Client { command } => runtime.block_on(clients::run(&config, command)),
+        Command::Invoke(args) => runtime.block_on(functions::invoke(&config, &args)),
         Command::Task { command } => runtime.block_on(task::run(&config, command)),
         Command::Alias { command } => runtime.block_on(rollout::alias(&config, command)),
         Command::Rollout { command } => runtime.block_on(rollout::rollout(&config, command)),
@@ -361,153 +356,6 @@ fn main() -> Result<()> {
         Command::Node(_) => runtime.block_on(cluster::node(config)),
         Command::Router(args) => runtime.block_on(cluster::router(config, args.upgrade)),
     }
-}
-
-/// The text inputs' `tokenizer`s given as paths (not `sha256:` digests): their
-/// JSON pointers in the definition and the paths, relative to the definition file.
-pub fn tokenizer_paths(doc: &serde_json::Value) -> Vec<(String, String)> {
-    let Some(inputs) = doc.get("inputs").and_then(|i| i.as_object()) else {
-        return Vec::new();
-    };
-    inputs
-        .iter()
-        .filter_map(|(field, spec)| {
-            let path = spec.pointer("/text/tokenizer")?.as_str()?;
-            let field = field.replace('~', "~0").replace('/', "~1");
-            (!path.starts_with("sha256:"))
-                .then(|| (format!("/inputs/{field}/text/tokenizer"), path.to_string()))
-        })
-        .collect()
-}
-
-/// Uploads a file a definition names by path to `url` (`/v1/models` or
-/// `/v1/artifacts`); returns its digest.
-async fn upload_file(client: &H2Client, url: &str, path: &Path, what: &str) -> Result<String> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))?;
-    let reply = client
-        .send(Method::POST, url, Some("application/octet-stream"), bytes)
-        .await?;
-    if !reply.status.is_success() {
-        bail!(
-            "uploading {} failed: {} {}",
-            path.display(),
-            reply.status,
-            String::from_utf8_lossy(&reply.body)
-        );
-    }
-    let uploaded: serde_json::Value = serde_json::from_slice(&reply.body)?;
-    uploaded["digest"]
-        .as_str()
-        .map(str::to_string)
-        .context("the registry answered without a digest")
-}
-
-/// Reads a definition file, uploading a model or tokenizer given as a path;
-/// returns the document to post.
-pub async fn prepare_definition(
-    client: &H2Client,
-    admin_url: &str,
-    file: &Path,
-) -> Result<(Vec<u8>, &'static str)> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let yaml = matches!(
-        file.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml")
-    );
-    let mut doc: serde_json::Value = if yaml {
-        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?
-    } else {
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?
-    };
-    let base = file.parent().unwrap_or(Path::new("."));
-    if let Some(model) = doc
-        .get("model")
-        .and_then(|m| m.as_str())
-        .filter(|m| !m.starts_with("sha256:"))
-    {
-        let url = format!("{admin_url}/v1/models");
-        let digest = upload_file(client, &url, &base.join(model), "model").await?;
-        doc["model"] = serde_json::Value::String(digest);
-    }
-    for (pointer, path) in tokenizer_paths(&doc) {
-        let url = format!("{admin_url}/v1/artifacts");
-        let digest = upload_file(client, &url, &base.join(path), "tokenizer").await?;
-        if let Some(slot) = doc.pointer_mut(&pointer) {
-            *slot = serde_json::Value::String(digest);
-        }
-    }
-    Ok((serde_json::to_vec(&doc)?, "application/json"))
-}
-
-async fn register(config: &Config, file: &Path) -> Result<()> {
-    let client = H2Client::new(config.key());
-    let (body, content_type) = prepare_definition(&client, &config.admin_url, file).await?;
-    let reply = client
-        .send(
-            Method::POST,
-            &format!("{}/v1/functions", config.admin_url),
-            Some(content_type),
-            body,
-        )
-        .await?;
-    println!("{}", String::from_utf8_lossy(&reply.body));
-    if !reply.status.is_success() {
-        bail!("registration failed: {}", reply.status);
-    }
-    Ok(())
-}
-
-async fn list(config: &Config) -> Result<()> {
-    let reply = H2Client::new(config.key())
-        .send(
-            Method::GET,
-            &format!("{}/v1/functions", config.admin_url),
-            None,
-            Vec::new(),
-        )
-        .await?;
-    let body: serde_json::Value =
-        serde_json::from_slice(&reply.body).context("registry answered with non-JSON")?;
-    if !reply.status.is_success() {
-        bail!("listing failed: {} {body}", reply.status);
-    }
-    for f in body["functions"].as_array().into_iter().flatten() {
-        println!(
-            "{}\tlatest {}\tversions {}",
-            f["name"].as_str().unwrap_or("?"),
-            f["latest_version"],
-            f["versions"]
-        );
-    }
-    Ok(())
-}
-
-async fn invoke(config: &Config, args: &InvokeArgs) -> Result<()> {
-    let mut url = format!("{}/v1/functions/{}/invoke", config.router_url, args.name);
-    if let Some(v) = args.version {
-        url.push_str(&format!("?version={v}"));
-    }
-    let reply = H2Client::new(config.key())
-        .send(
-            Method::POST,
-            &url,
-            Some("application/json"),
-            args.data.clone().into_bytes(),
-        )
-        .await?;
-    let version = reply
-        .headers
-        .get("x-taskmesh-version")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
-    eprintln!("status {} version {version}", reply.status);
-    println!("{}", String::from_utf8_lossy(&reply.body));
-    if !reply.status.is_success() {
-        std::process::exit(1);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use http::Method;
 use runtime::engine::Engine;
 use serde_json::{json, Value};
 
-use crate::client::H2Client;
+use crate::api::{H2Client, Output};
 use crate::config::Config;
 
 /// Warms a rollout's target on the in-process node (`taskmesh up`).
@@ -138,19 +138,10 @@ async fn call(config: &Config, method: Method, path: &str, body: Option<Value>) 
         Some(b) => (Some("application/json"), serde_json::to_vec(&b)?),
         None => (None, Vec::new()),
     };
-    let reply = H2Client::new(config.key())
+    H2Client::new(config.key())
         .send(method, &url, ct, bytes)
-        .await?;
-    let value: Value = if reply.body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&reply.body)
-            .with_context(|| format!("the registry answered {} with non-JSON", reply.status))?
-    };
-    if !reply.status.is_success() {
-        bail!("{} {}", reply.status, value);
-    }
-    Ok(value)
+        .await?
+        .json()
 }
 
 /// Parses `VERSION=WEIGHT`.
@@ -195,7 +186,16 @@ pub async fn alias(config: &Config, command: AliasCommand) -> Result<()> {
                 Some(a) => format!("/v1/functions/{name}/aliases/{a}"),
                 None => format!("/v1/functions/{name}/aliases"),
             };
-            println!("{}", call(config, Method::GET, &path, None).await?);
+            let found = call(config, Method::GET, &path, None).await?;
+            if config.output == Output::Json {
+                crate::functions::print_json(&found);
+            } else if found["aliases"].is_array() {
+                for a in found["aliases"].as_array().into_iter().flatten() {
+                    println!("{}", alias_line(a));
+                }
+            } else {
+                println!("{}", alias_line(&found));
+            }
         }
         AliasCommand::Delete { name, alias, .. } => {
             call(
@@ -209,6 +209,21 @@ pub async fn alias(config: &Config, command: AliasCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `live\t1=90 2=10`: an alias and its routes.
+fn alias_line(alias: &Value) -> String {
+    let routes: Vec<String> = alias["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| format!("{}={}", r["version"], r["weight"]))
+        .collect();
+    format!(
+        "{}\t{}",
+        alias["alias"].as_str().unwrap_or("?"),
+        routes.join(" ")
+    )
 }
 
 /// One line per step: the live progress view.
@@ -341,7 +356,11 @@ pub async fn rollout(config: &Config, command: RolloutCommand) -> Result<()> {
                     None,
                 )
                 .await?;
-                print!("{}", render(&r));
+                if config.output == Output::Json {
+                    crate::functions::print_json(&r);
+                } else {
+                    print!("{}", render(&r));
+                }
             }
         }
         RolloutCommand::Pause { name, id, .. } => control(config, &name, &id, "pause").await?,

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use http::Method;
 use serde_json::Value;
 
-use crate::client::{H2Client, Reply};
+use crate::api::{H2Client, Output, Reply};
 use crate::config::Config;
 
 #[derive(Subcommand)]
@@ -85,12 +85,7 @@ impl TaskCommand {
 
 /// The answer's JSON, or an error that carries the router's.
 fn json_of(reply: &Reply, what: &str) -> Result<Value> {
-    let body: Value = serde_json::from_slice(&reply.body)
-        .with_context(|| format!("{what}: the router answered {} with non-JSON", reply.status))?;
-    if !reply.status.is_success() {
-        bail!("{what} failed: {} {body}", reply.status);
-    }
-    Ok(body)
+    reply.json().with_context(|| format!("{what} failed"))
 }
 
 fn pretty(value: &Value) -> String {
@@ -178,6 +173,10 @@ pub async fn run(config: &Config, command: TaskCommand) -> Result<()> {
             let url = format!("{base}/v1/tasks?{}", query.join("&"));
             let reply = client.send(Method::GET, &url, None, Vec::new()).await?;
             let body = json_of(&reply, "listing tasks")?;
+            if config.output == Output::Json {
+                println!("{}", pretty(&body));
+                return Ok(());
+            }
             for t in body["tasks"].as_array().into_iter().flatten() {
                 println!(
                     "{}\t{}@{}\t{}\tattempts {}\t{}",

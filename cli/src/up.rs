@@ -267,7 +267,7 @@ async fn register_examples(registry: &Registry, dir: &Path) -> Result<()> {
             serde_json::from_str(&text)?
         };
         doc["model"] = serde_json::Value::String(digest);
-        for (pointer, path) in crate::tokenizer_paths(&doc) {
+        for (pointer, path) in crate::functions::tokenizer_paths(&doc) {
             let path = folder.join(path);
             let bytes =
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;

@@ -527,7 +527,8 @@ async fn the_cli_registers_lists_and_invokes_over_http2() {
     };
     let (ok, stdout, stderr) = run(&["fn", "register", "examples/digits/function.json"]);
     assert!(ok, "{stdout} {stderr}");
-    assert!(stdout.contains(r#""version":1"#), "{stdout}");
+    let registered: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(registered["version"], 1, "{stdout}");
     let (ok, stdout, _) = run(&["fn", "list"]);
     assert!(ok && stdout.starts_with("digits\tlatest 1"), "{stdout}");
     let sample = String::from_utf8(generated("examples/digits/sample.json")).unwrap();

@@ -17,8 +17,8 @@ use crate::auth::{Auth, NewClient, Principal, Scope};
 use crate::rollout_driver::{Action, Rollouts};
 use crate::service::Registry;
 use crate::wire::{
-    AliasList, AliasView, ClientWithKey, FunctionDetail, FunctionEntry, FunctionList, Health,
-    NodeList, Registered, RolloutList, RolloutView, Stored, VersionView,
+    AliasList, AliasView, ClientList, ClientView, ClientWithKey, FunctionDetail, FunctionEntry,
+    FunctionList, Health, NodeList, Registered, RolloutList, RolloutView, Stored, VersionView,
 };
 use contract::definition::Syntax;
 use contract::openapi::OPENAPI_PATH;
@@ -76,7 +76,7 @@ pub(crate) fn routes() -> Vec<(&'static str, MethodRouter<Arc<AdminState>>)> {
     vec![
         ("/v1/models", post(upload_model)),
         ("/v1/artifacts", post(upload_artifact)),
-        ("/v1/clients", post(create_client)),
+        ("/v1/clients", post(create_client).get(list_clients)),
         ("/v1/clients/{id}", axum::routing::delete(revoke_client)),
         ("/v1/clients/{id}/rotate", post(rotate_client)),
         ("/v1/nodes", get(list_nodes)),
@@ -496,6 +496,18 @@ async fn create_client(State(state): State_, headers: HeaderMap, body: Body) -> 
                 StatusCode::CREATED,
                 &ClientWithKey::new(&record, &key),
             ))
+        }
+        .await,
+    )
+}
+
+async fn list_clients(State(state): State_, headers: HeaderMap) -> ApiResult {
+    ApiResult(
+        async {
+            let principal = admin(&state, &headers).await?;
+            let clients = state.auth.list_clients(&principal).await?;
+            let clients = clients.iter().map(ClientView::from).collect();
+            Ok(reply(StatusCode::OK, &ClientList { clients }))
         }
         .await,
     )

@@ -220,6 +220,14 @@ impl Auth {
         Ok(record)
     }
 
+    /// The clients an admin manages: its tenant's (every tenant's for the
+    /// operator). Never their keys (only hashes are kept, and not shown).
+    pub async fn list_clients(&self, by: &Principal) -> Result<Vec<ClientRecord>, ApiError> {
+        by.require(Scope::Admin)?;
+        let tenant = (!by.has(Scope::Operator)).then_some(by.tenant.as_str());
+        self.store.list_clients(tenant).await.map_err(store_error)
+    }
+
     /// Revokes a client: its key stops working on every router within [`CLIENT_TTL`].
     pub async fn revoke_client(&self, by: &Principal, id: &str) -> Result<(), ApiError> {
         let record = self.managed_client(by, id).await?;

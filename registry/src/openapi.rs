@@ -24,8 +24,8 @@ use crate::aliases::AliasBody;
 use crate::auth::NewClient;
 use crate::rollout_driver::StartBody;
 use crate::wire::{
-    AliasList, AliasView, ClientWithKey, FunctionDetail, FunctionList, Health, NodeList,
-    Registered, RolloutList, RolloutView, Stored, VersionView,
+    AliasList, AliasView, ClientList, ClientWithKey, FunctionDetail, FunctionList, Health,
+    NodeList, Registered, RolloutList, RolloutView, Stored, VersionView,
 };
 
 /// The document as JSON, built once.
@@ -215,6 +215,14 @@ fn routes() -> Vec<Route> {
             &[404, 409, 413, 422],
         ),
         secured(
+            Get,
+            "/v1/clients",
+            operation("list_clients", "clients", "List clients (never their keys)")
+                .description(Some("An operator sees every tenant's clients; an admin only its own tenant's."))
+                .response("200", ok::<ClientList>("The clients.")),
+            &[],
+        ),
+        secured(
             Delete,
             "/v1/clients/{id}",
             operation("revoke_client", "clients", "Revoke a client's key")
@@ -299,6 +307,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc::schemas_of::<RolloutList>(&mut schemas);
     doc::schemas_of::<NewClient>(&mut schemas);
     doc::schemas_of::<ClientWithKey>(&mut schemas);
+    doc::schemas_of::<ClientList>(&mut schemas);
     doc::schemas_of::<NodeList>(&mut schemas);
     doc::schemas_of::<Health>(&mut schemas);
     doc::document(

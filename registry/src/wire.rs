@@ -171,6 +171,38 @@ pub struct ClientWithKey {
     pub scopes: Vec<Scope>,
 }
 
+/// A client as `GET /v1/clients` lists it (no key, no hash).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ClientView {
+    pub client_id: String,
+    pub name: String,
+    pub tenant: String,
+    pub scopes: Vec<Scope>,
+    /// Its own rate limit and quota, if it has a plan.
+    #[schema(value_type = Object)]
+    pub plan: contract::principal::Plan,
+    pub created_at_ms: u64,
+}
+
+impl From<&ClientRecord> for ClientView {
+    fn from(r: &ClientRecord) -> Self {
+        ClientView {
+            client_id: r.client_id.clone(),
+            name: r.name.clone(),
+            tenant: r.tenant.clone(),
+            scopes: r.scopes.clone(),
+            plan: r.plan.clone(),
+            created_at_ms: r.created_at_ms,
+        }
+    }
+}
+
+/// `GET /v1/clients`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ClientList {
+    pub clients: Vec<ClientView>,
+}
+
 impl ClientWithKey {
     pub fn new(record: &ClientRecord, key: &str) -> Self {
         ClientWithKey {

@@ -307,6 +307,49 @@ impl Store for RedisStore {
         Ok(removed > 0)
     }
 
+    /// SCANs the client keys (an admin's occasional listing, not a hot path).
+    async fn list_clients(&self, tenant: Option<&str>) -> Result<Vec<ClientRecord>, StoreError> {
+        let pattern = format!("{}*", self.client_key(""));
+        let pattern = &pattern;
+        let keys: Vec<String> = self
+            .call(Retry::Idempotent, |mut c| async move {
+                let mut keys = Vec::new();
+                let mut cursor: u64 = 0;
+                loop {
+                    let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut c)
+                        .await?;
+                    keys.extend(batch);
+                    if next == 0 {
+                        return Ok(keys);
+                    }
+                    cursor = next;
+                }
+            })
+            .await?;
+        let mut out = Vec::new();
+        for chunk in keys.chunks(500) {
+            let values: Vec<Option<Vec<u8>>> = self
+                .call(Retry::Idempotent, |mut c| async move {
+                    redis::cmd("MGET").arg(chunk).query_async(&mut c).await
+                })
+                .await?;
+            for bytes in values.into_iter().flatten() {
+                let record: ClientRecord = serde_json::from_slice(&bytes).map_err(corrupt)?;
+                if tenant.is_none_or(|t| t == record.tenant) {
+                    out.push(record);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        Ok(out)
+    }
+
     async fn get_client(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
         let key = self.client_key(client_id);
         let key = &key;

@@ -237,6 +237,25 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn list_clients(&self, tenant: Option<&str>) -> Result<Vec<ClientRecord>, StoreError> {
+        let tenant = tenant.map(str::to_string);
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(CLIENTS).map_err(backend)?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(backend)? {
+                let (_, value) = entry.map_err(backend)?;
+                let record: ClientRecord = serde_json::from_slice(value.value())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                if tenant.as_deref().is_none_or(|t| t == record.tenant) {
+                    out.push(record);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn get_client(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
         let id = client_id.to_string();
         self.blocking(move |db| {

@@ -90,6 +90,9 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a client (its key stops working); whether it existed.
     async fn delete_client(&self, client_id: &str) -> Result<bool, StoreError>;
 
+    /// Every client (of `tenant` only, when given), by id.
+    async fn list_clients(&self, tenant: Option<&str>) -> Result<Vec<ClientRecord>, StoreError>;
+
     /// Adds each delta to its counter in one transaction.
     async fn add_counters(&self, deltas: Vec<(String, u64)>) -> Result<(), StoreError>;
 
