@@ -15,6 +15,7 @@ mod store_support;
 
 use store_support::{append, client, record, Fixture};
 use taskmesh_registry::auth::Scope;
+use taskmesh_registry::clients::ClientRecord;
 
 // --- The contract ----------------------------------------------------------
 
@@ -207,6 +208,34 @@ async fn clients_round_trip_and_can_be_replaced(fx: &mut Fixture) {
     assert!(!store.delete_client("0123456789abcdef").await.unwrap());
 }
 
+async fn clients_are_listed_per_tenant_in_order(fx: &mut Fixture) {
+    let store = fx.store();
+    for (id, tenant) in [
+        ("c000000000000003", "acme"),
+        ("c000000000000001", "acme"),
+        ("c000000000000002", "globex"),
+    ] {
+        store.put_client(&client(id, tenant)).await.unwrap();
+    }
+    let ids = |list: Vec<ClientRecord>| -> Vec<String> {
+        list.into_iter().map(|c| c.client_id).collect()
+    };
+    assert_eq!(
+        ids(store.list_clients(Some("acme")).await.unwrap()),
+        ["c000000000000001", "c000000000000003"]
+    );
+    assert_eq!(
+        ids(store.list_clients(None).await.unwrap()),
+        ["c000000000000001", "c000000000000002", "c000000000000003"]
+    );
+    assert!(store.list_clients(Some("nobody")).await.unwrap().is_empty());
+    store.delete_client("c000000000000003").await.unwrap();
+    assert_eq!(
+        ids(store.list_clients(Some("acme")).await.unwrap()),
+        ["c000000000000001"]
+    );
+}
+
 async fn counters_add_every_delta_and_concurrent_adds_exactly(fx: &mut Fixture) {
     let store = fx.store();
     store.add_counters(Vec::new()).await.unwrap();
@@ -318,6 +347,7 @@ contract!(
     functions_are_listed_per_tenant_in_isolation,
     names_like_key_separators_do_not_collide,
     clients_round_trip_and_can_be_replaced,
+    clients_are_listed_per_tenant_in_order,
     counters_add_every_delta_and_concurrent_adds_exactly,
     acknowledged_writes_survive_a_crash,
     counters_are_read_in_bulk,
