@@ -94,7 +94,8 @@ async fn minilm_embed_matches_the_python_reference() {
         "{stdout} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains(r#""version":1"#), "{stdout}");
+    let registered: Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    assert_eq!(registered["version"], 1, "{stdout}");
     let version = p
         .client()
         .get(&p.admin_url("/v1/functions/minilm-embed/versions/1"))
