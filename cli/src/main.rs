@@ -5,6 +5,7 @@ mod clients;
 mod cluster;
 mod config;
 mod functions;
+mod pipelines;
 mod rollout;
 mod task;
 mod up;
@@ -59,6 +60,11 @@ enum Command {
     },
     /// Invoke a function through the router over HTTP/2.
     Invoke(InvokeArgs),
+    /// Pipelines: register, list and read them (admin API); run one (router).
+    Pipeline {
+        #[command(subcommand)]
+        command: pipelines::PipelineCommand,
+    },
     /// API keys: create, list, revoke and rotate clients (talks to the admin API).
     Client {
         #[command(subcommand)]
@@ -299,6 +305,10 @@ fn run() -> Result<()> {
         }
         Command::Fn { command } => flag(&mut flags, "admin_url", command.admin_url()),
         Command::Client { command } => flag(&mut flags, "admin_url", command.admin_url()),
+        Command::Pipeline { command } => {
+            flag(&mut flags, "admin_url", command.admin_url());
+            flag(&mut flags, "router_url", command.router_url());
+        }
         Command::Invoke(a) => flag(&mut flags, "router_url", a.router_url.clone()),
         Command::Task { command } => flag(&mut flags, "router_url", command.router_url()),
         Command::Alias { command } => flag(&mut flags, "admin_url", command.admin_url()),
@@ -348,6 +358,7 @@ fn run() -> Result<()> {
         }
         Command::Fn { command } => runtime.block_on(functions::run(&config, command)),
         Command::Client { command } => runtime.block_on(clients::run(&config, command)),
+        Command::Pipeline { command } => runtime.block_on(pipelines::run(&config, command)),
         Command::Invoke(args) => runtime.block_on(functions::invoke(&config, &args)),
         Command::Task { command } => runtime.block_on(task::run(&config, command)),
         Command::Alias { command } => runtime.block_on(rollout::alias(&config, command)),

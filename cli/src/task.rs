@@ -14,11 +14,18 @@ use crate::config::Config;
 
 #[derive(Subcommand)]
 pub enum TaskCommand {
-    /// Queue a task of a function; prints its id (with --wait, its outcome).
+    /// Queue a task of a function (or, with --pipeline, of a pipeline); prints
+    /// its id (with --wait, its outcome).
+    #[command(after_help = "Examples:\n  \
+        taskmesh task submit digits --data @examples/digits/sample.json --wait\n  \
+        taskmesh task submit embed-captions --pipeline --data '{\"captions\": [\"a hat\"]}'")]
     Submit {
-        /// Function name.
+        /// Function name (a pipeline's with --pipeline).
         name: String,
-        /// JSON input.
+        /// NAME is a pipeline: queue a run of it.
+        #[arg(long)]
+        pipeline: bool,
+        /// JSON input, or @FILE (@- for stdin).
         #[arg(long)]
         data: String,
         /// Version to run (default: the alias `live`, else the latest).
@@ -49,6 +56,9 @@ pub enum TaskCommand {
     List {
         #[arg(long)]
         function: Option<String>,
+        /// Only this pipeline's tasks.
+        #[arg(long)]
+        pipeline: Option<String>,
         /// queued, running, succeeded, failed, dead or cancelled.
         #[arg(long)]
         status: Option<String>,
@@ -98,6 +108,7 @@ pub async fn run(config: &Config, command: TaskCommand) -> Result<()> {
     match command {
         TaskCommand::Submit {
             name,
+            pipeline,
             data,
             version,
             priority,
@@ -106,7 +117,8 @@ pub async fn run(config: &Config, command: TaskCommand) -> Result<()> {
             wait_timeout_s,
             ..
         } => {
-            let mut url = format!("{base}/v1/functions/{name}/tasks");
+            let kind = if pipeline { "pipelines" } else { "functions" };
+            let mut url = format!("{base}/v1/{kind}/{name}/tasks");
             if let Some(v) = version {
                 url.push_str(&format!("?version={v}"));
             }
@@ -123,7 +135,7 @@ pub async fn run(config: &Config, command: TaskCommand) -> Result<()> {
                     &url,
                     Some("application/json"),
                     &headers,
-                    data.into_bytes(),
+                    crate::functions::read_data(&data)?,
                 )
                 .await?;
             let body = json_of(&reply, "submitting")?;
@@ -156,6 +168,7 @@ pub async fn run(config: &Config, command: TaskCommand) -> Result<()> {
         }
         TaskCommand::List {
             function,
+            pipeline,
             status,
             limit,
             ..
@@ -163,6 +176,9 @@ pub async fn run(config: &Config, command: TaskCommand) -> Result<()> {
             let mut query = Vec::new();
             if let Some(f) = function {
                 query.push(format!("function={f}"));
+            }
+            if let Some(p) = pipeline {
+                query.push(format!("pipeline={p}"));
             }
             if let Some(s) = status {
                 query.push(format!("status={s}"));

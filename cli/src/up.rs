@@ -300,6 +300,49 @@ async fn register_examples(registry: &Registry, dir: &Path) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         println!("example {name}: registered version {}", stored.version);
     }
+    register_example_pipelines(registry, &dir.join("pipelines")).await
+}
+
+/// Registers each `examples/pipelines/*.{json,yaml}` whose functions are
+/// registered, skipping those whose latest version is the same document.
+async fn register_example_pipelines(registry: &Registry, dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut files: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    files.sort();
+    for file in files {
+        let syntax = match file.extension().and_then(|e| e.to_str()) {
+            Some("json") => Syntax::Json,
+            Some("yaml" | "yml") => Syntax::Yaml,
+            _ => continue,
+        };
+        let bytes = std::fs::read(&file)?;
+        let definition = contract::pipeline::parse(&bytes, syntax)
+            .map_err(|e| anyhow::anyhow!("{}: {:?}", file.display(), e.violations))?;
+        let name = definition.name.clone();
+        let latest = registry.pipeline(DEFAULT_TENANT, &name, None).await.ok();
+        if latest.as_ref().is_some_and(|p| p.definition == definition) {
+            println!(
+                "example pipeline {name}: version {} (unchanged)",
+                latest.map_or(0, |p| p.version)
+            );
+            continue;
+        }
+        match registry
+            .register_pipeline(DEFAULT_TENANT, &bytes, syntax)
+            .await
+        {
+            Ok(stored) => println!(
+                "example pipeline {name}: registered version {}",
+                stored.version
+            ),
+            // A pipeline over an example whose model is not built is skipped.
+            Err(e) => {
+                tracing::warn!(pipeline = %file.display(), error = %e, "example pipeline skipped")
+            }
+        }
+    }
     Ok(())
 }
 

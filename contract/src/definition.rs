@@ -260,6 +260,21 @@ impl Syntax {
 
 /// Parses a definition strictly; errors carry the JSON pointer of the offending field.
 pub fn parse(bytes: &[u8], syntax: Syntax) -> Result<TaskDefinition, DefinitionError> {
+    let definition: TaskDefinition = deserialize(bytes, syntax)?;
+    let violations = check_fields(&definition);
+    if violations.is_empty() {
+        Ok(definition)
+    } else {
+        Err(DefinitionError { violations })
+    }
+}
+
+/// Deserializes a document strictly; an error carries the JSON pointer of
+/// the offending field.
+pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    syntax: Syntax,
+) -> Result<T, DefinitionError> {
     let result = match syntax {
         Syntax::Json => {
             let mut de = serde_json::Deserializer::from_slice(bytes);
@@ -276,14 +291,7 @@ pub fn parse(bytes: &[u8], syntax: Syntax) -> Result<TaskDefinition, DefinitionE
             })
         }
     };
-    let definition: TaskDefinition =
-        result.map_err(|(pointer, message)| DefinitionError::one(pointer, message))?;
-    let violations = check_fields(&definition);
-    if violations.is_empty() {
-        Ok(definition)
-    } else {
-        Err(DefinitionError { violations })
-    }
+    result.map_err(|(pointer, message)| DefinitionError::one(pointer, message))
 }
 
 fn path_to_pointer(path: &serde_path_to_error::Path) -> String {

@@ -30,6 +30,10 @@ pub enum ErrorCode {
     Overloaded,
     Timeout,
     Internal,
+    /// A pipeline's step failed (`details.step`, `details.error`).
+    StepFailed,
+    /// A pipeline's guard step refused the input (`details.step`, `field`, `value`).
+    Refused,
 }
 
 impl ErrorCode {
@@ -57,6 +61,8 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
+            ErrorCode::StepFailed => "step_failed",
+            ErrorCode::Refused => "refused",
         }
     }
 
@@ -72,10 +78,10 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::HeadersTooLarge => 431,
             ErrorCode::UnsupportedMediaType => 415,
-            ErrorCode::InvalidInput | ErrorCode::InvalidDefinition => 422,
+            ErrorCode::InvalidInput | ErrorCode::InvalidDefinition | ErrorCode::Refused => 422,
             ErrorCode::RateLimited | ErrorCode::QuotaExceeded => 429,
             ErrorCode::Internal => 500,
-            ErrorCode::FunctionFailed | ErrorCode::InvalidOutput => 502,
+            ErrorCode::FunctionFailed | ErrorCode::InvalidOutput | ErrorCode::StepFailed => 502,
             ErrorCode::Unavailable | ErrorCode::CircuitOpen | ErrorCode::Overloaded => 503,
             ErrorCode::Timeout => 504,
         }
@@ -188,7 +194,7 @@ impl ErrorCode {
     }
 }
 
-const ALL_CODES: [ErrorCode; 21] = [
+const ALL_CODES: [ErrorCode; 23] = [
     ErrorCode::MalformedJson,
     ErrorCode::BadRequest,
     ErrorCode::Unauthenticated,
@@ -210,6 +216,8 @@ const ALL_CODES: [ErrorCode; 21] = [
     ErrorCode::Overloaded,
     ErrorCode::Timeout,
     ErrorCode::Internal,
+    ErrorCode::StepFailed,
+    ErrorCode::Refused,
 ];
 
 impl std::fmt::Display for ApiError {

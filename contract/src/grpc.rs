@@ -116,7 +116,8 @@ pub fn status(code: ErrorCode) -> u32 {
         | ErrorCode::BadRequest
         | ErrorCode::InvalidInput
         | ErrorCode::InvalidDefinition
-        | ErrorCode::UnsupportedMediaType => 3, // INVALID_ARGUMENT
+        | ErrorCode::UnsupportedMediaType
+        | ErrorCode::Refused => 3, // INVALID_ARGUMENT
         ErrorCode::Timeout => 4,   // DEADLINE_EXCEEDED
         ErrorCode::NotFound => 5,  // NOT_FOUND
         ErrorCode::Conflict => 6,  // ALREADY_EXISTS
@@ -126,7 +127,10 @@ pub fn status(code: ErrorCode) -> u32 {
         | ErrorCode::PayloadTooLarge
         | ErrorCode::HeadersTooLarge => 8, // RESOURCE_EXHAUSTED
         ErrorCode::MethodNotAllowed => 12, // UNIMPLEMENTED
-        ErrorCode::FunctionFailed | ErrorCode::InvalidOutput | ErrorCode::Internal => 13, // INTERNAL
+        ErrorCode::FunctionFailed
+        | ErrorCode::InvalidOutput
+        | ErrorCode::Internal
+        | ErrorCode::StepFailed => 13, // INTERNAL
         ErrorCode::Unavailable | ErrorCode::CircuitOpen | ErrorCode::Overloaded => 14, // UNAVAILABLE
         ErrorCode::Unauthenticated => 16, // UNAUTHENTICATED
     }

@@ -15,7 +15,7 @@
 //! `error`, `limits`, `names`, `onnx`, `cluster_key` → `openapi`, `tensor`, `json`,
 //! `headers` → `signature` → `processing` (one module per input or output
 //! kind) → `definition` → `schema` → `version` → `protocol` → `principal`,
-//! `qualifier` → `task` (asynchronous invocations and their store port) →
+//! `qualifier` → `pipeline` (multi-step graphs) → `task` (asynchronous invocations and their store port) →
 //! `ports` → `http` (feature `axum`).
 
 pub mod cache;
@@ -35,6 +35,7 @@ pub mod names;
 pub mod oip;
 pub mod onnx;
 pub mod openapi;
+pub mod pipeline;
 pub mod ports;
 pub mod principal;
 pub mod processing;

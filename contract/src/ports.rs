@@ -36,6 +36,14 @@ pub trait Catalog: Send + Sync + 'static {
 
     /// Every version number of a function, ascending (empty when unknown).
     async fn versions(&self, tenant: &str, name: &str) -> Result<Vec<u32>, ApiError>;
+
+    /// A pipeline's version (`None`: the latest); another tenant's is 404.
+    async fn pipeline(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Arc<crate::pipeline::PipelineVersion>, ApiError>;
 }
 
 /// Checks API keys.

@@ -40,6 +40,18 @@ pub const MAX_RESULT_BYTES: usize = 1024 * 1024;
 pub const MAX_LIST_LIMIT: usize = 1000;
 pub const DEFAULT_LIST_LIMIT: usize = 50;
 
+/// A pipeline's tasks wait in the queue `pipeline:<name>` (the record's
+/// `function`): a function's name has no `:`, so the two never meet.
+pub const PIPELINE_QUEUE_PREFIX: &str = "pipeline:";
+/// How many times a pipeline task is attempted when a run fails for a
+/// passing reason (a node away, the deadline); each step retries its own calls.
+pub const PIPELINE_TASK_ATTEMPTS: u32 = 3;
+
+/// The queue (`function` of the record) of pipeline `name`'s tasks.
+pub fn pipeline_queue(name: &str) -> String {
+    format!("{PIPELINE_QUEUE_PREFIX}{name}")
+}
+
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -161,9 +173,15 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
-    /// The contract's view of a task (`GET /v1/tasks/{id}`).
+    /// The pipeline this task runs, if it is a pipeline's task.
+    pub fn pipeline(&self) -> Option<&str> {
+        self.function.strip_prefix(PIPELINE_QUEUE_PREFIX)
+    }
+
+    /// The contract's view of a task (`GET /v1/tasks/{id}`): a pipeline's
+    /// task names its `pipeline` where a function's names its `function`.
     pub fn view(&self) -> Value {
-        json!({
+        let mut view = json!({
             "task_id": self.task_id,
             "function": self.function,
             "version": self.version,
@@ -177,7 +195,12 @@ impl TaskRecord {
             "result": self.result,
             "error": self.error.as_ref().map(|e| json!({"code": e.code, "message": e.message})),
             "callback_url": self.callback_url,
-        })
+        });
+        if let Some(pipeline) = self.pipeline() {
+            view["function"] = Value::Null;
+            view["pipeline"] = json!(pipeline);
+        }
+        view
     }
 
     /// The queue the task waits in.
@@ -299,7 +322,7 @@ pub struct Submitted {
     pub created: bool,
 }
 
-/// `GET /v1/tasks?function=&status=&limit=`.
+/// `GET /v1/tasks?function=&status=&limit=` (or `pipeline=` for a pipeline's tasks).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskFilter {
     pub function: Option<String>,
@@ -323,6 +346,7 @@ impl TaskFilter {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             match key {
                 "function" if !value.is_empty() => filter.function = Some(value.to_string()),
+                "pipeline" if !value.is_empty() => filter.function = Some(pipeline_queue(value)),
                 "status" => {
                     filter.status = Some(TaskStatus::parse(value).ok_or_else(|| {
                         ApiError::bad_request(format!(
@@ -343,7 +367,7 @@ impl TaskFilter {
                 }
                 _ => {
                     return Err(ApiError::bad_request(format!(
-                        "unknown query parameter {key:?} (function, status and limit are known)"
+                        "unknown query parameter {key:?} (function, pipeline, status and limit are known)"
                     )))
                 }
             }

@@ -1,4 +1,7 @@
-//! The registry's admin HTTP API (contract paths under `/v1`).
+//! The registry's admin HTTP API (contract paths under `/v1`; pipelines:
+//! [`pipelines`]).
+
+pub mod pipelines;
 
 use std::sync::Arc;
 
@@ -83,6 +86,15 @@ pub(crate) fn routes() -> Vec<(&'static str, MethodRouter<Arc<AdminState>>)> {
         ("/v1/functions", post(register_function).get(list_functions)),
         ("/v1/functions/{name}", get(get_function)),
         ("/v1/functions/{name}/versions/{version}", get(get_version)),
+        (
+            "/v1/pipelines",
+            post(pipelines::register).get(pipelines::list),
+        ),
+        ("/v1/pipelines/{name}", get(pipelines::get)),
+        (
+            "/v1/pipelines/{name}/versions/{version}",
+            get(pipelines::get_version),
+        ),
         ("/v1/functions/{name}/aliases", get(list_aliases)),
         (
             "/v1/functions/{name}/aliases/{alias}",

@@ -25,7 +25,8 @@ use crate::auth::NewClient;
 use crate::rollout_driver::StartBody;
 use crate::wire::{
     AliasList, AliasView, ClientList, ClientWithKey, FunctionDetail, FunctionList, Health,
-    NodeList, Registered, RolloutList, RolloutView, Stored, VersionView,
+    NodeList, PipelineDetail, PipelineList, PipelineView, Registered, RolloutList, RolloutView,
+    Stored, VersionView,
 };
 
 /// The document as JSON, built once.
@@ -51,6 +52,24 @@ fn name() -> utoipa::openapi::path::Parameter {
         "The function's name.",
         string_matching(NAME_PATTERN),
     )
+}
+
+fn pipeline_name() -> utoipa::openapi::path::Parameter {
+    path_param(
+        "name",
+        "The pipeline's name.",
+        string_matching(NAME_PATTERN),
+    )
+}
+
+fn pipeline_example() -> Value {
+    json!({"name": "look-and-describe",
+        "input_schema": {"type": "object", "required": ["image"]},
+        "steps": [
+            {"id": "classify", "function": "fashion-mnist", "input": {"image": "$.input.image"}},
+            {"id": "describe", "function": "minilm-embed", "input": {"text": "$.steps.classify.label"}}
+        ],
+        "output": {"label": "$.steps.classify.label", "embedding": "$.steps.describe.embedding"}})
 }
 
 fn bytes() -> RefOr<Schema> {
@@ -106,6 +125,39 @@ fn routes() -> Vec<Route> {
             operation("get_function", "functions", "A function: its versions and the latest")
                 .parameter(name())
                 .response("200", ok::<FunctionDetail>("The function.")),
+            &[404],
+        ),
+        secured(
+            Post,
+            "/v1/pipelines",
+            operation("register_pipeline", "pipelines", "Register the next version of a pipeline")
+                .description(Some("A graph of steps over the tenant's functions (README: \"Pipelines\"); YAML is accepted with `content-type: application/yaml`. Unknown functions or steps, cycles and a `foreach` that is not a reference are 422 with JSON pointers."))
+                .request_body(Some(json_body(doc::free_object(), Some(pipeline_example()))))
+                .response("201", ok::<Registered>("The new version.")),
+            &[400, 413, 422],
+        ),
+        secured(
+            Get,
+            "/v1/pipelines",
+            operation("list_pipelines", "pipelines", "List the caller's pipelines")
+                .response("200", ok::<PipelineList>("The pipelines and their versions.")),
+            &[],
+        ),
+        secured(
+            Get,
+            "/v1/pipelines/{name}",
+            operation("get_pipeline", "pipelines", "A pipeline: its versions and the latest")
+                .parameter(pipeline_name())
+                .response("200", ok::<PipelineDetail>("The pipeline.")),
+            &[404],
+        ),
+        secured(
+            Get,
+            "/v1/pipelines/{name}/versions/{version}",
+            operation("get_pipeline_version", "pipelines", "One immutable version of a pipeline")
+                .parameter(pipeline_name())
+                .parameter(path_param("version", "The version number.", doc::version_number()))
+                .response("200", ok::<PipelineView>("The version.")),
             &[404],
         ),
         secured(
@@ -309,10 +361,13 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc::schemas_of::<ClientWithKey>(&mut schemas);
     doc::schemas_of::<ClientList>(&mut schemas);
     doc::schemas_of::<NodeList>(&mut schemas);
+    doc::schemas_of::<PipelineList>(&mut schemas);
+    doc::schemas_of::<PipelineDetail>(&mut schemas);
+    doc::schemas_of::<PipelineView>(&mut schemas);
     doc::schemas_of::<Health>(&mut schemas);
     doc::document(
         "Taskmesh registry admin API",
-        "Functions, versions, aliases, rollouts, clients and keys, and the model store. \
+        "Functions, pipelines, versions, aliases, rollouts, clients and keys, and the model store. \
          Every error is `{\"error\": {\"code\", \"message\", \"details\"}}`.",
         routes(),
         doc::components(schemas),

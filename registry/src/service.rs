@@ -1,4 +1,7 @@
-//! The registry service: registration, resolution and listing over a [`Store`].
+//! The registry service: registration, resolution and listing over a [`Store`]
+//! (pipelines: [`pipelines`]).
+
+pub mod pipelines;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -63,6 +66,8 @@ pub struct Registry {
     unknown_reads: MissBudget,
     /// The most a function may ask for in `scaling`.
     scaling_bounds: ScalingBounds,
+    /// Pipelines read or registered by this process.
+    pipelines: pipelines::PipelineCache,
 }
 
 type AliasKey = (String, String, String);
@@ -89,6 +94,7 @@ impl Registry {
             aliases: ReadCache::new(ALIAS_TTL, MAX_CACHED_NAMES),
             unknown_reads: MissBudget::new(MAX_UNKNOWN_NAME_READS_PER_S),
             scaling_bounds: ScalingBounds::default(),
+            pipelines: Default::default(),
         }
     }
 
@@ -643,6 +649,15 @@ impl Catalog for Registry {
             .find(|f| f.name == name)
             .map(|f| f.versions)
             .unwrap_or_default())
+    }
+
+    async fn pipeline(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Arc<contract::pipeline::PipelineVersion>, ApiError> {
+        Registry::pipeline(self, tenant, name, version).await
     }
 }
 

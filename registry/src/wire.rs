@@ -4,6 +4,7 @@
 //!
 //! Layer: names `aliases`, `clients`, `rollouts` and `store` (records only).
 
+use contract::pipeline::{PipelineDefinition, PipelineVersion};
 use contract::{FunctionVersion, Scope};
 use serde::Serialize;
 use serde_json::Value;
@@ -310,4 +311,39 @@ impl From<&RolloutRecord> for RolloutView {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RolloutList {
     pub rollouts: Vec<RolloutView>,
+}
+
+/// One version of a pipeline, as read back.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PipelineView {
+    pub name: String,
+    pub version: u32,
+    pub created_at_ms: u64,
+    pub definition: PipelineDefinition,
+}
+
+impl From<&PipelineVersion> for PipelineView {
+    fn from(p: &PipelineVersion) -> Self {
+        PipelineView {
+            name: p.name.clone(),
+            version: p.version,
+            created_at_ms: p.created_at_ms,
+            definition: p.definition.clone(),
+        }
+    }
+}
+
+/// `GET /v1/pipelines/{name}`: the versions and the latest one whole.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PipelineDetail {
+    pub name: String,
+    pub latest_version: u32,
+    pub versions: Vec<u32>,
+    pub latest: PipelineView,
+}
+
+/// `GET /v1/pipelines`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PipelineList {
+    pub pipelines: Vec<FunctionEntry>,
 }

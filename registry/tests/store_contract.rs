@@ -1,5 +1,5 @@
-//! One contract for every registry store backend: versions, clients and
-//! counters (aliases, rollouts and leases are `store_contract_rollouts.rs`;
+//! One contract for every registry store backend: versions, pipelines,
+//! clients and counters (aliases, rollouts and leases are `store_contract_rollouts.rs`;
 //! what only a Redis server has is `store_redis.rs`).
 //!
 //! Each test body is written once against `dyn Store` and run against the
@@ -13,6 +13,7 @@ mod redis_support;
 #[path = "support/store.rs"]
 mod store_support;
 
+use contract::pipeline::{PipelineDefinition, PipelineVersion};
 use store_support::{append, client, record, Fixture};
 use taskmesh_registry::auth::Scope;
 use taskmesh_registry::clients::ClientRecord;
@@ -236,6 +237,89 @@ async fn clients_are_listed_per_tenant_in_order(fx: &mut Fixture) {
     );
 }
 
+fn pipeline(tenant: &str, name: &str, timeout_ms: u64) -> PipelineVersion {
+    let definition: PipelineDefinition = serde_json::from_value(serde_json::json!({
+        "name": name,
+        "description": "ünïcödé ✓",
+        "steps": [{"id": "a", "function": "f", "input": {"x": "$.input.x"},
+                   "guard": {"refuse_if": {"label": ["no", 0]}}}],
+        "output": {"y": "$.steps.a.y"},
+        "timeout_ms": timeout_ms
+    }))
+    .unwrap();
+    PipelineVersion {
+        tenant: tenant.into(),
+        name: name.into(),
+        version: 0,
+        created_at_ms: 1_700_000_000_000,
+        definition,
+        schemas: Default::default(),
+    }
+}
+
+async fn pipelines_are_versioned_per_tenant(fx: &mut Fixture) {
+    let tasks: Vec<_> = (0..8u64)
+        .map(|i| {
+            let store = fx.shared();
+            tokio::spawn(async move {
+                let p = pipeline("acme", "flow", 1000 + i);
+                store.append_pipeline(p).await.unwrap().version
+            })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for task in tasks {
+        versions.push(task.await.unwrap());
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=8).collect::<Vec<u32>>());
+    let store = fx.store();
+    assert_eq!(
+        store.latest_pipeline("acme", "flow").await.unwrap(),
+        Some(8)
+    );
+    let first = store
+        .append_pipeline(pipeline("globex", "flow", 5))
+        .await
+        .unwrap();
+    assert_eq!(first.version, 1, "another tenant numbers its own");
+    // What comes back is what went in, with its number.
+    let read = store
+        .get_pipeline("globex", "flow", 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read, first);
+    assert_eq!(
+        read.definition.steps[0].guard,
+        first.definition.steps[0].guard
+    );
+    assert!(store
+        .get_pipeline("acme", "flow", 9)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .get_pipeline("nobody", "flow", 1)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(store.latest_pipeline("acme", "none").await.unwrap(), None);
+    store
+        .append_pipeline(pipeline("acme", "another", 5))
+        .await
+        .unwrap();
+    let listed = store.list_pipelines("acme").await.unwrap();
+    let names: Vec<(&str, u32)> = listed
+        .iter()
+        .map(|s| (s.name.as_str(), s.latest_version))
+        .collect();
+    assert_eq!(names, [("another", 1), ("flow", 8)]);
+    assert_eq!(listed[1].versions, (1..=8).collect::<Vec<u32>>());
+    assert_eq!(store.list_pipelines("globex").await.unwrap().len(), 1);
+    assert!(store.list_pipelines("nobody").await.unwrap().is_empty());
+}
+
 async fn counters_add_every_delta_and_concurrent_adds_exactly(fx: &mut Fixture) {
     let store = fx.store();
     store.add_counters(Vec::new()).await.unwrap();
@@ -348,6 +432,7 @@ contract!(
     names_like_key_separators_do_not_collide,
     clients_round_trip_and_can_be_replaced,
     clients_are_listed_per_tenant_in_order,
+    pipelines_are_versioned_per_tenant,
     counters_add_every_delta_and_concurrent_adds_exactly,
     acknowledged_writes_survive_a_crash,
     counters_are_read_in_bulk,

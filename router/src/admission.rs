@@ -38,7 +38,7 @@ pub fn too_large(cap: usize) -> ApiError {
 }
 
 /// The largest body a version accepts.
-fn body_cap(version: &FunctionVersion) -> usize {
+pub(crate) fn body_cap(version: &FunctionVersion) -> usize {
     version
         .definition
         .max_body_bytes
@@ -240,6 +240,16 @@ pub async fn read_task_input(
     let deadline = Instant::now() + BODY_READ_TIMEOUT;
     let body = read_body(session, cap, deadline, cap).await?;
     validate(version, BodyKind::Invoke, &body, None)
+}
+
+/// Reads a whole body the router answers itself (a pipeline's input), up to
+/// `cap` and within the body-read timeout.
+pub async fn read_whole_body(session: &mut Session, cap: usize) -> Result<Vec<u8>, ApiError> {
+    if declared_length(session).is_some_and(|length| length > cap) {
+        return Err(too_large(cap));
+    }
+    let deadline = Instant::now() + BODY_READ_TIMEOUT;
+    read_body(session, cap, deadline, cap).await
 }
 
 /// Reads the whole body within `cap` and `deadline`; a body without a

@@ -47,7 +47,9 @@ mod leases;
 mod listener;
 mod local;
 pub mod metrics;
+mod node_call;
 pub mod openapi;
+pub mod pipelines;
 pub mod placement;
 pub mod proxy;
 mod respond;
@@ -55,6 +57,7 @@ pub mod routes;
 mod state;
 pub mod tasks;
 pub mod tls;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -115,6 +115,7 @@ pub fn router_answer(
             ))
         }
         Endpoint::Invoke { .. }
+        | Endpoint::InvokePipeline(_)
         | Endpoint::SubmitTask { .. }
         | Endpoint::Tasks { .. }
         | Endpoint::Metadata { .. }

@@ -134,6 +134,85 @@ impl TaskMetrics {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PipelineLabels {
+    pub tenant: String,
+    pub pipeline: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub tenant: String,
+    pub pipeline: String,
+    pub step: String,
+    pub outcome: String,
+}
+
+/// Pipeline runs (by status) and their steps (by outcome, with durations).
+#[derive(Clone)]
+pub struct PipelineMetrics {
+    pub runs: Family<PipelineLabels, Counter>,
+    pub run_duration: Family<PipelineLabels, Histogram>,
+    pub step_duration: Family<StepLabels, Histogram>,
+}
+
+impl Default for PipelineMetrics {
+    fn default() -> Self {
+        let buckets = || Histogram::new(exponential_buckets(0.0005, 2.0, 18));
+        PipelineMetrics {
+            runs: Family::default(),
+            run_duration: Family::new_with_constructor(buckets),
+            step_duration: Family::new_with_constructor(buckets),
+        }
+    }
+}
+
+impl PipelineMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let pipelines = registry.sub_registry_with_prefix("pipeline");
+        pipelines.register(
+            "runs",
+            "Pipeline runs by tenant, pipeline and status",
+            self.runs.clone(),
+        );
+        pipelines.register_with_unit(
+            "run_duration",
+            "Time of a pipeline run, by tenant, pipeline and status",
+            prometheus_client::registry::Unit::Seconds,
+            self.run_duration.clone(),
+        );
+        pipelines.register_with_unit(
+            "step_duration",
+            "Time of a pipeline's step (all its calls), by tenant, pipeline, step and outcome (succeeded, failed, refused)",
+            prometheus_client::registry::Unit::Seconds,
+            self.step_duration.clone(),
+        );
+    }
+
+    /// One run that ended with `status`.
+    pub fn run(&self, tenant: &str, pipeline: &str, status: u16, seconds: f64) {
+        let labels = PipelineLabels {
+            tenant: tenant.into(),
+            pipeline: pipeline.into(),
+            status: status.to_string(),
+        };
+        self.runs.get_or_create(&labels).inc();
+        self.run_duration.get_or_create(&labels).observe(seconds);
+    }
+
+    /// One step that ended with `outcome`.
+    pub fn step(&self, tenant: &str, pipeline: &str, step: &str, outcome: &str, seconds: f64) {
+        let labels = StepLabels {
+            tenant: tenant.into(),
+            pipeline: pipeline.into(),
+            step: step.into(),
+            outcome: outcome.into(),
+        };
+        self.step_duration.get_or_create(&labels).observe(seconds);
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -181,6 +260,7 @@ pub struct Metrics {
     pub breaker_state: Family<VersionLabels, Gauge>,
     pub connections: ConnectionMetrics,
     pub tasks: TaskMetrics,
+    pub pipelines: PipelineMetrics,
 }
 
 impl Default for Metrics {
@@ -248,6 +328,8 @@ impl Metrics {
         );
         let tasks = TaskMetrics::default();
         tasks.register(&mut registry);
+        let pipelines = PipelineMetrics::default();
+        pipelines.register(&mut registry);
         let connections = ConnectionMetrics::default();
         registry.register(
             "connections_open",
@@ -263,6 +345,7 @@ impl Metrics {
             registry,
             connections,
             tasks,
+            pipelines,
             version_calls,
             version_errors,
             version_latency,

@@ -9,7 +9,7 @@
 //! come from `contract::error`. The tests below fail when `routes::endpoint`
 //! matches a path or method that is not documented, or the reverse.
 //!
-//! Bottom layer: names nothing else in the crate.
+//! Layer: names `wire` (the response bodies) only.
 
 use std::sync::OnceLock;
 
@@ -20,120 +20,14 @@ use contract::openapi::{
     query_param, response, schema_ref, string_matching, with_header, Route, OPENAPI_PATH,
     OPENMETRICS,
 };
-use serde::Serialize;
 use serde_json::{json, Value};
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, Parameter};
 use utoipa::ToSchema;
 
-/// `/healthz`: `{"status": "ok"}`.
-#[derive(Serialize, ToSchema)]
-pub struct RouterHealth {
-    pub status: String,
-}
-
-/// `/readyz`: `ready` with the live nodes, or (503) `draining`.
-#[derive(Serialize, ToSchema)]
-pub struct RouterReady {
-    /// `ready` or `draining`.
-    pub status: String,
-    /// How many runtime nodes this router sees.
-    pub nodes: u64,
-}
-
-/// OIP `GET /v2/health/live`.
-#[derive(Serialize, ToSchema)]
-pub struct ServerLive {
-    pub live: bool,
-}
-
-/// OIP `GET /v2/health/ready`.
-#[derive(Serialize, ToSchema)]
-pub struct ServerReady {
-    pub ready: bool,
-}
-
-/// OIP model readiness.
-#[derive(Serialize, ToSchema)]
-pub struct ModelReady {
-    pub name: String,
-    /// The resolved version, as a string (as OIP spells versions).
-    pub version: String,
-    pub ready: bool,
-}
-
-/// The error body on the OIP paths (`/v2`), as KServe and Triton clients
-/// read it; the contract's code is in `x-taskmesh-error-code`.
-#[derive(Serialize, ToSchema)]
-pub struct OipError {
-    pub error: String,
-}
-
-/// An OIP inference request, briefly: its input tensors (`name`, `shape`,
-/// `datatype`, `data`, as the protocol defines them); other fields pass.
-#[derive(Serialize, ToSchema)]
-pub struct InferRequest {
-    #[schema(value_type = Vec<Object>)]
-    pub inputs: Vec<Value>,
-}
-
-/// A task's status and where it is (`POST …/tasks`).
-#[derive(Serialize, ToSchema)]
-pub struct TaskSubmitted {
-    pub task_id: String,
-    /// `queued` for a new task; a replayed idempotency key gives the earlier
-    /// task's current status.
-    pub status: String,
-}
-
-/// An error as a task keeps it.
-#[derive(Serialize, ToSchema)]
-pub struct TaskErrorView {
-    pub code: String,
-    pub message: String,
-}
-
-/// A task (`GET /v1/tasks/{id}`).
-#[derive(Serialize, ToSchema)]
-pub struct Task {
-    pub task_id: String,
-    pub function: String,
-    pub version: u32,
-    /// `queued`, `running`, `succeeded`, `failed` (will be retried), `dead` or `cancelled`.
-    pub status: String,
-    /// `high`, `normal` or `low`.
-    pub priority: String,
-    pub attempts: u32,
-    pub max_attempts: u32,
-    pub cost: u64,
-    /// RFC 3339, UTC.
-    pub created_at: String,
-    pub updated_at: String,
-    /// The function's output, once it succeeded.
-    #[schema(value_type = Option<Object>)]
-    pub result: Option<Value>,
-    pub error: Option<TaskErrorView>,
-    /// Where the finished task is POSTed, if anywhere.
-    pub callback_url: Option<String>,
-}
-
-/// `GET /v1/callbacks/secret`: what the caller checks its callbacks with.
-#[derive(Serialize, ToSchema)]
-pub struct CallbackSecret {
-    /// `whsec_` and 64 hex digits; the HMAC-SHA256 key of the signatures.
-    pub secret: String,
-    /// `hmac-sha256`.
-    pub algorithm: String,
-    /// `x-taskmesh-signature`.
-    pub header: String,
-    /// How the header is formed.
-    pub signed: String,
-}
-
-/// `GET /v1/tasks`: newest first.
-#[derive(Serialize, ToSchema)]
-pub struct TaskList {
-    pub tasks: Vec<Task>,
-}
+use crate::wire::{
+    CallbackSecret, InferRequest, ModelReady, OipError, RouterHealth, RouterReady, ServerLive,
+    ServerReady, Task, TaskList, TaskSubmitted,
+};
 
 /// The document as JSON, built once.
 pub fn document() -> &'static Value {
@@ -332,6 +226,74 @@ fn task_routes() -> Vec<Route> {
     ]
 }
 
+/// `POST /v1/pipelines/{name}/invoke` and `…/tasks`.
+fn pipeline_routes() -> Vec<Route> {
+    let run = operation("invoke_pipeline", "pipelines", "Run a pipeline")
+        .description(Some(
+            "Runs the pipeline's steps, each a call of a function of the caller's tenant \
+             under the caller's key and limits. A failed step is 502 `step_failed` with \
+             `details.step`; a guard step's refusal is 422 `refused`; the pipeline's \
+             `timeout_ms` is 504. The header `x-taskmesh-pipeline-version` names the \
+             version that ran.",
+        ))
+        .parameter(path_param(
+            "name",
+            "The pipeline's name.",
+            string_matching(NAME_PATTERN),
+        ))
+        .parameter(query_param(
+            "version",
+            "Run this version (default: the latest).",
+            doc::version_number(),
+        ))
+        .parameter(query_param(
+            "trace",
+            "`steps`: answer `{\"output\", \"steps\"}` with each step's version, node, cold start and time.",
+            doc::string(),
+        ))
+        .request_body(Some(json_body(free_object(), None)))
+        .response("200", json_response("The pipeline's output.", free_object()));
+    let submit = operation(
+        "submit_pipeline_task",
+        "pipelines",
+        "Queue a run of a pipeline",
+    )
+    .description(Some(
+        "The input is checked against the pipeline's `input_schema` and queued as a \
+             task (read it with `GET /v1/tasks/{id}`); its steps are admitted (limits, \
+             quotas) when it runs. `idempotency-key`, `x-taskmesh-priority` and \
+             `callback_url` as for a function's task.",
+    ))
+    .parameter(path_param(
+        "name",
+        "The pipeline's name.",
+        string_matching(NAME_PATTERN),
+    ))
+    .parameter(query_param(
+        "version",
+        "Run this version (default: the latest).",
+        doc::version_number(),
+    ))
+    .parameter(query_param(
+        "callback_url",
+        "POST the finished task here (http or https, a public address).",
+        doc::string(),
+    ))
+    .request_body(Some(json_body(free_object(), None)))
+    .response(
+        "202",
+        with_header(
+            ok::<TaskSubmitted>("Queued."),
+            "location",
+            "`/v1/tasks/{id}`.",
+        ),
+    );
+    vec![
+        keyed(HttpMethod::Post, "/v1/pipelines/{name}/invoke", run, true),
+        keyed(HttpMethod::Post, "/v1/pipelines/{name}/tasks", submit, true),
+    ]
+}
+
 /// Every operation the router serves.
 fn routes() -> Vec<Route> {
     use HttpMethod::{Get, Post};
@@ -464,6 +426,7 @@ fn routes() -> Vec<Route> {
     ]
     .into_iter()
     .chain(task_routes())
+    .chain(pipeline_routes())
     .collect()
 }
 

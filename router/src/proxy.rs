@@ -1,13 +1,12 @@
 //! The router's one `ProxyHttp` implementation: thin phase hooks over the
 //! modules below it (the crate doc gives their layers).
 //!
-//! - `request_filter` answers `/metrics` (`local`), then `decide`s the call in
-//!   named steps: match the endpoint (`routes`); answer the router's own
-//!   endpoints (`local`); `authenticate` the key; `resolve` the function
-//!   version in the caller's tenant; answer OIP metadata and readiness
-//!   (`local`); `prepare_upstream`; admit the body (`admission`); and
-//!   `apply_guards` (rate limit, quota, concurrency, circuit breaker). Every
-//!   refusal is answered here (`Ok(true)`) before any node is touched.
+//! - `request_filter` answers `/metrics` (`local`), then `decide`s the call:
+//!   match the endpoint (`routes`); hand tasks and pipelines to `tasks` and
+//!   `pipelines`; `authenticate`; `resolve` the version in the caller's tenant;
+//!   answer OIP metadata and readiness (`local`); `prepare_upstream`; admit
+//!   the body (`admission`); `apply_guards` (rate limit, quota, concurrency,
+//!   breaker). Every refusal is answered here before any node is touched.
 //! - `request_body_filter` validates a body over the replay buffer as it
 //!   streams, holding it back until it passes.
 //! - `upstream_peer` picks the runtime node (h2c, multiplexed streams) and
@@ -17,10 +16,9 @@
 //! - `upstream_response_filter` turns a node's 503 `overloaded` into a retry.
 //! - `response_filter` adds the invocation id, version and `RateLimit` headers.
 //! - `fail_to_connect` / `error_while_proxy` decide retries with `policies::retry`.
-//! - `fail_to_proxy` renders every failure as the contract's JSON error.
+//! - `fail_to_proxy` renders every failure as the contract's JSON error (all
+//!   of the router's errors go through `respond::write_error`).
 //! - `logging` reports the outcome to the breaker and records metrics.
-//!
-//! Every error the router writes goes through `respond::write_error`.
 //!
 //! Layer: the top one; names every other module.
 
@@ -45,7 +43,7 @@ use crate::call::{self, Ctx};
 use crate::local::{self, LocalAnswer};
 use crate::respond::{self, Delivery};
 use crate::routes::{self, BodyKind, Endpoint};
-use crate::tasks;
+use crate::{pipelines, tasks};
 
 pub use crate::metrics::MetricsSource;
 pub use crate::placement::placement_key;
@@ -108,6 +106,11 @@ impl TaskmeshProxy {
             let principal = self.authenticate(session).await?;
             let answer = tasks::api::answer(&self.state, &principal, request).await?;
             return Ok(Decision::Answer(answer));
+        }
+        if let Endpoint::InvokePipeline(call) = &endpoint {
+            let principal = self.authenticate(session).await?;
+            let answer = pipelines::invoke(&self.state, session, ctx, principal, call).await;
+            return answer.map(Decision::Answer);
         }
         let Some((name, qualifier)) = endpoint.function() else {
             let draining = self.state.draining.load(Ordering::Relaxed);

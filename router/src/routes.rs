@@ -46,6 +46,57 @@ pub enum Endpoint {
     },
     /// `/v1/tasks…`: read, list, cancel or retry tasks.
     Tasks(TaskRequest),
+    /// `POST /v1/pipelines/{name}/invoke` (run a pipeline) or `…/tasks` (queue a run).
+    InvokePipeline(PipelineCall),
+}
+
+/// What `POST /v1/pipelines/{name}/invoke[?version=N][&trace=steps]` or
+/// `POST /v1/pipelines/{name}/tasks[?version=N][&callback_url=U]` asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineCall {
+    pub name: String,
+    pub version: Option<u32>,
+    /// `?trace=steps`: the answer carries each step's trace.
+    pub trace: bool,
+    /// `…/tasks`: queue the run as a task instead of waiting for it.
+    pub task: bool,
+}
+
+impl PipelineCall {
+    /// Reads `?version=N`, and `?trace=steps` (invoke) or `?callback_url=`
+    /// (tasks, read by `tasks::api`); anything else is 400.
+    fn from_query(name: String, task: bool, query: Option<&str>) -> Result<Self, ApiError> {
+        let mut call = PipelineCall {
+            name,
+            version: None,
+            trace: false,
+            task,
+        };
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            match pair.split_once('=').unwrap_or((pair, "")) {
+                ("version", v) => {
+                    let n = v.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "version must be a positive integer, got {v:?}"
+                        ))
+                    })?;
+                    call.version = Some(n);
+                }
+                ("trace", "steps") if !task => call.trace = true,
+                ("callback_url", _) if task => {}
+                (key, value) => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown query parameter {key}={value:?} (version=N, and trace=steps on invoke or callback_url=U on tasks)"
+                    )))
+                }
+            }
+        }
+        Ok(call)
+    }
 }
 
 /// What a `/v1/tasks…` request asks for.
@@ -84,7 +135,8 @@ impl Endpoint {
             | Endpoint::ServerReady
             | Endpoint::ServerMetadata
             | Endpoint::OpenApi
-            | Endpoint::Tasks(_) => None,
+            | Endpoint::Tasks(_)
+            | Endpoint::InvokePipeline(_) => None,
             Endpoint::Invoke { name, qualifier }
             | Endpoint::SubmitTask { name, qualifier }
             | Endpoint::Metadata { name, qualifier }
@@ -205,6 +257,14 @@ pub fn endpoint(method: &Method, path: &str, query: Option<&str>) -> Result<Endp
                     qualifier,
                 },
             )
+        }
+        ["v1", "pipelines", p, "invoke"] if !p.is_empty() => {
+            let call = PipelineCall::from_query(name(p), false, query)?;
+            expect(method, Method::POST, path, Endpoint::InvokePipeline(call))
+        }
+        ["v1", "pipelines", p, "tasks"] if !p.is_empty() => {
+            let call = PipelineCall::from_query(name(p), true, query)?;
+            expect(method, Method::POST, path, Endpoint::InvokePipeline(call))
         }
         ["v1", "callbacks", "secret"] => expect(
             method,

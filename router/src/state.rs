@@ -1,6 +1,6 @@
 //! The router's shared state: what every call's phase hooks work with.
 //!
-//! Third layer: names `guards`, `metrics`, `placement` and `cache`.
+//! Third layer: names `guards`, `metrics`, `placement`, `cache` and `node_call`.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -43,6 +43,8 @@ pub struct RouterState {
     pub per_thread_upstreams: bool,
     /// Tasks, when this router serves them.
     pub tasks: Option<Tasks>,
+    /// The router's own calls of nodes (pipeline steps).
+    pub node_client: crate::node_call::NodeClient,
 }
 
 impl RouterState {
@@ -66,6 +68,7 @@ impl RouterState {
             cache: ResultCache::default(),
             per_thread_upstreams: false,
             tasks: None,
+            node_client: crate::node_call::node_client(),
         }
     }
 

@@ -20,6 +20,7 @@
 mod connection;
 pub mod limits;
 pub mod membership;
+mod pipelines;
 pub mod scripts;
 mod store;
 pub mod tasks;

@@ -17,6 +17,8 @@ use crate::rollouts::RolloutRecord;
 use contract::version::FunctionVersion;
 
 /// (tenant, function name, version) → JSON of a [`FunctionVersion`].
+mod pipelines;
+
 const VERSIONS: TableDefinition<(&str, &str, u32), &[u8]> = TableDefinition::new("versions_v1");
 /// client id → JSON of a [`ClientRecord`].
 const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients_v1");
@@ -83,6 +85,7 @@ impl EmbeddedStore {
         txn.open_table(ROLLOUTS).map_err(backend)?;
         txn.open_table(ACTIVE_ROLLOUTS).map_err(backend)?;
         txn.open_table(LEASES).map_err(backend)?;
+        txn.open_table(pipelines::PIPELINES).map_err(backend)?;
         txn.commit().map_err(backend)?;
         Ok(EmbeddedStore { db: Arc::new(db) })
     }

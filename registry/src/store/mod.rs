@@ -20,6 +20,7 @@ use contract::{ApiError, ErrorCode};
 use crate::aliases::AliasRecord;
 use crate::clients::ClientRecord;
 use crate::rollouts::RolloutRecord;
+use contract::pipeline::PipelineVersion;
 use contract::version::FunctionVersion;
 
 #[derive(Debug, thiserror::Error)]
@@ -64,10 +65,31 @@ fn internal(message: String) -> ApiError {
     ApiError::new(ErrorCode::Internal, "internal registry error")
 }
 
+/// Pipelines' versions (contract: pipelines), kept like functions': numbered
+/// 1, 2, 3, … per (tenant, name), immutable.
+#[async_trait]
+pub trait PipelineStore: Send + Sync + 'static {
+    /// Stores `record` as the next version of its pipeline and returns it
+    /// with the version number set. Atomic, as [`Store::append_version`].
+    async fn append_pipeline(&self, record: PipelineVersion)
+        -> Result<PipelineVersion, StoreError>;
+
+    async fn get_pipeline(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<PipelineVersion>, StoreError>;
+
+    async fn latest_pipeline(&self, tenant: &str, name: &str) -> Result<Option<u32>, StoreError>;
+
+    async fn list_pipelines(&self, tenant: &str) -> Result<Vec<FunctionSummary>, StoreError>;
+}
+
 /// What the registry needs from a storage backend; implemented by the embedded
 /// store ([`embedded`]) and by Redis in cluster mode.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: PipelineStore {
     /// Stores `record` as the next version of its function and returns it with
     /// the version number set. Atomic: concurrent appends get distinct numbers.
     async fn append_version(&self, record: FunctionVersion) -> Result<FunctionVersion, StoreError>;

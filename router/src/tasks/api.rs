@@ -93,6 +93,62 @@ pub(crate) fn notify(state: &Arc<RouterState>, task: &TaskRecord) {
     );
 }
 
+/// What a submission says besides its body (400 when one of them is bad):
+/// read before the body, so nothing is counted for a refused submission.
+pub(crate) struct Submission {
+    pub priority: Priority,
+    pub idempotency_key: Option<String>,
+    pub callback_url: Option<String>,
+}
+
+impl Submission {
+    pub(crate) fn read(state: &RouterState, session: &Session) -> Result<Self, ApiError> {
+        let tasks = tasks(state)?;
+        Ok(Submission {
+            priority: Priority::from_header(
+                header(session, headers::PRIORITY).and_then(|v| std::str::from_utf8(v).ok()),
+            )?,
+            idempotency_key: task::idempotency_key(header(session, task::IDEMPOTENCY_KEY))?,
+            callback_url: callback_url(session, tasks)?,
+        })
+    }
+
+    /// A new task of `queue` (a function, or `task::pipeline_queue`).
+    pub(crate) fn task(
+        self,
+        task_id: &str,
+        principal: &Principal,
+        (queue, version, max_attempts): (String, u32, u32),
+        input: serde_json::Value,
+        cost: u64,
+    ) -> TaskRecord {
+        let now = now_ms();
+        TaskRecord {
+            task_id: task_id.to_string(),
+            tenant: principal.tenant.clone(),
+            client_id: principal.client_id.clone(),
+            function: queue,
+            version,
+            priority: self.priority,
+            status: TaskStatus::Queued,
+            attempts: 0,
+            max_attempts,
+            created_at: now,
+            updated_at: now,
+            due_at: now,
+            cost,
+            input,
+            plan: principal.plan.clone(),
+            result: None,
+            error: None,
+            idempotency_key: self.idempotency_key,
+            claim: None,
+            lease_until: 0,
+            callback_url: self.callback_url,
+        }
+    }
+}
+
 /// `POST /v1/functions/{name}/tasks`: → 202 `{"task_id", "status"}` with
 /// `location`. A repeated idempotency key answers with the earlier task
 /// (and `idempotent-replayed: true`).
@@ -103,40 +159,25 @@ pub async fn submit(
     principal: &Principal,
     version: &Arc<FunctionVersion>,
 ) -> Result<LocalAnswer, ApiError> {
-    let tasks = tasks(state)?;
-    let priority = Priority::from_header(
-        header(session, headers::PRIORITY).and_then(|v| std::str::from_utf8(v).ok()),
-    )?;
-    let idempotency_key = task::idempotency_key(header(session, task::IDEMPOTENCY_KEY))?;
+    let submission = Submission::read(state, session)?;
     let input = admission::read_task_input(session, version).await?;
     state
         .guards
         .admit_task_submit(principal, version, input.cost)
         .await?;
-    let now = now_ms();
-    let record = TaskRecord {
-        task_id: task_id.to_string(),
-        tenant: principal.tenant.clone(),
-        client_id: principal.client_id.clone(),
-        function: version.name.clone(),
-        version: version.version,
-        priority,
-        status: TaskStatus::Queued,
-        attempts: 0,
-        max_attempts: version.definition.retry.max_attempts.max(1),
-        created_at: now,
-        updated_at: now,
-        due_at: now,
-        cost: input.cost,
-        input: input.body,
-        plan: principal.plan.clone(),
-        result: None,
-        error: None,
-        idempotency_key,
-        claim: None,
-        lease_until: 0,
-        callback_url: callback_url(session, tasks)?,
-    };
+    let attempts = version.definition.retry.max_attempts.max(1);
+    let queue = (version.name.clone(), version.version, attempts);
+    let record = submission.task(task_id, principal, queue, input.body, input.cost);
+    queue_task(state, record).await
+}
+
+/// Stores and queues `record` in one step of the task store → 202 (or the
+/// earlier task of the same idempotency key).
+pub(crate) async fn queue_task(
+    state: &RouterState,
+    record: TaskRecord,
+) -> Result<LocalAnswer, ApiError> {
+    let tasks = tasks(state)?;
     let submitted = tasks.store.submit(record).await.map_err(unavailable)?;
     let task = &submitted.task;
     if submitted.created {

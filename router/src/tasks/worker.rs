@@ -20,24 +20,20 @@
 //! open breaker, no node or an overloaded node defer it without using an attempt.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use contract::task::{self, Claim, Finish, QueueId, TaskError, TaskRecord};
-use contract::{headers, ApiError, ErrorCode, FunctionVersion, Principal, Qualifier};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use contract::{ApiError, ErrorCode, Principal, Qualifier};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use policies::breaker::Outcome;
 
 use super::api::now_ms;
 use crate::guards::retry_policy;
+use crate::node_call::{self, node_client, NodeAnswer, NodeCall, NodeClient};
+use crate::pipelines;
 use crate::state::RouterState;
 
 /// How often the store is asked for work when nothing woke the worker.
@@ -58,10 +54,6 @@ pub const LEASE_VERSIONS: usize = 32;
 const DEFER: Duration = Duration::from_secs(1);
 /// A node's `overloaded`: try again soon.
 const OVERLOADED_DEFER: Duration = Duration::from_millis(200);
-/// Extra time the worker gives a node beyond the deadline (as the proxy does).
-const NODE_ANSWER_GRACE: Duration = Duration::from_millis(250);
-
-type NodeClient = Client<HttpConnector, Full<Bytes>>;
 
 /// The worker; one per router process.
 pub struct TaskWorker {
@@ -72,22 +64,9 @@ pub struct TaskWorker {
     leases: Mutex<HashMap<QueueId, (Instant, u64)>>,
 }
 
-/// What calling a node came to.
-enum NodeAnswer {
-    /// Status and body (the body cut at the result cap + 1).
-    Answered(u16, Bytes),
-    /// The node could not be reached or did not answer in time.
-    Failed(String),
-}
-
 impl TaskWorker {
     pub fn new(state: Arc<RouterState>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build(connector);
+        let client = node_client();
         TaskWorker {
             state,
             id: format!(
@@ -117,6 +96,16 @@ impl TaskWorker {
             }
         }
         let catalog = &self.state.catalog;
+        if let Some(name) = queue.function.strip_prefix(task::PIPELINE_QUEUE_PREFIX) {
+            let state = &self.state;
+            let longest = pipelines::task::longest_timeout_ms(state, &queue.tenant, name, 32).await;
+            let lease = longest.unwrap_or(600_000) + LEASE_GRACE.as_millis() as u64;
+            self.leases
+                .lock()
+                .expect("leases lock")
+                .insert(queue.clone(), (Instant::now(), lease));
+            return lease;
+        }
         let versions = catalog
             .versions(&queue.tenant, &queue.function)
             .await
@@ -308,11 +297,14 @@ impl TaskWorker {
 }
 
 /// One attempt of `task` (see the module docs for what each outcome means).
-pub async fn attempt(state: &RouterState, client: &NodeClient, task: &TaskRecord) -> Finish {
+pub async fn attempt(state: &Arc<RouterState>, client: &NodeClient, task: &TaskRecord) -> Finish {
     let now = now_ms();
     let defer = |d: Duration| Finish::Defer {
         due_at: now + d.as_millis() as u64,
     };
+    if let Some(name) = task.pipeline() {
+        return pipeline_attempt(state, task, name).await;
+    }
     let qualifier = Qualifier::Version(task.version);
     let version = match state
         .catalog
@@ -360,7 +352,21 @@ pub async fn attempt(state: &RouterState, client: &NodeClient, task: &TaskRecord
     };
     let in_flight = node.begin();
     let started = Instant::now();
-    let answer = call_node(state, client, node.info.addr, &version, task).await;
+    let answer = match serde_json::to_vec(&task.input) {
+        Ok(body) => {
+            let call = NodeCall {
+                invocation_id: &task.task_id,
+                tenant: &task.tenant,
+                priority: task.priority.as_str(),
+                cost: task.cost,
+                deadline: Duration::from_millis(version.definition.timeout_ms),
+                answer_cap: task::MAX_RESULT_BYTES,
+            };
+            let key = &state.cluster_key;
+            node_call::invoke(client, key, node.info.addr, &version, &call, body.into()).await
+        }
+        Err(e) => NodeAnswer::Failed(format!("input could not be encoded: {e}")),
+    };
     drop(in_flight);
     let reached = matches!(answer, NodeAnswer::Answered(..));
     let node_outcome = if reached {
@@ -372,7 +378,7 @@ pub async fn attempt(state: &RouterState, client: &NodeClient, task: &TaskRecord
         .guards
         .record_node(node.info.addr, permit, node_outcome);
     let error = match answer {
-        NodeAnswer::Answered(200, body) => {
+        NodeAnswer::Answered(200, _, body) => {
             state
                 .guards
                 .release(&version, &mut pass, Some(Outcome::Success));
@@ -381,7 +387,7 @@ pub async fn attempt(state: &RouterState, client: &NodeClient, task: &TaskRecord
                 .record_call(&version, false, started.elapsed().as_secs_f64());
             return stored_result(&body);
         }
-        NodeAnswer::Answered(status, body) => {
+        NodeAnswer::Answered(status, _, body) => {
             ApiError::from_body(status, &body).unwrap_or_else(|| {
                 ApiError::new(
                     ErrorCode::FunctionFailed,
@@ -427,6 +433,55 @@ pub async fn attempt(state: &RouterState, client: &NodeClient, task: &TaskRecord
     }
 }
 
+/// One run of a pipeline's task. A rate-limited step defers the task to its
+/// turn (the run starts over then); a passing failure (the deadline, no node,
+/// an open breaker, as the run's error or a step's) is tried again, 1 s then
+/// 2 s later, up to the task's attempts; anything else (a refusal, invalid
+/// input, a step whose function failed, a pipeline that no longer resolves)
+/// ends it `dead` with the error.
+async fn pipeline_attempt(state: &Arc<RouterState>, task: &TaskRecord, name: &str) -> Finish {
+    let error = match pipelines::task::run(state, task, name).await {
+        Ok(output) => {
+            return match serde_json::to_vec(&output) {
+                Ok(body) => stored_result(&body),
+                Err(e) => Finish::Dead(TaskError::new(ErrorCode::Internal, e.to_string())),
+            }
+        }
+        Err(error) => error,
+    };
+    let inner = error
+        .details
+        .as_ref()
+        .and_then(|d| d["error"]["code"].as_str())
+        .and_then(ErrorCode::from_wire);
+    let passing = |code: ErrorCode| {
+        matches!(
+            code,
+            ErrorCode::Timeout
+                | ErrorCode::Unavailable
+                | ErrorCode::CircuitOpen
+                | ErrorCode::Overloaded
+        )
+    };
+    if error.code == ErrorCode::RateLimited {
+        let wait =
+            Duration::from_secs(error.retry_after_s.unwrap_or(1)).max(Duration::from_millis(5));
+        return Finish::Defer {
+            due_at: now_ms() + wait.as_millis() as u64,
+        };
+    }
+    let transient =
+        passing(error.code) || (error.code == ErrorCode::StepFailed && inner.is_some_and(passing));
+    if transient && task.attempts < task.max_attempts {
+        let delay = Duration::from_secs(1 << task.attempts.saturating_sub(1).min(4));
+        return Finish::Retry {
+            error: TaskError::from(&error),
+            due_at: now_ms() + delay.as_millis() as u64,
+        };
+    }
+    Finish::Dead(TaskError::from(&error))
+}
+
 /// A node's 200 as the stored result: JSON within the cap, else `dead`.
 fn stored_result(body: &[u8]) -> Finish {
     if body.len() > task::MAX_RESULT_BYTES {
@@ -443,64 +498,6 @@ fn stored_result(body: &[u8]) -> Finish {
         Err(e) => Finish::Dead(TaskError::new(
             ErrorCode::InvalidOutput,
             format!("the node's answer is not JSON: {e}"),
-        )),
-    }
-}
-
-/// Calls the node's invoke endpoint for `task`, pinned to its version, as
-/// the proxy does (cluster key, tenant, invocation id, deadline, priority).
-async fn call_node(
-    state: &RouterState,
-    client: &NodeClient,
-    addr: SocketAddr,
-    version: &FunctionVersion,
-    task: &TaskRecord,
-) -> NodeAnswer {
-    let deadline = Duration::from_millis(version.definition.timeout_ms);
-    let body = match serde_json::to_vec(&task.input) {
-        Ok(body) => body,
-        Err(e) => return NodeAnswer::Failed(format!("input could not be encoded: {e}")),
-    };
-    let uri = format!(
-        "http://{addr}/v1/functions/{}/invoke?version={}",
-        version.name, version.version
-    );
-    let request = http::Request::post(uri)
-        .header("content-type", "application/json")
-        .header(headers::INVOCATION_ID, task.task_id.as_str())
-        .header(headers::TENANT, task.tenant.as_str())
-        .header(headers::DEADLINE_MS, deadline.as_millis().to_string())
-        .header(headers::PRIORITY, task.priority.as_str())
-        .header(headers::COST, task.cost.to_string())
-        .header(headers::CLUSTER_KEY, state.cluster_key.expose())
-        .body(Full::new(Bytes::from(body)));
-    let request = match request {
-        Ok(request) => request,
-        Err(e) => return NodeAnswer::Failed(format!("request could not be built: {e}")),
-    };
-    let call = async {
-        let response = client
-            .request(request)
-            .await
-            .map_err(|e| format!("{e:?}"))?;
-        let status = response.status().as_u16();
-        let limited = Limited::new(response.into_body(), task::MAX_RESULT_BYTES + 1);
-        let body = match limited.collect().await {
-            Ok(collected) => collected.to_bytes(),
-            // Over the cap: a body that `stored_result` refuses.
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                Bytes::from(vec![b' '; task::MAX_RESULT_BYTES + 1])
-            }
-            Err(e) => return Err(format!("reading the answer failed: {e}")),
-        };
-        Ok::<_, String>((status, body))
-    };
-    match tokio::time::timeout(deadline + NODE_ANSWER_GRACE, call).await {
-        Ok(Ok((status, body))) => NodeAnswer::Answered(status, body),
-        Ok(Err(reason)) => NodeAnswer::Failed(reason),
-        Err(_) => NodeAnswer::Failed(format!(
-            "no answer within the function's timeout of {} ms",
-            deadline.as_millis()
         )),
     }
 }
