@@ -21,6 +21,8 @@
 #      Only the groups whose outputs are missing or older than their inputs.
 #   6. cargo-deny (pinned, crates.io, `cargo install --locked`) into
 #      .deps/cargo/bin, for .ci/run's `cargo deny check` (see deny.toml).
+#   7. prometheus and promtool (Debian's prometheus package, pinned, unpacked
+#      into .deps/prometheus; no service), for the dashboard and alert tests.
 #
 # Needs no stdin (works with CI=true). Run from anywhere.
 set -euo pipefail
@@ -554,6 +556,54 @@ else
     cargo-deny --version "$CARGO_DENY_VERSION" </dev/null
   mkdir -p "$(dirname "$DENY_CACHE")" && cp "$CARGO_DENY" "$DENY_CACHE" || true
   log "cargo-deny: done ($(elapsed "$t0"))"
+fi
+
+# --- 7. Prometheus and promtool into .deps/prometheus -------------------------
+# Debian's prometheus package, downloaded (pinned, sha256-checked, cached in
+# .deps/cache/deb) and unpacked: only its two static binaries are used, by the
+# test that checks the Grafana dashboard and the alerting rules against a real
+# Prometheus. Nothing is installed system-wide and no service is started.
+t0=$(now)
+PROM_DEB_PKG="prometheus"
+PROM_DEB_VERSION="2.42.0+ds-5+deb12u1"
+PROM_DEB="prometheus_2.42.0+ds-5+deb12u1_amd64.deb"
+PROM_DEB_SHA="81d59a24fce84f7fbe97a45a4f2914b6a5881b5cd1db2a6a0e129e515e1a5f55"
+PROM_DIR="$ROOT/.deps/prometheus"
+if [[ -x "$PROM_DIR/prometheus" && -x "$PROM_DIR/promtool" ]] \
+  && [[ "$(cat "$PROM_DIR/VERSION" 2>/dev/null)" == "$PROM_DEB_VERSION" ]]; then
+  log "prometheus: $PROM_DEB_VERSION present, skipped ($(elapsed "$t0"))"
+else
+  deb_dir="$CACHE_DIR/deb"
+  if ! has_sha "$deb_dir/$PROM_DEB" "$PROM_DEB_SHA"; then
+    log "prometheus: downloading $PROM_DEB_PKG=$PROM_DEB_VERSION into .deps/cache/deb"
+    rm -rf "$deb_dir/tmp" && mkdir -p "$deb_dir/tmp"
+    prom_download() {
+      (cd "$deb_dir/tmp" && apt-get download -q -o APT::Sandbox::User=root \
+        "$PROM_DEB_PKG=$PROM_DEB_VERSION" </dev/null)
+    }
+    if ! prom_download; then
+      log "prometheus: apt-get download failed; updating package lists and retrying"
+      SUDO=()
+      if [[ "$(id -u)" != 0 ]]; then
+        if [[ -t 0 ]]; then SUDO=(sudo); else SUDO=(sudo -n); fi
+      fi
+      "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null
+      prom_download
+    fi
+    debs=("$deb_dir"/tmp/*.deb)
+    [[ -f "${debs[0]}" ]] || { echo "[setup] error: apt-get saved no .deb" >&2; exit 1; }
+    mv -f "${debs[0]}" "$deb_dir/$PROM_DEB"
+    rm -rf "$deb_dir/tmp"
+    require_sha "$deb_dir/$PROM_DEB" "$PROM_DEB_SHA"
+  fi
+  x="$CACHE_DIR/deb/x-prometheus"
+  rm -rf "$x"
+  dpkg-deb -x "$deb_dir/$PROM_DEB" "$x"
+  mkdir -p "$PROM_DIR"
+  mv -f "$x/usr/bin/prometheus" "$x/usr/bin/promtool" "$PROM_DIR/"
+  rm -rf "$x"
+  echo "$PROM_DEB_VERSION" >"$PROM_DIR/VERSION"
+  log "prometheus: .deps/prometheus/{prometheus,promtool} from $PROM_DEB_PKG $PROM_DEB_VERSION ($(elapsed "$t0"))"
 fi
 
 # --- Summary -----------------------------------------------------------------

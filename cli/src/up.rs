@@ -145,7 +145,7 @@ pub async fn run(config: Config) -> Result<()> {
     let node_metrics = engine.clone();
     let deps = router::RouterDeps {
         extra_metrics: Some(Arc::new(move || {
-            let mut text = node_metrics.metrics().encode();
+            let mut text = node_metrics.metrics_text();
             text = text.trim_end().trim_end_matches("# EOF").to_string();
             text.push('\n');
             text.push_str(&rollouts.metrics_text());

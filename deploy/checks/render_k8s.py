@@ -43,6 +43,7 @@ import argparse
 import math
 import os
 import re
+import json
 import pathlib
 import sys
 from decimal import Decimal
@@ -191,13 +192,32 @@ def adapter_metrics():
     return {r["name"]["as"] for r in rules.get("externalRules", [])}
 
 
+def check_monitoring(scenario, objects):
+    """The monitoring ConfigMaps carry deploy/grafana and deploy/prometheus as they are."""
+    deploy = pathlib.Path(__file__).resolve().parent.parent
+    files = {
+        "taskmesh.json": (deploy / "grafana" / "taskmesh.json", json.loads),
+        "taskmesh-rules.yaml": (deploy / "prometheus" / "taskmesh-rules.yaml", yaml.safe_load),
+    }
+    for o in objects:
+        if o["kind"] != "ConfigMap":
+            continue
+        for key, value in o.get("data", {}).items():
+            if key in files:
+                path, parse = files[key]
+                if parse(value) != parse(path.read_text()):
+                    fail(f"{scenario}: ConfigMap {o['metadata']['name']} {key} differs from {path}")
+                if key == "taskmesh.json" and o["metadata"]["labels"].get("grafana_dashboard") != "1":
+                    fail(f"{scenario}: the dashboard ConfigMap lacks the label grafana_dashboard=1 its sidecar looks for")
+
+
 def check_policies(scenario, objects):
     where = f"{scenario}"
     cluster_key_refs = set()
     deployments = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Deployment"}
     drain = None
     for o in objects:
-        if o["kind"] == "ConfigMap":
+        if o["kind"] == "ConfigMap" and "TASKMESH_DRAIN_TIMEOUT_S" in o.get("data", {}):
             drain = int(o["data"]["TASKMESH_DRAIN_TIMEOUT_S"])
     if drain is None:
         fail(f"{where}: no ConfigMap with TASKMESH_DRAIN_TIMEOUT_S")
@@ -440,6 +460,7 @@ def main():
             fail(f"{scenario}: local.objects (what the module applies) differs from the enabled entries of "
                  f"local.manifests rendered, at {diff}")
         check_policies(scenario, objects)
+        check_monitoring(scenario, objects)
         kinds = {}
         for o in objects:
             kinds[o["kind"]] = kinds.get(o["kind"], 0) + 1

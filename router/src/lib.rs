@@ -146,7 +146,8 @@ pub struct RouterDeps {
 /// How often quota counters are written to the store (the most a crash can lose).
 pub const QUOTA_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Periodic upkeep: flush quota counters, retire idle rate-limit keys.
+/// Periodic upkeep: flush quota counters, retire idle rate-limit keys, and
+/// observe the node membership (`taskmesh_router_nodes`).
 struct Upkeep {
     state: Arc<RouterState>,
 }
@@ -162,6 +163,9 @@ impl BackgroundService for Upkeep {
             }
             self.state.guards.flush_counters().await;
             self.state.guards.upkeep_leases(false).await;
+            let (members, live) = self.state.nodes.counts();
+            let ejected = members.saturating_sub(live);
+            self.state.metrics.observe_nodes(live, ejected);
             ticks += 1;
             if ticks.is_multiple_of(60) {
                 self.state.guards.retire_idle();

@@ -56,11 +56,18 @@ pub fn metrics_text(metrics: &Metrics, guards: &Guards, extra: Option<&MetricsSo
     metrics.observe_breakers(&guards.breaker_states());
     let mut text = metrics.encode();
     if let Some(extra) = extra {
-        // Both are OpenMetrics text; keep one `# EOF` at the very end.
-        text = text.trim_end().trim_end_matches("# EOF").to_string();
-        text.push('\n');
-        text.push_str(&extra());
-        text.push_str("# EOF\n");
+        // Both are OpenMetrics text: keep one `# EOF` at the very end, and no
+        // blank line (OpenMetrics has none; Prometheus refuses the scrape).
+        let extra = extra();
+        let mut joined = String::with_capacity(text.len() + extra.len());
+        for line in text.lines().chain(extra.lines()) {
+            if !line.is_empty() && line != "# EOF" {
+                joined.push_str(line);
+                joined.push('\n');
+            }
+        }
+        joined.push_str("# EOF\n");
+        text = joined;
     }
     text
 }
@@ -232,6 +239,17 @@ mod tests {
                 format!("taskmesh_router_breaker_state{{tenant=\"{tenant}\",function=\"f\",version=\"1\"}} 0");
             assert!(text.contains(&series), "{series} missing from {text}");
         }
+    }
+
+    #[test]
+    fn joined_metrics_are_one_openmetrics_text() {
+        let guards = Guards::new(Arc::new(NoCounters), None);
+        let extra: MetricsSource =
+            Arc::new(|| "# TYPE x gauge\nx 1\n\n# TYPE y gauge\ny 2\n\n".to_string());
+        let text = metrics_text(&Metrics::new(), &guards, Some(&extra));
+        assert!(!text.lines().any(str::is_empty), "a blank line in {text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(text.ends_with("y 2\n# EOF\n"), "{text}");
     }
 
     #[test]

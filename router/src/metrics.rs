@@ -217,6 +217,11 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
 /// The listeners' connection metrics (cheap clones of the registered ones).
 #[derive(Clone, Default)]
 pub struct ConnectionMetrics {
@@ -258,6 +263,8 @@ pub struct Metrics {
     pub refusals: Family<RefusalLabels, Counter>,
     pub retries: Family<VersionLabels, Counter>,
     pub breaker_state: Family<VersionLabels, Gauge>,
+    /// Runtime nodes this router knows, by `state` (`live`, `ejected`).
+    pub nodes: Family<StateLabels, Gauge>,
     pub connections: ConnectionMetrics,
     pub tasks: TaskMetrics,
     pub pipelines: PipelineMetrics,
@@ -304,6 +311,12 @@ impl Metrics {
             "breaker_state",
             "Circuit breaker state by tenant, function and version: 0 closed, 1 open, 2 half-open",
             breaker_state.clone(),
+        );
+        let nodes = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "nodes",
+            "Runtime nodes in this router's membership, by state: live (in the ring) or ejected (refused a connection, out for a while)",
+            nodes.clone(),
         );
         let version_calls = Family::<VersionLabels, Counter>::default();
         registry.register(
@@ -354,6 +367,17 @@ impl Metrics {
             refusals,
             retries,
             breaker_state,
+            nodes,
+        }
+    }
+
+    /// The membership as this router sees it now.
+    pub fn observe_nodes(&self, live: usize, ejected: usize) {
+        for (state, n) in [("live", live), ("ejected", ejected)] {
+            let labels = StateLabels {
+                state: state.to_string(),
+            };
+            self.nodes.get_or_create(&labels).set(n as i64);
         }
     }
 

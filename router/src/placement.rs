@@ -167,6 +167,12 @@ impl NodeSet {
         self.len() == 0
     }
 
+    /// Nodes in the membership, and of those the live ones (the rest are ejected).
+    pub fn counts(&self) -> (usize, usize) {
+        let members = self.members.lock().expect("members lock").all.len();
+        (members, self.len())
+    }
+
     /// Live node ids, sorted.
     pub fn ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.current().nodes.keys().cloned().collect();

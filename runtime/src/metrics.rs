@@ -23,11 +23,28 @@ fn labels(tenant: &str, function: &str) -> FunctionLabels {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub tenant: String,
+    pub function: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    pub tenant: String,
+    pub function: String,
+    pub version: String,
+    /// `idle`, `busy` or `loading`.
+    pub state: &'static str,
+}
+
 pub struct RuntimeMetrics {
     registry: Registry,
     cold_starts: Family<FunctionLabels, Histogram>,
     evictions: Family<FunctionLabels, Counter>,
     batch_sizes: Family<FunctionLabels, Histogram>,
+    queue_waits: Family<FunctionLabels, Histogram>,
 }
 
 impl Default for RuntimeMetrics {
@@ -62,11 +79,21 @@ impl RuntimeMetrics {
             "Calls combined into one run by dynamic batching, by tenant and function",
             batch_sizes.clone(),
         );
+        let queue_waits = Family::<FunctionLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register_with_unit(
+            "queue_wait",
+            "Time a call waited in its version's queue for an instance (calls that found one idle are not counted), by tenant and function",
+            Unit::Seconds,
+            queue_waits.clone(),
+        );
         RuntimeMetrics {
             registry,
             cold_starts,
             evictions,
             batch_sizes,
+            queue_waits,
         }
     }
 
@@ -80,6 +107,12 @@ impl RuntimeMetrics {
         self.batch_sizes
             .get_or_create(&labels(tenant, function))
             .observe(calls as f64);
+    }
+
+    pub fn queue_wait(&self, tenant: &str, function: &str, seconds: f64) {
+        self.queue_waits
+            .get_or_create(&labels(tenant, function))
+            .observe(seconds);
     }
 
     pub fn evicted(&self, tenant: &str, function: &str) {

@@ -175,7 +175,7 @@ pub fn router(engine: Arc<Engine>, node_id: String, cluster_key: ClusterKey) -> 
         .route("/v1/functions/{name}/versions/{version}/warm", post(warm))
         .route(
             "/metrics",
-            get(|State(node): State<Arc<Node>>| async move { node.engine.metrics().encode() }),
+            get(|State(node): State<Arc<Node>>| async move { node.engine.metrics_text() }),
         )
         .fallback(|method: Method, uri: Uri| async move {
             error_response(&ApiError::not_found(format!(

@@ -96,8 +96,14 @@ impl Engine {
             });
             rx
         };
+        let queued_at = Instant::now();
         match rx.await {
-            Ok(result) => result,
+            Ok(result) => {
+                let waited = queued_at.elapsed().as_secs_f64();
+                let metrics = &self.metrics;
+                metrics.queue_wait(&version.tenant, &version.name, waited);
+                result
+            }
             Err(_) => Err(ApiError::new(
                 ErrorCode::Internal,
                 "the instance pool went away",

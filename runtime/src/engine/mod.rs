@@ -59,7 +59,10 @@ use contract::{ApiError, ErrorCode};
 
 use self::pool::State;
 use self::types::{key_of, overloaded};
-use crate::metrics::RuntimeMetrics;
+use crate::metrics::{InstanceLabels, RuntimeMetrics, VersionLabels};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
 
 pub use self::instances::instance_memory_estimate;
 pub use self::pool::Engine;
@@ -97,6 +100,71 @@ impl Engine {
 
     pub fn metrics(&self) -> &RuntimeMetrics {
         &self.metrics
+    }
+
+    /// The node's metrics (`RuntimeMetrics::encode`), plus its state now, as gauges:
+    /// instances per version and state, queued calls per version, calls in
+    /// flight, and the memory budget and its use.
+    pub fn metrics_text(&self) -> String {
+        let now = self.snapshot();
+        let mut gauges = Registry::with_prefix("taskmesh_runtime");
+        let instances = Family::<InstanceLabels, Gauge>::default();
+        let queued = Family::<VersionLabels, Gauge>::default();
+        for f in &now.functions {
+            let version = |state| InstanceLabels {
+                tenant: f.tenant.clone(),
+                function: f.function.clone(),
+                version: f.version.to_string(),
+                state,
+            };
+            let idle = f.instances.saturating_sub(f.busy);
+            for (state, n) in [("idle", idle), ("busy", f.busy), ("loading", f.loading)] {
+                instances.get_or_create(&version(state)).set(n as i64);
+            }
+            let labels = VersionLabels {
+                tenant: f.tenant.clone(),
+                function: f.function.clone(),
+                version: f.version.to_string(),
+            };
+            queued.get_or_create(&labels).set(f.queued as i64);
+        }
+        gauges.register(
+            "instances",
+            "Instances of each function version on this node, by state (idle, busy, loading)",
+            instances,
+        );
+        gauges.register(
+            "queue_depth",
+            "Calls waiting in each function version's queue on this node",
+            queued,
+        );
+        let in_flight = Gauge::<i64>::default();
+        in_flight.set(now.in_flight as i64);
+        gauges.register(
+            "in_flight",
+            "Calls running or queued on this node",
+            in_flight,
+        );
+        let (used, budget) = (Gauge::<i64>::default(), Gauge::<i64>::default());
+        used.set(now.memory_used_bytes as i64);
+        budget.set(now.memory_budget_bytes as i64);
+        gauges.register_with_unit(
+            "memory_used",
+            "Estimated memory held by this node's instances",
+            Unit::Bytes,
+            used,
+        );
+        gauges.register_with_unit(
+            "memory_budget",
+            "The memory budget of this node's instances",
+            Unit::Bytes,
+            budget,
+        );
+        let mut out = self.metrics.encode();
+        if prometheus_client::encoding::text::encode_registry(&mut out, &gauges).is_err() {
+            return self.metrics.encode();
+        }
+        out
     }
 
     /// Whether an instance of this version is loaded.

@@ -205,6 +205,26 @@ locals {
         data      = local.config_data
       }
     }
+    "grafana-dashboard" = {
+      enabled  = var.monitoring.grafana_dashboard
+      template = "data-configmap.yaml.tftpl"
+      vars = {
+        name      = "${var.name}-grafana-dashboard"
+        namespace = var.namespace
+        labels    = merge(local.release_labels, { "app.kubernetes.io/component" = "monitoring" }, var.monitoring.dashboard_labels)
+        data      = { "taskmesh.json" = file("${path.module}/../../../grafana/taskmesh.json") }
+      }
+    }
+    "prometheus-rules" = {
+      enabled  = var.monitoring.prometheus_rules
+      template = "data-configmap.yaml.tftpl"
+      vars = {
+        name      = "${var.name}-prometheus-rules"
+        namespace = var.namespace
+        labels    = merge(local.release_labels, { "app.kubernetes.io/component" = "monitoring" }, var.monitoring.rules_labels)
+        data      = { "taskmesh-rules.yaml" = file("${path.module}/../../../prometheus/taskmesh-rules.yaml") }
+      }
+    }
     "router-deployment" = {
       enabled  = true
       template = "router-deployment.yaml.tftpl"

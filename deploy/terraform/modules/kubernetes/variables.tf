@@ -389,3 +389,14 @@ variable "network_policy" {
     error_message = "network_policy.admin_cidrs must be CIDR blocks."
   }
 }
+
+variable "monitoring" {
+  description = "ConfigMaps for the monitoring stack. grafana_dashboard: deploy/grafana/taskmesh.json in a ConfigMap with dashboard_labels (grafana_dashboard = \"1\" is what the Grafana Helm chart's dashboard sidecar looks for by default). prometheus_rules: deploy/prometheus/taskmesh-rules.yaml (recording rules and SLO alerts) in a ConfigMap with rules_labels, to mount into a Prometheus as a rule file (with the prometheus-operator, put its groups in a PrometheusRule instead). Both read the files from this repository (the module is used by local path)."
+  type = object({
+    grafana_dashboard = optional(bool, false)
+    dashboard_labels  = optional(map(string), { grafana_dashboard = "1" })
+    prometheus_rules  = optional(bool, false)
+    rules_labels      = optional(map(string), {})
+  })
+  default = {}
+}

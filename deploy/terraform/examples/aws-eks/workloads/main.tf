@@ -165,5 +165,9 @@ module "taskmesh" {
 
   network_policy = { enabled = true, admin_cidrs = [] }
 
+  # The Grafana dashboard (for the Grafana chart's sidecar) and the alerting
+  # rules, as ConfigMaps.
+  monitoring = { grafana_dashboard = true, prometheus_rules = true }
+
   depends_on = [helm_release.nvidia_device_plugin]
 }
