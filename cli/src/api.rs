@@ -101,6 +101,18 @@ pub enum Output {
     Json,
 }
 
+/// The SLA was not met (`taskmesh bench`; exit code [`exit::SLA`]).
+#[derive(Debug)]
+pub struct SlaBreached(pub Vec<String>);
+
+impl std::fmt::Display for SlaBreached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SLA breached: {}", self.0.join("; "))
+    }
+}
+
+impl std::error::Error for SlaBreached {}
+
 /// The server could not be reached (refused, reset, DNS, TLS).
 #[derive(Debug)]
 pub struct Unreachable {
@@ -183,6 +195,8 @@ pub mod exit {
     pub const LIMITED: i32 = 7;
     /// 5xx: the platform failed or is unavailable; retry later.
     pub const SERVER: i32 = 8;
+    /// `taskmesh bench`: an `--sla` bound was breached.
+    pub const SLA: i32 = 9;
 }
 
 /// The exit code of a status that is not a success.
@@ -205,6 +219,9 @@ pub fn exit_code(error: &anyhow::Error) -> i32 {
         }
         if cause.downcast_ref::<Unreachable>().is_some() {
             return exit::UNREACHABLE;
+        }
+        if cause.downcast_ref::<SlaBreached>().is_some() {
+            return exit::SLA;
         }
     }
     exit::FAILED

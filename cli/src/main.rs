@@ -1,6 +1,7 @@
 //! `taskmesh`: run the platform and talk to it.
 
 mod api;
+mod bench;
 mod clients;
 mod cluster;
 mod config;
@@ -60,6 +61,9 @@ enum Command {
     },
     /// Invoke a function through the router over HTTP/2.
     Invoke(InvokeArgs),
+    /// SLA load check: call a function at a fixed rate, report latency and
+    /// errors, exit 9 when an --sla bound is breached.
+    Bench(bench::BenchArgs),
     /// Pipelines: register, list and read them (admin API); run one (router).
     Pipeline {
         #[command(subcommand)]
@@ -310,6 +314,7 @@ fn run() -> Result<()> {
             flag(&mut flags, "router_url", command.router_url());
         }
         Command::Invoke(a) => flag(&mut flags, "router_url", a.router_url.clone()),
+        Command::Bench(a) => flag(&mut flags, "router_url", a.router_url.clone()),
         Command::Task { command } => flag(&mut flags, "router_url", command.router_url()),
         Command::Alias { command } => flag(&mut flags, "admin_url", command.admin_url()),
         Command::Rollout { command } => flag(&mut flags, "admin_url", command.admin_url()),
@@ -360,6 +365,7 @@ fn run() -> Result<()> {
         Command::Client { command } => runtime.block_on(clients::run(&config, command)),
         Command::Pipeline { command } => runtime.block_on(pipelines::run(&config, command)),
         Command::Invoke(args) => runtime.block_on(functions::invoke(&config, &args)),
+        Command::Bench(args) => runtime.block_on(bench::run(&config, args)),
         Command::Task { command } => runtime.block_on(task::run(&config, command)),
         Command::Alias { command } => runtime.block_on(rollout::alias(&config, command)),
         Command::Rollout { command } => runtime.block_on(rollout::rollout(&config, command)),
