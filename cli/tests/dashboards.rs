@@ -42,8 +42,11 @@ fn rules_file() -> std::path::PathBuf {
     repo_root().join("deploy/prometheus/taskmesh-rules.yaml")
 }
 
-/// Starts Prometheus scraping the router's `/metrics` every second with `key`.
-fn start_prometheus(p: &Platform) -> Prometheus {
+/// Starts Prometheus scraping, every second, the router's `/metrics` with the
+/// operator key and the node's with the cluster key (as in cluster mode).
+fn start_prometheus(p: &mut Platform) -> Prometheus {
+    let node = p.node_url("");
+    let node = node.trim_start_matches("http://").to_string();
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         r#"global:
@@ -54,10 +57,14 @@ scrape_configs:
   - job_name: taskmesh-router
     static_configs: [{{targets: ["{router}"]}}]
     authorization: {{type: Bearer, credentials: "{key}"}}
+  - job_name: taskmesh-node
+    static_configs: [{{targets: ["{node}"]}}]
+    authorization: {{type: Bearer, credentials: "{cluster_key}"}}
 "#,
         rules = rules_file().display(),
         router = p.router,
         key = p.admin_key,
+        cluster_key = p.cluster_key(),
     );
     let config_path = dir.path().join("prometheus.yml");
     std::fs::write(&config_path, config).unwrap();
@@ -272,8 +279,8 @@ async fn every_dashboard_query_and_rule_returns_series_from_a_real_prometheus() 
     // A second node that refuses connections: calls placed on it are
     // retried on the live one (the retry panel), and it is ejected.
     let (_held, dead) = dead_addr();
-    let p = Platform::start(&["--extra-node", &dead.to_string()]);
-    let prom = start_prometheus(&p);
+    let mut p = Platform::start(&["--extra-node", &dead.to_string()]);
+    let prom = start_prometheus(&mut p);
     load(&p).await;
 
     // Wait until every query answers with series (rates need two scrapes
@@ -297,6 +304,27 @@ async fn every_dashboard_query_and_rule_returns_series_from_a_real_prometheus() 
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     assert!(missing.is_empty(), "{}", missing.join("\n"));
+
+    // The node's /metrics takes the cluster key as a bearer token, and only it.
+    let node_metrics = p.node_url("/metrics");
+    let wrong = TestClient::http1().with_key(&p.admin_key);
+    assert_eq!(wrong.get(&node_metrics).await.status, 401);
+    let right = TestClient::http1().with_key(&p.cluster_key());
+    let scraped = right.get(&node_metrics).await;
+    assert_eq!(scraped.status, 200);
+    let kind = scraped.header("content-type").unwrap_or_default();
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    let other = right.get(&p.node_url("/v2/models/digits")).await;
+    assert_eq!(other.status, 401, "the bearer form opens /metrics only");
+
+    // Both targets were scraped: the router's and the node's text parse.
+    for job in ["taskmesh-router", "taskmesh-node"] {
+        let up = query(&prom, &format!("up{{job=\"{job}\"}}")).await.unwrap();
+        assert_eq!(up.len(), 1, "{job}: {up:?}");
+        assert_eq!(up[0]["value"][1], "1", "{job} is down: {up:?}");
+    }
+    let from_node = query(&prom, "taskmesh_runtime_in_flight{job=\"taskmesh-node\"}").await;
+    assert_eq!(from_node.unwrap().len(), 1);
 
     // Every rule, recording and alerting, was evaluated without error.
     let client = TestClient::http1();

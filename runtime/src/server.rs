@@ -127,7 +127,8 @@ struct Node {
 }
 
 /// Refuses (401) a call that does not carry the cluster key: only routers
-/// (and the registry's warmer) of this cluster reach a node.
+/// (and the registry's warmer) of this cluster reach a node, and a scraper
+/// that holds the key reaches its `/metrics`.
 async fn require_cluster_key(
     State(key): State<Arc<ClusterKey>>,
     request: axum::extract::Request,
@@ -135,6 +136,15 @@ async fn require_cluster_key(
 ) -> Response {
     let presented = request.headers().get(headers::CLUSTER_KEY);
     if presented.is_some_and(|v| key.matches(v.as_bytes())) {
+        return next.run(request).await;
+    }
+    // `/metrics` also takes the key as `authorization: Bearer <cluster key>`,
+    // which a Prometheus scrape config can send (it cannot send other headers).
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    if request.uri().path() == "/metrics" && bearer.is_some_and(|b| key.matches(b)) {
         return next.run(request).await;
     }
     error_response(&ApiError::new(
@@ -175,7 +185,13 @@ pub fn router(engine: Arc<Engine>, node_id: String, cluster_key: ClusterKey) -> 
         .route("/v1/functions/{name}/versions/{version}/warm", post(warm))
         .route(
             "/metrics",
-            get(|State(node): State<Arc<Node>>| async move { node.engine.metrics_text() }),
+            get(|State(node): State<Arc<Node>>| async move {
+                // One OpenMetrics document, as the router's and the registry's.
+                let mut text = node.engine.metrics_text();
+                text.push_str("# EOF\n");
+                let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+                ([(header::CONTENT_TYPE, kind)], text)
+            }),
         )
         .fallback(|method: Method, uri: Uri| async move {
             error_response(&ApiError::not_found(format!(
