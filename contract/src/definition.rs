@@ -65,7 +65,29 @@ pub struct TaskDefinition {
     /// What one call weighs (`crate::cost`); every call costs 1 when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<CostPolicy>,
+    /// This function's bounded-load spill policy (the router's when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementPolicy>,
 }
+
+/// How far a function's calls may pile up on their owner node before they
+/// spill to the next one on the ring (`policies::ring::Bounds`). A function
+/// whose cold start is expensive sets a larger `epsilon` (or `floor`) to spill
+/// less; a field left out is the router's (`--placement-epsilon`; floor 4).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementPolicy {
+    /// 0..=100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    /// 0..=100000 calls in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor: Option<u64>,
+}
+
+/// The most `PlacementPolicy::epsilon` and `floor` may be.
+pub const MAX_PLACEMENT_EPSILON: f64 = 100.0;
+pub const MAX_PLACEMENT_FLOOR: u64 = 100_000;
 
 /// Combine concurrent calls of one version into one run along the first dimension.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -560,6 +582,22 @@ fn check_fields(d: &TaskDefinition) -> Vec<Violation> {
     if let Some(cache) = &d.cache {
         v.extend(crate::cache::check(cache, "/cache"));
     }
+    if let Some(p) = &d.placement {
+        if p.epsilon
+            .is_some_and(|e| !(0.0..=MAX_PLACEMENT_EPSILON).contains(&e))
+        {
+            v.push(Violation::new(
+                "/placement/epsilon",
+                format!("must be 0 to {MAX_PLACEMENT_EPSILON}"),
+            ));
+        }
+        if p.floor.is_some_and(|f| f > MAX_PLACEMENT_FLOOR) {
+            v.push(Violation::new(
+                "/placement/floor",
+                format!("must be 0 to {MAX_PLACEMENT_FLOOR}"),
+            ));
+        }
+    }
     let s = &d.scaling;
     if s.max_instances == 0 || s.min_instances > s.max_instances || s.concurrency == 0 {
         v.push(Violation::new(
@@ -640,5 +678,22 @@ mod tests {
         let err = parse(body.as_bytes(), Syntax::Json).unwrap_err();
         let pointers: Vec<&str> = err.violations.iter().map(|v| v.pointer.as_str()).collect();
         assert_eq!(pointers, vec!["/name", "/model", "/timeout_ms"]);
+    }
+
+    #[test]
+    fn a_placement_policy_is_bounded() {
+        let with = |p: &str| minimal().replacen('{', &format!(r#"{{"placement": {p}, "#), 1);
+        let d = parse(with(r#"{"epsilon": 2.5}"#).as_bytes(), Syntax::Json).unwrap();
+        let placement = d.placement.unwrap();
+        assert_eq!((placement.epsilon, placement.floor), (Some(2.5), None));
+        let err = parse(
+            with(r#"{"epsilon": -1, "floor": 1000001}"#).as_bytes(),
+            Syntax::Json,
+        )
+        .unwrap_err();
+        let pointers: Vec<&str> = err.violations.iter().map(|v| v.pointer.as_str()).collect();
+        assert_eq!(pointers, ["/placement/epsilon", "/placement/floor"]);
+        let err = parse(with(r#"{"eps": 1}"#).as_bytes(), Syntax::Json).unwrap_err();
+        assert_eq!(err.violations[0].pointer, "/placement/eps");
     }
 }

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use contract::definition::PlacementPolicy;
 use contract::FunctionVersion;
 use policies::ring::{Bounds, Member, Ring, DEFAULT_VNODES};
 
@@ -221,16 +222,24 @@ impl NodeSet {
     /// The node for one call of `key` under bounded load: the first candidate
     /// under the bound that `accept` takes, else the first over it that it
     /// takes (see [`Ring::pick`]); `accept` may take a resource when it says yes.
+    /// `policy` overrides this set's bounds field by field (a function's own).
     pub fn pick(
         &self,
         key: &str,
         gpu: bool,
+        policy: Option<&PlacementPolicy>,
         mut accept: impl FnMut(&Arc<LiveNode>) -> bool,
     ) -> Option<Arc<LiveNode>> {
         let snapshot = self.current_readmitted();
         let load = |id: &str| snapshot.nodes.get(id).map_or(0, |n| n.in_flight());
         let total = self.totals.of(gpu).load(Ordering::Relaxed);
-        let bound = self.bounds.bound(total, snapshot.ring.eligible(gpu));
+        let bounds = Bounds {
+            epsilon: policy
+                .and_then(|p| p.epsilon)
+                .unwrap_or(self.bounds.epsilon),
+            floor: policy.and_then(|p| p.floor).unwrap_or(self.bounds.floor),
+        };
+        let bound = bounds.bound(total, snapshot.ring.eligible(gpu));
         let id = snapshot.ring.pick_within(key, gpu, bound, load, |id| {
             snapshot.nodes.get(id).is_some_and(&mut accept)
         })?;
@@ -355,7 +364,7 @@ mod tests {
         assert_eq!((total(false), total(true)), (3, 1));
         // The owner carries 2 of 3 calls; the bound is ceil(4 / 3) = 2, so
         // the next call goes to the next candidate.
-        let picked = set.pick("t/f@1", false, |_| true).unwrap();
+        let picked = set.pick("t/f@1", false, None, |_| true).unwrap();
         assert_ne!(picked.info.id, owner.info.id);
         assert_eq!(
             picked.info.id,
@@ -367,7 +376,40 @@ mod tests {
         assert_eq!(total(false), 3);
         calls.clear();
         assert_eq!((total(false), total(true)), (0, 0));
-        assert_eq!(set.pick("t/f@1", false, |_| true).unwrap().in_flight(), 0);
+        assert_eq!(
+            set.pick("t/f@1", false, None, |_| true)
+                .unwrap()
+                .in_flight(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_function_policy_changes_how_soon_its_calls_spill() {
+        let set = NodeSet::new(Bounds {
+            epsilon: 0.0,
+            floor: 1,
+        });
+        set.update(vec![info(0), info(1)]);
+        let owner = set.owner("t/f@1", false).unwrap();
+        let _calls = [owner.begin(), owner.begin(), owner.begin()];
+        // The router's bounds: ceil(4 / 2) = 2 < 3 in flight: spill.
+        let spilled = set.pick("t/f@1", false, None, |_| true).unwrap();
+        assert_ne!(spilled.info.id, owner.info.id);
+        // A function that spills less: ε = 1 makes the bound ceil(2 × 2) = 4.
+        let patient = PlacementPolicy {
+            epsilon: Some(1.0),
+            floor: None,
+        };
+        let kept = set.pick("t/f@1", false, Some(&patient), |_| true).unwrap();
+        assert_eq!(kept.info.id, owner.info.id);
+        // Or a floor: below 8 in flight the owner is never skipped.
+        let floor = PlacementPolicy {
+            epsilon: None,
+            floor: Some(8),
+        };
+        let kept = set.pick("t/f@1", false, Some(&floor), |_| true).unwrap();
+        assert_eq!(kept.info.id, owner.info.id);
     }
 
     #[test]

@@ -91,9 +91,10 @@ impl RouterState {
             permit = guards.acquire_node(node.info.addr);
             permit.is_some()
         };
+        let policy = version.definition.placement.as_ref();
         self.nodes
-            .pick(&key, gpu, |n| take(n, true))
-            .or_else(|| self.nodes.pick(&key, gpu, |n| take(n, false)))
+            .pick(&key, gpu, policy, |n| take(n, true))
+            .or_else(|| self.nodes.pick(&key, gpu, policy, |n| take(n, false)))
             .zip(permit)
     }
 }
