@@ -12,7 +12,7 @@
 use async_trait::async_trait;
 use contract::pipeline::PipelineVersion;
 
-use super::connection::{segment, RedisStore, Retry};
+use super::connection::{segment, RedisStore};
 use crate::store::{FunctionSummary, PipelineStore, StoreError};
 
 impl RedisStore {
@@ -38,12 +38,6 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
-fn number(key: &str, value: &str) -> Result<u32, StoreError> {
-    value
-        .parse()
-        .map_err(|_| StoreError::Corrupt(format!("{key} holds {value:?}, not a number")))
-}
-
 #[async_trait]
 impl PipelineStore for RedisStore {
     async fn append_pipeline(
@@ -58,14 +52,7 @@ impl PipelineStore for RedisStore {
             self.pipeline_key(&record.tenant, &record.name, "versions"),
             self.pipeline_index_key(&record.tenant),
         ];
-        let (script, keys, name, json) = (&self.inner.append, &keys, &record.name, &json);
-        let version: u32 = self
-            .call(Retry::Never, |mut c| async move {
-                let mut invocation = script.prepare_invoke();
-                invocation.key(&keys[..]).arg(name).arg(json);
-                invocation.invoke_async(&mut c).await
-            })
-            .await?;
+        let version = self.append_versioned(&keys, &record.name, &json).await?;
         record.version = version;
         Ok(record)
     }
@@ -77,16 +64,7 @@ impl PipelineStore for RedisStore {
         version: u32,
     ) -> Result<Option<PipelineVersion>, StoreError> {
         let key = self.pipeline_key(tenant, name, "versions");
-        let key = &key;
-        let bytes: Option<Vec<u8>> = self
-            .call(Retry::Idempotent, |mut c| async move {
-                redis::cmd("HGET")
-                    .arg(key)
-                    .arg(version)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
+        let bytes = self.versioned_record(&key, version).await?;
         let Some(bytes) = bytes else {
             return Ok(None);
         };
@@ -102,38 +80,13 @@ impl PipelineStore for RedisStore {
     }
 
     async fn latest_pipeline(&self, tenant: &str, name: &str) -> Result<Option<u32>, StoreError> {
-        let key = self.pipeline_key(tenant, name, "latest");
-        let key_ref = &key;
-        let value: Option<String> = self
-            .call(Retry::Idempotent, |mut c| async move {
-                redis::cmd("GET").arg(key_ref).query_async(&mut c).await
-            })
-            .await?;
-        value.map(|v| number(&key, &v)).transpose()
+        self.latest_versioned(&self.pipeline_key(tenant, name, "latest"))
+            .await
     }
 
     async fn list_pipelines(&self, tenant: &str) -> Result<Vec<FunctionSummary>, StoreError> {
-        let index = self.pipeline_index_key(tenant);
-        let index = &index;
-        let mut names: Vec<String> = self
-            .call(Retry::Idempotent, |mut c| async move {
-                redis::cmd("SMEMBERS").arg(index).query_async(&mut c).await
-            })
-            .await?;
-        names.sort();
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            let Some(latest) = self.latest_pipeline(tenant, &name).await? else {
-                return Err(corrupt(format!(
-                    "pipeline {name:?} is listed but has no latest version"
-                )));
-            };
-            out.push(FunctionSummary {
-                name,
-                latest_version: latest,
-                versions: (1..=latest).collect(),
-            });
-        }
-        Ok(out)
+        let latest_key = |name: &str| self.pipeline_key(tenant, name, "latest");
+        self.list_versioned(&self.pipeline_index_key(tenant), latest_key, "pipeline")
+            .await
     }
 }

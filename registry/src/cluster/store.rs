@@ -193,14 +193,7 @@ impl Store for RedisStore {
             self.function_key(&record.tenant, &record.name, "versions"),
             self.index_key(&record.tenant),
         ];
-        let (script, keys, name, json) = (&self.inner.append, &keys, &record.name, &json);
-        let version: u32 = self
-            .call(Retry::Never, |mut c| async move {
-                let mut invocation = script.prepare_invoke();
-                invocation.key(&keys[..]).arg(name).arg(json);
-                invocation.invoke_async(&mut c).await
-            })
-            .await?;
+        let version = self.append_versioned(&keys, &record.name, &json).await?;
         record.version = version;
         Ok(record)
     }
@@ -212,73 +205,21 @@ impl Store for RedisStore {
         version: u32,
     ) -> Result<Option<FunctionVersion>, StoreError> {
         let key = self.function_key(tenant, name, "versions");
-        let key = &key;
-        let bytes: Option<Vec<u8>> = self
-            .call(Retry::Idempotent, |mut c| async move {
-                redis::cmd("HGET")
-                    .arg(key)
-                    .arg(version)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
+        let bytes = self.versioned_record(&key, version).await?;
         bytes
             .map(|b| decode_version(&b, tenant, name, version))
             .transpose()
     }
 
     async fn latest_version(&self, tenant: &str, name: &str) -> Result<Option<u32>, StoreError> {
-        let key = self.function_key(tenant, name, "latest");
-        let key_ref = &key;
-        let value: Option<String> = self
-            .call(Retry::Idempotent, |mut c| async move {
-                redis::cmd("GET").arg(key_ref).query_async(&mut c).await
-            })
-            .await?;
-        value.map(|v| parse_number(&key, &v)).transpose()
+        self.latest_versioned(&self.function_key(tenant, name, "latest"))
+            .await
     }
 
     async fn list_functions(&self, tenant: &str) -> Result<Vec<FunctionSummary>, StoreError> {
-        let index = self.index_key(tenant);
-        let index = &index;
-        let mut names: Vec<String> = self
-            .call(Retry::Idempotent, |mut c| async move {
-                redis::cmd("SMEMBERS").arg(index).query_async(&mut c).await
-            })
-            .await?;
-        if names.is_empty() {
-            return Ok(Vec::new());
-        }
-        names.sort();
-        let keys: Vec<String> = names
-            .iter()
-            .map(|n| self.function_key(tenant, n, "latest"))
-            .collect();
-        let keys_ref = &keys;
-        let latest: Vec<Option<String>> = self
-            .call(Retry::Idempotent, |mut c| async move {
-                redis::cmd("MGET").arg(keys_ref).query_async(&mut c).await
-            })
-            .await?;
-        names
-            .into_iter()
-            .zip(keys.iter().zip(latest))
-            .map(|(name, (key, latest))| {
-                let latest: u32 = match latest {
-                    Some(v) => parse_number(key, &v)?,
-                    None => {
-                        return Err(StoreError::Corrupt(format!(
-                            "function {name:?} is listed but {key} is missing"
-                        )))
-                    }
-                };
-                Ok(FunctionSummary {
-                    name,
-                    latest_version: latest,
-                    versions: (1..=latest).collect(),
-                })
-            })
-            .collect()
+        let latest_key = |name: &str| self.function_key(tenant, name, "latest");
+        self.list_versioned(&self.index_key(tenant), latest_key, "function")
+            .await
     }
 
     async fn put_client(&self, client: &ClientRecord) -> Result<(), StoreError> {
@@ -602,6 +543,102 @@ impl Store for RedisStore {
             })
             .await?;
         Ok(granted == 1)
+    }
+}
+
+/// Versioned records (functions' versions, pipelines' versions) share one
+/// layout: a hash `versions` (field `<n>` → JSON), a string `latest`, and the
+/// tenant's index set of names; appends run the one append script.
+impl RedisStore {
+    /// Appends `json` as the next version of `name` under `[latest, versions,
+    /// index]`; its number.
+    pub(super) async fn append_versioned(
+        &self,
+        keys: &[String; 3],
+        name: &str,
+        json: &[u8],
+    ) -> Result<u32, StoreError> {
+        let script = &self.inner.append;
+        self.call(Retry::Never, |mut c| async move {
+            let mut invocation = script.prepare_invoke();
+            invocation.key(&keys[..]).arg(name).arg(json);
+            invocation.invoke_async(&mut c).await
+        })
+        .await
+    }
+
+    /// The stored JSON of version `version` in the hash `versions_key`.
+    pub(super) async fn versioned_record(
+        &self,
+        versions_key: &str,
+        version: u32,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.call(Retry::Idempotent, |mut c| async move {
+            redis::cmd("HGET")
+                .arg(versions_key)
+                .arg(version)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// The number in `latest_key`, if any.
+    pub(super) async fn latest_versioned(
+        &self,
+        latest_key: &str,
+    ) -> Result<Option<u32>, StoreError> {
+        let value: Option<String> = self
+            .call(Retry::Idempotent, |mut c| async move {
+                redis::cmd("GET").arg(latest_key).query_async(&mut c).await
+            })
+            .await?;
+        value.map(|v| parse_number(latest_key, &v)).transpose()
+    }
+
+    /// The names in `index` with their latest versions, by name; `what`
+    /// names the kind in a corruption error.
+    pub(super) async fn list_versioned(
+        &self,
+        index: &str,
+        latest_key: impl Fn(&str) -> String,
+        what: &str,
+    ) -> Result<Vec<FunctionSummary>, StoreError> {
+        let mut names: Vec<String> = self
+            .call(Retry::Idempotent, |mut c| async move {
+                redis::cmd("SMEMBERS").arg(index).query_async(&mut c).await
+            })
+            .await?;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        names.sort();
+        let keys: Vec<String> = names.iter().map(|n| latest_key(n)).collect();
+        let keys_ref = &keys;
+        let latest: Vec<Option<String>> = self
+            .call(Retry::Idempotent, |mut c| async move {
+                redis::cmd("MGET").arg(keys_ref).query_async(&mut c).await
+            })
+            .await?;
+        names
+            .into_iter()
+            .zip(keys.iter().zip(latest))
+            .map(|(name, (key, latest))| {
+                let latest: u32 = match latest {
+                    Some(v) => parse_number(key, &v)?,
+                    None => {
+                        return Err(StoreError::Corrupt(format!(
+                            "{what} {name:?} is listed but {key} is missing"
+                        )))
+                    }
+                };
+                Ok(FunctionSummary {
+                    name,
+                    latest_version: latest,
+                    versions: (1..=latest).collect(),
+                })
+            })
+            .collect()
     }
 }
 
