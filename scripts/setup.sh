@@ -374,6 +374,37 @@ require_sha() {
     exit 1
   fi
 }
+
+# deb_fetch PKG VERSION FILE SHA: .deps/cache/deb/FILE, a Debian package
+# downloaded with apt-get (not installed), sha256-checked; kept once fetched.
+deb_fetch() {
+  local pkg="$1" version="$2" file="$3" sha="$4" deb_dir="$CACHE_DIR/deb"
+  has_sha "$deb_dir/$file" "$sha" && return 0
+  command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1 || {
+    echo "[setup] error: apt-get and dpkg-deb are needed to fetch $pkg (Debian)" >&2
+    exit 1
+  }
+  log "deb: downloading $pkg=$version into .deps/cache/deb"
+  rm -rf "$deb_dir/tmp"
+  mkdir -p "$deb_dir/tmp"
+  # As root, apt's _apt sandbox user could not write here: download as root.
+  local get=(apt-get download -q -o APT::Sandbox::User=root "$pkg=$version")
+  if ! (cd "$deb_dir/tmp" && "${get[@]}" </dev/null); then
+    # Fresh machines may have no package lists yet.
+    log "deb: apt-get download failed; updating package lists and retrying"
+    local sudo=()
+    if [[ "$(id -u)" != 0 ]]; then
+      if [[ -t 0 ]]; then sudo=(sudo); else sudo=(sudo -n); fi
+    fi
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null
+    (cd "$deb_dir/tmp" && "${get[@]}" </dev/null)
+  fi
+  local debs=("$deb_dir"/tmp/*.deb)
+  [[ -f "${debs[0]}" ]] || { echo "[setup] error: apt-get saved no .deb" >&2; exit 1; }
+  mv -f "${debs[0]}" "$deb_dir/$file"
+  rm -rf "$deb_dir/tmp"
+  require_sha "$deb_dir/$file" "$sha"
+}
 # cached_wheel SPEC FILE SHA: the wheel in .deps/cache/wheels, downloaded
 # (no install, no dependencies) when missing or wrong.
 cached_wheel() {
@@ -432,36 +463,8 @@ for entry in "${FASHION_FILES[@]}"; do
   has_sha "$FASHION_DIR/${entry%% *}" "${entry##* }" || { fashion_ok=0; break; }
 done
 if ((!fashion_ok)); then
+  deb_fetch "$FASHION_DEB_PKG" "$FASHION_DEB_VERSION" "$FASHION_DEB" "$FASHION_DEB_SHA"
   deb_dir="$CACHE_DIR/deb"
-  if ! has_sha "$deb_dir/$FASHION_DEB" "$FASHION_DEB_SHA"; then
-    command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1 || {
-      echo "[setup] error: apt-get and dpkg-deb are needed to fetch $FASHION_DEB_PKG (Debian)" >&2
-      exit 1
-    }
-    log "models: downloading $FASHION_DEB_PKG=$FASHION_DEB_VERSION into .deps/cache/deb"
-    rm -rf "$deb_dir/tmp"
-    mkdir -p "$deb_dir/tmp"
-    apt_download() {
-      # As root, apt's _apt sandbox user could not write here: download as root.
-      (cd "$deb_dir/tmp" && apt-get download -q -o APT::Sandbox::User=root \
-        "$FASHION_DEB_PKG=$FASHION_DEB_VERSION" </dev/null)
-    }
-    if ! apt_download; then
-      # Fresh machines may have no package lists yet.
-      log "models: apt-get download failed; updating package lists and retrying"
-      SUDO=()
-      if [[ "$(id -u)" != 0 ]]; then
-        if [[ -t 0 ]]; then SUDO=(sudo); else SUDO=(sudo -n); fi
-      fi
-      "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null
-      apt_download
-    fi
-    debs=("$deb_dir"/tmp/*.deb)
-    [[ -f "${debs[0]}" ]] || { echo "[setup] error: apt-get saved no .deb" >&2; exit 1; }
-    mv -f "${debs[0]}" "$deb_dir/$FASHION_DEB"
-    rm -rf "$deb_dir/tmp"
-    require_sha "$deb_dir/$FASHION_DEB" "$FASHION_DEB_SHA"
-  fi
   x="$CACHE_DIR/deb/x"
   rm -rf "$x"
   dpkg-deb -x "$deb_dir/$FASHION_DEB" "$x"
@@ -573,29 +576,8 @@ if [[ -x "$PROM_DIR/prometheus" && -x "$PROM_DIR/promtool" ]] \
   && [[ "$(cat "$PROM_DIR/VERSION" 2>/dev/null)" == "$PROM_DEB_VERSION" ]]; then
   log "prometheus: $PROM_DEB_VERSION present, skipped ($(elapsed "$t0"))"
 else
+  deb_fetch "$PROM_DEB_PKG" "$PROM_DEB_VERSION" "$PROM_DEB" "$PROM_DEB_SHA"
   deb_dir="$CACHE_DIR/deb"
-  if ! has_sha "$deb_dir/$PROM_DEB" "$PROM_DEB_SHA"; then
-    log "prometheus: downloading $PROM_DEB_PKG=$PROM_DEB_VERSION into .deps/cache/deb"
-    rm -rf "$deb_dir/tmp" && mkdir -p "$deb_dir/tmp"
-    prom_download() {
-      (cd "$deb_dir/tmp" && apt-get download -q -o APT::Sandbox::User=root \
-        "$PROM_DEB_PKG=$PROM_DEB_VERSION" </dev/null)
-    }
-    if ! prom_download; then
-      log "prometheus: apt-get download failed; updating package lists and retrying"
-      SUDO=()
-      if [[ "$(id -u)" != 0 ]]; then
-        if [[ -t 0 ]]; then SUDO=(sudo); else SUDO=(sudo -n); fi
-      fi
-      "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null
-      prom_download
-    fi
-    debs=("$deb_dir"/tmp/*.deb)
-    [[ -f "${debs[0]}" ]] || { echo "[setup] error: apt-get saved no .deb" >&2; exit 1; }
-    mv -f "${debs[0]}" "$deb_dir/$PROM_DEB"
-    rm -rf "$deb_dir/tmp"
-    require_sha "$deb_dir/$PROM_DEB" "$PROM_DEB_SHA"
-  fi
   x="$CACHE_DIR/deb/x-prometheus"
   rm -rf "$x"
   dpkg-deb -x "$deb_dir/$PROM_DEB" "$x"
