@@ -80,6 +80,11 @@ async fn a_sequence_equals_calling_the_two_functions_by_hand() {
     let refused = run(&client, &p, "look-and-describe", &json!({"img": "x"})).await;
     let error = refused.expect_error(422, "invalid_input");
     assert_eq!(pointers(&error), ["/image"]);
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("input does not fit the pipeline"),
+        "{message}"
+    );
 
     // The CLI registers a version and runs it.
     let cli = |args: &[&str]| {

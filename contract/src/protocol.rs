@@ -24,6 +24,11 @@ pub type TensorInputs = Vec<(String, Tensor)>;
 pub type TensorOutputs = HashMap<String, Tensor>;
 
 pub fn invalid_input(violations: Vec<Violation>) -> ApiError {
+    invalid_input_of("the function", violations)
+}
+
+/// [`invalid_input`] for input meant for `what` ("the pipeline").
+pub fn invalid_input_of(what: &str, violations: Vec<Violation>) -> ApiError {
     let summary = violations
         .iter()
         .take(3)
@@ -42,7 +47,7 @@ pub fn invalid_input(violations: Vec<Violation>) -> ApiError {
         .join("; ");
     ApiError::new(
         ErrorCode::InvalidInput,
-        format!("input does not fit the function: {summary}"),
+        format!("input does not fit {what}: {summary}"),
     )
     .with_details(json!(violations))
 }

@@ -64,7 +64,10 @@ pub async fn invoke(
     if let Some(validator) = pipeline.input_validator()? {
         let violations = contract::schema::violations(&validator, &input);
         if !violations.is_empty() {
-            return Err(contract::protocol::invalid_input(violations));
+            return Err(contract::protocol::invalid_input_of(
+                "the pipeline",
+                violations,
+            ));
         }
     }
     if let Some(submission) = submission {
